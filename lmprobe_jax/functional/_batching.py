@@ -1,0 +1,49 @@
+"""How one-problem solvers are batched over layers, a regularisation grid and sample-weight sets.
+
+Every solver in this package is written for one problem: a single ``(N, D)`` matrix, one sample-weight
+vector, one regularisation value. The helpers here add the axes, in the package's order
+``(layer, grid, ...)`` (and ``(layer, grid, fold, ...)`` for cross-validation):
+
+* the grid and fold axes with ``jax.vmap`` and ``X`` unbatched, so each solver step reads ``X`` once for
+  all of them (matrix-matrix products);
+* the layer axis with ``jax.lax.map(..., batch_size=k)``, which vmaps ``k`` layers at a time and loops
+  over the chunks. On an accelerator the default is every layer at once (one batched product per step).
+  On the CPU it is one layer at a time: a layer of 3000 x 768 float32 (9 MB) stays in the last-level
+  cache for its whole solve, while a product over all 12 layers streams 110 MB from memory; measured on
+  one core, a pair of products cost 0.19 ms per layer alone against 0.57 ms per layer batched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+from jax import Array
+
+
+def over_layers(fn: Callable[..., Any], X: Array, *args: Any, layer_batch_size: int) -> Any:
+    """Apply ``fn(X_l, *args)`` to every layer of ``X`` (shape ``(L, N, D)``); ``args`` are shared.
+
+    Args:
+      fn: maps one layer ``(N, D)`` (and the shared ``args``) to a pytree of arrays.
+      X: ``(L, N, D)``.
+      layer_batch_size: how many layers to vmap at a time (peak solver memory scales with it); the
+        result of :func:`default_layer_batch_size` when the caller has no preference.
+
+    Returns:
+      ``fn``'s pytree with a leading ``L`` axis on every leaf.
+    """
+    if layer_batch_size >= X.shape[0]:
+        return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(X, *args)
+    # batch_size=1 would still vmap each one-layer chunk, turning the products with X into batched ones.
+    batch_size = None if layer_batch_size == 1 else layer_batch_size
+    return jax.lax.map(lambda x: fn(x, *args), X, batch_size=batch_size)
+
+
+def default_layer_batch_size(n_layers: int, layer_batch_size: int | None = None) -> int:
+    """``layer_batch_size`` if given, else 1 on the CPU and ``n_layers`` on an accelerator (see above)."""
+    if layer_batch_size is not None:
+        if isinstance(layer_batch_size, bool) or not isinstance(layer_batch_size, int) or layer_batch_size < 1:
+            raise ValueError(f"layer_batch_size must be a positive integer or None; got {layer_batch_size!r}.")
+        return layer_batch_size
+    return 1 if jax.default_backend() == "cpu" else n_layers

@@ -1,0 +1,157 @@
+"""Validation at the public boundary of :mod:`lmprobe_jax.functional`.
+
+The jitted solvers trust their inputs; these host-side checks run once per public call (skipped when
+the caller passes ``check_input=False`` or calls from inside ``jax.jit``, where values are abstract).
+Every message says what was given, what was expected, and how to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+_FLOAT_STORAGE = (np.float16, np.float32, np.float64, jnp.bfloat16)
+
+
+def is_concrete(*arrays: Any) -> bool:
+    """False when any argument is a tracer (called under ``jit``/``vmap``): value checks must be skipped."""
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The dtype a solver computes in: float64 stays float64 (under ``jax_enable_x64``), all else float32."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64 else jnp.float32
+
+
+def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> tuple[Array, bool]:
+    """Return ``(X as a 3-D array (L, N, D), was_2d)``.
+
+    Accepts ``(N, D)`` (one layer) or ``(L, N, D)``, in float16, bfloat16, float32 or float64 storage.
+    The storage dtype is kept (solvers upcast inside ``jit``, so half-precision caches are not copied
+    on the host).
+    """
+    if not hasattr(X, "dtype"):
+        X = np.asarray(X)
+    if X.dtype not in _FLOAT_STORAGE:
+        if np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_:
+            X = np.asarray(X, dtype=np.float32)
+        else:
+            raise ValueError(
+                f"{name} has dtype {X.dtype}; expected a floating array (float16, bfloat16, float32 or "
+                f"float64). Convert it with np.asarray({name}, dtype=np.float32)."
+            )
+    if X.ndim not in (2, 3):
+        raise ValueError(
+            f"{name} has shape {tuple(X.shape)} ({X.ndim}-D); expected (N, D) for one layer or (L, N, D) "
+            f"for L layers. Reshape a single sample with {name}.reshape(1, -1), or stack layers with "
+            f"np.stack(layers)."
+        )
+    if min(X.shape) == 0:
+        raise ValueError(f"{name} has shape {tuple(X.shape)}; every axis needs at least one entry.")
+    was_2d = X.ndim == 2
+    X = jnp.asarray(X)
+    if was_2d:
+        X = X[None]
+    if check_values and is_concrete(X) and not bool(jnp.all(jnp.isfinite(X))):
+        bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()
+        where = f"at index {tuple(bad[1:])}" if was_2d else f"at (layer, row, col) {tuple(bad)}"
+        raise ValueError(
+            f"{name} contains NaN or infinity (first {where}). Drop or impute those rows; in float16 "
+            f"caches, overflow (|x| > 65504) also shows up as infinity."
+        )
+    return X, was_2d
+
+
+def check_n_samples(n: int, arr: Any, name: str) -> np.ndarray:
+    """``arr`` as a 1-D numpy array with ``n`` entries."""
+    arr = np.asarray(arr)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} has shape {arr.shape}; expected a 1-D array with one entry per sample.")
+    if arr.shape[0] != n:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but X has {n} samples (rows); give one {name} entry per row "
+            f"of X."
+        )
+    return arr
+
+
+def check_binary_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Map two distinct labels to ``{0, 1}`` (sorted: the larger label is the positive class).
+
+    Returns:
+      ``(y01 int32 (n,), classes (2,))``.
+    """
+    y = check_n_samples(n, y, "y")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinity; labels must be finite class labels.")
+        if not np.all(y == np.round(y)):
+            raise ValueError(
+                "y holds non-integer floats; a classifier needs class labels. For a continuous target "
+                "use fit_ridge (regression)."
+            )
+    classes = np.unique(y)
+    if classes.size != 2:
+        if classes.size < 2:
+            raise ValueError(
+                f"y has a single class ({classes.tolist()}); a binary probe needs examples of both classes."
+            )
+        raise ValueError(
+            f"y has {classes.size} classes ({classes[:10].tolist()}{'...' if classes.size > 10 else ''}); "
+            f"a binary fit needs exactly two. Use fit_multinomial for more than two classes."
+        )
+    return (y == classes[1]).astype(np.int32), classes
+
+
+def check_class_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Map K >= 2 distinct labels to ``0..K-1`` in sorted order. Returns ``(codes int32 (n,), classes (K,))``."""
+    y = check_n_samples(n, y, "y")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError(
+            "y holds non-integer floats; a classifier needs class labels. For a continuous target use "
+            "fit_ridge (regression)."
+        )
+    classes, codes = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise ValueError(f"y has a single class ({classes.tolist()}); a classifier needs at least two.")
+    return codes.astype(np.int32), classes
+
+
+def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
+    """``(n,)`` float weights: ones when None; finite, non-negative, not all zero."""
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float32)
+    sw = check_n_samples(n, sample_weight, "sample_weight").astype(np.float64)
+    if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not np.any(sw > 0):
+        raise ValueError("sample_weight is zero everywhere; at least one sample needs a positive weight.")
+    return sw.astype(np.float32)
+
+
+def check_grid(value: Any, name: str) -> tuple[np.ndarray, bool]:
+    """A positive regularisation value or 1-D grid. Returns ``(grid (G,), is_grid)``."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} has shape {arr.shape}; give a scalar or a 1-D grid of values.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is an empty grid; give at least one value.")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be finite and > 0; got {arr.tolist()}.")
+    return arr.reshape(-1), arr.ndim == 1
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def check_tol(value: Any) -> float:
+    if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"tol must be a finite float > 0; got {value!r}.")
+    return float(value)

@@ -1,0 +1,261 @@
+r"""Truncated Newton (Newton-CG) for L2-penalised generalised linear models, one problem at a time.
+
+The solver minimises, for one design matrix ``X`` of shape ``(N, D)``,
+
+.. math::
+
+    F(W, b) = C \sum_i s_i \, \ell(z_i, y_i) + \tfrac12 \lVert W \rVert_F^2,
+    \qquad z_i = W x_i + b,
+
+which is scikit-learn's ``LogisticRegression`` objective (intercept ``b`` unpenalised). ``W`` is ``(D,)``
+for a scalar linear predictor (binary logistic) or ``(K, D)`` for a vector one (multinomial, laid out as
+scikit-learn's ``coef_``); the predictor ``z`` is then ``(N,)`` or ``(K, N)``. The loss
+enters only through its derivatives with respect to ``z`` (a :class:`GLMLoss`), so every solver iteration
+costs matrix products with ``X`` and ``O(N K)`` elementwise work:
+
+* the gradient ``C (s * dl/dz) X + W`` — one pass over ``X``;
+* each conjugate-gradient step, a Hessian-vector product ``C X^T (s * d2l/dz2 [X v]) + v`` — two passes;
+* the line search works on ``z + t * (X d)``, where ``X d`` is accumulated from the CG steps' own
+  products, so it costs no pass over ``X`` at all.
+
+Written for one problem; batching over a regularisation grid, cross-validation folds (sample weights)
+and layers is done with ``jax.vmap`` by the callers. When ``X`` is shared (``in_axes=None``) across a
+batch of problems, the products in :mod:`._products` become one matrix-matrix product per step that
+reads ``X`` once for all of them. Under vmap the ``while_loop`` runs until the slowest problem stops; finished problems
+are carried through unchanged, so their ``n_iter`` stays exact.
+
+Stopping rule: the *scaled* gradient ``grad F / (C sum_i s_i)`` — the gradient of scikit-learn's
+internal objective ``mean_s(loss) + ||W||^2 / (2 C sum s)`` on which its ``tol`` acts — has max-abs
+entry ``<= tol``. A step that the Armijo line search cannot accept (the iterate is at float precision)
+also stops the loop; ``converged`` then reports whether ``tol`` was met.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._products import matvec, rmatvec
+
+# The Armijo constant and the most halvings tried before the step is declared impossible.
+_ARMIJO_C1 = 1e-4
+_MAX_HALVINGS = 30
+
+
+class GLMLoss(NamedTuple):
+    """A per-sample loss, given by its derivatives with respect to the linear predictor ``z``.
+
+    Each function maps a predictor ``z`` of shape ``(N,)`` (scalar) or ``(K, N)`` (vector, class axis
+    first) and labels ``y`` of shape ``(N,)`` to per-sample results; none applies sample weights.
+
+    Attributes:
+      value: ``(z, y) -> (N,)`` the loss of each sample.
+      grad: ``(z, y) -> like z``, ``dl/dz``.
+      hvp: ``(z, y, u) -> like z``, the per-sample Hessian ``d2l/dz2`` applied to ``u``.
+    """
+
+    value: Callable[[Array, Array], Array]
+    grad: Callable[[Array, Array], Array]
+    hvp: Callable[[Array, Array, Array], Array]
+
+
+class NewtonCGResult(NamedTuple):
+    """Solution of one problem.
+
+    Attributes:
+      coef: ``(D,)`` or ``(K, D)``.
+      intercept: ``()`` or ``(K,)``; zero when ``fit_intercept`` is False.
+      n_iter: int32 ``()``, Newton iterations taken.
+      converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol``.
+        False when ``max_iter`` ran out, when the line search could not decrease the objective
+        further before ``tol`` was met, or when the iterate became non-finite.
+      optimality: ``()``, the scaled gradient's max-abs entry at the returned solution.
+    """
+
+    coef: Array
+    intercept: Array
+    n_iter: Array
+    converged: Array
+    optimality: Array
+
+
+class _NewtonState(NamedTuple):
+    coef: Array  # (D,) or (K, D)
+    intercept: Array  # () or (K,)
+    z: Array  # (N,) or (K, N): coef @ X^T + intercept, kept current so steps need no pass over X
+    grad_coef: Array  # like coef: gradient of F
+    grad_intercept: Array  # like intercept
+    optimality: Array  # (): max |grad F| / (C sum s)
+    n_iter: Array  # int32 ()
+    stalled: Array  # bool (): the last line search found no decreasing step
+
+
+class _CGState(NamedTuple):
+    d_coef: Array  # the Newton direction being built
+    d_intercept: Array
+    a: Array  # X @ d_coef + d_intercept, accumulated from the products below
+    r_coef: Array  # residual -g - H d
+    r_intercept: Array
+    p_coef: Array  # search direction
+    p_intercept: Array
+    rr: Array  # (): r . r
+    k: Array  # int32 (): CG iterations taken
+
+
+def _dot(a: Array, b: Array) -> Array:
+    return jnp.vdot(a, b)
+
+
+def newton_cg(
+    loss: GLMLoss,
+    X: Array,
+    y: Array,
+    sample_weight: Array,
+    C: Array,
+    coef0: Array,
+    intercept0: Array,
+    *,
+    fit_intercept: bool,
+    tol: float,
+    max_iter: int,
+    max_cg_iter: int,
+) -> NewtonCGResult:
+    """Minimise ``C sum_i s_i l(x_i W + b, y_i) + ||W||^2 / 2`` by truncated Newton.
+
+    Args:
+      loss: the per-sample loss.
+      X: ``(N, D)`` design matrix (float32 or float64; the computation runs in its dtype).
+      y: ``(N,)`` labels in the form ``loss`` expects.
+      sample_weight: ``(N,)`` non-negative weights; zeros drop samples (how CV folds are expressed).
+      C: ``()`` inverse regularisation strength, ``> 0``.
+      coef0: ``(D,)`` or ``(K, D)`` starting point; ``intercept0`` ``()`` or ``(K,)``.
+      fit_intercept: whether ``b`` is optimised (static).
+      tol: stop when ``max |grad F| / (C sum s) <= tol`` (static).
+      max_iter: most Newton iterations (static).
+      max_cg_iter: most CG iterations per Newton step (static).
+
+    Returns:
+      A :class:`NewtonCGResult`.
+    """
+    dtype = X.dtype
+    C = jnp.asarray(C, dtype)
+    s = sample_weight.astype(dtype)
+    scale = C * jnp.sum(s)  # turns F's gradient into scikit-learn's mean-loss gradient
+
+    def intercept_part(v: Array) -> Array:
+        return v if fit_intercept else jnp.zeros_like(v)
+
+    def gradient(coef: Array, z: Array) -> tuple[Array, Array, Array]:
+        dz = C * s * loss.grad(z, y)
+        g_coef = rmatvec(X, dz) + coef
+        g_int = intercept_part(jnp.sum(dz, axis=-1))
+        opt = jnp.maximum(jnp.max(jnp.abs(g_coef)), jnp.max(jnp.abs(g_int))) / scale
+        return g_coef, g_int, opt
+
+    def solve_newton_direction(st: _NewtonState) -> _CGState:
+        """Conjugate gradients on ``H d = -g`` to a relative residual ``min(0.5, sqrt(|g|)) |g|``."""
+        g_norm = jnp.sqrt(_dot(st.grad_coef, st.grad_coef) + _dot(st.grad_intercept, st.grad_intercept))
+        # Forcing sequence of Dembo & Steihaug (1983), as in scikit-learn's newton-cg: loose far from the
+        # optimum, tight near it, which keeps Newton's superlinear convergence.
+        forcing = jnp.minimum(0.5, jnp.sqrt(st.optimality))
+        cg_tol2 = (forcing * g_norm) ** 2
+
+        def cond(cg: _CGState) -> Array:
+            return (cg.k < max_cg_iter) & (cg.rr > cg_tol2)
+
+        def body(cg: _CGState) -> _CGState:
+            u = matvec(X, cg.p_coef) + cg.p_intercept[..., None]
+            hu = C * s * loss.hvp(st.z, y, u)
+            hp_coef = rmatvec(X, hu) + cg.p_coef
+            hp_int = intercept_part(jnp.sum(hu, axis=-1))
+            curvature = _dot(cg.p_coef, hp_coef) + _dot(cg.p_intercept, hp_int)
+            # F is strongly convex (the penalty adds I), so curvature > 0 up to rounding.
+            alpha = cg.rr / jnp.maximum(curvature, jnp.finfo(dtype).tiny)
+            r_coef = cg.r_coef - alpha * hp_coef
+            r_int = cg.r_intercept - alpha * hp_int
+            rr = _dot(r_coef, r_coef) + _dot(r_int, r_int)
+            beta = rr / jnp.maximum(cg.rr, jnp.finfo(dtype).tiny)
+            return _CGState(
+                d_coef=cg.d_coef + alpha * cg.p_coef,
+                d_intercept=cg.d_intercept + alpha * cg.p_intercept,
+                a=cg.a + alpha * u,
+                r_coef=r_coef,
+                r_intercept=r_int,
+                p_coef=r_coef + beta * cg.p_coef,
+                p_intercept=r_int + beta * cg.p_intercept,
+                rr=rr,
+                k=cg.k + 1,
+            )
+
+        r_coef, r_int = -st.grad_coef, -st.grad_intercept
+        init = _CGState(
+            d_coef=jnp.zeros_like(st.coef),
+            d_intercept=jnp.zeros_like(st.intercept),
+            a=jnp.zeros_like(st.z),
+            r_coef=r_coef,
+            r_intercept=r_int,
+            p_coef=r_coef,
+            p_intercept=r_int,
+            rr=g_norm**2,
+            k=jnp.int32(0),
+        )
+        return jax.lax.while_loop(cond, body, init)
+
+    def line_search(st: _NewtonState, cg: _CGState) -> Array:
+        """Largest ``t`` in ``1, 1/2, 1/4, ...`` meeting Armijo's condition, or 0.
+
+        The decrease ``F(t) - F(0)`` is summed from per-sample differences ``l(z + t a) - l(z)`` rather
+        than as a difference of two totals: in float32 the totals carry rounding of order
+        ``1e-7 * F``, which would hide the small decreases of the last Newton steps.
+        """
+        slope = _dot(st.grad_coef, cg.d_coef) + _dot(st.grad_intercept, cg.d_intercept)
+        base = loss.value(st.z, y)
+        wd = _dot(st.coef, cg.d_coef)
+        dd = _dot(cg.d_coef, cg.d_coef)
+
+        def decrease(t: Array) -> Array:
+            data = C * jnp.sum(s * (loss.value(st.z + t * cg.a, y) - base))
+            return data + t * wd + 0.5 * t * t * dd
+
+        def cond(carry: tuple[Array, Array, Array]) -> Array:
+            t, k, ok = carry
+            return (~ok) & (k < _MAX_HALVINGS)
+
+        def body(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+            t, k, _ = carry
+            t = t * 0.5
+            return t, k + 1, decrease(t) <= _ARMIJO_C1 * t * slope
+
+        t0 = jnp.asarray(1.0, dtype)
+        ok0 = (slope < 0) & (decrease(t0) <= _ARMIJO_C1 * t0 * slope)
+        t, _, ok = jax.lax.while_loop(cond, body, (t0, jnp.int32(0), ok0))
+        return jnp.where(ok, t, jnp.zeros_like(t))
+
+    def cond(st: _NewtonState) -> Array:
+        return (st.n_iter < max_iter) & (st.optimality > tol) & ~st.stalled & jnp.isfinite(st.optimality)
+
+    def body(st: _NewtonState) -> _NewtonState:
+        cg = solve_newton_direction(st)
+        t = line_search(st, cg)
+        coef = st.coef + t * cg.d_coef
+        intercept = st.intercept + t * cg.d_intercept
+        z = st.z + t * cg.a
+        g_coef, g_int, opt = gradient(coef, z)
+        return _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.n_iter + 1, t == 0)
+
+    coef0 = coef0.astype(dtype)
+    intercept0 = intercept_part(intercept0.astype(dtype))
+    z0 = matvec(X, coef0) + intercept0[..., None]
+    g_coef, g_int, opt = gradient(coef0, z0)
+    init = _NewtonState(coef0, intercept0, z0, g_coef, g_int, opt, jnp.int32(0), jnp.bool_(False))
+    st = jax.lax.while_loop(cond, body, init)
+    return NewtonCGResult(
+        coef=st.coef,
+        intercept=st.intercept,
+        n_iter=st.n_iter,
+        converged=st.optimality <= tol,
+        optimality=st.optimality,
+    )

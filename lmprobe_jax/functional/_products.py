@@ -1,0 +1,49 @@
+"""Products with a design matrix ``X`` (``(N, D)``) that stay matrix-matrix under ``vmap``.
+
+A one-problem solver computes ``X @ v`` and ``X^T @ u``. When it is vmapped over problems that share
+``X`` (a ``C`` grid, CV folds), JAX's default batching rule places the new axis last and computes
+``X^T @ U`` with ``U`` of shape ``(N, B)``; on the CPU, XLA then transposes ``X`` on every call, which
+measured 20x slower than the row form ``U @ X`` with ``U`` ``(B, N)`` (3000 x 768, one core: 4.3 ms vs
+0.19 ms for a pair of products). These products carry a custom vmap rule that keeps every batch axis
+in front and calls the row form, so a batch of ``B`` problems costs one ``(B, N) @ (N, D)`` product.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+def _rows(v: Array) -> Array:
+    return v.reshape(-1, v.shape[-1])
+
+
+@jax.custom_batching.custom_vmap
+def matvec(X: Array, v: Array) -> Array:
+    """``X @ v`` for ``X`` ``(N, D)`` and ``v`` ``(..., D)``; returns ``(..., N)``."""
+    return (_rows(v) @ X.T).reshape(v.shape[:-1] + X.shape[:1])
+
+
+@jax.custom_batching.custom_vmap
+def rmatvec(X: Array, u: Array) -> Array:
+    """``X^T @ u`` for ``X`` ``(N, D)`` and ``u`` ``(..., N)``; returns ``(..., D)``."""
+    return (_rows(u) @ X).reshape(u.shape[:-1] + X.shape[1:])
+
+
+@matvec.def_vmap
+def _matvec_vmap(axis_size: int, in_batched: list[bool], X: Array, v: Array) -> tuple[Array, bool]:
+    x_batched, v_batched = in_batched
+    if x_batched:  # one X per batch entry (layers vmapped): a batched product, axis 0 first.
+        v = v if v_batched else jnp.broadcast_to(v, (axis_size,) + v.shape)
+        return jnp.einsum("bnd,b...d->b...n", X, v), True
+    return matvec(X, v), True  # the batch axis is just another leading axis of v
+
+
+@rmatvec.def_vmap
+def _rmatvec_vmap(axis_size: int, in_batched: list[bool], X: Array, u: Array) -> tuple[Array, bool]:
+    x_batched, u_batched = in_batched
+    if x_batched:
+        u = u if u_batched else jnp.broadcast_to(u, (axis_size,) + u.shape)
+        return jnp.einsum("bnd,b...n->b...d", X, u), True
+    return rmatvec(X, u), True
