@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from jax import Array
 
 
@@ -47,3 +48,9 @@ def default_layer_batch_size(n_layers: int, layer_batch_size: int | None = None)
             raise ValueError(f"layer_batch_size must be a positive integer or None; got {layer_batch_size!r}.")
         return layer_batch_size
     return 1 if jax.default_backend() == "cpu" else n_layers
+
+
+def squeeze_axes(fit: Any, *, layer: bool, weights: bool, grid: bool) -> Any:
+    """Drop the leading ``(L, W, G)`` axes of every field of a NamedTuple that the caller did not ask for."""
+    axes = tuple(i for i, drop in enumerate((layer, weights, grid)) if drop)
+    return type(fit)(*(jnp.squeeze(a, axis=axes) for a in fit))

@@ -12,7 +12,6 @@ corresponds to ``1 / (2 C)``; a mean-loss parametrisation ``mean(loss) + lam ||w
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -21,8 +20,8 @@ import numpy as np
 from jax import Array
 
 from . import _checks
-from ._batching import default_layer_batch_size, over_layers
-from ._newton_cg import GLMLoss, newton_cg
+from ._batching import default_layer_batch_size, squeeze_axes
+from ._newton_cg import GLMLoss, default_max_cg_iter, solve_layers
 
 
 def _binary_value(z: Array, y: Array) -> Array:
@@ -60,51 +59,6 @@ class LogisticFit(NamedTuple):
     n_iter: Array
     converged: Array
     optimality: Array
-
-
-def default_max_cg_iter(n_features: int) -> int:
-    # CG solves a (D+1)-dimensional system exactly in D+1 steps in exact arithmetic; with the forcing
-    # sequence it needs far fewer. The cap only guards against a stalled inner loop.
-    return min(n_features + 1, 250)
-
-
-@functools.partial(
-    jax.jit, static_argnames=("fit_intercept", "tol", "max_iter", "max_cg_iter", "layer_batch_size")
-)
-def logistic_solve(
-    X: Array,
-    y: Array,
-    sample_weight: Array,
-    Cs: Array,
-    *,
-    fit_intercept: bool,
-    tol: float,
-    max_iter: int,
-    max_cg_iter: int,
-    layer_batch_size: int,
-) -> LogisticFit:
-    """Jitted core: ``X (L, N, D)``, ``y`` in {0, 1} ``(N,)``, ``sample_weight`` ``(W, N)``, ``Cs (G,)``.
-
-    Every (layer, weight set, C) triple is one problem; results have shape ``(L, W, G, ...)``. The weight
-    axis is how cross-validation folds share one pass over ``X``. No validation: callers check inputs.
-    """
-    dtype = _checks.compute_dtype(X.dtype)
-    X = X.astype(dtype)
-    y = y.astype(dtype)
-    D = X.shape[-1]
-
-    def one(x: Array, s: Array, c: Array) -> LogisticFit:
-        r = newton_cg(
-            BINARY_LOGISTIC, x, y, s, c, jnp.zeros(D, dtype), jnp.zeros((), dtype),
-            fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, max_cg_iter=max_cg_iter,
-        )
-        return LogisticFit(*r)
-
-    def layer(x: Array) -> LogisticFit:
-        per_c = jax.vmap(one, in_axes=(None, None, 0))
-        return jax.vmap(per_c, in_axes=(None, 0, None))(x, sample_weight, Cs)
-
-    return over_layers(layer, X, layer_batch_size=layer_batch_size)
 
 
 def fit_logistic(
@@ -164,16 +118,10 @@ def fit_logistic(
     max_cg_iter = default_max_cg_iter(X3.shape[2]) if max_cg_iter is None else _checks.check_positive_int(
         max_cg_iter, "max_cg_iter"
     )
-    fit = logistic_solve(
-        X3, jnp.asarray(y01), jnp.asarray(sw)[None], jnp.asarray(Cs, _checks.compute_dtype(X3.dtype)),
-        fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol), max_iter=max_iter,
+    fit = solve_layers(
+        BINARY_LOGISTIC, X3, jnp.asarray(y01, jnp.float32), jnp.asarray(sw)[None], jnp.asarray(Cs),
+        n_outputs=None, fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol), max_iter=max_iter,
         max_cg_iter=max_cg_iter,
         layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
-    return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid)
-
-
-def squeeze_axes(fit: Any, *, layer: bool, weights: bool, grid: bool) -> Any:
-    """Drop the ``(L, W, G)`` leading axes a caller did not ask for."""
-    axes = tuple(i for i, drop in enumerate((layer, weights, grid)) if drop)
-    return type(fit)(*(jnp.squeeze(a, axis=axes) for a in fit))
+    return LogisticFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))

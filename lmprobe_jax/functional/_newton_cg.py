@@ -34,10 +34,14 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._batching import over_layers
+from ._checks import compute_dtype
 from ._products import matvec, rmatvec
 
 # The Armijo constant and the most halvings tried before the step is declared impossible.
@@ -259,3 +263,57 @@ def newton_cg(
         converged=st.optimality <= tol,
         optimality=st.optimality,
     )
+
+
+def default_max_cg_iter(n_features: int) -> int:
+    """CG solves the ``(D+1)``-dimensional Newton system exactly in ``D+1`` steps in exact arithmetic;
+    with the forcing sequence it needs far fewer. The cap only guards against a stalled inner loop."""
+    return min(n_features + 1, 250)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("loss", "n_outputs", "fit_intercept", "tol", "max_iter", "max_cg_iter", "layer_batch_size"),
+)
+def solve_layers(
+    loss: GLMLoss,
+    X: Array,
+    y: Array,
+    sample_weight: Array,
+    Cs: Array,
+    *,
+    n_outputs: int | None,
+    fit_intercept: bool,
+    tol: float,
+    max_iter: int,
+    max_cg_iter: int,
+    layer_batch_size: int,
+) -> NewtonCGResult:
+    """Every (layer, weight set, C) problem in one compiled call, started from zero.
+
+    Args:
+      loss: the per-sample loss (static; hashable).
+      X: ``(L, N, D)`` in any float storage; computed in :func:`compute_dtype` of it.
+      y: ``(N,)`` labels as ``loss`` expects them.
+      sample_weight: ``(W, N)``; one row per weight set (CV folds are weight sets sharing ``X``).
+      Cs: ``(G,)``.
+      n_outputs: None for a scalar predictor (``coef`` ``(D,)``), ``K`` for a vector one (``(K, D)``).
+
+    Returns:
+      :class:`NewtonCGResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
+    """
+    dtype = compute_dtype(X.dtype)
+    X = X.astype(dtype)
+    lead = () if n_outputs is None else (n_outputs,)
+
+    def one(x: Array, s: Array, c: Array) -> NewtonCGResult:
+        return newton_cg(
+            loss, x, y, s, c, jnp.zeros(lead + x.shape[-1:], dtype), jnp.zeros(lead, dtype),
+            fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, max_cg_iter=max_cg_iter,
+        )
+
+    def layer(x: Array) -> NewtonCGResult:
+        per_c = jax.vmap(one, in_axes=(None, None, 0))
+        return jax.vmap(per_c, in_axes=(None, 0, None))(x, sample_weight.astype(dtype), Cs.astype(dtype))
+
+    return over_layers(layer, X, layer_batch_size=layer_batch_size)

@@ -1,0 +1,113 @@
+r"""Multinomial (softmax) L2-penalised logistic regression, for every layer and every ``C`` at once.
+
+.. math::
+
+    \min_{W, b} \; C \sum_i s_i \Big(\log \sum_k e^{z_{ik}} - z_{i y_i}\Big) + \tfrac12 \lVert W \rVert_F^2,
+    \qquad z_i = W x_i + b,
+
+with ``W`` of shape ``(K, D)`` (one row per class, the full "symmetric" parametrisation) and ``b``
+unpenalised: scikit-learn's ``LogisticRegression`` objective for ``K > 2`` classes. The solver only
+ever forms the ``(K, N)`` logits, never an ``(N, K, D)`` tensor: a Hessian-vector product is two
+``(K, N) x (N, D)``-sized products with ``X``.
+
+The intercept is defined up to a common shift (adding a constant to every ``b_k`` changes no
+probability); started from zero, the solver keeps ``sum_k b_k = 0``, as scikit-learn's lbfgs does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from . import _checks
+from ._batching import default_layer_batch_size, squeeze_axes
+from ._newton_cg import GLMLoss, default_max_cg_iter, solve_layers
+
+
+def _softmax_value(z: Array, y: Array) -> Array:
+    picked = jnp.take_along_axis(z, y[None, :].astype(jnp.int32), axis=0)[0]
+    return jax.nn.logsumexp(z, axis=0) - picked
+
+
+def _softmax_grad(z: Array, y: Array) -> Array:
+    return jax.nn.softmax(z, axis=0) - jax.nn.one_hot(y, z.shape[0], dtype=z.dtype, axis=0)
+
+
+def _softmax_hvp(z: Array, y: Array, u: Array) -> Array:
+    del y  # The softmax curvature does not depend on the label.
+    p = jax.nn.softmax(z, axis=0)
+    pu = p * u
+    return pu - p * jnp.sum(pu, axis=0, keepdims=True)
+
+
+SOFTMAX = GLMLoss(value=_softmax_value, grad=_softmax_grad, hvp=_softmax_hvp)
+
+
+class MultinomialFit(NamedTuple):
+    """Softmax probes. ``[L]`` is present for 3-D ``X``, ``[G]`` for a 1-D ``C`` grid.
+
+    Attributes:
+      coef: ``([L,] [G,] K, D)``, row ``k`` for the ``k``-th class in sorted label order.
+      intercept: ``([L,] [G,] K)``.
+      n_iter, converged, optimality: ``([L,] [G])``, as in :class:`LogisticFit`.
+    """
+
+    coef: Array
+    intercept: Array
+    n_iter: Array
+    converged: Array
+    optimality: Array
+
+
+def fit_multinomial(
+    X: Any,
+    y: Any,
+    C: Any = 1.0,
+    *,
+    sample_weight: Any = None,
+    fit_intercept: bool = True,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    max_cg_iter: int | None = None,
+    layer_batch_size: int | None = None,
+) -> MultinomialFit:
+    """Fit K-class softmax regression on every layer (and every ``C``) in one compiled solve.
+
+    Matches ``sklearn.linear_model.LogisticRegression(C=C)`` on ``K >= 3`` classes. With ``K = 2`` it
+    solves the symmetric two-row model, which is :func:`fit_logistic` at ``2 C`` with
+    ``coef = w / 2 * [-1, 1]``, not scikit-learn's binary parametrisation.
+
+    Args:
+      X: ``(N, D)`` or ``(L, N, D)`` activations (see :func:`fit_logistic`).
+      y: ``(N,)`` class labels (any sortable values); classes are the sorted distinct labels.
+      C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size: as in
+        :func:`fit_logistic`.
+
+    Returns:
+      A :class:`MultinomialFit`.
+
+    Example:
+      >>> import numpy as np
+      >>> X = np.random.default_rng(0).normal(size=(2, 90, 4)).astype(np.float32)
+      >>> y = np.argmax(X[0, :, :3], axis=1)
+      >>> fit_multinomial(X, y, C=1.0).coef.shape
+      (2, 3, 4)
+    """
+    X3, was_2d = _checks.check_activations(X)
+    n = X3.shape[1]
+    codes, classes = _checks.check_class_labels(y, n)
+    sw = _checks.check_sample_weight(sample_weight, n)
+    Cs, is_grid = _checks.check_grid(C, "C")
+    max_cg_iter = default_max_cg_iter(X3.shape[2] * classes.size) if max_cg_iter is None else (
+        _checks.check_positive_int(max_cg_iter, "max_cg_iter")
+    )
+    fit = solve_layers(
+        SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs),
+        n_outputs=int(classes.size), fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
+        max_iter=_checks.check_positive_int(max_iter, "max_iter"), max_cg_iter=max_cg_iter,
+        layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+    )
+    return MultinomialFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))
