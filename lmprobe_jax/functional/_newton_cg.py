@@ -26,8 +26,8 @@ are carried through unchanged, so their ``n_iter`` stays exact.
 
 Stopping rule: the *scaled* gradient ``grad F / (C sum_i s_i)`` — the gradient of scikit-learn's
 internal objective ``mean_s(loss) + ||W||^2 / (2 C sum s)`` on which its ``tol`` acts — has max-abs
-entry ``<= tol``. A step that the Armijo line search cannot accept (the iterate is at float precision)
-also stops the loop; ``converged`` then reports whether ``tol`` was met.
+entry ``<= tol``; or the Newton decrement says the remaining decrease is below the float resolution of
+``F`` (both count as converged). A failed line search otherwise also stops the loop, unconverged.
 """
 
 from __future__ import annotations
@@ -73,9 +73,12 @@ class NewtonCGResult(NamedTuple):
       coef: ``(D,)`` or ``(K, D)``.
       intercept: ``()`` or ``(K,)``; zero when ``fit_intercept`` is False.
       n_iter: int32 ``()``, Newton iterations taken.
-      converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol``.
+      converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol``, or when
+        the Newton decrement (twice the predicted decrease ``F - min F``) fell below ``eps * F`` and
+        the last, full Newton step was taken: the optimum to working precision, where float32 rounding
+        of the gradient can sit above a tight ``tol``.
         False when ``max_iter`` ran out, when the line search could not decrease the objective
-        further before ``tol`` was met, or when the iterate became non-finite.
+        before either held, or when the iterate became non-finite.
       optimality: ``()``, the scaled gradient's max-abs entry at the returned solution.
     """
 
@@ -95,6 +98,7 @@ class _NewtonState(NamedTuple):
     optimality: Array  # (): max |grad F| / (C sum s)
     n_iter: Array  # int32 ()
     stalled: Array  # bool (): the last line search found no decreasing step
+    at_precision: Array  # bool (): the Newton step's predicted decrease is below float resolution of F
 
 
 class _CGState(NamedTuple):
@@ -208,8 +212,9 @@ def newton_cg(
         )
         return jax.lax.while_loop(cond, body, init)
 
-    def line_search(st: _NewtonState, cg: _CGState) -> Array:
-        """Largest ``t`` in ``1, 1/2, 1/4, ...`` meeting Armijo's condition, or 0.
+    def line_search(st: _NewtonState, cg: _CGState) -> tuple[Array, Array]:
+        """``(t, at_precision)``: the largest ``t`` in ``1, 1/2, 1/4, ...`` meeting Armijo's condition,
+        or 0 if none does; ``t = 1`` once the decrease is below float resolution (see below).
 
         The decrease ``F(t) - F(0)`` is summed from per-sample differences ``l(z + t a) - l(z)`` rather
         than as a difference of two totals: in float32 the totals carry rounding of order
@@ -236,31 +241,40 @@ def newton_cg(
         t0 = jnp.asarray(1.0, dtype)
         ok0 = (slope < 0) & (decrease(t0) <= _ARMIJO_C1 * t0 * slope)
         t, _, ok = jax.lax.while_loop(cond, body, (t0, jnp.int32(0), ok0))
-        return jnp.where(ok, t, jnp.zeros_like(t))
+        # The Newton decrement -slope / 2 estimates F - min F. Below the float resolution of F itself,
+        # the line search can no longer measure progress (and float32 noise in the gradient can keep
+        # it above a tight tol). There the model is quadratic to working precision, so the full Newton
+        # step is taken without a test, and the solve ends.
+        objective = C * jnp.sum(s * base) + 0.5 * _dot(st.coef, st.coef)
+        at_precision = -slope <= jnp.finfo(dtype).eps * objective
+        t = jnp.where(at_precision, t0, jnp.where(ok, t, jnp.zeros_like(t)))
+        return t, at_precision
 
     def cond(st: _NewtonState) -> Array:
-        return (st.n_iter < max_iter) & (st.optimality > tol) & ~st.stalled & jnp.isfinite(st.optimality)
+        unfinished = (st.optimality > tol) & ~st.stalled & ~st.at_precision
+        return (st.n_iter < max_iter) & unfinished & jnp.isfinite(st.optimality)
 
     def body(st: _NewtonState) -> _NewtonState:
         cg = solve_newton_direction(st)
-        t = line_search(st, cg)
+        t, at_precision = line_search(st, cg)
         coef = st.coef + t * cg.d_coef
         intercept = st.intercept + t * cg.d_intercept
         z = st.z + t * cg.a
         g_coef, g_int, opt = gradient(coef, z)
-        return _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.n_iter + 1, t == 0)
+        stalled = (t == 0) & ~at_precision
+        return _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.n_iter + 1, stalled, at_precision)
 
     coef0 = coef0.astype(dtype)
     intercept0 = intercept_part(intercept0.astype(dtype))
     z0 = matvec(X, coef0) + intercept0[..., None]
     g_coef, g_int, opt = gradient(coef0, z0)
-    init = _NewtonState(coef0, intercept0, z0, g_coef, g_int, opt, jnp.int32(0), jnp.bool_(False))
+    init = _NewtonState(coef0, intercept0, z0, g_coef, g_int, opt, jnp.int32(0), jnp.bool_(False), jnp.bool_(False))
     st = jax.lax.while_loop(cond, body, init)
     return NewtonCGResult(
         coef=st.coef,
         intercept=st.intercept,
         n_iter=st.n_iter,
-        converged=st.optimality <= tol,
+        converged=(st.optimality <= tol) | st.at_precision,
         optimality=st.optimality,
     )
 

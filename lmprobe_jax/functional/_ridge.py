@@ -5,9 +5,9 @@ r"""Ridge regression and ridge classification, every layer and every ``alpha`` f
     \min_{w, b} \; \sum_i s_i (y_i - x_i^\top w - b)^2 + \alpha \lVert w \rVert^2,
 
 scikit-learn's ``Ridge(alpha)`` objective (intercept unpenalised). Integer or boolean labels are
-classification as in ``RidgeClassifier``: two classes become targets ``-1`` / ``+1`` (the larger label is
-``+1``); ``K > 2`` classes become ``K`` one-vs-all ``±1`` targets. ``alpha`` corresponds to ``1 / (2 C)``
-of :func:`fit_logistic`.
+binary classification as in ``RidgeClassifier``: targets ``-1`` / ``+1``, the larger label ``+1``. (For
+more than two classes use :func:`fit_multinomial`.) ``alpha`` corresponds to ``1 / (2 C)`` of
+:func:`fit_logistic`.
 
 Per layer, the weighted, centred matrix ``Xs = sqrt(s) (X - xbar)`` is factorised once:
 
@@ -37,11 +37,11 @@ from ._batching import default_layer_batch_size, over_layers
 
 
 class RidgeFit(NamedTuple):
-    """Ridge probes. ``[L]``: 3-D ``X``; ``[G]``: a 1-D ``alpha`` grid; ``[K]``: more than two classes.
+    """Ridge probes. ``[L]`` is present for 3-D ``X``, ``[G]`` for a 1-D ``alpha`` grid.
 
     Attributes:
-      coef: ``([L,] [G,] [K,] D)``.
-      intercept: ``([L,] [G,] [K])``.
+      coef: ``([L,] [G,] D)``.
+      intercept: ``([L,] [G])``.
     """
 
     coef: Array
@@ -53,9 +53,9 @@ class RidgeLOO(NamedTuple):
 
     Attributes:
       fit: the :class:`RidgeFit` on all samples.
-      predictions: ``([L,] [G,] [K,] N)``, the prediction (regression) or decision value
+      predictions: ``([L,] [G,] N)``, the prediction (regression) or decision value
         (classification) for each sample from the model fitted without it.
-      targets: ``([K,] N)`` the targets the predictions estimate (``±1`` for classification).
+      targets: ``(N,)`` the targets the predictions estimate (``±1`` for classification).
     """
 
     fit: RidgeFit
@@ -64,7 +64,7 @@ class RidgeLOO(NamedTuple):
 
 
 def ridge_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(Y (T, N) float32, classes or None)``: float ``y`` is regression, integer/bool ``y`` classification."""
+    """``(Y (1, N) float32, classes or None)``: float ``y`` is regression, integer/bool ``y`` classification."""
     y_arr = _checks.check_n_samples(n, y, "y")
     if y_arr.dtype.kind == "f":
         if not np.all(np.isfinite(y_arr)):
@@ -75,10 +75,8 @@ def ridge_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
             f"y has dtype {y_arr.dtype}; give float targets (regression) or integer/bool labels "
             f"(classification)."
         )
-    codes, classes = _checks.check_class_labels(y_arr, n)
-    if classes.size == 2:
-        return (2.0 * codes - 1.0).astype(np.float32)[None], classes
-    return (2.0 * np.eye(classes.size, dtype=np.float32)[:, codes] - 1.0), classes
+    codes, classes = _checks.check_binary_labels(y_arr, n)
+    return (2.0 * codes - 1.0).astype(np.float32)[None], classes
 
 
 class _Spectral(NamedTuple):
@@ -177,8 +175,9 @@ def _prepare(X: Any, y: Any, alpha: Any, sample_weight: Any) -> tuple[Array, boo
     return X3, was_2d, Y, classes, sw, is_grid, alphas
 
 
-def _squeeze(a: Array, *, was_2d: bool, is_grid: bool, single_target: bool, target_axis: int) -> Array:
-    axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (target_axis, single_target)) if drop)
+def _squeeze(a: Array, *, was_2d: bool, is_grid: bool) -> Array:
+    """Drop the target axis (always one target) and the layer/grid axes the caller did not ask for."""
+    axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (2, True)) if drop)
     return jnp.squeeze(a, axis=axes)
 
 
@@ -198,7 +197,7 @@ def fit_ridge(
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations (float16/bfloat16/float32/float64 storage).
-      y: ``(N,)`` float targets, or class labels.
+      y: ``(N,)`` float targets (regression), or two class labels (classification).
       alpha: ``> 0``, a scalar or a 1-D grid (adds a ``G`` axis after ``L``). Traced: no recompile.
       sample_weight: ``(N,)`` non-negative weights, default ones.
       fit_intercept: fit an unpenalised intercept (weighted centring).
@@ -219,11 +218,7 @@ def fit_ridge(
         X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
         loo=False, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
-    single = Y.shape[0] == 1
-    return RidgeFit(
-        _squeeze(fit.coef, was_2d=was_2d, is_grid=is_grid, single_target=single, target_axis=2),
-        _squeeze(fit.intercept, was_2d=was_2d, is_grid=is_grid, single_target=single, target_axis=2),
-    )
+    return RidgeFit(*(_squeeze(a, was_2d=was_2d, is_grid=is_grid) for a in fit))
 
 
 def ridge_loo(
@@ -249,10 +244,8 @@ def ridge_loo(
         X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
         loo=True, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
-    single = Y.shape[0] == 1
-    kw = dict(was_2d=was_2d, is_grid=is_grid, single_target=single, target_axis=2)
     return RidgeLOO(
-        fit=RidgeFit(_squeeze(fit.coef, **kw), _squeeze(fit.intercept, **kw)),
-        predictions=_squeeze(pred, **kw),
-        targets=jnp.asarray(Y[0] if single else Y),
+        fit=RidgeFit(*(_squeeze(a, was_2d=was_2d, is_grid=is_grid) for a in fit)),
+        predictions=_squeeze(pred, was_2d=was_2d, is_grid=is_grid),
+        targets=jnp.asarray(Y[0]),
     )

@@ -1,0 +1,207 @@
+"""Cross-validation and regularisation paths: every layer x grid value x fold in one compiled solve.
+
+Folds are sample-weight masks over the same ``X``: fold ``f``'s training problem weights the samples
+outside ``f``. The ``F`` training problems plus one on all samples (the refit) are solved together for
+every grid value, so each solver step reads a layer's ``X`` once for all ``(F + 1) * G`` problems
+(one ``((F+1) G, N) x (N, D)`` product). The refit is the all-samples solution at each layer's best
+grid value: no second solve, no recompilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from . import _checks, _metrics
+from ._batching import default_layer_batch_size
+from ._folds import stratified_folds
+from ._logistic import BINARY_LOGISTIC, LogisticFit
+from ._multinomial import SOFTMAX, MultinomialFit
+from ._newton_cg import default_max_cg_iter, solve_layers
+from ._predict import decision_function
+from ._ridge import RidgeFit, ridge_loo
+
+_HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mse": False}
+
+
+class CVResult(NamedTuple):
+    """Cross-validated probes for every layer. ``L`` layers, ``G`` grid values, ``F`` folds.
+
+    Attributes:
+      grid: ``(G,)`` the ``C`` (or ``alpha``) values, in the order given.
+      accuracy: ``(L, G, F)`` held-out accuracy per layer, grid value and fold.
+      log_loss: ``(L, G, F)`` held-out mean log-loss (NaN for ridge).
+      roc_auc: ``(L, G, F)`` held-out AUROC (NaN for multinomial fits).
+      mse: ``(L, G, F)`` held-out mean squared error of the decision values against ``±1`` targets
+        (ridge only; NaN otherwise). For ridge, ``F = 1``: the exact leave-one-out fold.
+      best_index: int ``(L,)`` grid index with the best mean score over folds (first of ties).
+      best_value: ``(L,)`` the grid value at ``best_index``.
+      fit: the refit on all samples at each layer's best value: a fit with ``coef`` ``(L, [K,] D)``.
+      fold_ids: ``(N,)`` fold of each sample (-1 for leave-one-out).
+      n_iter: int ``(L, G, F + 1)`` solver iterations of each problem (last column: the refit);
+        zeros for ridge.
+      converged: bool ``(L, G, F + 1)``.
+    """
+
+    grid: Array
+    accuracy: Array
+    log_loss: Array
+    roc_auc: Array
+    mse: Array
+    best_index: Array
+    best_value: Array
+    fit: Any
+    fold_ids: np.ndarray
+    n_iter: Array
+    converged: Array
+
+
+def _best(scores: Array, scoring: str) -> Array:
+    mean = jnp.nanmean(scores, axis=-1)
+    return jnp.argmax(mean if _HIGHER_IS_BETTER[scoring] else -mean, axis=-1)
+
+
+def _fold_ids(y: np.ndarray, folds: Any, groups: Any, random_state: int | None) -> np.ndarray:
+    if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+        return stratified_folds(y, int(folds), groups=groups, random_state=random_state)
+    ids = _checks.check_n_samples(y.shape[0], folds, "folds").astype(np.int64)
+    if ids.min() < 0 or np.unique(ids).size < 2:
+        raise ValueError("folds, given as fold ids, needs non-negative integers with at least two folds.")
+    return np.unique(ids, return_inverse=True)[1].astype(np.int32)
+
+
+def cross_validate_logistic(
+    X: Any,
+    y: Any,
+    C: Any = (0.01, 0.1, 1.0, 10.0),
+    *,
+    folds: Any = 5,
+    groups: Any = None,
+    random_state: int | None = 0,
+    scoring: str = "accuracy",
+    multinomial: bool | None = None,
+    sample_weight: Any = None,
+    fit_intercept: bool = True,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    max_cg_iter: int | None = None,
+    layer_batch_size: int | None = None,
+) -> CVResult:
+    """K-fold cross-validated L2 logistic regression on every layer over a ``C`` grid, with refit.
+
+    What ``LogisticRegressionCV(Cs=C, cv=StratifiedKFold(folds), refit=True)`` does per layer, as one
+    batched solve (see the module docstring).
+
+    Args:
+      X: ``(N, D)`` or ``(L, N, D)``; a 2-D ``X`` is one layer (``L = 1`` in the result).
+      y: ``(N,)`` labels: two classes for binary logistic, more for softmax.
+      C: 1-D grid of inverse regularisation strengths.
+      folds: number of stratified folds, or ``(N,)`` fold ids of your own.
+      groups: ``(N,)`` group labels kept within one fold (only with an integer ``folds``).
+      random_state: seed of the fold shuffle.
+      scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"`` (binary only): how the best ``C`` is chosen.
+      multinomial: force softmax (True) or binary (False); default: softmax for more than two classes.
+      sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size: as in
+        :func:`fit_logistic`.
+
+    Returns:
+      A :class:`CVResult` whose ``fit`` is a :class:`LogisticFit` (or :class:`MultinomialFit`).
+    """
+    X3, _ = _checks.check_activations(X)
+    n = X3.shape[1]
+    codes, classes = _checks.check_class_labels(y, n)
+    softmax = classes.size > 2 if multinomial is None else bool(multinomial)
+    if not softmax and classes.size != 2:
+        _checks.check_binary_labels(y, n)  # raises the binary message
+    if scoring not in ("accuracy", "log_loss", "roc_auc") or (softmax and scoring == "roc_auc"):
+        options = "'accuracy' or 'log_loss'" if softmax else "'accuracy', 'log_loss' or 'roc_auc'"
+        raise ValueError(f"scoring={scoring!r} is not available here; use {options}.")
+    sw = _checks.check_sample_weight(sample_weight, n)
+    Cs, _ = _checks.check_grid(C, "C")
+    fold_ids = _fold_ids(codes, folds, groups, random_state)
+    n_folds = int(fold_ids.max()) + 1
+    test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
+    weights = np.concatenate([(1.0 - test) * sw, sw[None]], axis=0)  # (F + 1, N)
+    if max_cg_iter is None:
+        max_cg_iter = default_max_cg_iter(X3.shape[2] * (classes.size if softmax else 1))
+    res = solve_layers(
+        SOFTMAX if softmax else BINARY_LOGISTIC, X3, jnp.asarray(codes if softmax else codes.astype(np.float32)),
+        jnp.asarray(weights), jnp.asarray(Cs), n_outputs=int(classes.size) if softmax else None,
+        fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
+        max_iter=_checks.check_positive_int(max_iter, "max_iter"),
+        max_cg_iter=_checks.check_positive_int(max_cg_iter, "max_cg_iter"),
+        layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+    )  # fields (L, F + 1, G, ...)
+    fit_type = MultinomialFit if softmax else LogisticFit
+    fold_fits = fit_type(*(a[:, :n_folds] for a in res))
+    z = decision_function(fold_fits, X3)  # (L, F, G, N[, K])
+    test_w = jnp.asarray(test * sw)[None, :, None, :]  # (1, F, 1, N)
+    y_j = jnp.asarray(codes)
+    nan = jnp.full(z.shape[:3], jnp.nan, z.dtype)
+    if softmax:
+        acc = _metrics.multiclass_accuracy(y_j, z, test_w)
+        ll = _metrics.multiclass_log_loss(y_j, z, test_w)
+        auc = nan
+    else:
+        acc = _metrics.binary_accuracy(y_j, z, test_w)
+        ll = _metrics.binary_log_loss(y_j, z, test_w)
+        auc = _metrics.roc_auc(y_j, z, test_w)
+    acc, ll, auc, nan = (jnp.swapaxes(a, 1, 2) for a in (acc, ll, auc, nan))  # (L, G, F)
+    best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
+    layers = jnp.arange(X3.shape[0])
+    refit = fit_type(*(a[layers, n_folds, best] for a in res))
+    return CVResult(
+        grid=jnp.asarray(Cs), accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=best,
+        best_value=jnp.asarray(Cs)[best], fit=refit, fold_ids=fold_ids,
+        n_iter=jnp.swapaxes(res.n_iter, 1, 2), converged=jnp.swapaxes(res.converged, 1, 2),
+    )
+
+
+def cross_validate_ridge(
+    X: Any,
+    y: Any,
+    alpha: Any = (0.1, 1.0, 10.0, 100.0),
+    *,
+    scoring: str = "mse",
+    sample_weight: Any = None,
+    fit_intercept: bool = True,
+    layer_batch_size: int | None = None,
+) -> CVResult:
+    """Leave-one-out cross-validated ridge on every layer over an ``alpha`` grid, with refit.
+
+    What ``RidgeCV(alphas)`` / ``RidgeClassifierCV(alphas)`` (``cv=None``) do per layer: exact LOO from
+    one eigendecomposition per layer (:func:`ridge_loo`), the best ``alpha`` by mean squared LOO
+    error (``scoring="mse"``, scikit-learn's default) or, for two classes, ``"accuracy"`` / ``"roc_auc"``.
+
+    Returns:
+      A :class:`CVResult` with ``F = 1`` (the LOO fold) and ``fit`` a :class:`RidgeFit` ``(L, D)``.
+    """
+    X3, _ = _checks.check_activations(X)
+    alphas, _ = _checks.check_grid(alpha, "alpha")
+    loo = ridge_loo(X3, y, alphas, sample_weight=sample_weight, fit_intercept=fit_intercept,
+                    layer_batch_size=layer_batch_size)
+    classify = np.asarray(y).dtype.kind in "iub"
+    if scoring not in ("mse", "accuracy", "roc_auc") or (scoring != "mse" and not classify):
+        raise ValueError(f"scoring={scoring!r} is not available; use 'mse'" + (
+            ", 'accuracy' or 'roc_auc'." if classify else " for regression targets."))
+    sw = jnp.asarray(_checks.check_sample_weight(sample_weight, X3.shape[1]))
+    pred, target = loo.predictions, loo.targets  # (L, G, N), (N,)
+    mse = (jnp.sum(sw * (pred - target) ** 2, axis=-1) / jnp.sum(sw))[..., None]
+    nan = jnp.full_like(mse, jnp.nan)
+    if classify:
+        positive = target > 0
+        acc = _metrics.binary_accuracy(positive, pred, sw)[..., None]
+        auc = _metrics.roc_auc(positive, pred, sw)[..., None]
+    else:
+        acc = auc = nan
+    best = _best({"mse": mse, "accuracy": acc, "roc_auc": auc}[scoring], scoring)
+    layers = jnp.arange(X3.shape[0])
+    zeros = jnp.zeros(mse.shape[:2] + (2,), jnp.int32)
+    return CVResult(
+        grid=jnp.asarray(alphas), accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
+        best_value=jnp.asarray(alphas)[best], fit=RidgeFit(*(a[layers, best] for a in loo.fit)),
+        fold_ids=np.full(X3.shape[1], -1, np.int32), n_iter=zeros, converged=zeros == 0,
+    )

@@ -1,0 +1,83 @@
+"""Decision values, probabilities and class predictions for every fitted-probe type.
+
+Shapes follow the fit: a ``coef`` of shape ``(L, [G,] D)`` applied to ``X`` ``(L, N, D)`` gives decision
+values ``(L, [G,] N)``; a fit made from 2-D ``X`` (no layer axis) takes 2-D ``X``. Multinomial fits add
+a class axis last, as scikit-learn does: ``(..., N, K)``. Class predictions are indices into the sorted
+labels the fit saw (``0``/``1`` for binary fits: ``1`` is the larger label).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._logistic import LogisticFit
+from ._mass_mean import MassMeanFit
+from ._multinomial import MultinomialFit
+from ._ridge import RidgeFit
+
+ProbeFit = Union[LogisticFit, MultinomialFit, RidgeFit, MassMeanFit]
+_FITS = (LogisticFit, MultinomialFit, RidgeFit, MassMeanFit)
+
+
+def _check_fit(fit: Any) -> None:
+    if not isinstance(fit, _FITS):
+        raise TypeError(
+            f"expected a fit returned by fit_logistic, fit_multinomial, fit_ridge or fit_mass_mean; got "
+            f"{type(fit).__name__}."
+        )
+
+
+def decision_function(fit: ProbeFit, X: Any) -> Array:
+    """Linear scores ``X w + b`` for every layer (and grid value).
+
+    Args:
+      fit: any fit of this package.
+      X: ``(L, N, D)`` when the fit has a layer axis, else ``(N, D)``.
+
+    Returns:
+      ``(L, [G,] N)`` (``(L, [G,] N, K)`` for a multinomial fit); the layer axis only for 3-D ``X``.
+    """
+    _check_fit(fit)
+    X = jnp.asarray(X)
+    coef = fit.coef
+    if X.ndim not in (2, 3) or X.shape[-1] != coef.shape[-1]:
+        raise ValueError(
+            f"X has shape {tuple(X.shape)}; this fit expects (N, {coef.shape[-1]}) or (L, N, "
+            f"{coef.shape[-1]}) with the layer axis the fit was made with."
+        )
+    if X.ndim == 3 and X.shape[0] != coef.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} layers but the fit has {coef.shape[0]}.")
+    X = X.astype(coef.dtype)
+    if X.ndim == 3:
+        z = jnp.einsum("l...d,lnd->l...n", coef, X)
+    else:
+        z = jnp.einsum("...d,nd->...n", coef, X)
+    z = z + fit.intercept[..., None]
+    if isinstance(fit, MultinomialFit):
+        z = jnp.swapaxes(z, -1, -2)
+    return z
+
+
+def predict_proba(fit: ProbeFit, X: Any) -> Array:
+    """Class probabilities ``(..., N, K)`` (``K = 2`` for binary fits: columns negative, positive).
+
+    For :class:`RidgeFit` (a least-squares classifier without a likelihood) the scores are squashed
+    by a logistic function, as lmprobe does; treat them as scores, not calibrated probabilities.
+    """
+    z = decision_function(fit, X)
+    if isinstance(fit, MultinomialFit):
+        return jax.nn.softmax(z, axis=-1)
+    p = jax.nn.sigmoid(z)
+    return jnp.stack([1 - p, p], axis=-1)
+
+
+def predict(fit: ProbeFit, X: Any) -> Array:
+    """Class indices ``(..., N)`` (int32). For a regression :class:`RidgeFit`, use :func:`decision_function`."""
+    z = decision_function(fit, X)
+    if isinstance(fit, MultinomialFit):
+        return jnp.argmax(z, axis=-1).astype(jnp.int32)
+    return (z > 0).astype(jnp.int32)
