@@ -31,14 +31,14 @@ class CVResult(NamedTuple):
     """Cross-validated probes for every layer. ``L`` layers, ``G`` grid values, ``F`` folds.
 
     Attributes:
-      grid: ``(G,)`` the ``C`` (or ``alpha``) values, in the order given.
+      grid: ``(G,)`` numpy float64, the ``C`` (or ``alpha``) values, in the order given.
       accuracy: ``(L, G, F)`` held-out accuracy per layer, grid value and fold.
       log_loss: ``(L, G, F)`` held-out mean log-loss (NaN for ridge).
       roc_auc: ``(L, G, F)`` held-out AUROC (NaN for multinomial fits).
       mse: ``(L, G, F)`` held-out mean squared error of the decision values against ``±1`` targets
         (ridge only; NaN otherwise). For ridge, ``F = 1``: the exact leave-one-out fold.
       best_index: int ``(L,)`` grid index with the best mean score over folds (first of ties).
-      best_value: ``(L,)`` the grid value at ``best_index``.
+      best_value: ``(L,)`` numpy float64, the grid value at ``best_index``.
       fit: the refit on all samples at each layer's best value: a fit with ``coef`` ``(L, [K,] D)``.
       fold_ids: ``(N,)`` fold of each sample (-1 for leave-one-out).
       n_iter: int ``(L, G, F + 1)`` solver iterations of each problem (last column: the refit);
@@ -46,13 +46,13 @@ class CVResult(NamedTuple):
       converged: bool ``(L, G, F + 1)``.
     """
 
-    grid: Array
+    grid: np.ndarray
     accuracy: Array
     log_loss: Array
     roc_auc: Array
     mse: Array
     best_index: Array
-    best_value: Array
+    best_value: np.ndarray
     fit: Any
     fold_ids: np.ndarray
     n_iter: Array
@@ -154,8 +154,8 @@ def cross_validate_logistic(
     layers = jnp.arange(X3.shape[0])
     refit = fit_type(*(a[layers, n_folds, best] for a in res))
     return CVResult(
-        grid=jnp.asarray(Cs), accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=best,
-        best_value=jnp.asarray(Cs)[best], fit=refit, fold_ids=fold_ids,
+        grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=best,
+        best_value=Cs[np.asarray(best)], fit=refit, fold_ids=fold_ids,
         n_iter=jnp.swapaxes(res.n_iter, 1, 2), converged=jnp.swapaxes(res.converged, 1, 2),
     )
 
@@ -201,7 +201,7 @@ def cross_validate_ridge(
     layers = jnp.arange(X3.shape[0])
     zeros = jnp.zeros(mse.shape[:2] + (2,), jnp.int32)
     return CVResult(
-        grid=jnp.asarray(alphas), accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
-        best_value=jnp.asarray(alphas)[best], fit=RidgeFit(*(a[layers, best] for a in loo.fit)),
+        grid=alphas, accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
+        best_value=alphas[np.asarray(best)], fit=RidgeFit(*(a[layers, best] for a in loo.fit)),
         fold_ids=np.full(X3.shape[1], -1, np.int32), n_iter=zeros, converged=zeros == 0,
     )

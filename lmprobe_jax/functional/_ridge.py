@@ -88,6 +88,7 @@ class _Spectral(NamedTuple):
     ybar: Array  # (T,)
     basis: Array
     eig: Array  # eigenvalues lam (primal) or mu (dual), clipped at 0
+    shift: Array  # (): dual with intercept only: the eigenvalue given to the null vector sqrt(s)
 
 
 def _factorise(x: Array, Y: Array, s: Array, fit_intercept: bool) -> _Spectral:
@@ -102,40 +103,56 @@ def _factorise(x: Array, Y: Array, s: Array, fit_intercept: bool) -> _Spectral:
     xs = root[:, None] * (x - xbar)
     ys = root * (Y - ybar[:, None])
     n, d = x.shape
-    gram = xs.T @ xs if n >= d else xs @ xs.T
+    shift = jnp.zeros((), x.dtype)
+    if n >= d:
+        gram = xs.T @ xs
+    else:
+        gram = xs @ xs.T
+        if fit_intercept:
+            # Centring makes q = sqrt(s) / |sqrt(s)| an exact null vector of the kernel, but a float32
+            # eigh returns its eigenvalue only to ~eps * |K|, which spoils 1 - h_ii (of order alpha/mu)
+            # in the LOO formula. Moving q's eigenvalue to a known `shift` keeps it exact; ys is
+            # orthogonal to q, so the ridge solution is unchanged.
+            q = root / jnp.linalg.norm(root)
+            shift = jnp.trace(gram) + 1.0
+            gram = gram + shift * jnp.outer(q, q)
     eig, basis = jnp.linalg.eigh(gram)
-    return _Spectral(xs, ys, xbar, ybar, basis, jnp.maximum(eig, 0))
+    return _Spectral(xs, ys, xbar, ybar, basis, jnp.maximum(eig, 0), shift)
 
 
-def _coef(sp: _Spectral, alpha: Array) -> Array:
-    """``(T, D)`` ridge weights at one ``alpha``, with one step of iterative refinement."""
+def _coef(sp: _Spectral, alpha: Array) -> tuple[Array, Array]:
+    """``(T, D)`` ridge weights at one ``alpha`` (one step of iterative refinement), and the weighted
+    training residuals ``sqrt(s) (y - yhat)`` ``(T, N)``."""
     n, d = sp.xs.shape
     inv = 1.0 / (sp.eig + alpha)
-    if n >= d:
-        def solve(rhs: Array) -> Array:  # (T, D) -> (T, D): (G + alpha)^-1 rhs
-            return ((rhs @ sp.basis) * inv) @ sp.basis.T
 
-        coef = solve(sp.ys @ sp.xs)
-        residual = (sp.ys - coef @ sp.xs.T) @ sp.xs - alpha * coef
-        return coef + solve(residual)
-
-    def solve_dual(rhs: Array) -> Array:  # (T, N) -> (T, N): (K + alpha)^-1 rhs
+    def solve(rhs: Array) -> Array:  # (G + alpha)^-1 rhs (primal) or (K + alpha)^-1 rhs (dual), rows
         return ((rhs @ sp.basis) * inv) @ sp.basis.T
 
-    beta = solve_dual(sp.ys)
-    residual = sp.ys - (beta @ sp.xs) @ sp.xs.T - alpha * beta
-    return (beta + solve_dual(residual)) @ sp.xs
+    if n >= d:
+        coef = solve(sp.ys @ sp.xs)
+        coef = coef + solve((sp.ys - coef @ sp.xs.T) @ sp.xs - alpha * coef)
+        return coef, sp.ys - coef @ sp.xs.T
+    beta = solve(sp.ys)
+    beta = beta + solve(sp.ys - (beta @ sp.xs) @ sp.xs.T - alpha * beta)
+    # In the dual, ys - Xs w = alpha * beta exactly: no cancellation when the fit nearly interpolates.
+    return beta @ sp.xs, alpha * beta
 
 
-def _hat_diag(sp: _Spectral, s: Array, alpha: Array, fit_intercept: bool) -> Array:
-    """``(N,)`` diagonal of the weighted hat matrix ``d yhat_i / d y_i``."""
+def _one_minus_hat(sp: _Spectral, s: Array, alpha: Array, fit_intercept: bool) -> Array:
+    """``(N,)`` ``1 - h_ii``, where ``h_ii = d yhat_i / d y_i`` is the weighted hat matrix's diagonal."""
     n, d = sp.xs.shape
+    lever = s / jnp.sum(s) if fit_intercept else jnp.zeros_like(s)  # the intercept's share of h_ii
     if n >= d:
         proj = sp.xs @ sp.basis  # (N, D): sqrt(s_i) (x_i - xbar) in the eigenbasis
-        h = (proj * proj) @ (1.0 / (sp.eig + alpha))
-    else:
-        h = (sp.basis * sp.basis) @ (sp.eig / (sp.eig + alpha))
-    return h + s / jnp.sum(s) if fit_intercept else h
+        return 1.0 - (proj * proj) @ (1.0 / (sp.eig + alpha)) - lever
+    # U is a full orthonormal basis, so sum_j U_ij^2 = 1 and 1 - sum_j U_ij^2 mu_j / (mu_j + alpha)
+    # equals sum_j U_ij^2 alpha / (mu_j + alpha): no cancellation when h_ii is close to 1 (N < D).
+    # With an intercept, the null vector q (q_i^2 = s_i / sum s) carries eigenvalue `shift` instead
+    # of 0; its term q_i^2 alpha / (shift + alpha) replaces the lever term exactly.
+    if fit_intercept:
+        lever = lever * alpha / (sp.shift + alpha)
+    return (sp.basis * sp.basis) @ (alpha / (sp.eig + alpha)) - lever
 
 
 @functools.partial(jax.jit, static_argnames=("fit_intercept", "loo", "layer_batch_size"))
@@ -153,13 +170,13 @@ def ridge_solve(
         sp = _factorise(x, Y, s, fit_intercept)
 
         def at(alpha: Array) -> tuple[RidgeFit, Array | None]:
-            coef = _coef(sp, alpha)
+            coef, scaled_residual = _coef(sp, alpha)
             intercept = sp.ybar - coef @ sp.xbar
             if not loo:
                 return RidgeFit(coef, intercept), None
-            pred = coef @ x.T + intercept[:, None]
-            h = _hat_diag(sp, s, alpha, fit_intercept)
-            return RidgeFit(coef, intercept), Y - (Y - pred) / (1.0 - h)
+            direct = Y - (coef @ x.T + intercept[:, None])  # zero-weight rows have no scaled residual
+            residual = jnp.where(s > 0, scaled_residual / jnp.sqrt(jnp.where(s > 0, s, 1.0)), direct)
+            return RidgeFit(coef, intercept), Y - residual / _one_minus_hat(sp, s, alpha, fit_intercept)
 
         return jax.vmap(at)(alphas)
 

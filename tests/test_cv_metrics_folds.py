@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import PredefinedSplit
+
+import lmprobe_jax.functional as F
+
+
+def test_cv_matches_logistic_regression_cv(binary_layers):
+    X, y = binary_layers
+    Cs = np.array([0.01, 0.1, 1.0, 10.0])
+    cv = F.cross_validate_logistic(X.astype(np.float32), y, Cs, folds=4, random_state=3)
+    assert cv.accuracy.shape == (3, 4, 4) and cv.fit.coef.shape == (3, 8)
+    assert bool(cv.converged.all())
+    for l in range(3):
+        ref = LogisticRegressionCV(
+            Cs=Cs, cv=PredefinedSplit(cv.fold_ids), tol=1e-10, max_iter=10000, scoring="accuracy",
+            l1_ratios=(0.0,), use_legacy_attributes=True,
+        ).fit(X[l], y)
+        np.testing.assert_allclose(np.asarray(cv.accuracy[l]), ref.scores_[1][..., 0].T, atol=1e-6)
+        assert float(cv.best_value[l]) == ref.C_[0]
+        np.testing.assert_allclose(cv.fit.coef[l], ref.coef_[0], rtol=1e-3, atol=1e-5)
+
+
+def test_cv_multinomial_runs_and_scores():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 150, 5))
+    y = np.argmax(X[1, :, :3] * 3, axis=1)
+    cv = F.cross_validate_logistic(X.astype(np.float32), y, [0.1, 1.0], folds=3)
+    assert cv.fit.coef.shape == (2, 3, 5)
+    assert float(cv.accuracy[1].mean()) > 0.8 > float(cv.accuracy[0].mean())
+    assert np.isnan(np.asarray(cv.roc_auc)).all()
+
+
+def test_ridge_cv_matches_ridgecv():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 80, 6))
+    y = X[0] @ rng.normal(size=6) + 0.5 * rng.normal(size=80)
+    alphas = np.array([0.1, 1.0, 10.0, 100.0])
+    cv = F.cross_validate_ridge(X.astype(np.float32), y, alphas)
+    ref = RidgeCV(alphas=alphas, store_cv_results=True).fit(X[0], y)
+    np.testing.assert_allclose(np.asarray(cv.mse[0, :, 0]), ref.cv_results_.mean(0), rtol=1e-4)
+    assert float(cv.best_value[0]) == ref.alpha_
+
+
+def test_metrics_match_sklearn_with_ties_and_weights():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + y, 1).astype(np.float32)  # many ties
+    w = rng.uniform(0, 2, 300)
+    assert abs(float(F.roc_auc(y, scores, w)) - roc_auc_score(y, scores, sample_weight=w)) < 1e-6
+    p = 1 / (1 + np.exp(-scores.astype(np.float64)))
+    assert abs(float(F.binary_log_loss(y, scores, w)) - log_loss(y, p, sample_weight=w)) < 1e-5
+    batch = np.stack([scores, -scores])
+    np.testing.assert_allclose(F.roc_auc(y, batch), [roc_auc_score(y, scores), roc_auc_score(y, -scores)], atol=1e-6)
+
+
+def test_stratified_folds_balance_and_seed():
+    y = np.array([0] * 37 + [1] * 23)
+    a = F.stratified_folds(y, 5, random_state=1)
+    assert (a == F.stratified_folds(y, 5, random_state=1)).all()
+    assert not (a == F.stratified_folds(y, 5, random_state=2)).all()
+    for c in (0, 1):
+        counts = np.bincount(a[y == c], minlength=5)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_groups_never_straddle_folds():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 2)  # a true and a false statement per city
+    y = np.tile([1, 0], 40)
+    folds = F.stratified_folds(y, 5, groups=groups, random_state=rng.integers(100))
+    for g in range(40):
+        assert np.unique(folds[groups == g]).size == 1
+    assert np.bincount(folds).min() >= 14
+
+
+def test_cv_with_groups(binary_layers):
+    X, y = binary_layers
+    groups = np.arange(len(y)) // 4
+    cv = F.cross_validate_logistic(X.astype(np.float32), y, [1.0], folds=5, groups=groups)
+    for g in np.unique(groups):
+        assert np.unique(cv.fold_ids[groups == g]).size == 1

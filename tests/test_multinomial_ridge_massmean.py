@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+
+import lmprobe_jax.functional as F
+
+
+@pytest.fixture
+def three_class():
+    rng = np.random.default_rng(0)
+    N, D, K = 300, 10, 3
+    X = rng.normal(size=(2, N, D))
+    y = np.argmax(X[0, :, :K] * 2 + rng.gumbel(size=(N, K)), axis=1)
+    return X, y
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0, 20.0])
+def test_multinomial_matches_sklearn(three_class, C):
+    X, y = three_class
+    fit = F.fit_multinomial(X.astype(np.float32), y, C)
+    assert fit.coef.shape == (2, 3, 10) and bool(fit.converged.all())
+    for l in range(2):
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X[l], y)
+        assert np.linalg.norm(fit.coef[l] - ref.coef_) / np.linalg.norm(ref.coef_) < 1e-3
+        np.testing.assert_allclose(fit.intercept[l], ref.intercept_, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(F.predict_proba(F.MultinomialFit(*(a[l] for a in fit)), X[l])),
+                                   ref.predict_proba(X[l]), atol=1e-4)
+
+
+def test_multinomial_grid_shape(three_class):
+    X, y = three_class
+    fit = F.fit_multinomial(X.astype(np.float32), y, [0.1, 1.0])
+    assert fit.coef.shape == (2, 2, 3, 10) and fit.intercept.shape == (2, 2, 3)
+    assert F.decision_function(fit, X).shape == (2, 2, 300, 3)
+
+
+@pytest.mark.parametrize("shape", [(120, 15), (30, 60)])  # primal and dual
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 100.0])
+def test_ridge_matches_closed_form(shape, alpha):
+    rng = np.random.default_rng(0)
+    N, D = shape
+    X = rng.normal(size=(N, D)) * np.linspace(0.2, 3, D) + 2.0
+    y = X @ rng.normal(size=D) + rng.normal(size=N)
+    sw = rng.uniform(0.2, 2.0, N)
+    fit = F.fit_ridge(X.astype(np.float32), y, alpha, sample_weight=sw)
+    ref = Ridge(alpha=alpha, solver="cholesky").fit(X, y, sample_weight=sw)
+    assert np.linalg.norm(fit.coef - ref.coef_) / np.linalg.norm(ref.coef_) < 1e-3
+    assert abs(float(fit.intercept) - ref.intercept_) < 1e-3 * max(1, abs(ref.intercept_))
+
+
+def test_ridge_classifier_and_grid():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2, 100, 6))
+    y = (X[1, :, 0] > 0).astype(int)
+    fit = F.fit_ridge(X.astype(np.float32), y, [0.1, 10.0])
+    assert fit.coef.shape == (2, 2, 6)
+    for l in range(2):
+        for g, a in enumerate([0.1, 10.0]):
+            ref = RidgeClassifier(alpha=a).fit(X[l], y)
+            np.testing.assert_allclose(fit.coef[l, g], ref.coef_.ravel(), rtol=1e-4, atol=1e-6)
+    assert (np.asarray(F.predict(F.RidgeFit(fit.coef[1, 0], fit.intercept[1, 0]), X[1])) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("shape", [(40, 5), (12, 30)])
+def test_ridge_loo_equals_brute_force(shape):
+    rng = np.random.default_rng(2)
+    N, D = shape
+    X = rng.normal(size=(N, D)) + 1.0
+    y = X @ rng.normal(size=D) + rng.normal(size=N)
+    sw = rng.uniform(0.5, 2.0, N)
+    alphas = np.array([0.1, 3.0])
+    loo = F.ridge_loo(X.astype(np.float32), y, alphas, sample_weight=sw)
+    for g, a in enumerate(alphas):
+        brute = [
+            Ridge(alpha=a).fit(np.delete(X, i, 0), np.delete(y, i), sample_weight=np.delete(sw, i)).predict(X[i:i + 1])[0]
+            for i in range(N)
+        ]
+        np.testing.assert_allclose(loo.predictions[g], brute, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("iid", [False, True])
+def test_mass_mean_direction(iid):
+    rng = np.random.default_rng(3)
+    N, D = 400, 6
+    A = rng.normal(size=(D, D))
+    y = rng.integers(0, 2, N)
+    X = rng.normal(size=(N, D)) @ A + np.outer(y, rng.normal(size=D))
+    fit = F.fit_mass_mean(X.astype(np.float32), y, iid=iid, shrinkage=0.0)
+    if iid:
+        ref = LinearDiscriminantAnalysis().fit(X, y).coef_[0]
+    else:
+        ref = X[y == 1].mean(0) - X[y == 0].mean(0)
+    d = np.asarray(fit.direction, np.float64)
+    assert d @ ref / np.linalg.norm(d) / np.linalg.norm(ref) > 1 - 1e-5
+    # Calibrated: the coefficient is a positive multiple of the direction and beats chance.
+    assert np.asarray(fit.coef) @ d > 0
+    assert (np.asarray(F.predict(fit, X)) == y).mean() > 0.6

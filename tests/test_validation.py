@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+import lmprobe_jax.functional as F
+
+X = np.random.default_rng(0).normal(size=(2, 20, 3)).astype(np.float32)
+y = np.arange(20) % 2
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: F.fit_logistic(np.where(X > 2, np.nan, X), y), "NaN or infinity"),
+        (lambda: F.fit_logistic(np.where(X > 2, np.inf, X), y), "NaN or infinity"),
+        (lambda: F.fit_logistic(X, np.zeros(20)), "single class"),
+        (lambda: F.fit_logistic(X, y[:-1]), "19 entries but X has 20 samples"),
+        (lambda: F.fit_logistic(X[0, 0], y), "expected \\(N, D\\)"),
+        (lambda: F.fit_logistic(X[None], y), "4-D"),
+        (lambda: F.fit_logistic(X, np.arange(20) % 3), "3 classes.*fit_multinomial"),
+        (lambda: F.fit_logistic(X, y + 0.5), "non-integer floats.*fit_ridge"),
+        (lambda: F.fit_logistic(X, y, C=0.0), "C must be finite and > 0"),
+        (lambda: F.fit_logistic(X, y, C=[[1.0]]), "scalar or a 1-D grid"),
+        (lambda: F.fit_logistic(X, y, sample_weight=-np.ones(20)), "non-negative"),
+        (lambda: F.fit_logistic(X, y, max_iter=0), "max_iter must be a positive integer"),
+        (lambda: F.fit_logistic(X.astype(str), y), "expected a floating array"),
+        (lambda: F.fit_ridge(X, y, alpha=-1), "alpha must be finite and > 0"),
+        (lambda: F.fit_ridge(X, np.arange(20) % 3), "3 classes"),
+        (lambda: F.fit_multinomial(X, np.zeros(20)), "single class"),
+        (lambda: F.fit_mass_mean(X, np.ones(20)), "single class"),
+        (lambda: F.stratified_folds(y, 11), "fewer than n_folds=11"),
+        (lambda: F.cross_validate_logistic(X, np.arange(20) % 3, scoring="roc_auc"), "not available"),
+        (lambda: F.fit_logistic(X, y, layer_batch_size=0), "layer_batch_size must be a positive"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_predict_checks_shapes():
+    fit = F.fit_logistic(X, y)
+    with pytest.raises(ValueError, match="expects"):
+        F.decision_function(fit, X[:, :, :2])
+    with pytest.raises(ValueError, match="3 layers but the fit has 2"):
+        F.decision_function(fit, np.concatenate([X, X[:1]]))
+    with pytest.raises(TypeError, match="expected a fit"):
+        F.predict((1, 2), X)
