@@ -1,0 +1,166 @@
+"""lmprobe-jax against scikit-learn on one CPU core: every contender, same data, same process.
+
+Workloads (defaults: 12 layers x 768 features x 3000 train rows, 1000 test rows):
+  logistic   C=1 on every layer         vs LogisticRegression(lbfgs) per layer
+  grid       8 C values                 vs a warm-started LogisticRegression loop per layer
+  cv         8 C x 5 stratified folds   vs LogisticRegressionCV per layer (same folds)
+  ridge      16 alphas, LOO selection   vs RidgeCV per layer
+
+Threading: the process is pinned to one core (os.sched_setaffinity) before JAX starts, so XLA's
+thread pool and BLAS share that core; scikit-learn's BLAS is also limited to 1 thread
+(threadpoolctl). Times are medians of --repeats warm runs; JAX's first call (trace + compile) is
+reported separately. Exactness: coefficients and objective against a float64 reference
+(LogisticRegression tol=1e-10, max_iter=1e4; Ridge by float64 closed form).
+
+Usage: python benchmarks/cpu_sweep.py [--layers 12 --features 768 --train 3000] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+import warnings
+
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV  # noqa: E402
+from sklearn.model_selection import PredefinedSplit  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import lmprobe_jax.functional as F  # noqa: E402
+from synthetic import make_layers  # noqa: E402
+
+
+def timed(fn, repeats):
+    """(result, first-call seconds, median warm seconds)."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return out, first, float(np.median(times))
+
+
+def sk_timed(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def logistic_objective(X, y, w, b, C):
+    m = (2 * y - 1) * (X @ w + b)
+    return C * np.logaddexp(0, -m).sum() + 0.5 * w @ w
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--features", type=int, default=768)
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=["logistic", "grid", "cv", "ridge"])
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    L, D, n_tr = args.layers, args.features, args.train
+    X, y = make_layers(L, n_tr + args.test, D)
+    Xtr, ytr, Xte, yte = X[:, :n_tr], y[:n_tr], X[:, n_tr:], y[n_tr:]
+    X64 = Xtr.astype(np.float64)
+    rows = []
+    print(f"data: {L} layers x {D} features, {n_tr} train / {args.test} test rows; one core; "
+          f"jax {jax.__version__} on {jax.default_backend()}")
+
+    with threadpool_limits(1):
+        if "logistic" in args.only:
+            fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, 1.0), args.repeats)
+            sk, t_sk = sk_timed(lambda: [LogisticRegression(C=1.0).fit(X64[l], ytr) for l in range(L)], args.repeats)
+            ref = [LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(X64[l], ytr) for l in range(L)]
+            gaps, sk_gaps, errs = [], [], []
+            for l in range(L):
+                o_ref = logistic_objective(X64[l], ytr, ref[l].coef_[0], ref[l].intercept_[0], 1.0)
+                w = np.asarray(fit.coef[l], np.float64)
+                gaps.append((logistic_objective(X64[l], ytr, w, float(fit.intercept[l]), 1.0) - o_ref) / o_ref)
+                sk_gaps.append((logistic_objective(X64[l], ytr, sk[l].coef_[0], sk[l].intercept_[0], 1.0) - o_ref) / o_ref)
+                errs.append(np.linalg.norm(w - ref[l].coef_[0]) / np.linalg.norm(ref[l].coef_[0]))
+            acc = np.asarray(F.binary_accuracy(yte, F.decision_function(fit, Xte)))
+            acc_sk = np.array([sk[l].score(Xte[l], yte) for l in range(L)])
+            rows.append(("logistic C=1", t_jax, first - t_jax, t_sk, "LogisticRegression loop",
+                         f"max obj gap {max(gaps):.1e} (sklearn default tol {max(sk_gaps):.1e}); "
+                         f"max coef err {max(errs):.1e}; test acc L0 {acc[0]:.3f} -> best {acc.max():.3f} "
+                         f"(sklearn {acc_sk.max():.3f}); all converged {bool(fit.converged.all())}"))
+
+        Cs = np.logspace(-3, 2, 8)
+        if "grid" in args.only:
+            fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, Cs), args.repeats)
+
+            def sk_grid():
+                out = []
+                for l in range(L):
+                    m = LogisticRegression(warm_start=True)
+                    for C in Cs:
+                        m.set_params(C=C).fit(X64[l], ytr)
+                        out.append(m.coef_.copy())
+                return out
+
+            _, t_sk = sk_timed(sk_grid, args.repeats)
+            rows.append(("logistic 8-C grid", t_jax, first - t_jax, t_sk, "warm-started LogisticRegression loop",
+                         f"all converged {bool(fit.converged.all())}, max Newton iters {int(fit.n_iter.max())}"))
+
+        if "cv" in args.only:
+            cv, first, t_jax = timed(lambda: F.cross_validate_logistic(Xtr, ytr, Cs, folds=5), max(1, args.repeats - 2))
+            split = PredefinedSplit(cv.fold_ids)
+            sk, t_sk = sk_timed(lambda: [LogisticRegressionCV(Cs=Cs, cv=split, scoring="accuracy").fit(X64[l], ytr)
+                                         for l in range(L)], 1)
+            same = np.mean([sk[l].C_[0] == cv.best_value[l] for l in range(L)])
+            acc = np.asarray(cv.accuracy.mean(-1).max(-1))
+            rows.append(("CV 8 C x 5 folds + refit", t_jax, first - t_jax, t_sk, "LogisticRegressionCV per layer",
+                         f"same best C on {same:.0%} of layers; CV acc L0 {acc[0]:.3f} -> best {acc.max():.3f}"))
+
+        if "ridge" in args.only:
+            alphas = np.logspace(-2, 4, 16)
+            cv, first, t_jax = timed(lambda: F.cross_validate_ridge(Xtr, ytr.astype(np.float64), alphas), args.repeats)
+            sk, t_sk = sk_timed(lambda: [RidgeCV(alphas=alphas).fit(X64[l], ytr.astype(np.float64)) for l in range(L)], args.repeats)
+            errs = []
+            for l in range(L):
+                xc, yc = X64[l] - X64[l].mean(0), ytr - ytr.mean()
+                w_ref = np.linalg.solve(xc.T @ xc + sk[l].alpha_ * np.eye(D), xc.T @ yc)
+                w = np.asarray(F.fit_ridge(Xtr[l], ytr.astype(np.float64), sk[l].alpha_).coef, np.float64)
+                errs.append(np.linalg.norm(w - w_ref) / np.linalg.norm(w_ref))
+            same = np.mean([sk[l].alpha_ == cv.best_value[l] for l in range(L)])
+            rows.append(("ridge 16 alphas, LOO", t_jax, first - t_jax, t_sk, "RidgeCV per layer",
+                         f"same best alpha on {same:.0%} of layers; max coef err vs float64 closed form {max(errs):.1e}"))
+
+    header = "| workload | lmprobe-jax (s) | compile (s) | anchor (s) | anchor | speed-up | exactness / notes |"
+    lines = [header, "|" + "---|" * 7]
+    for name, t, comp, t_sk, anchor, note in rows:
+        lines.append(f"| {name} | {t:.3f} | {comp:.2f} | {t_sk:.3f} | {anchor} | {t_sk / t:.1f}x | {note} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        cmd = "python benchmarks/cpu_sweep.py " + " ".join(sys.argv[1:])
+        stamp = datetime.date.today().isoformat()
+        machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
+        with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "a") as fh:
+            fh.write(f"\n### {stamp} — CPU, {L} layers x {D} x {n_tr} train\n\nMachine: {machine}; "
+                     f"jax {jax.__version__}; command: `{cmd}`\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
