@@ -22,23 +22,26 @@ import jax.numpy as jnp
 from jax import Array
 
 
-def over_layers(fn: Callable[..., Any], X: Array, *args: Any, layer_batch_size: int) -> Any:
-    """Apply ``fn(X_l, *args)`` to every layer of ``X`` (shape ``(L, N, D)``); ``args`` are shared.
+def over_layers(fn: Callable[..., Any], per_layer: Any, *args: Any, layer_batch_size: int) -> Any:
+    """Apply ``fn(per_layer_l, *args)`` to every layer; ``args`` are shared by all layers.
 
     Args:
-      fn: maps one layer ``(N, D)`` (and the shared ``args``) to a pytree of arrays.
-      X: ``(L, N, D)``.
+      fn: maps one layer's slice (e.g. ``X_l`` of shape ``(N, D)``) and the shared ``args`` to a
+        pytree of arrays.
+      per_layer: an array or pytree whose leaves have a leading ``L`` axis (``X`` ``(L, N, D)``, and
+        possibly per-layer hyper-parameters).
       layer_batch_size: how many layers to vmap at a time (peak solver memory scales with it); the
         result of :func:`default_layer_batch_size` when the caller has no preference.
 
     Returns:
       ``fn``'s pytree with a leading ``L`` axis on every leaf.
     """
-    if layer_batch_size >= X.shape[0]:
-        return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(X, *args)
+    n_layers = jax.tree.leaves(per_layer)[0].shape[0]
+    if layer_batch_size >= n_layers:
+        return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(per_layer, *args)
     # batch_size=1 would still vmap each one-layer chunk, turning the products with X into batched ones.
     batch_size = None if layer_batch_size == 1 else layer_batch_size
-    return jax.lax.map(lambda x: fn(x, *args), X, batch_size=batch_size)
+    return jax.lax.map(lambda sl: fn(sl, *args), per_layer, batch_size=batch_size)
 
 
 def default_layer_batch_size(n_layers: int, layer_batch_size: int | None = None) -> int:

@@ -1,11 +1,11 @@
 """Cross-validation and regularisation paths: every layer x grid value x fold in one compiled solve.
 
 Folds are sample-weight masks over the same ``X``: fold ``f``'s training problem weights the samples
-outside ``f``. The ``F`` training problems plus one on all samples (the refit) are solved together for
-every grid value, so each solver step reads a layer's ``X`` once for all ``(F + 1) * G`` problems
-(one ``((F+1) G, N) x (N, D)`` product). The refit is the all-samples solution at each layer's best
-grid value: no second solve, no recompilation.
-"""
+outside ``f``. The ``F`` fold problems are solved together, as one warm-started path over the ``C``
+grid, so each solver step reads a layer's ``X`` once for all of them (one ``(F, N) x (N, D)`` product).
+Fold problems only have to rank the grid, so they stop at ``cv_tol`` (default 1e-4, the ``tol`` of
+``LogisticRegressionCV``); the refit on all samples at each layer's best ``C`` — the probe users keep —
+is then solved to the tight ``tol``, one ``C`` per layer, in a second batched call."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ._batching import default_layer_batch_size
 from ._folds import stratified_folds
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
-from ._newton_cg import default_max_cg_iter, solve_layers
+from ._newton_cg import default_max_cg_iter, default_precondition_rank, solve_layers
 from ._predict import decision_function
 from ._ridge import RidgeFit, ridge_loo
 
@@ -41,8 +41,8 @@ class CVResult(NamedTuple):
       best_value: ``(L,)`` numpy float64, the grid value at ``best_index``.
       fit: the refit on all samples at each layer's best value: a fit with ``coef`` ``(L, [K,] D)``.
       fold_ids: ``(N,)`` fold of each sample (-1 for leave-one-out).
-      n_iter: int ``(L, G, F + 1)`` solver iterations of each problem (last column: the refit);
-        zeros for ridge.
+      n_iter: int ``(L, G, F + 1)`` solver iterations of each problem (last column: the refit, the
+        same for every ``G``); zeros for ridge.
       converged: bool ``(L, G, F + 1)``.
     """
 
@@ -85,9 +85,11 @@ def cross_validate_logistic(
     multinomial: bool | None = None,
     sample_weight: Any = None,
     fit_intercept: bool = True,
-    tol: float = 1e-6,
+    tol: float = 1e-7,
+    cv_tol: float = 1e-4,
     max_iter: int = 100,
     max_cg_iter: int | None = None,
+    precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
 ) -> CVResult:
     """K-fold cross-validated L2 logistic regression on every layer over a ``C`` grid, with refit.
@@ -104,7 +106,9 @@ def cross_validate_logistic(
       random_state: seed of the fold shuffle.
       scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"`` (binary only): how the best ``C`` is chosen.
       multinomial: force softmax (True) or binary (False); default: softmax for more than two classes.
-      sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size: as in
+      tol: tolerance of the refit (as in :func:`fit_logistic`).
+      cv_tol: tolerance of the fold problems, which only score the grid.
+      sample_weight, fit_intercept, max_iter, max_cg_iter, precondition_rank, layer_batch_size: as in
         :func:`fit_logistic`.
 
     Returns:
@@ -124,20 +128,23 @@ def cross_validate_logistic(
     fold_ids = _fold_ids(codes, folds, groups, random_state)
     n_folds = int(fold_ids.max()) + 1
     test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
-    weights = np.concatenate([(1.0 - test) * sw, sw[None]], axis=0)  # (F + 1, N)
     if max_cg_iter is None:
         max_cg_iter = default_max_cg_iter(X3.shape[2] * (classes.size if softmax else 1))
-    res = solve_layers(
-        SOFTMAX if softmax else BINARY_LOGISTIC, X3, jnp.asarray(codes if softmax else codes.astype(np.float32)),
-        jnp.asarray(weights), jnp.asarray(Cs), n_outputs=int(classes.size) if softmax else None,
-        fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
+    loss = SOFTMAX if softmax else BINARY_LOGISTIC
+    y_solver = jnp.asarray(codes if softmax else codes.astype(np.float32))
+    options = dict(
+        n_outputs=int(classes.size) if softmax else None, fit_intercept=bool(fit_intercept),
         max_iter=_checks.check_positive_int(max_iter, "max_iter"),
         max_cg_iter=_checks.check_positive_int(max_cg_iter, "max_cg_iter"),
+        precondition_rank=default_precondition_rank(X3.shape[2], precondition_rank),
         layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
-    )  # fields (L, F + 1, G, ...)
+    )
+    folds_res = solve_layers(
+        loss, X3, y_solver, jnp.asarray((1.0 - test) * sw), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),
+        **options,
+    )  # fields (L, F, G, ...)
     fit_type = MultinomialFit if softmax else LogisticFit
-    fold_fits = fit_type(*(a[:, :n_folds] for a in res))
-    z = decision_function(fold_fits, X3)  # (L, F, G, N[, K])
+    z = decision_function(fit_type(*folds_res), X3)  # (L, F, G, N[, K])
     test_w = jnp.asarray(test * sw)[None, :, None, :]  # (1, F, 1, N)
     y_j = jnp.asarray(codes)
     nan = jnp.full(z.shape[:3], jnp.nan, z.dtype)
@@ -150,13 +157,22 @@ def cross_validate_logistic(
         ll = _metrics.binary_log_loss(y_j, z, test_w)
         auc = _metrics.roc_auc(y_j, z, test_w)
     acc, ll, auc, nan = (jnp.swapaxes(a, 1, 2) for a in (acc, ll, auc, nan))  # (L, G, F)
-    best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
-    layers = jnp.arange(X3.shape[0])
-    refit = fit_type(*(a[layers, n_folds, best] for a in res))
+    best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
+    refit_res = solve_layers(
+        loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
+        **options,
+    )  # fields (L, 1, 1, ...)
+    G = Cs.size
+
+    def with_refit(fold_field: Array, refit_field: Array) -> Array:  # (L, F, G) + (L, 1, 1) -> (L, G, F+1)
+        refit_column = jnp.broadcast_to(refit_field[:, 0, :], (refit_field.shape[0], G))[..., None]
+        return jnp.concatenate([jnp.swapaxes(fold_field, 1, 2), refit_column], axis=-1)
+
     return CVResult(
-        grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=best,
-        best_value=Cs[np.asarray(best)], fit=refit, fold_ids=fold_ids,
-        n_iter=jnp.swapaxes(res.n_iter, 1, 2), converged=jnp.swapaxes(res.converged, 1, 2),
+        grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=jnp.asarray(best),
+        best_value=Cs[best], fit=fit_type(*(a[:, 0, 0] for a in refit_res)), fold_ids=fold_ids,
+        n_iter=with_refit(folds_res.n_iter, refit_res.n_iter),
+        converged=with_refit(folds_res.converged, refit_res.converged),
     )
 
 

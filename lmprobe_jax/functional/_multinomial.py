@@ -24,7 +24,7 @@ from jax import Array
 
 from . import _checks
 from ._batching import default_layer_batch_size, squeeze_axes
-from ._newton_cg import GLMLoss, default_max_cg_iter, solve_layers
+from ._newton_cg import GLMLoss, default_max_cg_iter, default_precondition_rank, solve_layers
 
 
 def _softmax_value(z: Array, y: Array) -> Array:
@@ -43,7 +43,13 @@ def _softmax_hvp(z: Array, y: Array, u: Array) -> Array:
     return pu - p * jnp.sum(pu, axis=0, keepdims=True)
 
 
-SOFTMAX = GLMLoss(value=_softmax_value, grad=_softmax_grad, hvp=_softmax_hvp)
+def _softmax_curvature(z: Array, y: Array) -> Array:
+    del y
+    p = jax.nn.softmax(z, axis=0)
+    return p * (1 - p)
+
+
+SOFTMAX = GLMLoss(value=_softmax_value, grad=_softmax_grad, hvp=_softmax_hvp, curvature=_softmax_curvature)
 
 
 class MultinomialFit(NamedTuple):
@@ -69,9 +75,10 @@ def fit_multinomial(
     *,
     sample_weight: Any = None,
     fit_intercept: bool = True,
-    tol: float = 1e-6,
+    tol: float = 1e-7,
     max_iter: int = 100,
     max_cg_iter: int | None = None,
+    precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
 ) -> MultinomialFit:
     """Fit K-class softmax regression on every layer (and every ``C``) in one compiled solve.
@@ -83,8 +90,8 @@ def fit_multinomial(
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations (see :func:`fit_logistic`).
       y: ``(N,)`` class labels (any sortable values); classes are the sorted distinct labels.
-      C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size: as in
-        :func:`fit_logistic`.
+      C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, precondition_rank,
+        layer_batch_size: as in :func:`fit_logistic`.
 
     Returns:
       A :class:`MultinomialFit`.
@@ -108,6 +115,7 @@ def fit_multinomial(
         SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs),
         n_outputs=int(classes.size), fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
         max_iter=_checks.check_positive_int(max_iter, "max_iter"), max_cg_iter=max_cg_iter,
+        precondition_rank=default_precondition_rank(X3.shape[2], precondition_rank),
         layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
     return MultinomialFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))

@@ -1,0 +1,88 @@
+r"""Randomized Nyström approximation of a layer's Gram matrix, used to precondition conjugate gradients.
+
+For the Newton systems of an L2-penalised GLM, ``H = C X^T W X + I`` (``W`` the per-sample curvatures),
+CG needs about ``sqrt(cond(H))`` steps, and residual-stream activations are strongly anisotropic: on the
+benchmark's synthetic layers (spectrum ``~ 1/k``) CG took 30–100 steps per Newton step. Replacing ``W``
+by its mean ``w`` gives ``H ~ a (A + mu I)`` with ``A = [X, 1]^T [X, 1]``, ``a = C w``, ``mu = 1 / a``. A
+rank-``r`` Nyström approximation ``A ~ U diag(lam) U^T`` gives the preconditioner
+
+.. math::
+
+    P^{-1} v = U \operatorname{diag}\Big(\frac{\lambda_r + \mu}{\lambda + \mu}\Big) U^\top v
+               + (I - U U^\top) v,
+
+which flattens the top ``r`` directions of the spectrum (Frangella, Tropp & Udell, "Randomized Nyström
+Preconditioning", SIAM J. Matrix Anal. Appl., 2023, Algorithm 2.1 and eq. 5.3). Building it costs two
+products of ``X`` with ``r`` columns, one ``r x r`` Cholesky and a thin SVD; applying it costs
+``O((D + 1) r)`` per vector. One approximation serves every ``C`` and fold of a layer: each problem
+only changes the scalar ``mu``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._products import matvec, rmatvec
+
+
+class NystromApprox(NamedTuple):
+    """``[X, 1]^T [X, 1] ~ U diag(eig) U^T`` with ``U = [basis_coef; basis_intercept]`` orthonormal.
+
+    Attributes:
+      basis_coef: ``(r, D)`` the rows of ``U^T`` restricted to the feature coordinates.
+      basis_intercept: ``(r,)`` their intercept coordinate (zero when there is no intercept column).
+      eig: ``(r,)`` non-negative, decreasing.
+    """
+
+    basis_coef: Array
+    basis_intercept: Array
+    eig: Array
+
+
+def nystrom_gram(X: Array, rank: int, *, fit_intercept: bool, key: Array) -> NystromApprox:
+    """Rank-``rank`` Nyström approximation of ``[X, 1]^T [X, 1]`` (or ``X^T X`` without intercept).
+
+    Args:
+      X: ``(N, D)``.
+      rank: ``r <= D (+ 1)``; static.
+      fit_intercept: whether the column of ones is part of the matrix.
+      key: PRNG key of the Gaussian test matrix.
+    """
+    dtype = X.dtype
+    d = X.shape[1]
+    omega = jax.random.normal(key, (rank, d + 1), dtype)
+    if not fit_intercept:
+        omega = omega.at[:, d].set(0)
+    omega = jnp.linalg.qr(omega.T)[0].T  # (r, D + 1), orthonormal rows
+    xo = matvec(X, omega[:, :d]) + omega[:, d:]  # (r, N): [X, 1] applied to each test vector
+    y_coef = rmatvec(X, xo)  # (r, D)
+    y_int = jnp.sum(xo, axis=-1) if fit_intercept else jnp.zeros(rank, dtype)
+    y = jnp.concatenate([y_coef, y_int[:, None]], axis=1)  # (r, D + 1) = (A Omega)^T
+    # Shift by nu for a stable Cholesky (Algorithm 2.1), removed from the eigenvalues afterwards.
+    nu = jnp.sqrt(jnp.asarray(d + 1, dtype)) * jnp.finfo(dtype).eps * jnp.linalg.norm(y)
+    y = y + nu * omega
+    core = omega @ y.T
+    chol = jnp.linalg.cholesky(0.5 * (core + core.T))
+    b = jax.scipy.linalg.solve_triangular(chol, y, lower=True)  # (r, D + 1) = (Y C^-T)^T
+    _, sing, vt = jnp.linalg.svd(b, full_matrices=False)
+    eig = jnp.maximum(sing**2 - nu, 0)
+    return NystromApprox(basis_coef=vt[:, :d], basis_intercept=vt[:, d], eig=eig)
+
+
+def apply_preconditioner(approx: NystromApprox, mu: Array, v_coef: Array, v_int: Array) -> tuple[Array, Array]:
+    """``P^{-1} v`` for ``A + mu I`` (see the module docstring).
+
+    Args:
+      approx: from :func:`nystrom_gram`.
+      mu: ``()`` or one value per leading row of ``v_coef`` (e.g. ``(K,)`` for softmax).
+      v_coef: ``(..., D)``; ``v_int``: ``(...)``.
+    """
+    proj = v_coef @ approx.basis_coef.T + v_int[..., None] * approx.basis_intercept  # (..., r)
+    mu = jnp.asarray(mu)[..., None]
+    factor = (approx.eig[-1] + mu) / (approx.eig + mu) - 1.0
+    scaled = proj * factor
+    return v_coef + scaled @ approx.basis_coef, v_int + scaled @ approx.basis_intercept
