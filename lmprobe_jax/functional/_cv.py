@@ -107,7 +107,8 @@ def cross_validate_logistic(
       scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"`` (binary only): how the best ``C`` is chosen.
       multinomial: force softmax (True) or binary (False); default: softmax for more than two classes.
       tol: tolerance of the refit (as in :func:`fit_logistic`).
-      cv_tol: tolerance of the fold problems, which only score the grid.
+      cv_tol: tolerance of the fold problems, which only score the grid: scikit-learn's gradient
+        criterion alone (no objective-gap bound), as in ``LogisticRegressionCV``.
       sample_weight, fit_intercept, max_iter, max_cg_iter, precondition_rank, layer_batch_size: as in
         :func:`fit_logistic`.
 
@@ -141,8 +142,8 @@ def cross_validate_logistic(
     )
     folds_res = solve_layers(
         loss, X3, y_solver, jnp.asarray((1.0 - test) * sw), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),
-        **options,
-    )  # fields (L, F, G, ...)
+        gap_tol=float("inf"), **options,
+    )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
     z = decision_function(fit_type(*folds_res), X3)  # (L, F, G, N[, K])
     test_w = jnp.asarray(test * sw)[None, :, None, :]  # (1, F, 1, N)

@@ -1,0 +1,67 @@
+"""The solver's building blocks, each on its own: products under vmap, the Nyström preconditioner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lmprobe_jax.functional as F
+from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
+from lmprobe_jax.functional._products import matvec, rmatvec
+
+
+def test_products_match_numpy_under_nested_vmap():
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(7, 5)), jnp.float32)
+    V = jnp.asarray(rng.normal(size=(3, 2, 5)), jnp.float32)
+    U = jnp.asarray(rng.normal(size=(3, 2, 7)), jnp.float32)
+    mv = jax.vmap(jax.vmap(matvec, in_axes=(None, 0)), in_axes=(None, 0))(X, V)
+    rv = jax.vmap(jax.vmap(rmatvec, in_axes=(None, 0)), in_axes=(None, 0))(X, U)
+    np.testing.assert_allclose(mv, np.einsum("nd,abd->abn", X, V), rtol=1e-5)
+    np.testing.assert_allclose(rv, np.einsum("nd,abn->abd", X, U), rtol=1e-5)
+    XL = jnp.stack([X, 2 * X])  # batched X (layers vmapped) takes the einsum branch
+    np.testing.assert_allclose(jax.vmap(matvec)(XL, V[:2, 0]), np.einsum("lnd,ld->ln", XL, V[:2, 0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_nystrom_approximates_gram_from_below(fit_intercept):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 6)) + 0.5
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept, key=jax.random.key(0))
+    U = np.concatenate([np.asarray(approx.basis_coef), np.asarray(approx.basis_intercept)[:, None]], axis=1)
+    np.testing.assert_allclose(U @ U.T, np.eye(6), atol=1e-5)  # orthonormal basis
+    A = np.hstack([X, np.ones((40, 1)) if fit_intercept else np.zeros((40, 1))])
+    gram = A.T @ A
+    residual = gram - U.T @ np.diag(np.asarray(approx.eig)) @ U
+    # A Nystrom approximation never exceeds the matrix; with rank = rank(A) it is exact.
+    assert np.linalg.eigvalsh(residual).min() > -1e-3 * np.abs(gram).max()
+    if not fit_intercept:
+        np.testing.assert_allclose(residual, 0, atol=1e-3 * np.abs(gram).max())
+
+
+def test_preconditioner_inverts_shifted_gram_on_its_span():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(50, 5))
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False, key=jax.random.key(0))
+    mu = 0.7
+    v = rng.normal(size=5).astype(np.float32)
+    out, _ = apply_preconditioner(approx, mu, jnp.asarray(v), jnp.zeros(()))
+    # With full rank, P^-1 = (lam_min + mu) (A + mu I)^-1.
+    expected = (float(approx.eig[-1]) + mu) * np.linalg.solve(X.T @ X + mu * np.eye(5), v)
+    np.testing.assert_allclose(out, expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize("rank", [0, 3, 8])
+def test_preconditioning_does_not_change_the_optimum(binary_layers, rank):
+    X, y = binary_layers
+    ref = F.fit_logistic(X.astype(np.float32), y, [0.1, 10.0], precondition_rank=0)
+    got = F.fit_logistic(X.astype(np.float32), y, [0.1, 10.0], precondition_rank=rank)
+    assert bool(got.converged.all())
+    err = np.linalg.norm(np.asarray(got.coef - ref.coef), axis=-1) / np.linalg.norm(np.asarray(ref.coef), axis=-1)
+    assert err.max() < 1e-5
+
+
+def test_precondition_rank_is_validated(binary_layers):
+    X, y = binary_layers
+    with pytest.raises(ValueError, match="precondition_rank must be an integer in \\[0, D=8\\]"):
+        F.fit_logistic(X.astype(np.float32), y, precondition_rank=9)
