@@ -23,6 +23,7 @@ import argparse
 import datetime
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -171,11 +172,14 @@ def main() -> None:
     print(table)
     if args.record:
         cmd = "python benchmarks/cpu_sweep.py " + " ".join(sys.argv[1:])
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True,
+                                text=True).stdout.strip() or "unknown"
         stamp = datetime.date.today().isoformat()
         machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
         with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "a") as fh:
-            fh.write(f"\n### {stamp} — CPU, {L} layers x {D} x {n_tr} train\n\nMachine: {machine}; "
-                     f"jax {jax.__version__}; command: `{cmd}`\n\n{table}\n")
+            fh.write(f"\n### {stamp} — CPU, {L} layers x {D} x {n_tr} train, commit {commit}\n\n"
+                     f"Machine: {machine}; jax {jax.__version__}; command: `{cmd}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

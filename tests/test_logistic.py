@@ -133,3 +133,16 @@ def test_float64_under_x64(binary_layers):
         ref = sk_reference(X[2], y, 1.0)
         w = np.asarray(fit.coef[2])
         assert np.linalg.norm(w - ref.coef_[0]) / np.linalg.norm(ref.coef_[0]) < 1e-6
+
+
+def test_callable_under_jit_and_vmap(binary_layers):
+    # Research code jits and vmaps the functional API; labels are then taken as coded 0/1.
+    X, y = binary_layers
+    X32 = X.astype(np.float32)
+    eager = F.fit_logistic(X32, y, [0.1, 1.0])
+    jitted = jax.jit(lambda X, y, C: F.fit_logistic(X, y, C).coef)(X32, y, jax.numpy.asarray([0.1, 1.0]))
+    np.testing.assert_allclose(jitted, eager.coef, rtol=1e-5, atol=1e-6)
+    per_layer = jax.vmap(lambda x: F.fit_logistic(x, y, 1.0).coef)(X32)  # vmap over layers, 2-D each
+    np.testing.assert_allclose(per_layer, F.fit_logistic(X32, y, 1.0).coef, rtol=1e-4, atol=1e-6)
+    ridge = jax.jit(lambda X, y: F.fit_ridge(X, y, 1.0).coef)(X32, y)
+    np.testing.assert_allclose(ridge, F.fit_ridge(X32, y, 1.0).coef, rtol=1e-5, atol=1e-6)

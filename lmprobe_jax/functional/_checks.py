@@ -1,8 +1,11 @@
 """Validation at the public boundary of :mod:`lmprobe_jax.functional`.
 
-The jitted solvers trust their inputs; these host-side checks run once per public call (skipped when
-the caller passes ``check_input=False`` or calls from inside ``jax.jit``, where values are abstract).
-Every message says what was given, what was expected, and how to fix it.
+The jitted solvers trust their inputs; these host-side checks run once per public call. Every message
+says what was given, what was expected, and how to fix it.
+
+Called under ``jax.jit`` / ``jax.vmap`` (arguments are tracers), only shapes and dtypes can be checked:
+value checks are skipped and labels are taken as already coded ``0`` / ``1``, since sorting the
+distinct labels needs their values.
 """
 
 from __future__ import annotations
@@ -66,9 +69,9 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
     return X, was_2d
 
 
-def check_n_samples(n: int, arr: Any, name: str) -> np.ndarray:
-    """``arr`` as a 1-D numpy array with ``n`` entries."""
-    arr = np.asarray(arr)
+def check_n_samples(n: int, arr: Any, name: str) -> Any:
+    """``arr`` as a 1-D array with ``n`` entries (numpy, or the tracer itself under a transformation)."""
+    arr = arr if not is_concrete(arr) else np.asarray(arr)
     if arr.ndim != 1:
         raise ValueError(f"{name} has shape {arr.shape}; expected a 1-D array with one entry per sample.")
     if arr.shape[0] != n:
@@ -83,9 +86,11 @@ def check_binary_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Map two distinct labels to ``{0, 1}`` (sorted: the larger label is the positive class).
 
     Returns:
-      ``(y01 int32 (n,), classes (2,))``.
+      ``(y01 int32 (n,), classes (2,))``; under a transformation ``(y as int32, None)``.
     """
     y = check_n_samples(n, y, "y")
+    if not is_concrete(y):
+        return y.astype(jnp.int32), None
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)):
             raise ValueError("y contains NaN or infinity; labels must be finite class labels.")
@@ -125,6 +130,8 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
     """``(n,)`` float weights: ones when None; finite, non-negative, not all zero."""
     if sample_weight is None:
         return np.ones(n, dtype=np.float32)
+    if not is_concrete(sample_weight):
+        return check_n_samples(n, sample_weight, "sample_weight").astype(jnp.float32)
     sw = check_n_samples(n, sample_weight, "sample_weight").astype(np.float64)
     if not np.all(np.isfinite(sw)) or np.any(sw < 0):
         raise ValueError("sample_weight must be finite and non-negative.")
@@ -135,6 +142,10 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
 
 def check_grid(value: Any, name: str) -> tuple[np.ndarray, bool]:
     """A positive regularisation value or 1-D grid. Returns ``(grid (G,), is_grid)``."""
+    if not is_concrete(value):
+        if value.ndim > 1:
+            raise ValueError(f"{name} has shape {value.shape}; give a scalar or a 1-D grid of values.")
+        return value.reshape(-1), value.ndim == 1
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"{name} has shape {arr.shape}; give a scalar or a 1-D grid of values.")

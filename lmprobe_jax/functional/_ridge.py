@@ -66,6 +66,10 @@ class RidgeLOO(NamedTuple):
 def ridge_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``(Y (1, N) float32, classes or None)``: float ``y`` is regression, integer/bool ``y`` classification."""
     y_arr = _checks.check_n_samples(n, y, "y")
+    if not _checks.is_concrete(y_arr):  # under jit: float targets, or labels coded 0/1
+        if jnp.issubdtype(y_arr.dtype, jnp.floating):
+            return y_arr.astype(jnp.float32)[None], None
+        return (2.0 * y_arr.astype(jnp.float32) - 1.0)[None], None
     if y_arr.dtype.kind == "f":
         if not np.all(np.isfinite(y_arr)):
             raise ValueError("y contains NaN or infinity; drop those samples or impute the targets.")
