@@ -30,6 +30,8 @@ y = np.arange(20) % 2
         (lambda: F.stratified_folds(y, 11), "fewer than n_folds=11"),
         (lambda: F.cross_validate_logistic(X, np.arange(20) % 3, scoring="roc_auc"), "not available"),
         (lambda: F.fit_logistic(X, y, layer_batch_size=0), "layer_batch_size must be a positive"),
+        (lambda: F.cross_validate_logistic(X, y, folds=np.arange(20) % 2, groups=np.arange(20)), "groups only"),
+        (lambda: F.cross_validate_logistic(X, y, folds=np.zeros(20)), "at least two folds"),
     ],
 )
 def test_bad_input_raises_clear_value_error(call, match):

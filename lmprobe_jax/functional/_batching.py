@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax import Array
 
 
 def over_layers(fn: Callable[..., Any], per_layer: Any, *args: Any, layer_batch_size: int) -> Any:

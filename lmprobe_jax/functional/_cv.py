@@ -16,11 +16,10 @@ import numpy as np
 from jax import Array
 
 from . import _checks, _metrics
-from ._batching import default_layer_batch_size
 from ._folds import stratified_folds
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
-from ._newton_cg import default_max_cg_iter, default_precondition_rank, solve_layers
+from ._newton_cg import solve_layers, solver_options
 from ._predict import decision_function
 from ._ridge import RidgeFit, ridge_loo
 
@@ -67,6 +66,11 @@ def _best(scores: Array, scoring: str) -> Array:
 def _fold_ids(y: np.ndarray, folds: Any, groups: Any, random_state: int | None) -> np.ndarray:
     if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
         return stratified_folds(y, int(folds), groups=groups, random_state=random_state)
+    if groups is not None:
+        raise ValueError(
+            "groups only shapes folds that are built here (an integer folds); with fold ids of your own, "
+            "keep each group inside one fold when making them."
+        )
     ids = _checks.check_n_samples(y.shape[0], folds, "folds").astype(np.int64)
     if ids.min() < 0 or np.unique(ids).size < 2:
         raise ValueError("folds, given as fold ids, needs non-negative integers with at least two folds.")
@@ -129,16 +133,11 @@ def cross_validate_logistic(
     fold_ids = _fold_ids(codes, folds, groups, random_state)
     n_folds = int(fold_ids.max()) + 1
     test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
-    if max_cg_iter is None:
-        max_cg_iter = default_max_cg_iter(X3.shape[2] * (classes.size if softmax else 1))
     loss = SOFTMAX if softmax else BINARY_LOGISTIC
     y_solver = jnp.asarray(codes if softmax else codes.astype(np.float32))
-    options = dict(
-        n_outputs=int(classes.size) if softmax else None, fit_intercept=bool(fit_intercept),
-        max_iter=_checks.check_positive_int(max_iter, "max_iter"),
-        max_cg_iter=_checks.check_positive_int(max_cg_iter, "max_cg_iter"),
-        precondition_rank=default_precondition_rank(X3.shape[2], precondition_rank),
-        layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+    options = solver_options(
+        X3.shape, int(classes.size) if softmax else None, fit_intercept=fit_intercept, max_iter=max_iter,
+        max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
     folds_res = solve_layers(
         loss, X3, y_solver, jnp.asarray((1.0 - test) * sw), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),

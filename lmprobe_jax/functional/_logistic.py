@@ -16,12 +16,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
 from . import _checks
-from ._batching import default_layer_batch_size, squeeze_axes
-from ._newton_cg import GLMLoss, default_max_cg_iter, default_precondition_rank, solve_layers
+from ._batching import squeeze_axes
+from ._newton_cg import GLMLoss, solve_layers, solver_options
 
 
 def _binary_value(z: Array, y: Array) -> Array:
@@ -126,15 +125,12 @@ def fit_logistic(
     y01, _ = _checks.check_binary_labels(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
     Cs, is_grid = _checks.check_grid(C, "C")
-    max_iter = _checks.check_positive_int(max_iter, "max_iter")
-    max_cg_iter = default_max_cg_iter(X3.shape[2]) if max_cg_iter is None else _checks.check_positive_int(
-        max_cg_iter, "max_cg_iter"
+    options = solver_options(
+        X3.shape, None, fit_intercept=fit_intercept, max_iter=max_iter, max_cg_iter=max_cg_iter,
+        precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
     fit = solve_layers(
         BINARY_LOGISTIC, X3, jnp.asarray(y01, jnp.float32), jnp.asarray(sw)[None], jnp.asarray(Cs),
-        n_outputs=None, fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol), max_iter=max_iter,
-        max_cg_iter=max_cg_iter,
-        precondition_rank=default_precondition_rank(X3.shape[2], precondition_rank),
-        layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+        tol=_checks.check_tol(tol), **options,
     )
     return LogisticFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from . import _checks
-from ._batching import default_layer_batch_size, squeeze_axes
-from ._newton_cg import GLMLoss, default_max_cg_iter, default_precondition_rank, solve_layers
+from ._batching import squeeze_axes
+from ._newton_cg import GLMLoss, solve_layers, solver_options
 
 
 def _softmax_value(z: Array, y: Array) -> Array:
@@ -108,14 +108,12 @@ def fit_multinomial(
     codes, classes = _checks.check_class_labels(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
     Cs, is_grid = _checks.check_grid(C, "C")
-    max_cg_iter = default_max_cg_iter(X3.shape[2] * classes.size) if max_cg_iter is None else (
-        _checks.check_positive_int(max_cg_iter, "max_cg_iter")
+    options = solver_options(
+        X3.shape, int(classes.size), fit_intercept=fit_intercept, max_iter=max_iter, max_cg_iter=max_cg_iter,
+        precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
     fit = solve_layers(
-        SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs),
-        n_outputs=int(classes.size), fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
-        max_iter=_checks.check_positive_int(max_iter, "max_iter"), max_cg_iter=max_cg_iter,
-        precondition_rank=default_precondition_rank(X3.shape[2], precondition_rank),
-        layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+        SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs), tol=_checks.check_tol(tol),
+        **options,
     )
     return MultinomialFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))

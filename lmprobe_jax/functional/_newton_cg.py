@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._batching import over_layers
-from ._checks import compute_dtype
+from ._batching import default_layer_batch_size, over_layers
+from ._checks import check_positive_int, compute_dtype
 from ._nystrom import NystromApprox, apply_preconditioner, nystrom_gram
 from ._products import matvec, rmatvec
 
@@ -344,6 +344,34 @@ def default_max_cg_iter(n_features: int) -> int:
     """CG solves the ``(D+1)``-dimensional Newton system exactly in ``D+1`` steps in exact arithmetic;
     with the forcing sequence it needs far fewer. The cap only guards against a stalled inner loop."""
     return min(n_features + 1, 250)
+
+
+def solver_options(
+    shape: tuple[int, int, int],
+    n_outputs: int | None,
+    *,
+    fit_intercept: bool,
+    max_iter: int,
+    max_cg_iter: int | None,
+    precondition_rank: int | None,
+    layer_batch_size: int | None,
+) -> dict:
+    """Validate the public solver settings for ``X`` of ``shape`` ``(L, N, D)`` and fill in defaults.
+
+    Returns the static keyword arguments of :func:`solve_layers` other than ``tol``.
+    """
+    n_layers, _, n_features = shape
+    n_coef = n_features * (n_outputs or 1)
+    return dict(
+        n_outputs=n_outputs,
+        fit_intercept=bool(fit_intercept),
+        max_iter=check_positive_int(max_iter, "max_iter"),
+        max_cg_iter=default_max_cg_iter(n_coef) if max_cg_iter is None else check_positive_int(
+            max_cg_iter, "max_cg_iter"
+        ),
+        precondition_rank=default_precondition_rank(n_features, precondition_rank),
+        layer_batch_size=default_layer_batch_size(n_layers, layer_batch_size),
+    )
 
 
 @functools.partial(
