@@ -7,33 +7,53 @@ a NamedTuple of arrays and matches the scikit-learn estimator named in its docst
 
 from ._cv import CVResult, cross_validate_logistic, cross_validate_ridge
 from ._folds import stratified_folds
+from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
 from ._logistic import LogisticFit, fit_logistic
 from ._mass_mean import MassMeanFit, fit_mass_mean
 from ._metrics import binary_accuracy, binary_log_loss, multiclass_accuracy, multiclass_log_loss, roc_auc
 from ._multinomial import MultinomialFit, fit_multinomial
 from ._predict import decision_function, predict, predict_proba
 from ._ridge import RidgeFit, RidgeLOO, fit_ridge, ridge_loo
+from ._selection import (
+    FastAutoResult,
+    alpha_for_k_layers,
+    concatenate_layers,
+    fast_auto,
+    layer_importance,
+    layers_kept,
+    resolve_candidates,
+)
 
 __all__ = [
     "CVResult",
+    "FastAutoResult",
+    "GroupLassoFit",
     "LogisticFit",
     "MassMeanFit",
     "MultinomialFit",
     "RidgeFit",
     "RidgeLOO",
+    "alpha_for_k_layers",
     "binary_accuracy",
     "binary_log_loss",
+    "concatenate_layers",
     "cross_validate_logistic",
     "cross_validate_ridge",
     "decision_function",
+    "fast_auto",
+    "fit_group_lasso",
     "fit_logistic",
     "fit_mass_mean",
     "fit_multinomial",
     "fit_ridge",
+    "group_lasso_alpha_max",
+    "layer_importance",
+    "layers_kept",
     "multiclass_accuracy",
     "multiclass_log_loss",
     "predict",
     "predict_proba",
+    "resolve_candidates",
     "ridge_loo",
     "roc_auc",
     "stratified_folds",

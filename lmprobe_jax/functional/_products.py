@@ -22,7 +22,13 @@ def _rows(v: Array) -> Array:
 @jax.custom_batching.custom_vmap
 def matvec(X: Array, v: Array) -> Array:
     """``X @ v`` for ``X`` ``(N, D)`` and ``v`` ``(..., D)``; returns ``(..., N)``."""
-    return (_rows(v) @ X.T).reshape(v.shape[:-1] + X.shape[:1])
+    out_shape = v.shape[:-1] + X.shape[:1]
+    if v.size == v.shape[-1] and X.shape[0] < X.shape[1]:
+        # A single vector and a wide X: XLA's matrix-vector kernel. The row form (1, D) @ X^T measured
+        # 4x slower there (1600 x 9216: 12 ms against 3.2 ms a product pair) but 20% faster on a tall X
+        # (3000 x 768); from 6 rows on the two forms tie.
+        return (X @ v.reshape(-1)).reshape(out_shape)
+    return (_rows(v) @ X.T).reshape(out_shape)
 
 
 @jax.custom_batching.custom_vmap
