@@ -11,9 +11,13 @@ With activations ``X`` of shape ``(L, N, D)`` each layer is one group: the layer
 one model and ``coef`` is ``(L, D)``; groups whose coefficients are exactly zero are the layers the
 penalty removed. A 2-D ``X`` with a ``groups`` array allows arbitrary groups of features.
 
-Solver: accelerated proximal gradient (FISTA, Beck & Teboulle 2009) with the gradient-based adaptive
-restart of O'Donoghue & Candès (2015), step ``1 / Lip`` from a power-iteration bound of the Hessian
-(``lambda_max([X, 1]^T S [X, 1]) / (4 sum s)`` for the logistic loss), and the group soft-threshold
+Solver: working-set rounds of accelerated proximal gradient (FISTA, Beck & Teboulle 2009) with the
+gradient-based adaptive restart of O'Donoghue & Candès (2015). Each round runs FISTA on the groups that
+are non-zero or violate their KKT condition (the rest stay zero and are not even multiplied), with step
+``1 / Lip`` from a power-iteration bound on that working set's Hessian
+(``lambda_max([X_ws, 1]^T S [X_ws, 1]) / (4 sum s)`` for the logistic loss); a full KKT check over all
+groups ends the round. Layers a penalty removes cost nothing after the first check. The prox is the
+group soft-threshold
 
 .. math::
 
@@ -21,7 +25,8 @@ restart of O'Donoghue & Candès (2015), step ``1 / Lip`` from a power-iteration 
 
 written so that its value at ``v_g = 0`` is exactly zero (no division by a zero norm). Predictors are
 carried along (``z`` of the iterate and of the previous one), so each iteration costs two passes over
-``X``. It stops on the KKT conditions, checked every ``check_every`` iterations at the iterate:
+the working set's columns. It stops on the KKT conditions, checked every ``check_every`` iterations on
+the working set and after each round on all groups:
 
 * zero group: ``||grad_g f|| <= alpha (1 + tol)``;
 * non-zero group: ``||grad_g f + alpha W_g / ||W_g|| || <= tol * alpha``;
@@ -44,8 +49,9 @@ from jax import Array
 from . import _checks
 from ._products import matvec, rmatvec
 
-_POWER_ITERATIONS = 30
-_LIPSCHITZ_SAFETY = 1.05  # power iteration approaches lambda_max from below
+_POWER_ITERATIONS = 30  # from a flat start, for the first working set of a path
+_WARM_POWER_ITERATIONS = 10  # from the previous working set's top eigenvector
+_LIPSCHITZ_SAFETY = 1.1  # power iteration approaches lambda_max from below
 
 
 class GroupLassoFit(NamedTuple):
@@ -77,28 +83,46 @@ class _FistaState(NamedTuple):
     z_prev: Array
     momentum: Array  # () FISTA's t_k
     n_iter: Array  # int32 ()
-    violation: Array  # () last KKT violation measured
+    violation: Array  # () last KKT violation measured on the working set
 
 
-def _loss_parts(loss: str) -> tuple[Any, Any, float]:
-    """(value, dl/dz, curvature bound) of the per-sample loss."""
+class _OuterState(NamedTuple):
+    w: Array  # (G, Dg)
+    b: Array  # ()
+    n_iter: Array  # int32 (): FISTA iterations over all rounds
+    violation: Array  # () KKT violation over all groups
+    mask: Array  # bool (G,): the next round's working set
+    top: tuple[Array, Array]  # last working set's top eigenvector (coef part, intercept part)
+    warm: Array  # bool (): `top` is a usable start for the power iteration
+
+
+def _loss_parts(loss: str) -> tuple[Any, float]:
+    """(dl/dz, curvature bound) of the per-sample loss."""
     if loss == "logistic":
-        return (lambda z, y: jax.nn.softplus(-(2 * y - 1) * z), lambda z, y: jax.nn.sigmoid(z) - y, 0.25)
-    return (lambda z, y: 0.5 * (z - y) ** 2, lambda z, y: z - y, 1.0)
+        return (lambda z, y: jax.nn.sigmoid(z) - y), 0.25
+    return (lambda z, y: z - y), 1.0
 
 
-def _products(Xf: Array, n_groups: int) -> tuple[Any, Any]:
-    """``X w`` for ``w`` ``(G, Dg)`` and ``X^T r`` for ``r`` ``(N,)``, with ``Xf`` ``(N, G * Dg)`` group-major.
+def _products(Xg: Array) -> tuple[Any, Any]:
+    """``X w`` and ``X^T r`` over the groups of ``Xg`` ``(G, N, Dg)`` selected by a mask.
 
-    The flat layout turns both into single row-form products: on one core, 12 x 1600 x 768 took
-    3.3 ms a pair flat against 20 ms as per-group batched einsums (which transpose ``X`` each call).
+    Groups outside the mask are skipped (``lax.cond``), not multiplied by zero: with 4 of 12 layer
+    groups active (1600 x 768 each), a pair of products took 1.2 ms against 4.0 ms for all groups,
+    one core. Each group's block is a contiguous ``(N, Dg)`` matrix, used in row form.
     """
+    n_groups, n, d = Xg.shape
 
-    def forward(w: Array) -> Array:
-        return matvec(Xf, w.reshape(-1))
+    def forward(w: Array, mask: Array) -> Array:
+        def body(g: int, z: Array) -> Array:
+            return z + jax.lax.cond(mask[g], lambda: matvec(Xg[g], w[g]), lambda: jnp.zeros(n, Xg.dtype))
 
-    def backward(r: Array) -> Array:
-        return rmatvec(Xf, r).reshape(n_groups, -1)
+        return jax.lax.fori_loop(0, n_groups, body, jnp.zeros(n, Xg.dtype))
+
+    def backward(r: Array, mask: Array) -> Array:
+        def body(g: int, out: Array) -> Array:
+            return out.at[g].set(jax.lax.cond(mask[g], lambda: rmatvec(Xg[g], r), lambda: jnp.zeros(d, Xg.dtype)))
+
+        return jax.lax.fori_loop(0, n_groups, body, jnp.zeros((n_groups, d), Xg.dtype))
 
     return forward, backward
 
@@ -115,40 +139,54 @@ def _group_soft_threshold(v: Array, threshold: Array) -> Array:
     return v * scale[:, None]
 
 
-def _kkt_violation(grad_w: Array, grad_b: Array, w: Array, alpha: Array, fit_intercept: bool) -> Array:
+def _group_violations(grad_w: Array, w: Array, alpha: Array) -> Array:
+    """``(G,)`` per-group KKT violation, absolute (see the module docstring)."""
     norms = _group_norms(w)
     active = norms > 0
     direction = w / jnp.where(active, norms, 1.0)[:, None]
     on_active = _group_norms(grad_w + alpha * direction)
     on_zero = jnp.maximum(_group_norms(grad_w) - alpha, 0.0)
-    per_group = jnp.where(active, on_active, on_zero)
-    worst = jnp.max(per_group)
+    return jnp.where(active, on_active, on_zero)
+
+
+def _kkt_violation(grad_w: Array, grad_b: Array, w: Array, alpha: Array, mask: Array, fit_intercept: bool) -> Array:
+    """Largest KKT violation over the masked groups (and the intercept), relative to ``alpha``."""
+    worst = jnp.max(jnp.where(mask, _group_violations(grad_w, w, alpha), 0.0))
     if fit_intercept:
         worst = jnp.maximum(worst, jnp.abs(grad_b))
     return worst / alpha
 
 
-def _lipschitz(Xf: Array, n_groups: int, s: Array, fit_intercept: bool, curvature: float) -> Array:
-    """Upper bound on the Lipschitz constant of the smooth part's gradient (power iteration)."""
-    forward, backward = _products(Xf, n_groups)
+def _lipschitz(
+    Xg: Array, mask: Array, s: Array, fit_intercept: bool, curvature: float, top: tuple[Array, Array], warm: Array
+) -> tuple[Array, tuple[Array, Array]]:
+    """Bound on the Lipschitz constant of the smooth part's gradient restricted to the masked groups,
+    by power iteration, and the top eigenvector it found. The working set's constant is smaller than
+    the full one (longer steps). Started from the previous working set's eigenvector (``warm``),
+    10 iterations do what 30 do from a flat start."""
+    forward, backward = _products(Xg)
     total = jnp.sum(s)
 
     def apply(v: tuple[Array, Array]) -> tuple[Array, Array]:
         w, b = v
-        u = s * (forward(w) + (b if fit_intercept else 0.0))
-        return backward(u), (jnp.sum(u) if fit_intercept else jnp.zeros_like(b))
+        u = s * (forward(w, mask) + (b if fit_intercept else 0.0))
+        return backward(u, mask), (jnp.sum(u) if fit_intercept else jnp.zeros_like(b))
 
     def body(_: int, v: tuple[Array, Array]) -> tuple[Array, Array]:
         w, b = apply(v)
         norm = jnp.sqrt(jnp.sum(w * w) + b * b)
         return w / norm, b / norm
 
-    g, d = n_groups, Xf.shape[1] // n_groups
-    v0 = (jnp.ones((g, d), Xf.dtype) / jnp.sqrt(g * d + 1.0), jnp.asarray(1.0 / np.sqrt(g * d + 1.0), Xf.dtype))
-    w, b = jax.lax.fori_loop(0, _POWER_ITERATIONS, body, v0)
+    g, _, d = Xg.shape
+    scale = 1.0 / np.sqrt(g * d + 1.0)
+    flat = jnp.full((g, d), scale, Xg.dtype)
+    # New groups of the working set get a flat share, so the iteration can grow into them.
+    v0 = (jnp.where(mask[:, None], jnp.where(warm, top[0] + 0.1 * flat, flat), 0.0), jnp.where(warm, top[1], scale))
+    n_power = jnp.where(warm, _WARM_POWER_ITERATIONS, _POWER_ITERATIONS)
+    w, b = jax.lax.fori_loop(0, n_power, body, body(0, v0))
     aw, ab = apply((w, b))
-    top = jnp.sum(w * aw) + b * ab  # Rayleigh quotient of the unit vector
-    return _LIPSCHITZ_SAFETY * curvature * top / total
+    rayleigh = jnp.sum(w * aw) + b * ab  # of the unit vector (w, b)
+    return _LIPSCHITZ_SAFETY * curvature * rayleigh / total, (w, b)
 
 
 def _null_intercept(y: Array, s: Array, loss: str) -> Array:
@@ -161,22 +199,22 @@ def _null_intercept(y: Array, s: Array, loss: str) -> Array:
 
 
 def _fista(
-    Xf: Array, y: Array, s: Array, alpha: Array, lip: Array, w0: Array, b0: Array, *,
-    loss: str, fit_intercept: bool, tol: float, max_iter: int, check_every: int,
-) -> GroupLassoFit:
-    value, dloss, _ = _loss_parts(loss)
-    del value  # FISTA with a fixed step never evaluates the objective.
-    forward, backward = _products(Xf, w0.shape[0])
+    Xg: Array, y: Array, s: Array, alpha: Array, mask: Array, w0: Array, b0: Array, n_iter0: Array,
+    lip: Array, *, loss: str, fit_intercept: bool, tol: float, max_iter: int, check_every: int,
+) -> _FistaState:
+    """FISTA with adaptive restart on the masked groups (the others stay as they are: zero)."""
+    dloss, _ = _loss_parts(loss)
+    forward, backward = _products(Xg)
     total = jnp.sum(s)
     step = 1.0 / lip
 
     def gradient(z: Array) -> tuple[Array, Array]:
         r = s * dloss(z, y) / total
-        return backward(r), (jnp.sum(r) if fit_intercept else jnp.zeros((), z.dtype))
+        return backward(r, mask), (jnp.sum(r) if fit_intercept else jnp.zeros((), z.dtype))
 
     def violation_at(st: _FistaState) -> Array:
         gw, gb = gradient(st.z)
-        return _kkt_violation(gw, gb, st.w, alpha, fit_intercept)
+        return _kkt_violation(gw, gb, st.w, alpha, mask, fit_intercept)
 
     def cond(st: _FistaState) -> Array:
         return (st.n_iter < max_iter) & (st.violation > tol) & jnp.isfinite(st.violation)
@@ -189,9 +227,9 @@ def _fista(
             yb = st.b + beta * (st.b - st.b_prev)
             yz = st.z + beta * (st.z - st.z_prev)
             gw, gb = gradient(yz)
-            w = _group_soft_threshold(yw - step * gw, step * alpha)
+            w = jnp.where(mask[:, None], _group_soft_threshold(yw - step * gw, step * alpha), st.w)
             b = yb - step * gb if fit_intercept else yb
-            z = forward(w) + b
+            z = forward(w, mask) + b
             # Gradient restart: drop the momentum when the step goes against the extrapolation.
             restart = jnp.sum((yw - w) * (w - st.w)) + (yb - b) * (b - st.b) > 0
             momentum = jnp.where(restart, 1.0, (1.0 + jnp.sqrt(1.0 + 4.0 * st.momentum**2)) / 2.0)
@@ -201,13 +239,48 @@ def _fista(
         st = jax.lax.fori_loop(0, check_every, one_step, st)
         return st._replace(violation=violation_at(st))
 
-    dtype = Xf.dtype
-    b0 = b0.astype(dtype)
-    z0 = forward(w0) + b0
-    init = _FistaState(w0, b0, z0, w0, b0, z0, jnp.ones((), dtype), jnp.int32(0), jnp.asarray(jnp.inf, dtype))
-    init = init._replace(violation=violation_at(init))
-    st = jax.lax.while_loop(cond, body, init)
-    return GroupLassoFit(st.w, st.b, st.n_iter, st.violation <= tol, st.violation, alpha)
+    dtype = Xg.dtype
+    z0 = forward(w0, mask) + b0
+    init = _FistaState(w0, b0, z0, w0, b0, z0, jnp.ones((), dtype), n_iter0, jnp.asarray(jnp.inf, dtype))
+    return jax.lax.while_loop(cond, body, init._replace(violation=violation_at(init)))
+
+
+def _solve_one(
+    Xg: Array, y: Array, s: Array, alpha: Array, w0: Array, b0: Array, top: tuple[Array, Array], warm: Array, *,
+    loss: str, fit_intercept: bool, tol: float, max_iter: int, check_every: int,
+) -> tuple[GroupLassoFit, tuple[Array, Array], Array]:
+    """Working-set rounds: FISTA on the non-zero groups plus the KKT violators, then a full KKT check.
+
+    A group outside the working set is zero and satisfies its KKT condition, so when a round ends
+    with no violator outside the set, the whole problem is solved to ``tol``.
+    """
+    dloss, curvature = _loss_parts(loss)
+    _, backward = _products(Xg)
+    total = jnp.sum(s)
+    everything = jnp.ones(Xg.shape[0], bool)
+
+    def full_check(w: Array, b: Array) -> tuple[Array, Array]:
+        z = _products(Xg)[0](w, everything) + b
+        r = s * dloss(z, y) / total
+        gw, gb = backward(r, everything), (jnp.sum(r) if fit_intercept else jnp.zeros((), z.dtype))
+        per_group = _group_violations(gw, w, alpha)
+        mask = (_group_norms(w) > 0) | (per_group > tol * alpha)
+        return _kkt_violation(gw, gb, w, alpha, everything, fit_intercept), mask
+
+    def cond(st: _OuterState) -> Array:
+        return (st.n_iter < max_iter) & (st.violation > tol) & jnp.isfinite(st.violation)
+
+    def body(st: _OuterState) -> _OuterState:
+        lip, top = _lipschitz(Xg, st.mask, s, fit_intercept, curvature, st.top, st.warm)
+        inner = _fista(Xg, y, s, alpha, st.mask, st.w, st.b, st.n_iter, lip, loss=loss,
+                       fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, check_every=check_every)
+        violation, mask = full_check(inner.w, inner.b)
+        return _OuterState(inner.w, inner.b, inner.n_iter, violation, mask, top, jnp.bool_(True))
+
+    violation, mask = full_check(w0, b0)
+    st = jax.lax.while_loop(cond, body, _OuterState(w0, b0, jnp.int32(0), violation, mask, top, warm))
+    fit = GroupLassoFit(st.w, st.b, st.n_iter, st.violation <= tol, st.violation, alpha)
+    return fit, st.top, st.warm
 
 
 @functools.partial(
@@ -223,28 +296,21 @@ def group_lasso_solve(
     ``alpha`` down (warm starts); results come back in the given order.
     """
     dtype = _checks.compute_dtype(Xg.dtype)
-    n_groups = Xg.shape[0]
-    Xf = _flat(Xg.astype(dtype))
-    y, s, alphas = y.astype(dtype), s.astype(dtype), alphas.astype(dtype)
-    lip = _lipschitz(Xf, n_groups, s, fit_intercept, _loss_parts(loss)[2])
+    Xg, y, s, alphas = Xg.astype(dtype), y.astype(dtype), s.astype(dtype), alphas.astype(dtype)
     order = jnp.argsort(-alphas)
-    g, d = n_groups, Xf.shape[1] // n_groups
+    g, _, d = Xg.shape
     b0 = _null_intercept(y, s, loss) if fit_intercept else jnp.zeros((), dtype)
 
-    def step(start: tuple[Array, Array], alpha: Array) -> tuple[tuple[Array, Array], GroupLassoFit]:
-        fit = _fista(Xf, y, s, alpha, lip, *start, loss=loss, fit_intercept=fit_intercept, tol=tol,
-                     max_iter=max_iter, check_every=check_every)
-        return (fit.coef, fit.intercept), fit
+    def step(carry: tuple, alpha: Array) -> tuple[tuple, GroupLassoFit]:
+        w, b, top, warm = carry
+        fit, top, warm = _solve_one(Xg, y, s, alpha, w, b, top, warm, loss=loss, fit_intercept=fit_intercept,
+                                    tol=tol, max_iter=max_iter, check_every=check_every)
+        return (fit.coef, fit.intercept, top, warm), fit
 
-    _, path = jax.lax.scan(step, (jnp.zeros((g, d), dtype), b0), alphas[order])
+    start = (jnp.zeros((g, d), dtype), b0, (jnp.zeros((g, d), dtype), jnp.zeros((), dtype)), jnp.bool_(False))
+    _, path = jax.lax.scan(step, start, alphas[order])
     unsorted = jnp.argsort(order)
     return GroupLassoFit(*(a[unsorted] for a in path))
-
-
-def _flat(Xg: Array) -> Array:
-    """``(G, N, Dg)`` -> group-major ``(N, G * Dg)`` (see :func:`_products`)."""
-    g, n, d = Xg.shape
-    return jnp.transpose(Xg, (1, 0, 2)).reshape(n, g * d)
 
 
 def _grouped(X: Any, groups: Any) -> tuple[Array, np.ndarray | None, int]:
@@ -305,11 +371,11 @@ def group_lasso_alpha_max(
     Xg, _, n = _grouped(X, groups)
     y_arr = jnp.asarray(_targets(y, n, loss))
     s = jnp.asarray(_checks.check_sample_weight(sample_weight, n))
-    Xf = _flat(Xg.astype(_checks.compute_dtype(Xg.dtype)))
+    Xg = Xg.astype(_checks.compute_dtype(Xg.dtype))
     b0 = _null_intercept(y_arr, s, loss) if fit_intercept else 0.0
-    dloss = _loss_parts(loss)[1]
-    _, backward = _products(Xf, Xg.shape[0])
-    grad = backward(s * dloss(jnp.full(n, b0, Xf.dtype), y_arr) / jnp.sum(s))
+    dloss = _loss_parts(loss)[0]
+    _, backward = _products(Xg)
+    grad = backward(s * dloss(jnp.full(n, b0, Xg.dtype), y_arr) / jnp.sum(s), jnp.ones(Xg.shape[0], bool))
     return float(jnp.max(_group_norms(grad)))
 
 
