@@ -46,14 +46,13 @@ def skglm_fit(X, y, alpha, tol, w_init=None):
     from skglm.datafits import LogisticGroup
     from skglm.penalties import WeightedGroupL2
     from skglm.solvers import GroupProxNewton
-    from skglm.utils.jit_compilation import compiled_clone
 
     L, N, D = X.shape
     flat = np.ascontiguousarray(np.transpose(X, (1, 0, 2)).reshape(N, L * D))
     grp_ptr = (np.arange(L + 1) * D).astype(np.int32)
     grp_indices = np.arange(L * D, dtype=np.int32)
-    datafit = compiled_clone(LogisticGroup(grp_ptr, grp_indices))
-    penalty = compiled_clone(WeightedGroupL2(alpha, np.ones(L), grp_ptr, grp_indices))
+    datafit = LogisticGroup(grp_ptr, grp_indices)
+    penalty = WeightedGroupL2(alpha, np.ones(L), grp_ptr, grp_indices)
     solver = GroupProxNewton(fit_intercept=True, tol=tol, max_iter=50)
     w = solver.solve(flat, 2.0 * y - 1.0, datafit, penalty, w_init=w_init)[0]
     return w

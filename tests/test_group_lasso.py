@@ -104,3 +104,21 @@ def test_bad_input(layers, call, match):
     X, y = layers
     with pytest.raises(ValueError, match=match):
         call(X.astype(np.float32), y)
+
+
+def test_cross_validated_path_picks_alpha_and_refits(layers):
+    X, y = layers
+    alphas = F.group_lasso_alpha_max(X, y) * np.array([0.9, 0.3, 0.05])
+    cv = F.cross_validate_group_lasso(X.astype(np.float32), y, alphas, folds=3)
+    assert cv.accuracy.shape == (1, 3, 3) and cv.fit.coef.shape == (5, 10)
+    assert bool(cv.converged.all())
+    # Scores are the held-out accuracy of each fold's path fit, recomputed here by hand.
+    for f in range(3):
+        train, test = cv.fold_ids != f, cv.fold_ids == f
+        fit = F.fit_group_lasso(X.astype(np.float32), y, alphas, sample_weight=train.astype(float))
+        z = np.einsum("lnd,ald->an", X[:, test], np.asarray(fit.coef, np.float64)) + np.asarray(fit.intercept)[:, None]
+        np.testing.assert_allclose(np.asarray(cv.accuracy[0, :, f]), ((z > 0) == y[test]).mean(1), atol=1e-6)
+    best = int(cv.best_index[0])
+    assert best == int(np.argmax(np.asarray(cv.accuracy[0]).mean(1)))
+    full = F.fit_group_lasso(X.astype(np.float32), y, alphas[best])
+    np.testing.assert_allclose(cv.fit.coef, full.coef, atol=2e-3 * float(np.abs(full.coef).max()))

@@ -5,7 +5,7 @@ grid of regularisation values adds an axis right after it: ``coef`` ``(L, G, D)`
 a NamedTuple of arrays and matches the scikit-learn estimator named in its docstring number for number.
 """
 
-from ._cv import CVResult, cross_validate_logistic, cross_validate_ridge
+from ._cv import CVResult, cross_validate_group_lasso, cross_validate_logistic, cross_validate_ridge
 from ._folds import stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
 from ._logistic import LogisticFit, fit_logistic
@@ -37,6 +37,7 @@ __all__ = [
     "binary_accuracy",
     "binary_log_loss",
     "concatenate_layers",
+    "cross_validate_group_lasso",
     "cross_validate_logistic",
     "cross_validate_ridge",
     "decision_function",

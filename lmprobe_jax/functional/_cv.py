@@ -17,6 +17,7 @@ from jax import Array
 
 from . import _checks, _metrics
 from ._folds import stratified_folds
+from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
 from ._newton_cg import solve_layers, solver_options
@@ -220,4 +221,71 @@ def cross_validate_ridge(
         grid=alphas, accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
         best_value=alphas[np.asarray(best)], fit=RidgeFit(*(a[layers, best] for a in loo.fit)),
         fold_ids=np.full(X3.shape[1], -1, np.int32), n_iter=zeros, converged=zeros == 0,
+    )
+
+
+def cross_validate_group_lasso(
+    X: Any,
+    y: Any,
+    alpha: Any,
+    *,
+    folds: Any = 5,
+    groups: Any = None,
+    random_state: int | None = 0,
+    scoring: str = "accuracy",
+    sample_weight: Any = None,
+    fit_intercept: bool = True,
+    tol: float = 1e-3,
+    max_iter: int = 20000,
+) -> CVResult:
+    """K-fold cross-validated logistic group lasso over layers along an ``alpha`` path, with refit.
+
+    Each fold (and the all-samples refit) is solved as a warm-started path over ``alpha``
+    (:func:`fit_group_lasso`); folds run one after another so each keeps its working set.
+
+    Args:
+      X: ``(L, N, D)``, one group per layer.
+      y: ``(N,)`` two class labels.
+      alpha: 1-D grid of penalties.
+      folds, groups, random_state: as in :func:`cross_validate_logistic` (``groups`` keeps paired
+        prompts in one fold; the layer groups are fixed by ``X``).
+      scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"``: how the best ``alpha`` is chosen.
+      sample_weight, fit_intercept, tol, max_iter: as in :func:`fit_group_lasso`.
+
+    Returns:
+      A :class:`CVResult` with one "layer" row (the multi-layer model): scores ``(1, A, F)``,
+      ``best_index`` ``(1,)``, and ``fit`` the :class:`GroupLassoFit` on all samples at the best
+      ``alpha`` (``coef`` ``(L, D)``).
+    """
+    if scoring not in ("accuracy", "log_loss", "roc_auc"):
+        raise ValueError(f"scoring={scoring!r} is not available here; use 'accuracy', 'log_loss' or 'roc_auc'.")
+    Xg, _, n = grouped_activations(X, None)
+    y01 = targets_for_loss(y, n, "logistic")
+    sw = _checks.check_sample_weight(sample_weight, n)
+    alphas, _ = _checks.check_grid(alpha, "alpha")
+    fold_ids = _fold_ids(y01.astype(np.int32), folds, groups, random_state)
+    n_folds = int(fold_ids.max()) + 1
+    test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
+    weights = np.concatenate([(1.0 - test) * sw, sw[None]], axis=0)  # (F + 1, N): folds, then the refit
+    res = group_lasso_weight_sets(
+        Xg, jnp.asarray(y01), jnp.asarray(weights), jnp.asarray(alphas), loss="logistic",
+        fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
+        max_iter=_checks.check_positive_int(max_iter, "max_iter"), check_every=10,
+    )  # fields (F + 1, A, ...)
+    z = jnp.einsum("gnd,fagd->fan", Xg.astype(res.coef.dtype), res.coef[:n_folds]) + res.intercept[:n_folds, :, None]
+    test_w = jnp.asarray(test * sw)[:, None, :]  # (F, 1, N)
+    y_j = jnp.asarray(y01)
+    acc = _metrics.binary_accuracy(y_j, z, test_w).T[None]  # (1, A, F)
+    ll = _metrics.binary_log_loss(y_j, z, test_w).T[None]
+    auc = _metrics.roc_auc(y_j, z, test_w).T[None]
+    best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
+    refit = GroupLassoFit(*(a[n_folds, best[0]] for a in res))
+
+    def per_problem(a: Array) -> Array:  # (F + 1, A) -> (1, A, F + 1)
+        return jnp.swapaxes(a, 0, 1)[None]
+
+    return CVResult(
+        grid=alphas, accuracy=acc, log_loss=ll, roc_auc=auc, mse=jnp.full_like(acc, jnp.nan),
+        best_index=jnp.asarray(best), best_value=alphas[best], fit=refit, fold_ids=fold_ids,
+        n_iter=per_problem(res.n_iter), converged=per_problem(res.converged),
     )

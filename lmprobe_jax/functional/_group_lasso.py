@@ -313,7 +313,7 @@ def group_lasso_solve(
     return GroupLassoFit(*(a[unsorted] for a in path))
 
 
-def _grouped(X: Any, groups: Any) -> tuple[Array, np.ndarray | None, int]:
+def grouped_activations(X: Any, groups: Any) -> tuple[Array, np.ndarray | None, int]:
     """``(Xg (G, N, Dg), feature layout or None, N)``; a 3-D ``X`` is already grouped by layer."""
     X3, was_2d = _checks.check_activations(X)
     if groups is None:
@@ -350,7 +350,7 @@ def _ungroup(coef: Array, layout: np.ndarray, n_features: int) -> Array:
     return flat[..., :n_features]
 
 
-def _targets(y: Any, n: int, loss: str) -> np.ndarray:
+def targets_for_loss(y: Any, n: int, loss: str) -> np.ndarray:
     if loss == "logistic":
         return _checks.check_binary_labels(y, n)[0].astype(np.float32)
     y = _checks.check_n_samples(n, y, "y").astype(np.float64)
@@ -368,8 +368,8 @@ def group_lasso_alpha_max(
     ``b0`` is the best intercept of the empty model (the log-odds or mean of ``y``).
     """
     loss = _check_loss(loss)
-    Xg, _, n = _grouped(X, groups)
-    y_arr = jnp.asarray(_targets(y, n, loss))
+    Xg, _, n = grouped_activations(X, groups)
+    y_arr = jnp.asarray(targets_for_loss(y, n, loss))
     s = jnp.asarray(_checks.check_sample_weight(sample_weight, n))
     Xg = Xg.astype(_checks.compute_dtype(Xg.dtype))
     b0 = _null_intercept(y_arr, s, loss) if fit_intercept else 0.0
@@ -418,8 +418,8 @@ def fit_group_lasso(
       A :class:`GroupLassoFit`.
     """
     loss = _check_loss(loss)
-    Xg, layout, n = _grouped(X, groups)
-    y_arr = _targets(y, n, loss)
+    Xg, layout, n = grouped_activations(X, groups)
+    y_arr = targets_for_loss(y, n, loss)
     sw = _checks.check_sample_weight(sample_weight, n)
     alphas, is_grid = _checks.check_grid(alpha, "alpha")
     fit = group_lasso_solve(
@@ -431,3 +431,19 @@ def fit_group_lasso(
     if layout is not None:
         fit = fit._replace(coef=_ungroup(fit.coef, layout, int(np.shape(X)[1])))
     return fit if is_grid else GroupLassoFit(*(a[0] for a in fit))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("loss", "fit_intercept", "tol", "max_iter", "check_every")
+)
+def group_lasso_weight_sets(
+    Xg: Array, y: Array, weights: Array, alphas: Array, *,
+    loss: str, fit_intercept: bool, tol: float, max_iter: int, check_every: int,
+) -> GroupLassoFit:
+    """:func:`group_lasso_solve` for each row of ``weights`` ``(W, N)`` (CV folds), one after another.
+
+    ``lax.map``, not ``vmap``: under ``vmap`` the working-set ``lax.cond``s would turn into selects that
+    compute every group. Fields ``(W, A, ...)``.
+    """
+    options = dict(loss=loss, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, check_every=check_every)
+    return jax.lax.map(lambda s: group_lasso_solve(Xg, y, s, alphas, **options), weights)
