@@ -64,8 +64,9 @@ def mass_mean_solve(
             theta = jax.scipy.linalg.cho_solve(factor, theta)
         projection = (x @ theta)[:, None]
         # Scale the 1-D feature to unit spread so calibration_C means the same for every layer.
-        spread = jnp.maximum(jnp.sqrt(jnp.sum(s * (projection[:, 0] - jnp.mean(projection)) ** 2) / jnp.sum(s)),
-                             jnp.finfo(dtype).tiny)
+        centre = jnp.sum(s * projection[:, 0]) / jnp.sum(s)
+        spread = jnp.sqrt(jnp.sum(s * (projection[:, 0] - centre) ** 2) / jnp.sum(s))
+        spread = jnp.maximum(spread, jnp.finfo(dtype).tiny)
         cal = newton_cg(
             BINARY_LOGISTIC, projection / spread, y, s, calibration_C, jnp.zeros(1, dtype), jnp.zeros((), dtype),
             fit_intercept=True, tol=1e-7, max_iter=50, max_cg_iter=2,

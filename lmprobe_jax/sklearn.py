@@ -1,0 +1,350 @@
+"""scikit-learn estimators over :mod:`lmprobe_jax.functional`: drop-in probes that also fit every layer.
+
+Each estimator follows the scikit-learn contract on 2-D input ``(n_samples, n_features)`` — parameters
+stored by ``__init__``, validation in ``fit``, fitted attributes ending in ``_``, numpy in and numpy out —
+and passes ``sklearn.utils.estimator_checks.check_estimator``. It holds no maths: every fit is one call
+to a function of :mod:`lmprobe_jax.functional`, whose docstring gives the objective.
+
+Beyond the contract, a 3-D ``X`` of shape ``(L, N, D)`` (one block of activations per layer) fits one
+probe per layer in a single batched solve; fitted attributes then gain a leading ``L`` axis and
+``predict`` / ``decision_function`` / ``predict_proba`` / ``score`` take and return per-layer results
+(``(L, N)``, ``(L, N, K)``, ``(L,)``). scikit-learn's tools (Pipeline, GridSearchCV) only know 2-D input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+except ImportError as err:  # scikit-learn is an optional dependency of lmprobe-jax
+    raise ImportError(
+        "lmprobe_jax.sklearn needs scikit-learn >= 1.6: pip install 'lmprobe-jax[sklearn]'"
+    ) from err
+
+from . import functional as F
+
+__all__ = ["GroupLassoProbe", "LogisticProbe", "MassMeanProbe", "RidgeProbe", "RidgeRegressionProbe"]
+
+
+def _is_layers(X: Any) -> bool:
+    ndim = X.ndim if isinstance(X, (np.ndarray, jax.Array)) else np.asarray(X).ndim
+    return ndim == 3
+
+
+def _fit_data(
+    est: BaseEstimator, X: Any, y: Any, sample_weight: Any, *, classifier: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """Validate ``(X, y, sample_weight)`` for fit; returns them and ``layered``. 3-D ``X`` skips
+    scikit-learn's 2-D checks (the functional layer validates it)."""
+    if _is_layers(X):
+        X3, _ = F._checks.check_activations(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != X3.shape[1]:
+            raise ValueError(f"y has shape {y.shape}; expected ({X3.shape[1]},), one entry per row of each layer.")
+        est.n_features_in_ = X3.shape[2]
+        est.n_layers_ = X3.shape[0]
+        return np.asarray(X3), y, sample_weight, True
+    X, y = validate_data(est, X, y, dtype=[np.float64, np.float32], y_numeric=not classifier)
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, X)
+    if hasattr(est, "n_layers_"):
+        del est.n_layers_
+    return X, y, sample_weight, False
+
+
+def _predict_data(est: BaseEstimator, X: Any) -> np.ndarray:
+    check_is_fitted(est)
+    layered = hasattr(est, "n_layers_")
+    if _is_layers(X):
+        if not layered:
+            raise ValueError("this probe was fitted on 2-D X; predict on (N, D) input, or refit on (L, N, D).")
+        X3, _ = F._checks.check_activations(X)
+        if X3.shape[0] != est.n_layers_ or X3.shape[2] != est.n_features_in_:
+            raise ValueError(
+                f"X has shape {tuple(X3.shape)}; this probe was fitted on {est.n_layers_} layers of "
+                f"{est.n_features_in_} features."
+            )
+        return np.asarray(X3)
+    if layered:
+        raise ValueError("this probe was fitted on (L, N, D) activations; predict on the same layout.")
+    return validate_data(est, X, reset=False, dtype=[np.float64, np.float32])
+
+
+def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndarray) -> None:
+    """One ConvergenceWarning per fit, naming the layers that did not converge."""
+    bad = np.flatnonzero(~np.asarray(converged, bool).reshape(-1))
+    if bad.size:
+        where = f" (layers {bad.tolist()})" if hasattr(est, "n_layers_") else ""
+        warnings.warn(
+            f"{type(est).__name__} failed to converge{where} after {int(np.max(n_iter))} iteration(s). Increase "
+            f"max_iter (max_iter={est.max_iter}) or loosen tol (tol={est.tol}), or standardise the features.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+class _LinearClassifier(ClassifierMixin, BaseEstimator):
+    """Shared prediction for classifiers stored as ``coef_`` ``([L,] K', D)``, ``intercept_`` ``([L,] K')``."""
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Scores ``(N,)`` for two classes (positive: ``classes_[1]``) or ``(N, K)``; per layer for 3-D X."""
+        X = _predict_data(self, X)
+        if X.ndim == 3:
+            z = np.einsum("lkd,lnd->lnk", self.coef_, X) + self.intercept_[:, None, :]
+        else:
+            z = X @ self.coef_.T + self.intercept_
+        return z[..., 0] if z.shape[-1] == 1 else z
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(N, K)`` (per layer for 3-D X)."""
+        z = self.decision_function(X)
+        if z.ndim == (3 if hasattr(self, "n_layers_") else 2):
+            z = z - z.max(axis=-1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=-1, keepdims=True)
+        p = 1.0 / (1.0 + np.exp(-z))
+        return np.stack([1 - p, p], axis=-1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels ``(N,)`` (``(L, N)`` for 3-D X)."""
+        z = self.decision_function(X)
+        multiclass = z.ndim == (3 if hasattr(self, "n_layers_") else 2)
+        idx = np.argmax(z, axis=-1) if multiclass else (z > 0).astype(int)
+        return self.classes_[idx]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """Mean accuracy; a ``(L,)`` array of per-layer accuracies for 3-D X."""
+        if not _is_layers(X):
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        w = np.ones(pred.shape[1]) if sample_weight is None else np.asarray(sample_weight, float)
+        return (w * (pred == np.asarray(y)[None])).sum(axis=1) / w.sum()
+
+
+def _binary_classes(est: BaseEstimator, y: np.ndarray) -> np.ndarray:
+    check_classification_targets(y)
+    classes = np.unique(y)
+    if classes.size > 2:
+        raise ValueError(
+            f"Only binary classification is supported. {type(est).__name__} got {classes.size} classes; use "
+            f"LogisticProbe for more than two."
+        )
+    if classes.size < 2:
+        raise ValueError(f"y has one class only ({classes.tolist()}); a classifier needs two.")
+    return classes
+
+
+class LogisticProbe(_LinearClassifier):
+    """L2 logistic regression, ``sklearn.linear_model.LogisticRegression``'s objective and optimum.
+
+    Two classes fit :func:`lmprobe_jax.functional.fit_logistic`; more fit the softmax model
+    (:func:`~lmprobe_jax.functional.fit_multinomial`), as scikit-learn does.
+
+    Parameters:
+      C: inverse regularisation strength, > 0.
+      fit_intercept: fit an unpenalised intercept.
+      tol: stopping tolerance (scikit-learn's scaled-gradient meaning, plus a relative objective-gap
+        bound; see :func:`~lmprobe_jax.functional.fit_logistic`).
+      max_iter: most Newton iterations.
+
+    Attributes:
+      coef_: ``(1, D)`` or ``(K, D)``; ``(L, 1 or K, D)`` after a 3-D fit.
+      intercept_: ``(1,)`` or ``(K,)``; ``(L, 1 or K)``.
+      classes_, n_features_in_, n_iter_ (``([L])``), converged_ (``([L])``), n_layers_ (3-D fits).
+    """
+
+    def __init__(self, C: float = 1.0, *, fit_intercept: bool = True, tol: float = 1e-7, max_iter: int = 100):
+        self.C = C
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LogisticProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if self.classes_.size < 2:
+            raise ValueError(f"y has one class only ({self.classes_.tolist()}); a classifier needs two or more.")
+        opts = dict(sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter)
+        if self.classes_.size == 2:
+            fit = F.fit_logistic(X, y, self.C, **opts)
+            coef, intercept = np.asarray(fit.coef)[..., None, :], np.asarray(fit.intercept)[..., None]
+        else:
+            fit = F.fit_multinomial(X, y, self.C, **opts)
+            coef, intercept = np.asarray(fit.coef), np.asarray(fit.intercept)
+        self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)
+        self.n_iter_, self.converged_ = np.asarray(fit.n_iter), np.asarray(fit.converged)
+        _warn_unconverged(self, self.converged_, self.n_iter_)
+        return self
+
+
+class RidgeProbe(_LinearClassifier):
+    """Ridge classifier on ``-1/+1`` targets, ``sklearn.linear_model.RidgeClassifier``'s solution (binary).
+
+    Parameters:
+      alpha: regularisation strength, > 0.
+      fit_intercept: fit an unpenalised intercept.
+
+    Attributes:
+      coef_: ``(1, D)`` (``(L, 1, D)`` after a 3-D fit); intercept_, classes_, n_features_in_.
+    """
+
+    def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RidgeProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
+        self.classes_ = _binary_classes(self, y)
+        fit = F.fit_ridge(X, (y == self.classes_[1]).astype(np.int32), self.alpha, sample_weight=sample_weight,
+                          fit_intercept=self.fit_intercept)
+        self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
+        self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class MassMeanProbe(_LinearClassifier):
+    """Difference-of-means probe (with ``iid=True``, the LDA direction), calibrated by a 1-D logistic fit.
+
+    See :func:`lmprobe_jax.functional.fit_mass_mean`. Binary only.
+
+    Attributes:
+      coef_: ``(1, D)``; direction_: ``(D,)`` the raw direction; ``L``-leading after a 3-D fit.
+    """
+
+    def __init__(self, *, iid: bool = False, shrinkage: float = 1e-3, calibration_C: float = 1.0):
+        self.iid = iid
+        self.shrinkage = shrinkage
+        self.calibration_C = calibration_C
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MassMeanProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
+        self.classes_ = _binary_classes(self, y)
+        fit = F.fit_mass_mean(X, (y == self.classes_[1]).astype(np.int32), iid=self.iid, sample_weight=sample_weight,
+                              shrinkage=self.shrinkage, calibration_C=self.calibration_C)
+        self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
+        self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
+        self.direction_ = np.asarray(fit.direction, X.dtype)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class GroupLassoProbe(_LinearClassifier):
+    """Logistic group lasso: one probe on all layers, whole layers switched off (lmprobe's "auto").
+
+    With 3-D ``X`` ``(L, N, D)`` the layers are the groups and, unlike the other probes, one model spans
+    all layers: ``coef_`` is ``(1, L * D)`` (layer-major) and ``predict`` takes 3-D ``X``. With 2-D ``X``
+    the groups are ``groups`` (default: each feature alone, the plain L1 lasso). Binary only. See
+    :func:`lmprobe_jax.functional.fit_group_lasso` for the objective.
+
+    Attributes:
+      coef_, intercept_, classes_, n_iter_, converged_, kkt_violation_, layers_kept_ (3-D fits: bool
+      ``(L,)``), n_features_in_.
+    """
+
+    def __init__(self, alpha: float = 0.01, *, groups: Any = None, fit_intercept: bool = True, tol: float = 1e-3,
+                 max_iter: int = 20000):
+        self.alpha = alpha
+        self.groups = groups
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> GroupLassoProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
+        self.classes_ = _binary_classes(self, y)
+        groups = None if layered else (np.arange(X.shape[1]) if self.groups is None else self.groups)
+        fit = F.fit_group_lasso(X, (y == self.classes_[1]).astype(np.int32), self.alpha, groups=groups,
+                                sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol,
+                                max_iter=self.max_iter)
+        coef = np.asarray(fit.coef, X.dtype)
+        self.layers_kept_ = np.any(coef != 0, axis=-1) if layered else None
+        self.coef_ = coef.reshape(1, -1)
+        self.intercept_ = np.asarray(fit.intercept, X.dtype).reshape(1)
+        self.n_iter_, self.converged_ = int(fit.n_iter), bool(fit.converged)
+        self.kkt_violation_ = float(fit.kkt_violation)
+        _warn_unconverged(self, np.asarray([self.converged_]), np.asarray([self.n_iter_]))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Scores ``(N,)``: one model over all layers, so a 3-D ``X`` gives one score per row."""
+        check_is_fitted(self)
+        if self.layers_kept_ is not None:
+            X3, _ = F._checks.check_activations(X)
+            if X3.ndim != 3 or X3.shape[0] * X3.shape[2] != self.coef_.shape[1]:
+                raise ValueError(f"X must be (L, N, D) with L * D = {self.coef_.shape[1]}, as in fit.")
+            flat = np.transpose(np.asarray(X3), (1, 0, 2)).reshape(X3.shape[1], -1)
+            return flat @ self.coef_[0] + self.intercept_[0]
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X @ self.coef_[0] + self.intercept_[0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        positive = self.decision_function(X) > 0
+        return self.classes_[positive.astype(int)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.stack([1 - p, p], axis=-1)
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        w = None if sample_weight is None else np.asarray(sample_weight, float)
+        return float(np.average(self.predict(X) == np.asarray(y), weights=w))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class RidgeRegressionProbe(RegressorMixin, BaseEstimator):
+    """Ridge regression, ``sklearn.linear_model.Ridge``'s solution, for continuous targets.
+
+    Attributes:
+      coef_: ``(D,)`` (``(L, D)`` after a 3-D fit); intercept_: ``()`` (``(L,)``); n_features_in_.
+    """
+
+    def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RidgeRegressionProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=False)
+        fit = F.fit_ridge(X, np.asarray(y, np.float64), self.alpha, sample_weight=sample_weight,
+                          fit_intercept=self.fit_intercept)
+        self.coef_ = np.asarray(fit.coef, X.dtype)
+        self.intercept_ = np.asarray(fit.intercept, X.dtype)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions ``(N,)`` (``(L, N)`` for 3-D X)."""
+        X = _predict_data(self, X)
+        if X.ndim == 3:
+            return np.einsum("ld,lnd->ln", self.coef_, X) + self.intercept_[:, None]
+        return X @ self.coef_ + self.intercept_
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """R^2; ``(L,)`` per layer for 3-D X."""
+        if not _is_layers(X):
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        y = np.asarray(y, float)
+        w = np.ones(y.shape[0]) if sample_weight is None else np.asarray(sample_weight, float)
+        mean = np.average(y, weights=w)
+        return 1 - (w * (pred - y) ** 2).sum(1) / (w * (y - mean) ** 2).sum()
