@@ -129,17 +129,27 @@ class _LinearClassifier(ClassifierMixin, BaseEstimator):
         return (w * (pred == np.asarray(y)[None])).sum(axis=1) / w.sum()
 
 
-def _binary_classes(est: BaseEstimator, y: np.ndarray) -> np.ndarray:
-    check_classification_targets(y)
-    classes = np.unique(y)
-    if classes.size > 2:
-        raise ValueError(
-            f"Only binary classification is supported. {type(est).__name__} got {classes.size} classes; use "
-            f"LogisticProbe for more than two."
-        )
-    if classes.size < 2:
-        raise ValueError(f"y has one class only ({classes.tolist()}); a classifier needs two.")
-    return classes
+class _BinaryLinearClassifier(_LinearClassifier):
+    """A linear classifier whose solver knows two classes only (the larger label is positive)."""
+
+    def _binary_targets(self, y: np.ndarray) -> np.ndarray:
+        """Set ``classes_`` and return ``y`` as ``0`` / ``1`` (1 for ``classes_[1]``)."""
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if classes.size > 2:
+            raise ValueError(
+                f"Only binary classification is supported. {type(self).__name__} got {classes.size} classes; use "
+                f"LogisticProbe for more than two."
+            )
+        if classes.size < 2:
+            raise ValueError(f"y has one class only ({classes.tolist()}); a classifier needs two.")
+        self.classes_ = classes
+        return (y == classes[1]).astype(np.int32)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
 
 
 class LogisticProbe(_LinearClassifier):
@@ -186,7 +196,7 @@ class LogisticProbe(_LinearClassifier):
         return self
 
 
-class RidgeProbe(_LinearClassifier):
+class RidgeProbe(_BinaryLinearClassifier):
     """Ridge classifier on ``-1/+1`` targets, ``sklearn.linear_model.RidgeClassifier``'s solution (binary).
 
     Parameters:
@@ -203,20 +213,14 @@ class RidgeProbe(_LinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RidgeProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        self.classes_ = _binary_classes(self, y)
-        fit = F.fit_ridge(X, (y == self.classes_[1]).astype(np.int32), self.alpha, sample_weight=sample_weight,
+        fit = F.fit_ridge(X, self._binary_targets(y), self.alpha, sample_weight=sample_weight,
                           fit_intercept=self.fit_intercept)
         self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
         self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
-
-class MassMeanProbe(_LinearClassifier):
+class MassMeanProbe(_BinaryLinearClassifier):
     """Difference-of-means probe (with ``iid=True``, the LDA direction), calibrated by a 1-D logistic fit.
 
     See :func:`lmprobe_jax.functional.fit_mass_mean`. Binary only.
@@ -232,21 +236,15 @@ class MassMeanProbe(_LinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MassMeanProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        self.classes_ = _binary_classes(self, y)
-        fit = F.fit_mass_mean(X, (y == self.classes_[1]).astype(np.int32), iid=self.iid, sample_weight=sample_weight,
+        fit = F.fit_mass_mean(X, self._binary_targets(y), iid=self.iid, sample_weight=sample_weight,
                               shrinkage=self.shrinkage, calibration_C=self.calibration_C)
         self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
         self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
         self.direction_ = np.asarray(fit.direction, X.dtype)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
-
-class GroupLassoProbe(_LinearClassifier):
+class GroupLassoProbe(_BinaryLinearClassifier):
     """Logistic group lasso: one probe on all layers, whole layers switched off (lmprobe's "auto").
 
     With 3-D ``X`` ``(L, N, D)`` the layers are the groups and, unlike the other probes, one model spans
@@ -269,9 +267,9 @@ class GroupLassoProbe(_LinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> GroupLassoProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        self.classes_ = _binary_classes(self, y)
+        y01 = self._binary_targets(y)
         groups = None if layered else (np.arange(X.shape[1]) if self.groups is None else self.groups)
-        fit = F.fit_group_lasso(X, (y == self.classes_[1]).astype(np.int32), self.alpha, groups=groups,
+        fit = F.fit_group_lasso(X, y01, self.alpha, groups=groups,
                                 sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol,
                                 max_iter=self.max_iter)
         coef = np.asarray(fit.coef, X.dtype)
@@ -306,11 +304,6 @@ class GroupLassoProbe(_LinearClassifier):
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         w = None if sample_weight is None else np.asarray(sample_weight, float)
         return float(np.average(self.predict(X) == np.asarray(y), weights=w))
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
 
 class RidgeRegressionProbe(RegressorMixin, BaseEstimator):
