@@ -81,3 +81,15 @@ def test_cv_with_groups(binary_layers):
     cv = F.cross_validate_logistic(X.astype(np.float32), y, [1.0], folds=5, groups=groups)
     for g in np.unique(groups):
         assert np.unique(cv.fold_ids[groups == g]).size == 1
+
+
+def test_cv_all_layers_at_once_equals_one_at_a_time(binary_layers):
+    # The accelerator default (every layer in one vmapped solve) against the CPU default.
+    X, y = binary_layers
+    one = F.cross_validate_logistic(X.astype(np.float32), y, [0.1, 1.0], folds=3, layer_batch_size=1)
+    every = F.cross_validate_logistic(X.astype(np.float32), y, [0.1, 1.0], folds=3, layer_batch_size=3)
+    np.testing.assert_allclose(every.accuracy, one.accuracy, atol=1e-6)
+    np.testing.assert_allclose(every.fit.coef, one.fit.coef, rtol=1e-4, atol=1e-6)
+    m_one = F.fit_multinomial(X.astype(np.float32), np.arange(len(y)) % 3, 1.0, layer_batch_size=1)
+    m_every = F.fit_multinomial(X.astype(np.float32), np.arange(len(y)) % 3, 1.0, layer_batch_size=3)
+    np.testing.assert_allclose(m_every.coef, m_one.coef, rtol=1e-4, atol=1e-6)
