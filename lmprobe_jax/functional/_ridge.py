@@ -187,19 +187,30 @@ def ridge_solve(
     return over_layers(layer, X, layer_batch_size=layer_batch_size)
 
 
-def _prepare(X: Any, y: Any, alpha: Any, sample_weight: Any) -> tuple[Array, bool, np.ndarray, Any, np.ndarray, bool, np.ndarray]:
+def _validated_solve(
+    X: Any, y: Any, alpha: Any, sample_weight: Any, fit_intercept: bool, layer_batch_size: int | None, *, loo: bool
+) -> RidgeLOO:
+    """Validate at the boundary, solve, and drop the axes the caller did not ask for (``predictions`` is
+    None unless ``loo``). The one path behind :func:`fit_ridge` and :func:`ridge_loo`."""
     X3, was_2d = _checks.check_activations(X)
     n = X3.shape[1]
-    Y, classes = ridge_targets(y, n)
+    Y, _ = ridge_targets(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
     alphas, is_grid = _checks.check_grid(alpha, "alpha")
-    return X3, was_2d, Y, classes, sw, is_grid, alphas
+    fit, pred = ridge_solve(
+        X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
+        loo=loo, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+    )
 
+    def squeeze(a: Array) -> Array:  # the target axis (always one target) and unrequested layer/grid axes
+        axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (2, True)) if drop)
+        return jnp.squeeze(a, axis=axes)
 
-def _squeeze(a: Array, *, was_2d: bool, is_grid: bool) -> Array:
-    """Drop the target axis (always one target) and the layer/grid axes the caller did not ask for."""
-    axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (2, True)) if drop)
-    return jnp.squeeze(a, axis=axes)
+    return RidgeLOO(
+        fit=RidgeFit(*(squeeze(a) for a in fit)),
+        predictions=None if pred is None else squeeze(pred),
+        targets=jnp.asarray(Y[0]),
+    )
 
 
 def fit_ridge(
@@ -234,12 +245,7 @@ def fit_ridge(
       >>> fit_ridge(X, X[0, :, 0] * 2.0, alpha=[0.1, 1.0, 10.0]).coef.shape
       (4, 3, 6)
     """
-    X3, was_2d, Y, _, sw, is_grid, alphas = _prepare(X, y, alpha, sample_weight)
-    fit, _ = ridge_solve(
-        X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
-        loo=False, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
-    )
-    return RidgeFit(*(_squeeze(a, was_2d=was_2d, is_grid=is_grid) for a in fit))
+    return _validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=False).fit
 
 
 def ridge_loo(
@@ -260,13 +266,4 @@ def ridge_loo(
 
     Arguments are those of :func:`fit_ridge`.
     """
-    X3, was_2d, Y, _, sw, is_grid, alphas = _prepare(X, y, alpha, sample_weight)
-    fit, pred = ridge_solve(
-        X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
-        loo=True, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
-    )
-    return RidgeLOO(
-        fit=RidgeFit(*(_squeeze(a, was_2d=was_2d, is_grid=is_grid) for a in fit)),
-        predictions=_squeeze(pred, was_2d=was_2d, is_grid=is_grid),
-        targets=jnp.asarray(Y[0]),
-    )
+    return _validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=True)
