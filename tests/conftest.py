@@ -18,3 +18,53 @@ def binary_layers():
     y = (X[1] @ rng.normal(size=D) + 0.8 * rng.normal(size=N) > 0).astype(int)
     X[2, :, 0] += 1.5 * (2 * y - 1)
     return X, y
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["The city of Lyon is in France.", "The quick brown fox jumps over the lazy dog."] * 20
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Random 4-layer, hidden-64 Llama and GPT-2 causal LMs with a byte-level BPE tokenizer, saved to
+    disk offline: ``{"llama": dir, "gpt2": dir}``. Skips when the extract extra is not installed."""
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    tokenizer = _tiny_tokenizer()
+    common = {"vocab_size": len(tokenizer), "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    configs = {
+        "llama": LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        ),
+        "gpt2": GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=256, **common),
+    }
+    root = tmp_path_factory.mktemp("tiny_models")
+    paths = {}
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+        paths[name] = root / name
+        model.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths

@@ -1,10 +1,10 @@
 import jax
 import numpy as np
 import pytest
+from conftest import objective
 from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
-from conftest import objective
 
 
 def sk_reference(X, y, C, sw=None, fit_intercept=True):

@@ -8,7 +8,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from lmprobe_jax.functional import group_lasso_alpha_max
-from lmprobe_jax.sklearn import GroupLassoProbe, LogisticProbe, MassMeanProbe, RidgeProbe, RidgeRegressionProbe
+from lmprobe_jax.sklearn import (
+    GroupLassoProbe,
+    LogisticProbe,
+    MassMeanProbe,
+    RidgeProbe,
+    RidgeRegressionProbe,
+)
 
 ESTIMATORS = [LogisticProbe(), RidgeProbe(), MassMeanProbe(), GroupLassoProbe(), RidgeRegressionProbe()]
 

@@ -1,0 +1,185 @@
+"""Loading a model and tokenizer, and fingerprinting exactly what was loaded.
+
+A store is keyed by what produced it, not by a name: the weights' SHA-256 (of the weight files for a
+model loaded from disk, of the parameters for a model object), the tokenizer's serialised definition,
+and the compute dtype. Re-saved weights at the same path, or a bfloat16 request, are a different key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Map ``"float32"``/``"float16"``/``"bfloat16"`` (or a torch dtype, or None) to a torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and dtype not in _DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not supported: use one of {list(_DTYPES)}.")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}: use one of {list(_DTYPES)}.") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_parameters(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict: names, dtypes, shapes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def hash_tokenizer(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's full definition (vocabulary, merges, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(
+        {"class": type(tokenizer).__name__, "special": getattr(tokenizer, "special_tokens_map", {})},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((definition + special).encode()).hexdigest()
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from and how to load it; ``fingerprint`` is computed without loading."""
+
+    id: str
+    kind: str  # "directory", "gguf", "hub" or "object"
+    path: Path | None = None
+    revision: str | None = None
+    model: Any = None
+    tokenizer: Any = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            if self.kind == "object":
+                self._fingerprint = "params-sha256:" + hash_parameters(self.model)
+            else:
+                files = (
+                    [self.path]
+                    if self.kind == "gguf"
+                    else [p for p in self.path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
+                )
+                if not files:
+                    raise ValueError(f"No weight files ({', '.join(_WEIGHT_SUFFIXES)}) found in {self.path}.")
+                config = (
+                    [] if self.kind == "gguf" else [p for p in [self.path / "config.json"] if p.is_file()]
+                )
+                self._fingerprint = "files-sha256:" + _hash_files(files + config)
+        return self._fingerprint
+
+    def config(self):
+        from transformers import AutoConfig
+
+        if self.kind == "object":
+            return self.model.config
+        if self.kind == "gguf":
+            return AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        return AutoConfig.from_pretrained(self.path)
+
+    def load_tokenizer(self):
+        if self.tokenizer is not None:
+            return self.tokenizer
+        from transformers import AutoTokenizer
+
+        if self.kind == "gguf":
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self.tokenizer
+
+    def load_model(self, dtype: torch.dtype | None, device: str | torch.device):
+        if self.model is not None:
+            model = self.model
+            if dtype is not None and next(model.parameters()).dtype != dtype:
+                model = model.to(dtype)
+            return model.to(device) if device is not None else model
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"dtype": dtype or torch.float32}
+        if self.kind == "gguf":
+            model = AutoModelForCausalLM.from_pretrained(self.path.parent, gguf_file=self.path.name, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        self.model = model.to(device).eval()
+        return self.model
+
+
+def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = None) -> ModelSource:
+    """Turn what the user passed as ``model`` into a :class:`ModelSource`.
+
+    ``model`` may be a local directory (``save_pretrained`` layout), a ``.gguf`` file, a Hugging Face
+    hub id (resolved to its local snapshot; offline when ``HF_HUB_OFFLINE=1``), a ``(model, tokenizer)``
+    pair, or a loaded ``torch.nn.Module`` with ``tokenizer=`` given.
+    """
+    if isinstance(model, tuple) and len(model) == 2:
+        model, tokenizer = model
+    if isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("A loaded model needs its tokenizer: pass tokenizer=... or (model, tokenizer).")
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        return ModelSource(id=str(name), kind="object", model=model.eval(), tokenizer=tokenizer)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be a path, a hub id, a .gguf file, or a loaded model; got {type(model).__name__}."
+        )
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(
+                f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file."
+            )
+        return ModelSource(id=str(path.resolve()), kind="gguf", path=path.resolve(), tokenizer=tokenizer)
+    if path.is_dir():
+        return ModelSource(id=str(path.resolve()), kind="directory", path=path.resolve(), tokenizer=tokenizer)
+    if str(model).startswith((".", "/", "~")) or os.sep in str(model) and str(model).count("/") > 1:
+        raise ValueError(f"Model path {model} does not exist.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            str(model),
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
+        )
+    except Exception as err:  # offline and not cached, unknown repo, no network
+        raise ValueError(
+            f"Could not resolve {model!r} as a local path or a Hugging Face hub model ({err}). "
+            "Offline (HF_HUB_OFFLINE=1), a hub id must already be in the local cache."
+        ) from err
+    return ModelSource(
+        id=str(model), kind="hub", path=Path(local), revision=Path(local).name, tokenizer=tokenizer
+    )

@@ -1,0 +1,488 @@
+"""extract/: poolings against an unpadded per-prompt reference, backends, the store and its trust rules."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import extract
+from extract import EMBEDDINGS, POOLINGS, ActivationStore, extract_activations
+
+PROMPTS = [
+    "The city of Lyon is in France.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog, and then it jumps again.",
+    "A b",
+    "Lyon is in Japan.",
+    "The dog",
+    "fox fox fox fox",
+]
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def reference(path, prompts):
+    """Per-prompt hidden states with no padding at all: HF's own ``hidden_states`` from a copy of the
+    model whose final norm is the identity, so entry i + 1 is the raw output of block i."""
+    model, tok = load(path)
+    model = copy.deepcopy(model)
+    if hasattr(model, "model"):
+        model.model.norm = torch.nn.Identity()
+    else:
+        model.transformer.ln_f = torch.nn.Identity()
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+            out.append([h[0].numpy() for h in hidden])  # [L + 1] of (T, D)
+    return out
+
+
+def pooled_reference(per_prompt, layer, pooling):
+    index = 0 if layer == EMBEDDINGS else layer + 1
+    states = [h[index] for h in per_prompt]
+    reduce = {
+        "last_token": lambda h: h[-1],
+        "first_token": lambda h: h[0],
+        "mean": lambda h: h.mean(0),
+        "max": lambda h: h.max(0),
+        "min": lambda h: h.min(0),
+    }
+    if pooling == "all":
+        return np.concatenate(states)
+    return np.stack([reduce[pooling](h) for h in states])
+
+
+def assert_close(got, want):
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_every_pooling_matches_unpadded_reference(tiny_models, arch, padding_side):
+    layers = [EMBEDDINGS, 0, 2, -1]
+    store = extract_activations(
+        tiny_models[arch],
+        PROMPTS,
+        layers=layers,
+        pooling=list(POOLINGS),
+        batch_size=3,
+        padding_side=padding_side,
+        progress=False,
+    )
+    ref = reference(tiny_models[arch], PROMPTS)
+    assert store.layers == [EMBEDDINGS, 0, 2, 3]
+    for pooling in POOLINGS:
+        for layer in store.layers:
+            assert_close(store.load(layer, pooling), pooled_reference(ref, layer, pooling))
+    lengths = [len(h[0]) for h in ref]
+    np.testing.assert_array_equal(store.offsets(), np.concatenate([[0], np.cumsum(lengths)]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_nnsight_backend_agrees_with_local(tiny_models, arch):
+    pytest.importorskip("nnsight")
+    kwargs = {
+        "layers": [EMBEDDINGS, 1, 3],
+        "pooling": ["mean", "last_token", "all"],
+        "batch_size": 4,
+        "progress": False,
+    }
+    local = extract_activations(tiny_models[arch], PROMPTS, **kwargs)
+    traced = extract_activations(tiny_models[arch], PROMPTS, backend="nnsight", padding_side="left", **kwargs)
+    for pooling in local.poolings:
+        for layer in local.layers:
+            assert_close(traced.load(layer, pooling), np.asarray(local.load(layer, pooling), np.float64))
+
+
+def test_forward_stops_after_last_requested_layer(tiny_models):
+    model, tok = load(tiny_models["llama"])
+    calls = {"block3": 0, "head": 0, "block1": 0}
+    model.model.layers[1].register_forward_hook(lambda *a: calls.__setitem__("block1", calls["block1"] + 1))
+    model.model.layers[3].register_forward_hook(lambda *a: calls.__setitem__("block3", calls["block3"] + 1))
+    model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    extract_activations((model, tok), PROMPTS, layers=[0, 1], batch_size=4, progress=False)
+    assert calls == {"block1": 2, "block3": 0, "head": 0}
+
+
+def test_store_on_disk_is_memory_mapped_and_sized_to_the_data(tiny_models, tmp_path):
+    store = extract_activations(
+        tiny_models["llama"],
+        PROMPTS,
+        layers="all",
+        pooling="mean",
+        out_dir=tmp_path / "s",
+        labels=np.arange(len(PROMPTS)) % 2,
+        metadata=[{"i": i} for i in range(len(PROMPTS))],
+        progress=False,
+    )
+    layer = store.load(2)
+    assert isinstance(layer, np.memmap) and layer.shape == (len(PROMPTS), 64)
+    assert store.stack().shape == (4, len(PROMPTS), 64)
+    assert store.stack([3, 1], dtype=np.float64).dtype == np.float64
+    shard = tmp_path / "s" / "mean" / "layer_002.safetensors"
+    overhead = shard.stat().st_size - len(PROMPTS) * 64 * 4
+    assert 0 < overhead < 200  # the safetensors header only
+    np.testing.assert_array_equal(store.labels, np.arange(len(PROMPTS)) % 2)
+    assert store.metadata[3] == {"i": 3} and store.prompts == PROMPTS
+    reopened = ActivationStore(tmp_path / "s")
+    np.testing.assert_array_equal(reopened.load(-2), layer)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    for field in (
+        "model",
+        "tokenizer",
+        "compute_dtype",
+        "storage_dtype",
+        "layers",
+        "poolings",
+        "prompt_hashes",
+        "library_version",
+    ):
+        assert field in manifest
+    assert manifest["model"]["fingerprint"].startswith("files-sha256:")
+
+
+@pytest.mark.parametrize("storage_dtype", ["float16", "bfloat16"])
+def test_half_precision_storage(tiny_models, tmp_path, storage_dtype):
+    full = extract_activations(tiny_models["gpt2"], PROMPTS, layers=[1], progress=False)
+    half = extract_activations(
+        tiny_models["gpt2"],
+        PROMPTS,
+        layers=[1],
+        storage_dtype=storage_dtype,
+        out_dir=tmp_path / "h",
+        progress=False,
+    )
+    got = np.asarray(half.load(1), np.float32)
+    assert half.load(1).dtype.itemsize == 2
+    np.testing.assert_allclose(got, full.load(1), rtol=1e-2, atol=1e-2 * np.abs(full.load(1)).max())
+
+
+def count_forwards(model):
+    calls = [0]
+    model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_matching_store_is_served_without_running_the_model(tiny_models, tmp_path):
+    model, tok = load(tiny_models["llama"])
+    calls = count_forwards(model)
+    kwargs = {
+        "pooling": ["mean", "last_token"],
+        "out_dir": tmp_path / "s",
+        "batch_size": 4,
+        "progress": False,
+    }
+    first = extract_activations((model, tok), PROMPTS, layers=[0, 2], **kwargs)
+    assert calls[0] == 2
+    again = extract_activations((model, tok), PROMPTS, layers=[2], **{**kwargs, "pooling": "mean"})
+    assert calls[0] == 2
+    np.testing.assert_array_equal(again.load(2, "mean"), first.load(2, "mean"))
+    with pytest.raises(ValueError, match="prompt_hashes|prompts_sha256"):
+        extract_activations((model, tok), PROMPTS[::-1], layers=[2], **kwargs)
+
+
+def test_changed_weights_and_dtype_are_never_served_stale(tiny_models, tmp_path):
+    path = tmp_path / "model"
+    model, tok = load(tiny_models["llama"])
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    cache = tmp_path / "cache"
+    before = extract_activations(path, PROMPTS, layers=[1], cache_dir=cache, progress=False)
+    old = np.array(before.load(1))
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    model.save_pretrained(path)  # same path, new weights
+    after = extract_activations(path, PROMPTS, layers=[1], cache_dir=cache, progress=False)
+    fresh = extract_activations(path, PROMPTS, layers=[1], progress=False)
+    assert not np.allclose(after.load(1), old)
+    np.testing.assert_array_equal(after.load(1), fresh.load(1))
+    bf16 = extract_activations(path, PROMPTS, layers=[1], cache_dir=cache, dtype="bfloat16", progress=False)
+    assert bf16.manifest["compute_dtype"] == "bfloat16" and bf16.path != after.path
+    assert not np.array_equal(bf16.load(1), after.load(1))
+    # An explicit out_dir holding another request is refused, not served.
+    extract_activations(path, PROMPTS, layers=[1], out_dir=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        extract_activations(
+            path, PROMPTS, layers=[1], out_dir=tmp_path / "s", dtype="bfloat16", progress=False
+        )
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2.0)
+    model.save_pretrained(path)
+    with pytest.raises(ValueError, match="model"):
+        extract_activations(path, PROMPTS, layers=[1], out_dir=tmp_path / "s", progress=False)
+    replaced = extract_activations(
+        path, PROMPTS, layers=[1], out_dir=tmp_path / "s", overwrite=True, progress=False
+    )
+    assert not np.allclose(replaced.load(1), fresh.load(1))
+
+
+def test_cache_entry_grows_to_the_union_of_requests(tiny_models, tmp_path):
+    cache = tmp_path / "cache"
+    a = extract_activations(
+        tiny_models["gpt2"], PROMPTS, layers=[0], pooling="mean", cache_dir=cache, progress=False
+    )
+    b = extract_activations(
+        tiny_models["gpt2"], PROMPTS, layers=[2], pooling="max", cache_dir=cache, progress=False
+    )
+    assert a.path == b.path and b.layers == [0, 2] and b.poolings == ["mean", "max"]
+
+
+RESUMABLE = """
+import sys, time
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from extract import extract_activations
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.4))
+prompts = {prompts!r}
+extract_activations((model, tok), prompts, layers="all", pooling=["mean", "all"], batch_size=2,
+                    out_dir=sys.argv[2], progress=False)
+"""
+
+
+def test_killed_extraction_resumes_to_identical_files(tiny_models, tmp_path):
+    prompts = PROMPTS * 2  # 14 prompts: 7 batches of 2
+    out = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(RESUMABLE.format(prompts=prompts)))
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_models["llama"]), str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / ".partial").glob("chunk_*.safetensors"))) < 2:
+        assert proc.poll() is None, "the extraction finished or crashed before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / ".partial").glob("chunk_*.safetensors")))
+    assert 2 <= done < 7 and not (out / "manifest.json").exists()
+    with pytest.raises(ValueError, match="resume"):
+        ActivationStore(out)
+
+    model, tok = load(tiny_models["llama"])
+    calls = count_forwards(model)
+    kwargs = {"layers": "all", "pooling": ["mean", "all"], "batch_size": 2, "progress": False}
+    extract_activations((model, tok), prompts, out_dir=out, **kwargs)
+    assert calls[0] == 7 - done  # only the unfinished batches ran
+    extract_activations((model, tok), prompts, out_dir=tmp_path / "clean", **kwargs)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(tmp_path / "clean") for p in (tmp_path / "clean").rglob("*") if p.is_file()
+    )
+    assert not (out / ".partial").exists()
+    for relative in files:
+        assert (out / relative).read_bytes() == (tmp_path / "clean" / relative).read_bytes(), relative
+
+
+def test_truncated_or_corrupted_shards_are_refused(tiny_models, tmp_path):
+    out = tmp_path / "s"
+    extract_activations(
+        tiny_models["gpt2"], PROMPTS, layers=[0, 1], pooling="mean", out_dir=out, progress=False
+    )
+    shard = out / "mean" / "layer_001.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        ActivationStore(out)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    store = ActivationStore(out)
+    store.load(0)
+    with pytest.raises(ValueError, match="corrupted"):
+        store.load(1)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupted"):
+        ActivationStore(out)
+
+
+def test_unreadable_chunk_is_recomputed_on_resume(tiny_models, tmp_path):
+    out = tmp_path / "s"
+    kwargs = {"layers": [1], "pooling": "mean", "batch_size": 2, "out_dir": out, "progress": False}
+    clean = np.array(extract_activations(tiny_models["gpt2"], PROMPTS, **{**kwargs, "out_dir": None}).load(1))
+    # A crash after two chunks, then one of them damaged on disk.
+    model, tok = load(tiny_models["gpt2"])
+    calls = count_forwards(model)
+    model.transformer.h[0].register_forward_pre_hook(
+        lambda *a: (_ for _ in ()).throw(KeyboardInterrupt) if calls[0] > 2 else None
+    )
+    with pytest.raises(KeyboardInterrupt):
+        extract_activations((model, tok), PROMPTS, **kwargs)
+    chunks = sorted((out / ".partial").glob("chunk_*.safetensors"))
+    assert len(chunks) == 2
+    chunks[1].write_bytes(chunks[1].read_bytes()[:50])
+    model2, _ = load(tiny_models["gpt2"])
+    calls2 = count_forwards(model2)
+    store = extract_activations((model2, tok), PROMPTS, **kwargs)
+    assert calls2[0] == 3  # the damaged chunk and the two never written
+    np.testing.assert_allclose(store.load(1), clean, rtol=1e-6)
+
+
+def test_out_of_memory_backs_off_to_smaller_batches(tiny_models):
+    model, tok = load(tiny_models["llama"])
+
+    def refuse_big_batches(module, args, kwargs):
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large for the device")
+
+    model.register_forward_pre_hook(refuse_big_batches, with_kwargs=True)
+    store = extract_activations(
+        (model, tok), PROMPTS, layers=[1], pooling="mean", batch_size=6, progress=False
+    )
+    ref = reference(tiny_models["llama"], PROMPTS)
+    assert_close(store.load(1), pooled_reference(ref, 1, "mean"))
+
+
+def test_labels_and_metadata_are_updated_on_a_store_hit(tiny_models, tmp_path):
+    kwargs = {"layers": [0], "pooling": "mean", "out_dir": tmp_path / "s", "progress": False}
+    extract_activations(tiny_models["gpt2"], PROMPTS, labels=np.zeros(len(PROMPTS)), **kwargs)
+    store = extract_activations(
+        tiny_models["gpt2"],
+        PROMPTS,
+        labels=np.ones(len(PROMPTS)),
+        metadata=[{"k": i} for i in range(len(PROMPTS))],
+        **kwargs,
+    )
+    np.testing.assert_array_equal(ActivationStore(tmp_path / "s").labels, np.ones(len(PROMPTS)))
+    assert store.metadata[-1] == {"k": len(PROMPTS) - 1}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompts": []}, "empty"),
+        ({"pooling": "median"}, "Unknown pooling"),
+        ({"layers": [4]}, "out of range"),
+        ({"layers": ["middle"]}, "Unknown layer"),
+        ({"backend": "hooks"}, "Unknown backend"),
+        ({"remote": True}, "nnsight"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"labels": [0, 1]}, "one per prompt"),
+        ({"labels": ["yes"] * len(PROMPTS)}, "numeric"),
+        ({"metadata": [{}]}, "one per prompt"),
+        ({"storage_dtype": "int8"}, "Unknown dtype"),
+        ({"padding_side": "middle"}, "padding_side"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(tiny_models, kwargs, match):
+    args = {"prompts": PROMPTS, "progress": False}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        extract_activations(tiny_models["gpt2"], **args)
+
+
+@pytest.mark.parametrize("prompts, match", [("one prompt", "list of strings"), (["a", 3], r"prompts\[1\]")])
+def test_prompts_of_the_wrong_type(tiny_models, prompts, match):
+    with pytest.raises(TypeError, match=match):
+        extract_activations(tiny_models["gpt2"], prompts)
+
+
+def test_bad_model_arguments(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        extract_activations("./no/such/model", PROMPTS)
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(ValueError, match="gguf"):
+        extract_activations(tmp_path / "weights.txt", PROMPTS)
+    with pytest.raises(ValueError, match="tokenizer"):
+        extract_activations(torch.nn.Linear(2, 2), PROMPTS)
+    with pytest.raises(TypeError, match="model must be"):
+        extract_activations(42, PROMPTS)
+
+
+def test_store_rejects_unknown_layers_and_poolings(tiny_models):
+    store = extract_activations(
+        tiny_models["gpt2"], PROMPTS, layers=[1, 2], pooling=["mean", "max"], progress=False
+    )
+    with pytest.raises(ValueError, match="not in this store"):
+        store.load(0, "mean")
+    with pytest.raises(ValueError, match="no 'min' pooling"):
+        store.load(1, "min")
+    with pytest.raises(ValueError, match="say which one"):
+        store.load(1)
+    np.testing.assert_array_equal(store.load(-2, "max"), store.load(2, "max"))
+
+
+@pytest.mark.parametrize(
+    "config_name, path",
+    [
+        ("LlamaConfig", "model.layers"),
+        ("Qwen2Config", "model.layers"),
+        ("GemmaConfig", "model.layers"),
+        ("GPT2Config", "transformer.h"),
+        ("GPTNeoXConfig", "gpt_neox.layers"),
+        ("OPTConfig", "model.decoder.layers"),
+    ],
+)
+def test_decoder_blocks_are_found_across_families(config_name, path):
+    import transformers
+
+    config = getattr(transformers, config_name)(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        n_embd=32,
+        n_layer=3,
+        n_head=2,
+        ffn_dim=64,
+        word_embed_proj_dim=32,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    found, blocks = extract.find_decoder_layers(model)
+    assert found == path and len(blocks) == 3 and model.get_submodule(found) is blocks
+
+
+def test_decoder_blocks_fallback_search_and_failure():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+            self.trunk = torch.nn.Sequential()
+            self.trunk.stack = torch.nn.ModuleList([Block() for _ in range(5)])
+
+    assert extract.find_decoder_layers(Net())[0] == "trunk.stack"
+    with pytest.raises(ValueError, match="Could not find the decoder blocks"):
+        extract.find_decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_resolve_layers():
+    resolve = extract.resolve_layers
+    assert resolve("all", 4) == [0, 1, 2, 3]
+    assert resolve(None, 3) == [0, 1, 2]
+    assert resolve(-1, 4) == [3]
+    assert resolve([3, "embeddings", -4, 0, np.int64(2)], 4) == [EMBEDDINGS, 0, 2, 3]
+    assert resolve("2", 4) == [2]
+    for bad, match in [
+        ([], "empty"),
+        ([True], "not an integer"),
+        ([1.5], "not an integer"),
+        (-5, "out of range"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            resolve(bad, 4)
+
+
+def test_extract_never_imports_jax():
+    code = "import sys, extract; assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
