@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,23 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# In-process memos, so repeated extractions from one model do not re-read gigabytes of weights. A file's
+# entry is keyed by its stat (a rewrite changes size or mtime); a model's by every parameter's storage
+# pointer and version counter, which torch bumps on each in-place write.
+_FILE_HASHES: dict[tuple, str] = {}
+_PARAM_HASHES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
 def _hash_files(paths: list[Path]) -> str:
+    key = tuple(
+        (str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ino) for p in sorted(paths) for s in [p.stat()]
+    )
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = _hash_file_contents(paths)
+    return _FILE_HASHES[key]
+
+
+def _hash_file_contents(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode() + b"\0")
@@ -48,11 +65,19 @@ def _hash_files(paths: list[Path]) -> str:
 
 def hash_parameters(model: torch.nn.Module) -> str:
     """SHA-256 of a model's state dict: names, dtypes, shapes and bytes, in a fixed order."""
+    state = sorted(model.state_dict().items())
+    signature = tuple(
+        (name, t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device)) for name, t in state
+    )
+    memo = _PARAM_HASHES.get(model)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in state:
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    _PARAM_HASHES[model] = (signature, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -183,3 +208,36 @@ def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = Non
     return ModelSource(
         id=str(model), kind="hub", path=Path(local), revision=Path(local).name, tokenizer=tokenizer
     )
+
+
+def gguf_to_directory(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Convert a GGUF checkpoint into a plain Hugging Face directory once, so later loads take seconds.
+
+    transformers dequantises GGUF weights to float32 on every load (~25 s for a 135M model) and
+    ``save_pretrained`` refuses a GGUF-loaded model, so the model is rebuilt from its config, given the
+    dequantised state dict, and saved with its tokenizer. The write is atomic (a temporary directory
+    renamed into place); an existing complete directory is returned as is.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
+        return out_dir
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
