@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 try:
-    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -31,7 +31,14 @@ except ImportError as err:  # scikit-learn is an optional dependency of lmprobe-
 
 from . import functional as F
 
-__all__ = ["GroupLassoProbe", "LogisticProbe", "MassMeanProbe", "RidgeProbe", "RidgeRegressionProbe"]
+__all__ = [
+    "GroupLassoProbe",
+    "LogisticCVProbe",
+    "LogisticProbe",
+    "MassMeanProbe",
+    "RidgeProbe",
+    "RidgeRegressionProbe",
+]
 
 
 def _is_layers(X: Any) -> bool:
@@ -91,7 +98,28 @@ def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndar
         )
 
 
-class _LinearClassifier(ClassifierMixin, BaseEstimator):
+class _PerLayer:
+    """``select_layer(i)``: the fitted 2-D probe of layer ``i`` out of a 3-D ``(L, N, D)`` fit."""
+
+    def select_layer(self, layer: int):
+        """A fitted estimator for layer ``layer`` alone (takes ``(N, D)`` input), sliced from a 3-D fit:
+        every fitted array with a leading ``L`` axis is indexed, everything else is copied."""
+        check_is_fitted(self)
+        if not hasattr(self, "n_layers_"):
+            raise ValueError("select_layer needs a probe fitted on (L, N, D) activations.")
+        n_layers = self.n_layers_
+        if not -n_layers <= int(layer) < n_layers:
+            raise ValueError(f"layer {layer} is out of range for a fit on {n_layers} layers.")
+        single = clone(self)
+        for name, value in vars(self).items():
+            if not name.endswith("_") or name.startswith("_") or name == "n_layers_":
+                continue
+            per_layer = isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n_layers
+            setattr(single, name, value[int(layer)] if per_layer and name != "classes_" else value)
+        return single
+
+
+class _LinearClassifier(_PerLayer, ClassifierMixin, BaseEstimator):
     """Shared prediction for classifiers stored as ``coef_`` ``([L,] K', D)``, ``intercept_`` ``([L,] K')``."""
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -306,7 +334,65 @@ class GroupLassoProbe(_BinaryLinearClassifier):
         return float(np.average(self.predict(X) == np.asarray(y), weights=w))
 
 
-class RidgeRegressionProbe(RegressorMixin, BaseEstimator):
+class LogisticCVProbe(_LinearClassifier):
+    """Cross-validated L2 logistic regression, what ``sklearn.linear_model.LogisticRegressionCV`` does
+    (best ``C`` of a grid by held-out score, then a refit on all rows), as one batched solve: every
+    fold and grid value of every layer together (:func:`lmprobe_jax.functional.cross_validate_logistic`).
+
+    Parameters:
+      Cs: an int (that many values on ``logspace(-4, 4)``, scikit-learn's default grid) or a 1-D grid.
+      cv: number of stratified folds (shuffled with ``random_state``).
+      scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"`` (binary): how ``C`` is chosen.
+      random_state: seed of the fold assignment.
+      fit_intercept, tol, max_iter: as :class:`LogisticProbe`.
+
+    Attributes:
+      C_: ``(1,)`` the chosen ``C`` (``(L,)`` after a 3-D fit); Cs_: the grid; scores_: held-out
+      ``scoring`` per grid value and fold ``([L,] G, F)``; coef_, intercept_, classes_, n_iter_,
+      converged_ (of the refit), n_features_in_, n_layers_ (3-D fits).
+
+    ``fit`` also takes ``groups`` ``(N,)``: rows sharing a group never straddle folds.
+    """
+
+    def __init__(self, Cs: Any = 10, *, cv: int = 5, scoring: str = "accuracy", random_state: int | None = 0,
+                 fit_intercept: bool = True, tol: float = 1e-7, max_iter: int = 100):
+        self.Cs = Cs
+        self.cv = cv
+        self.scoring = scoring
+        self.random_state = random_state
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> LogisticCVProbe:
+        X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if self.classes_.size < 2:
+            raise ValueError(f"y has one class only ({self.classes_.tolist()}); a classifier needs two or more.")
+        grid = np.logspace(-4, 4, self.Cs) if isinstance(self.Cs, (int, np.integer)) else self.Cs
+        res = F.cross_validate_logistic(
+            X, y, grid, folds=self.cv, groups=groups, random_state=self.random_state, scoring=self.scoring,
+            sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter,
+        )
+        coef, intercept = np.asarray(res.fit.coef), np.asarray(res.fit.intercept)
+        if self.classes_.size == 2:
+            coef, intercept = coef[..., None, :], intercept[..., None]
+        scores = np.asarray({"accuracy": res.accuracy, "log_loss": res.log_loss, "roc_auc": res.roc_auc}[
+            self.scoring])
+        self.Cs_ = np.asarray(res.grid)
+        self.C_ = np.asarray(res.best_value) if layered else np.asarray(res.best_value)[:1]
+        self.scores_ = scores if layered else scores[0]
+        if not layered:
+            coef, intercept = coef[0], intercept[0]
+        self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)
+        n_iter, converged = np.asarray(res.n_iter)[:, 0, -1], np.asarray(res.converged)[:, 0, -1]
+        self.n_iter_, self.converged_ = (n_iter, converged) if layered else (n_iter[0], converged[0])
+        _warn_unconverged(self, self.converged_, self.n_iter_)
+        return self
+
+
+class RidgeRegressionProbe(_PerLayer, RegressorMixin, BaseEstimator):
     """Ridge regression, ``sklearn.linear_model.Ridge``'s solution, for continuous targets.
 
     Attributes:

@@ -10,13 +10,21 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from lmprobe_jax.functional import group_lasso_alpha_max
 from lmprobe_jax.sklearn import (
     GroupLassoProbe,
+    LogisticCVProbe,
     LogisticProbe,
     MassMeanProbe,
     RidgeProbe,
     RidgeRegressionProbe,
 )
 
-ESTIMATORS = [LogisticProbe(), RidgeProbe(), MassMeanProbe(), GroupLassoProbe(), RidgeRegressionProbe()]
+ESTIMATORS = [
+    LogisticProbe(),
+    RidgeProbe(),
+    MassMeanProbe(),
+    GroupLassoProbe(),
+    RidgeRegressionProbe(),
+    LogisticCVProbe(Cs=3, cv=3),
+]
 
 
 def _expected_failures(estimator):
@@ -107,3 +115,41 @@ def test_convergence_warning_and_not_fitted(data):
         LogisticProbe(C=100.0, max_iter=1).fit(X, y)
     with pytest.raises(NotFittedError):
         LogisticProbe().predict(X)
+
+
+def test_logistic_cv_probe_matches_logistic_regression_cv(binary_layers):
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import PredefinedSplit
+
+    from lmprobe_jax.functional import stratified_folds
+
+    X, y = binary_layers
+    X = StandardScaler().fit_transform(X[1])
+    Cs = np.logspace(-3, 2, 6)
+    ours = LogisticCVProbe(Cs=Cs, cv=4, random_state=3).fit(X, y)
+    folds = stratified_folds(y, 4, random_state=3)
+    ref = LogisticRegressionCV(Cs=Cs, cv=PredefinedSplit(folds), tol=1e-10, max_iter=10000).fit(X, y)
+    assert ours.C_.shape == (1,) and ours.C_[0] == ref.C_[0]
+    np.testing.assert_allclose(ours.scores_.mean(-1), ref.scores_[1].mean(0), atol=1e-12)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", [LogisticProbe(), RidgeProbe(), MassMeanProbe(), RidgeRegressionProbe(),
+                                       LogisticCVProbe(Cs=3, cv=3)])
+def test_select_layer_gives_the_single_layer_fit(binary_layers, estimator):
+    from sklearn.base import clone
+
+    X, y = binary_layers
+    X = X.astype(np.float32)
+    batched = clone(estimator).fit(X, y)
+    for layer in range(X.shape[0]):
+        alone = batched.select_layer(layer)
+        single = clone(estimator).fit(X[layer], y)
+        assert not hasattr(alone, "n_layers_")
+        np.testing.assert_allclose(alone.predict(X[layer]), single.predict(X[layer]), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(alone.coef_, single.coef_, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="out of range"):
+        batched.select_layer(X.shape[0])
+    with pytest.raises(ValueError, match=r"\(L, N, D\)"):
+        clone(estimator).fit(X[0], y).select_layer(0)
