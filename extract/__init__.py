@@ -13,7 +13,7 @@ This package never imports jax: the JAX side reads its stores as numpy arrays.
 from ._extract import BACKENDS, extract_activations
 from ._layers import EMBEDDINGS, find_decoder_layers, resolve_layers
 from ._pooling import POOLINGS, pool
-from ._source import gguf_to_directory
+from ._source import gguf_to_directory, model_layer_count
 from ._store import ActivationStore
 from ._version import library_version
 
@@ -27,6 +27,7 @@ __all__ = [
     "extract_activations",
     "find_decoder_layers",
     "gguf_to_directory",
+    "model_layer_count",
     "pool",
     "resolve_layers",
 ]

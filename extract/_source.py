@@ -241,3 +241,19 @@ def gguf_to_directory(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def model_layer_count(model: Any, tokenizer: Any = None, revision: str | None = None) -> int:
+    """Number of decoder blocks of ``model`` (anything :func:`resolve_source` takes), read from its config
+    without loading the weights."""
+    from ._layers import n_layers_of
+
+    source = resolve_source(model, tokenizer, revision)
+    if source.kind == "object":
+        from ._layers import find_decoder_layers
+
+        return len(find_decoder_layers(source.model)[1])
+    count = n_layers_of(source.config())
+    if count is None:
+        raise ValueError(f"The config of {source.id} does not say how many layers the model has.")
+    return count

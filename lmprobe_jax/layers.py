@@ -19,7 +19,7 @@ spec                 layers (for a model with ``L`` decoder blocks)             
 ``"16"``, ``"-1"``   that block (Wisent)                                                    ``fixed``
 ==================== ===================================================================== ============
 
-Block ``i`` is the residual stream leaving decoder block ``i`` (see :mod:`extract`).
+A :class:`LayerSpec` is also accepted (and checked against the model). Block ``i`` is the residual stream leaving decoder block ``i`` (see :mod:`extract`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def parse_layers(spec: Any, n_layers: int, *, auto_candidates: Sequence[int | fl
     """Resolve a layer spec (table above) for a model with ``n_layers`` blocks; raises ValueError."""
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise ValueError(f"n_layers must be a positive int, not {n_layers!r}.")
+    if isinstance(spec, LayerSpec):  # already parsed: check it against this model
+        if spec.mode not in MODES or not spec.layers:
+            raise ValueError(f"Bad LayerSpec {spec!r}: mode must be one of {MODES}, layers non-empty.")
+        return LayerSpec(spec.mode, [_index(int(i), n_layers, spec) for i in spec.layers])
     if isinstance(spec, str):
         text = spec.strip()
         named = {

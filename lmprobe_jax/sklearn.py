@@ -348,7 +348,8 @@ class LogisticCVProbe(_LinearClassifier):
 
     Attributes:
       C_: ``(1,)`` the chosen ``C`` (``(L,)`` after a 3-D fit); Cs_: the grid; scores_: held-out
-      ``scoring`` per grid value and fold ``([L,] G, F)``; coef_, intercept_, classes_, n_iter_,
+      ``scoring`` per grid value and fold ``([L,] G, F)``; cv_accuracy_, cv_roc_auc_ (NaN for more
+      than two classes), cv_log_loss_: every held-out metric, same shape; coef_, intercept_, classes_, n_iter_,
       converged_ (of the refit), n_features_in_, n_layers_ (3-D fits).
 
     ``fit`` also takes ``groups`` ``(N,)``: rows sharing a group never straddle folds.
@@ -383,6 +384,8 @@ class LogisticCVProbe(_LinearClassifier):
         self.Cs_ = np.asarray(res.grid)
         self.C_ = np.asarray(res.best_value) if layered else np.asarray(res.best_value)[:1]
         self.scores_ = scores if layered else scores[0]
+        for name, value in (("accuracy", res.accuracy), ("roc_auc", res.roc_auc), ("log_loss", res.log_loss)):
+            setattr(self, f"cv_{name}_", np.asarray(value) if layered else np.asarray(value)[0])
         if not layered:
             coef, intercept = coef[0], intercept[0]
         self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)

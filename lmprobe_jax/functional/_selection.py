@@ -93,6 +93,7 @@ def resolve_candidates(candidates: Sequence[float | int] | None, n_layers: int) 
     if isinstance(spec, (str, bytes)) or not hasattr(spec, "__iter__"):
         raise ValueError(f"candidates must be a sequence of indices or fractions; got {candidates!r}.")
     out: list[int] = []
+    seen: set[int] = set()
     for c in spec:
         if isinstance(c, (bool, np.bool_)):
             raise ValueError(f"candidate {c!r} is a bool; give layer indices or fractions in [0, 1].")
@@ -106,7 +107,8 @@ def resolve_candidates(candidates: Sequence[float | int] | None, n_layers: int) 
             idx = int(c * (n_layers - 1))
         else:
             raise ValueError(f"candidate {c!r} is neither a layer index nor a fraction.")
-        if idx not in out:
+        if idx not in seen:
+            seen.add(idx)
             out.append(idx)
     if not out:
         raise ValueError("candidates is empty; give at least one layer.")
