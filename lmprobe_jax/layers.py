@@ -61,7 +61,9 @@ def _range(a: int, b: int, n_layers: int, spec: Any) -> list[int]:
     return list(range(start, stop + 1))
 
 
-def parse_layers(spec: Any, n_layers: int, *, auto_candidates: Sequence[int | float] | None = None) -> LayerSpec:
+def parse_layers(
+    spec: Any, n_layers: int, *, auto_candidates: Sequence[int | float] | None = None
+) -> LayerSpec:
     """Resolve a layer spec (table above) for a model with ``n_layers`` blocks; raises ValueError."""
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise ValueError(f"n_layers must be a positive int, not {n_layers!r}.")

@@ -126,7 +126,9 @@ def _labels_or_prompts(second: Any) -> str:
         return "labels"
     items = list(second)
     if not items:
-        raise ValueError("The second argument of fit is empty: pass negative prompts or one label per prompt.")
+        raise ValueError(
+            "The second argument of fit is empty: pass negative prompts or one label per prompt."
+        )
     if all(isinstance(item, str) for item in items):
         return "prompts"
     if all(isinstance(item, (bool, int, float, np.number, np.bool_)) for item in items):
@@ -173,7 +175,9 @@ def _estimator_state(est: Any, key: str, arrays: dict) -> dict:
             attrs[attr] = {"list": value.tolist(), "dtype": value.dtype.str}
         elif isinstance(value, (bool, int, float, str, type(None), np.number, np.bool_)):
             attrs[attr] = value.item() if isinstance(value, (np.number, np.bool_)) else value
-    params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in est.get_params(deep=False).items()}
+    params = {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in est.get_params(deep=False).items()
+    }
     return {"class": name, "params": params, "attrs": attrs}
 
 
@@ -183,7 +187,9 @@ def _estimator_from_state(state: dict, key: str, arrays: dict) -> Any:
         raise ValueError(f"Unknown estimator {state['class']!r} in a saved probe.")
     est = cls(**state["params"])
     for attr, value in state["attrs"].items():
-        setattr(est, attr, np.array(value["list"], dtype=value["dtype"]) if isinstance(value, dict) else value)
+        setattr(
+            est, attr, np.array(value["list"], dtype=value["dtype"]) if isinstance(value, dict) else value
+        )
     prefix = f"{key}."
     for name, value in arrays.items():
         if name.startswith(prefix):
@@ -283,7 +289,9 @@ class Probe:
             if value is not None and value not in TRAIN_POOLINGS:
                 raise ValueError(f"Unknown {name} {value!r}: choose from {TRAIN_POOLINGS}.")
         if self.inference_pooling is not None and self.inference_pooling not in TRAIN_POOLINGS:
-            raise ValueError(f"Unknown inference_pooling {self.inference_pooling!r}: choose from {TRAIN_POOLINGS}.")
+            raise ValueError(
+                f"Unknown inference_pooling {self.inference_pooling!r}: choose from {TRAIN_POOLINGS}."
+            )
         if self.task not in TASKS:
             raise ValueError(f"Unknown task {self.task!r}: choose 'classification' or 'regression'.")
         if self.normalize_layers not in NORMALIZE:
@@ -327,15 +335,23 @@ class Probe:
     def _n_model_layers(self) -> int:
         if getattr(self, "_model_layers", None) is None:
             if self.model is None:
-                raise ValueError("This Probe has no model: pass model=... or use the *_from_activations methods.")
+                raise ValueError(
+                    "This Probe has no model: pass model=... or use the *_from_activations methods."
+                )
             from extract import model_layer_count
 
             self._model_layers = model_layer_count(self.model)
         return self._model_layers
 
     def _extract(
-        self, prompts: list[str], layers: list[int], pooling: str, *, batch_size: int | None = None,
-        remote: bool | None = None, invalidate_cache: bool = False,
+        self,
+        prompts: list[str],
+        layers: list[int],
+        pooling: str,
+        *,
+        batch_size: int | None = None,
+        remote: bool | None = None,
+        invalidate_cache: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(L, N, D)`` activations of ``layers`` (for ``"all"``: ``(L, T, D)`` token rows and the
         ``(N + 1,)`` offsets of each prompt's rows; else offsets None)."""
@@ -344,24 +360,40 @@ class Probe:
         from extract import extract_activations
 
         store = extract_activations(
-            self.model, prompts, layers=sorted(set(layers)), pooling=pooling,
+            self.model,
+            prompts,
+            layers=sorted(set(layers)),
+            pooling=pooling,
             cache_dir=None if self.cache_dir is None else self.cache_dir,
-            batch_size=batch_size or self.batch_size, dtype=self.dtype,
-            device=None if self.device == "auto" else self.device, backend=self.backend,
-            remote=self.remote if remote is None else remote, overwrite=invalidate_cache,
+            batch_size=batch_size or self.batch_size,
+            dtype=self.dtype,
+            device=None if self.device == "auto" else self.device,
+            backend=self.backend,
+            remote=self.remote if remote is None else remote,
+            overwrite=invalidate_cache,
             progress=self.progress,
         )
         X = store.stack(layers, pooling, dtype=np.float32)
         return X, (store.offsets() if pooling == "all" else None)
 
-    def warmup(self, prompts: list[str], remote: bool | None = None, max_retries: int | None = None,
-               batch_size: int | None = None) -> None:
+    def warmup(
+        self,
+        prompts: list[str],
+        remote: bool | None = None,
+        max_retries: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         """Extract and cache the activations every layer this probe may need, without training."""
         prompts = _check_prompts(prompts)
         spec = self._layer_spec(self._n_model_layers())
         for pooling in {self._train_pooling, self._inference_pooling}:
-            self._extract(prompts, spec.layers, "all" if pooling in SCORE_POOLINGS else pooling,
-                          batch_size=batch_size, remote=remote)
+            self._extract(
+                prompts,
+                spec.layers,
+                "all" if pooling in SCORE_POOLINGS else pooling,
+                batch_size=batch_size,
+                remote=remote,
+            )
 
     def _layer_spec(self, n_layers: int) -> LayerSpec:
         return parse_layers(self.layers, n_layers, auto_candidates=self.auto_candidates)
@@ -409,8 +441,13 @@ class Probe:
         return X, y, sw
 
     def fit(
-        self, positive_prompts: list[str], negative_prompts: Any = None, remote: bool | None = None,
-        invalidate_cache: bool = False, max_retries: int | None = None, batch_size: int | None = None,
+        self,
+        positive_prompts: list[str],
+        negative_prompts: Any = None,
+        remote: bool | None = None,
+        invalidate_cache: bool = False,
+        max_retries: int | None = None,
+        batch_size: int | None = None,
         sample_weight: Any = None,
     ) -> Probe:
         """Fit contrastively, ``fit(positive_prompts, negative_prompts)``, or from labels,
@@ -420,8 +457,15 @@ class Probe:
         prompts, y = self._training_data(positive_prompts, negative_prompts)
         n_model = self._n_model_layers()
         spec = self._layer_spec(n_model)
-        X, y, sw = self._training_arrays(prompts, y, spec.layers, sample_weight, batch_size=batch_size,
-                                         remote=remote, invalidate_cache=invalidate_cache)
+        X, y, sw = self._training_arrays(
+            prompts,
+            y,
+            spec.layers,
+            sample_weight,
+            batch_size=batch_size,
+            remote=remote,
+            invalidate_cache=invalidate_cache,
+        )
         self._fit_layers(X, y, spec, sw)
         self.n_model_layers_, self.input_layers_ = n_model, None
         return self
@@ -432,7 +476,9 @@ class Probe:
         lmprobe); ``"auto"``, ``"fast_auto"`` and ``"sweep*"`` select among ``X``'s blocks."""
         X3 = self._as_blocks(X, n_layers)
         y = self._labels(y, X3.shape[1])
-        selecting = isinstance(self.layers, (str, LayerSpec)) and self._layer_spec(X3.shape[0]).mode != "fixed"
+        selecting = (
+            isinstance(self.layers, (str, LayerSpec)) and self._layer_spec(X3.shape[0]).mode != "fixed"
+        )
         spec = self._layer_spec(X3.shape[0]) if selecting else LayerSpec("fixed", list(range(X3.shape[0])))
         sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         self._fit_layers(X3[spec.layers], y, spec, sw)
@@ -467,7 +513,8 @@ class Probe:
             if not kept:
                 warnings.warn(
                     f"Group lasso at auto_alpha={self.auto_alpha} kept no layer; keeping every candidate. "
-                    "Lower auto_alpha to select.", stacklevel=3,
+                    "Lower auto_alpha to select.",
+                    stacklevel=3,
                 )
                 kept = list(spec.layers)
             self.selected_layers_ = kept
@@ -502,7 +549,9 @@ class Probe:
         if self.normalize_layers is not False:
             self.scaler_ = LayerScaler(len(layers), self._scaler_mode()).fit(flat, sw)
             flat = self.scaler_.transform(flat)
-        self.preprocessing_ = [clone(step) for step in _parse_preprocessing(self.preprocessing, self.pca_components)]
+        self.preprocessing_ = [
+            clone(step) for step in _parse_preprocessing(self.preprocessing, self.pca_components)
+        ]
         features = flat
         for step in self.preprocessing_:
             if isinstance(step, PCA) and self.random_state is not None:
@@ -529,8 +578,13 @@ class Probe:
         if self.normalize_layers is False or self.preprocessing or self.mass_mean_augment:
             raise ValueError("A sweep standardises each layer and takes no preprocessing or augmentation.")
         self.sweep_ = sweep_activations(
-            X, y, classifier=name, classifier_kwargs=self.classifier_kwargs, layers=spec.layers,
-            random_state=0 if self.random_state is None else self.random_state, sample_weight=sw,
+            X,
+            y,
+            classifier=name,
+            classifier_kwargs=self.classifier_kwargs,
+            layers=spec.layers,
+            random_state=0 if self.random_state is None else self.random_state,
+            sample_weight=sw,
         )
         self.best_layer_ = self.sweep_.best_layer
         self._use_sweep_layer(self.sweep_, self.best_layer_)
@@ -539,8 +593,10 @@ class Probe:
         i = sweep.layers.index(layer)
         self.layers_ = [layer]
         self.scaler_ = LayerScaler(1)
-        self.scaler_.mean_, self.scaler_.scale_ = sweep.mean[i, 0].astype(np.float64), sweep.scale[i, 0].astype(
-            np.float64)
+        self.scaler_.mean_, self.scaler_.scale_ = (
+            sweep.mean[i, 0].astype(np.float64),
+            sweep.scale[i, 0].astype(np.float64),
+        )
         self.preprocessing_ = []
         self.augment_direction_ = None
         self.classifier_ = sweep.estimator.select_layer(i)
@@ -586,7 +642,9 @@ class Probe:
     def _apply(self, features: np.ndarray, kind: str) -> np.ndarray:
         if kind == "proba":
             if self.task == "regression" or not hasattr(self.classifier_, "predict_proba"):
-                raise ValueError("predict_proba is for classification probes whose classifier has predict_proba.")
+                raise ValueError(
+                    "predict_proba is for classification probes whose classifier has predict_proba."
+                )
             return self.classifier_.predict_proba(features)
         return self.classifier_.predict(features)
 
@@ -594,11 +652,18 @@ class Probe:
         self._check_fitted()
         prompts = _check_prompts(prompts)
         pooling = self._inference_pooling
-        X, offsets = self._extract(prompts, self.layers_, "all" if pooling in SCORE_POOLINGS else pooling,
-                                   batch_size=batch_size, remote=remote)
+        X, offsets = self._extract(
+            prompts,
+            self.layers_,
+            "all" if pooling in SCORE_POOLINGS else pooling,
+            batch_size=batch_size,
+            remote=remote,
+        )
         return self._scores_from_blocks(X, offsets, kind)
 
-    def predict(self, prompts: list[str], remote: bool | None = None, batch_size: int | None = None) -> np.ndarray:
+    def predict(
+        self, prompts: list[str], remote: bool | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
         """Class labels (or regression predictions) ``(N,)``."""
         return self._predict_prompts(prompts, "predict", remote, batch_size)
 
@@ -606,8 +671,9 @@ class Probe:
         """Class probabilities ``(N, K)`` (with ``inference_pooling="all"``: a list of ``(T_i, K)``)."""
         return self._predict_prompts(prompts, "proba", remote, batch_size)
 
-    def score(self, prompts: list[str], labels: Any, remote: bool | None = None,
-              batch_size: int | None = None) -> float:
+    def score(
+        self, prompts: list[str], labels: Any, remote: bool | None = None, batch_size: int | None = None
+    ) -> float:
         """Accuracy (R^2 for regression)."""
         pred = self.predict(prompts, remote=remote, batch_size=batch_size)
         y = self._labels(labels, len(pred)) if self.task == "classification" else _to_numpy(labels)
@@ -627,12 +693,22 @@ class Probe:
             per_layer = {}
             for i, layer in enumerate(self.sweep_.layers):
                 probe = self._sweep_layer_probe(layer)
-                per_layer[layer] = _metrics(y, probe._apply(probe._features(X[i : i + 1]), "proba"), probe.classes_)
-            result = {**per_layer[self.best_layer_], "n_eval": len(y), "eval_hash": digest,
-                      "best_layer": self.best_layer_, "layers": per_layer}
+                per_layer[layer] = _metrics(
+                    y, probe._apply(probe._features(X[i : i + 1]), "proba"), probe.classes_
+                )
+            result = {
+                **per_layer[self.best_layer_],
+                "n_eval": len(y),
+                "eval_hash": digest,
+                "best_layer": self.best_layer_,
+                "layers": per_layer,
+            }
         else:
-            result = {**_metrics(y, self.predict_proba(prompts, remote=remote), self.classes_),
-                      "n_eval": len(y), "eval_hash": digest}
+            result = {
+                **_metrics(y, self.predict_proba(prompts, remote=remote), self.classes_),
+                "n_eval": len(y),
+                "eval_hash": digest,
+            }
         self._evaluation_results_ = result
         return result
 
@@ -658,7 +734,9 @@ class Probe:
             return X3[[source.index(layer) for layer in self.layers_]]
         X3 = self._as_blocks(X, len(self.layers_))
         if X3.shape[0] != len(self.layers_):
-            raise ValueError(f"X holds {X3.shape[0]} layers; this probe reads {len(self.layers_)} ({self.layers_}).")
+            raise ValueError(
+                f"X holds {X3.shape[0]} layers; this probe reads {len(self.layers_)} ({self.layers_})."
+            )
         return X3
 
     def predict_from_activations(self, X: Any) -> np.ndarray:
@@ -681,7 +759,9 @@ class Probe:
             raise RuntimeError("compute_layer_importance needs a fitted probe: call fit first.")
         coef = getattr(self.classifier_, "coef_", None)
         if coef is None:
-            raise RuntimeError(f"{type(self.classifier_).__name__} has no coef_: layer importance needs a linear model.")
+            raise RuntimeError(
+                f"{type(self.classifier_).__name__} has no coef_: layer importance needs a linear model."
+            )
         if self.preprocessing_ or self.augment_direction_ is not None:
             raise RuntimeError("Layer importance is undefined after preprocessing or augmentation.")
         n_layers = len(self.layers_)
@@ -710,8 +790,12 @@ class Probe:
             "layer_spec_": list(self.layer_spec_),
             "n_model_layers_": getattr(self, "n_model_layers_", None),
             "classifier_": _estimator_state(self.classifier_, "classifier", arrays),
-            "preprocessing_": [_estimator_state(s, f"pre{i}", arrays) for i, s in enumerate(self.preprocessing_)],
-            "scaler_": None if self.scaler_ is None else {"n_layers": self.scaler_.n_layers, "mode": self.scaler_.mode},
+            "preprocessing_": [
+                _estimator_state(s, f"pre{i}", arrays) for i, s in enumerate(self.preprocessing_)
+            ],
+            "scaler_": None
+            if self.scaler_ is None
+            else {"n_layers": self.scaler_.n_layers, "mode": self.scaler_.mode},
             "sweep_table": None if self.sweep_ is None else self.sweep_.table(),
         }
         if self.scaler_ is not None:
@@ -746,8 +830,9 @@ class Probe:
         probe.n_model_layers_ = config["n_model_layers_"]
         probe.classifier_ = _estimator_from_state(config["classifier_"], "classifier", arrays)
         probe.classes_ = getattr(probe.classifier_, "classes_", None)
-        probe.preprocessing_ = [_estimator_from_state(s, f"pre{i}", arrays)
-                                for i, s in enumerate(config["preprocessing_"])]
+        probe.preprocessing_ = [
+            _estimator_from_state(s, f"pre{i}", arrays) for i, s in enumerate(config["preprocessing_"])
+        ]
         probe.scaler_ = None
         if config["scaler_"] is not None:
             probe.scaler_ = LayerScaler(config["scaler_"]["n_layers"], config["scaler_"]["mode"])
@@ -761,11 +846,23 @@ class Probe:
     # -- sweeps ---------------------------------------------------------------------------------------------
     @classmethod
     def sweep_layers(
-        cls, model: Any, positive_prompts: list[str], negative_prompts: Any = None, layers: Any = "all",
-        pooling: str = "last_token", classifier: str | BaseEstimator = "logistic_regression",
-        device: str = "auto", remote: bool = False, random_state: int | None = None, batch_size: int = 8,
-        backend: str = "local", dtype: str | None = None, normalize_layers: bool | str = True,
-        classifier_kwargs: dict | None = None, preprocessing: Any = None, pca_components: int | None = None,
+        cls,
+        model: Any,
+        positive_prompts: list[str],
+        negative_prompts: Any = None,
+        layers: Any = "all",
+        pooling: str = "last_token",
+        classifier: str | BaseEstimator = "logistic_regression",
+        device: str = "auto",
+        remote: bool = False,
+        random_state: int | None = None,
+        batch_size: int = 8,
+        backend: str = "local",
+        dtype: str | None = None,
+        normalize_layers: bool | str = True,
+        classifier_kwargs: dict | None = None,
+        preprocessing: Any = None,
+        pca_components: int | None = None,
         **kwargs: Any,
     ) -> LayerSweepResult:
         """Train a probe at every layer of ``layers`` from one extraction pass.
@@ -775,10 +872,23 @@ class Probe:
         (``result.sweep``); any other classifier is fitted layer by layer on the same activations.
         ``negative_prompts`` may be labels. Extra keyword arguments go to :class:`Probe`
         (``cache_dir``, ``progress``, ...)."""
-        base = cls(model=model, layers="all", pooling=pooling, classifier=classifier, device=device, remote=remote,
-                   random_state=random_state, batch_size=batch_size, backend=backend, dtype=dtype,
-                   normalize_layers=normalize_layers, classifier_kwargs=classifier_kwargs,
-                   preprocessing=preprocessing, pca_components=pca_components, **kwargs)
+        base = cls(
+            model=model,
+            layers="all",
+            pooling=pooling,
+            classifier=classifier,
+            device=device,
+            remote=remote,
+            random_state=random_state,
+            batch_size=batch_size,
+            backend=backend,
+            dtype=dtype,
+            normalize_layers=normalize_layers,
+            classifier_kwargs=classifier_kwargs,
+            preprocessing=preprocessing,
+            pca_components=pca_components,
+            **kwargs,
+        )
         swept = parse_layers(layers, base._n_model_layers()).layers
         prompts, y = base._training_data(positive_prompts, negative_prompts)
         X, y, sw = base._training_arrays(prompts, y, swept, None)
@@ -787,7 +897,9 @@ class Probe:
         if batched and normalize_layers is not False and not preprocessing:
             base._fit_layers(X, y, LayerSpec("sweep", swept), sw)
             base.n_model_layers_, base.input_layers_ = base._n_model_layers(), None
-            return LayerSweepResult({layer: base._sweep_layer_probe(layer) for layer in swept}, base.sweep_, base)
+            return LayerSweepResult(
+                {layer: base._sweep_layer_probe(layer) for layer in swept}, base.sweep_, base
+            )
         by_layer = {}
         for i, layer in enumerate(swept):
             probe = _copy_params(base)
@@ -815,9 +927,28 @@ def _metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict:
 
 
 _PARAMS = (
-    "model", "layers", "pooling", "train_pooling", "inference_pooling", "classifier", "task", "device", "remote",
-    "random_state", "batch_size", "auto_candidates", "auto_alpha", "normalize_layers", "fast_auto_top_k",
-    "backend", "dtype", "classifier_kwargs", "preprocessing", "pca_components", "mass_mean_augment", "cache_dir",
+    "model",
+    "layers",
+    "pooling",
+    "train_pooling",
+    "inference_pooling",
+    "classifier",
+    "task",
+    "device",
+    "remote",
+    "random_state",
+    "batch_size",
+    "auto_candidates",
+    "auto_alpha",
+    "normalize_layers",
+    "fast_auto_top_k",
+    "backend",
+    "dtype",
+    "classifier_kwargs",
+    "preprocessing",
+    "pca_components",
+    "mass_mean_augment",
+    "cache_dir",
     "progress",
 )
 
@@ -893,11 +1024,16 @@ class LayerSweepResult:
 
     def predict_proba(self, prompts: list[str]) -> dict[int, np.ndarray]:
         X = self._blocks(prompts)
-        return {layer: p._apply(p._features(X[i : i + 1]), "proba") for i, (layer, p) in enumerate(self._items())}
+        return {
+            layer: p._apply(p._features(X[i : i + 1]), "proba") for i, (layer, p) in enumerate(self._items())
+        }
 
     def predict(self, prompts: list[str]) -> dict[int, np.ndarray]:
         X = self._blocks(prompts)
-        return {layer: p._apply(p._features(X[i : i + 1]), "predict") for i, (layer, p) in enumerate(self._items())}
+        return {
+            layer: p._apply(p._features(X[i : i + 1]), "predict")
+            for i, (layer, p) in enumerate(self._items())
+        }
 
     def score(self, test_prompts: list[str], test_labels: Any) -> dict[int, float]:
         predictions = self.predict(test_prompts)

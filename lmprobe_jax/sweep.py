@@ -39,7 +39,9 @@ def build_classifier(name: str, kwargs: dict | None = None, random_state: int | 
         "group_lasso": GroupLassoProbe,
     }
     if name not in factories:
-        raise ValueError(f"Unknown classifier {name!r}: choose from {sorted(factories)} or pass an estimator.")
+        raise ValueError(
+            f"Unknown classifier {name!r}: choose from {sorted(factories)} or pass an estimator."
+        )
     if name == "logistic_regression_cv" and random_state is not None:
         kwargs.setdefault("random_state", random_state)
     try:
