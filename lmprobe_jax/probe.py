@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -891,15 +892,18 @@ class Probe:
         )
         swept = parse_layers(layers, base._n_model_layers()).layers
         prompts, y = base._training_data(positive_prompts, negative_prompts)
+        start = time.perf_counter()
         X, y, sw = base._training_arrays(prompts, y, swept, None)
+        timings = {"extract_s": time.perf_counter() - start}
+        start = time.perf_counter()
         name = base._classifier_name()
         batched = isinstance(name, str) and name in SWEEP_CLASSIFIERS
         if batched and normalize_layers is not False and not preprocessing:
             base._fit_layers(X, y, LayerSpec("sweep", swept), sw)
             base.n_model_layers_, base.input_layers_ = base._n_model_layers(), None
-            return LayerSweepResult(
-                {layer: base._sweep_layer_probe(layer) for layer in swept}, base.sweep_, base
-            )
+            timings["fit_s"] = time.perf_counter() - start
+            probes_by_layer = {layer: base._sweep_layer_probe(layer) for layer in swept}
+            return LayerSweepResult(probes_by_layer, base.sweep_, base, timings)
         by_layer = {}
         for i, layer in enumerate(swept):
             probe = _copy_params(base)
@@ -907,7 +911,8 @@ class Probe:
             probe._fit_layers(X[i : i + 1], y, LayerSpec("fixed", [layer]), sw)
             probe.n_model_layers_, probe.input_layers_ = base._n_model_layers(), None
             by_layer[layer] = probe
-        return LayerSweepResult(by_layer, None, base)
+        timings["fit_s"] = time.perf_counter() - start
+        return LayerSweepResult(by_layer, None, base, timings)
 
 
 def _metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict:
@@ -1001,11 +1006,14 @@ def _json_params(probe: Probe) -> dict:
 @dataclass
 class LayerSweepResult:
     """A fitted probe per layer (lmprobe's ``LayerSweepResult``), plus the training-set cross-validation
-    of every layer when the probes came from one batched sweep (``sweep``, a :class:`SweepResult`)."""
+    of every layer when the probes came from one batched sweep (``sweep``, a :class:`SweepResult`) and
+    where the time went (``timings``: ``extract_s`` for the one extraction pass, ``fit_s`` for the
+    probes, compilation included)."""
 
     probes: dict[int, Probe] = field(default_factory=dict)
     sweep: SweepResult | None = None
     template: Probe | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
