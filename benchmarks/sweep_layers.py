@@ -64,7 +64,6 @@ def main() -> None:
             batch_size=32,
         )
         X = result.template._extract(data.prompts, result.layers, "last_token")[0]  # the same activations
-        )
         t0 = time.perf_counter()
         warm = sweep_activations(
             X, data.labels, classifier="logistic_regression_cv", C=grid, groups=data.groups
