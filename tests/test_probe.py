@@ -346,3 +346,20 @@ def test_errors_at_fit_and_predict(data):
         Probe(layers=1).fit(data["train"], data["y_train"])
     with pytest.raises(TypeError, match="one string"):
         make(data).fit("a prompt", [1])
+
+
+def test_sweep_takes_labels_as_labels(data):
+    """lmprobe took the labels of fit(prompts, labels) for negative prompts under layers="sweep"."""
+    contrastive = make(data, layers="sweep").fit(data["train"][:16], data["train"][16:])
+    labelled = make(data, layers="sweep").fit(data["train"], data["y_train"])
+    assert labelled.best_layer_ == contrastive.best_layer_
+    np.testing.assert_array_equal(labelled.predict(data["test"]), contrastive.predict(data["test"]))
+    result = Probe.sweep_layers(
+        data["model"],
+        data["train"],
+        data["y_train"],
+        layers="sweep:1-2",
+        cache_dir=data["cache"],
+        progress=False,
+    )
+    assert result.layers == [1, 2] and set(result.timings) == {"extract_s", "fit_s"}
