@@ -20,10 +20,8 @@ Usage: python benchmarks/cpu_sweep.py [--layers 12 --features 768 --train 3000] 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -39,6 +37,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lmprobe_jax.functional as F  # noqa: E402
+from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
 
@@ -171,16 +170,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        cmd = "python benchmarks/cpu_sweep.py " + " ".join(sys.argv[1:])
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-        stamp = datetime.date.today().isoformat()
         machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
-        with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "a") as fh:
-            fh.write(f"\n### {stamp} — CPU, {L} layers x {D} x {n_tr} train, commit {commit}\n\n"
-                     f"Machine: {machine}; jax {jax.__version__}; command: `{cmd}`\n\n{table}\n")
-
+        record(f"CPU, {L} layers x {D} x {n_tr} train", f"{machine}; jax {jax.__version__}", table)
 
 if __name__ == "__main__":
     main()

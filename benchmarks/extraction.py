@@ -21,11 +21,8 @@ Usage: python benchmarks/extraction.py [--model DIR] [--n-prompts 128] [--batch-
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import extract
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recording import record
+
 from extract._capture import model_inputs
 
 WORDS = [
@@ -185,23 +186,11 @@ def main() -> None:
     print(table)
 
     if args.record:
-        here = Path(__file__).resolve().parent
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(here), "describe", "--always", "--dirty"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            or "unknown"
+        record(
+            f"extraction throughput, {path.name}, {len(prompts)} prompts, {n_tokens} tokens, batch {args.batch_size}",
+            f"CPU, torch {torch.__version__}, {args.threads} thread(s) pinned",
+            table,
         )
-        cmd = "python benchmarks/extraction.py " + " ".join(sys.argv[1:])
-        with open(here / "RESULTS.md", "a") as fh:
-            fh.write(
-                f"\n### Extraction throughput -- {datetime.date.today().isoformat()}, {platform.node()} "
-                f"(CPU, {args.threads} thread(s)), commit {commit}\n\n`{cmd}`: {path.name}, "
-                f"{len(prompts)} prompts, {n_tokens} tokens, batch {args.batch_size}.\n\n{table}\n"
-            )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Usage: python benchmarks/group_lasso.py [--layers 12 --features 768 --rows 1600]
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -27,6 +25,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lmprobe_jax.functional as F  # noqa: E402
+from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
 
@@ -134,15 +133,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-        cmd = "python benchmarks/group_lasso.py " + " ".join(sys.argv[1:])
-        with open(os.path.join(here, "RESULTS.md"), "a") as fh:
-            fh.write(f"\n### {datetime.date.today().isoformat()} — group lasso, CPU, {L} layers x {D} x {N}, "
-                     f"commit {commit}\n\nMachine: {platform.machine()}, 1 core pinned; jax {jax.__version__}; "
-                     f"command: `{cmd}`\n\n{table}\n")
-
+        machine = f"{platform.machine()}, 1 core pinned; jax {jax.__version__}"
+        record(f"group lasso, CPU, {L} layers x {D} x {N}", machine, table)
 
 if __name__ == "__main__":
     main()

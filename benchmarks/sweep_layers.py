@@ -16,14 +16,10 @@ Usage: python benchmarks/sweep_layers.py [--n-cities 300] [--threads 1] [--recor
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +31,9 @@ from lmprobe_jax import Probe, functional
 from lmprobe_jax.cli import smollm2_directory
 from lmprobe_jax.datasets import cities
 from lmprobe_jax.sweep import standardize, sweep_activations
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recording import record
 
 
 def main() -> None:
@@ -107,22 +106,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        here = Path(__file__).resolve().parent
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(here), "describe", "--always", "--dirty"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            or "unknown"
+        record(
+            "Probe.sweep_layers timing split, SmolLM2-135M-Instruct",
+            f"CPU, {args.threads} thread(s) pinned",
+            table,
         )
-        cmd = "python benchmarks/sweep_layers.py " + " ".join(sys.argv[1:])
-        with open(here / "RESULTS.md", "a") as fh:
-            fh.write(
-                f"\n### sweep_layers timing split -- {datetime.date.today().isoformat()}, {platform.node()} "
-                f"(CPU), commit {commit}\n\n`{cmd}`\n\n{table}\n"
-            )
 
 
 if __name__ == "__main__":
