@@ -107,8 +107,13 @@ def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) ->
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot_layers(rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer"))
-    _say(args, f"wrote {out / 'report.json'}, {out / 'report.csv'}, {out / 'layers.png'}")
+    written = [out / "report.json", out / "report.csv"]
+    try:
+        plot_layers(rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer"))
+        written.append(out / "layers.png")
+    except ImportError:
+        _say(args, "matplotlib is not installed: no layers.png (pip install matplotlib)")
+    _say(args, "wrote " + ", ".join(map(str, written)))
     return report
 
 
