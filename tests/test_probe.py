@@ -363,3 +363,43 @@ def test_sweep_takes_labels_as_labels(data):
         progress=False,
     )
     assert result.layers == [1, 2] and set(result.timings) == {"extract_s", "fit_s"}
+
+
+def test_warmup_then_fit_runs_no_forward(data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(data["model"]).eval()
+    tok = AutoTokenizer.from_pretrained(data["model"])
+    calls = [0]
+    model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    probe = Probe(model=(model, tok), layers=[1, 2], cache_dir=tmp_path, progress=False)
+    probe.warmup(data["train"])
+    warm_calls = calls[0]
+    assert warm_calls > 0
+    probe.fit(data["train"], data["y_train"])
+    assert calls[0] == warm_calls  # served from the cache the warmup filled
+
+
+def test_per_layer_normalisation_matches_a_hand_computation(data):
+    X = data["X_train"][[1, 2]]
+    probe = Probe(normalize_layers="per_layer").fit_from_activations(X, data["y_train"])
+    blocks = []
+    for layer in X:
+        blocks.append((layer - layer.mean()) / layer.std())  # one mean and one std per layer
+    ref = LogisticRegression(tol=1e-10, max_iter=10000).fit(np.hstack(blocks), data["y_train"])
+    np.testing.assert_allclose(
+        probe.classifier_.coef_, ref.coef_, rtol=2e-3, atol=2e-3 * np.abs(ref.coef_).max()
+    )
+
+
+@pytest.mark.parametrize(
+    "classifier",
+    ["logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda", "group_lasso"],
+)
+def test_every_named_classifier_fits_and_predicts(data, classifier):
+    kwargs = {"classifier_kwargs": {"alpha": 0.001}} if classifier == "group_lasso" else {}
+    probe = Probe(layers=[0, 1], classifier=classifier, **kwargs).fit_from_activations(
+        data["X_train"][[2, 3]], data["y_train"]
+    )
+    accuracy = probe.score_from_activations(data["X_train"][[2, 3]], data["y_train"])
+    assert accuracy >= 0.9 and probe.predict_proba_from_activations(data["X_test"][[2, 3]]).shape == (12, 2)
