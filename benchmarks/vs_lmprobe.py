@@ -1,0 +1,125 @@
+"""lmprobe 0.10.3 against lmprobe-jax, end to end: Probe.sweep_layers over every layer of SmolLM2-135M.
+
+Both libraries in one process (install both: `pip install lmprobe==0.10.3` next to this package), the
+same model directory, the same prompts (the demo's city statements, split by city: --train-cities for
+training, the rest for testing), the same classifier ("logistic_regression", C=1, each library's per-layer
+standardisation), torch and BLAS limited to --threads threads and pinned. Each library starts from an
+empty activation cache of its own (lmprobe: LMPROBE_CACHE_DIR; lmprobe-jax: cache_dir) in a temporary
+directory. Timed: sweep_layers (one extraction pass + a probe per layer), then result.score on the test
+prompts (one more extraction pass + scoring). Printed: both times and ratios, per-layer test accuracy of
+both and the largest difference, the best layer of each, and the bytes each cache holds.
+
+Usage: python benchmarks/vs_lmprobe.py [--train-cities 200] [--threads 1] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recording import record
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n-cities", type=int, default=300)
+    parser.add_argument("--train-cities", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vs_lmprobe."))
+    os.environ["LMPROBE_CACHE_DIR"] = str(tmp / "lmprobe_cache")  # before lmprobe reads it
+
+    import lmprobe
+
+    from lmprobe_jax import Probe
+    from lmprobe_jax.cli import smollm2_directory
+    from lmprobe_jax.datasets import cities
+
+    model = str(smollm2_directory())
+    data = cities(args.n_cities)
+    train = data.groups < args.train_cities
+    prompts = np.array(data.prompts)
+    pos = prompts[train & (data.labels == 1)].tolist()
+    neg = prompts[train & (data.labels == 0)].tolist()
+    test, y_test = prompts[~train].tolist(), data.labels[~train]
+    common = {"layers": "all", "classifier": "logistic_regression", "batch_size": args.batch_size}
+
+    timings, scores = {}, {}
+    with threadpool_limits(args.threads):
+        for name, run in (
+            (
+                "lmprobe 0.10.3",
+                lambda: lmprobe.Probe.sweep_layers(model, pos, neg, backend="local", **common),
+            ),
+            (
+                "lmprobe-jax",
+                lambda: Probe.sweep_layers(
+                    model, pos, neg, cache_dir=tmp / "jax_cache", progress=False, **common
+                ),
+            ),
+        ):
+            t0 = time.perf_counter()
+            result = run()
+            t_fit = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores[name] = result.score(test, y_test)
+            timings[name] = (t_fit, time.perf_counter() - t0)
+    sizes = {
+        "lmprobe 0.10.3": tree_bytes(tmp / "lmprobe_cache"),
+        "lmprobe-jax": tree_bytes(tmp / "jax_cache"),
+    }
+    layers = sorted(scores["lmprobe-jax"])
+    ours = np.array([scores["lmprobe-jax"][layer] for layer in layers])
+    theirs = np.array([scores["lmprobe 0.10.3"][layer] for layer in layers])
+    lines = [
+        (
+            f"SmolLM2-135M-Instruct, {len(pos) + len(neg)} training / {len(test)} test statements (split by city), "
+            f"30 layers, logistic_regression; {args.threads} thread(s) pinned"
+        ),
+        "",
+        "| library | sweep_layers (extract + fit) s | score on test s | cache bytes |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (t_fit, t_score) in timings.items():
+        lines.append(f"| {name} | {t_fit:.1f} | {t_score:.1f} | {sizes[name]:,} |")
+    a, b = timings["lmprobe 0.10.3"], timings["lmprobe-jax"]
+    lines += [
+        "",
+        (
+            f"lmprobe-jax vs lmprobe: sweep_layers {a[0] / b[0]:.1f}x, score {a[1] / b[1]:.1f}x, cache "
+            f"{sizes['lmprobe 0.10.3'] / max(sizes['lmprobe-jax'], 1):.1f}x smaller. Test accuracy per layer: "
+            f"largest difference {np.max(np.abs(ours - theirs)):.3f}; best layer {layers[int(np.argmax(ours))]} "
+            f"({ours.max():.3f}) vs lmprobe's {layers[int(np.argmax(theirs))]} ({theirs.max():.3f})."
+        ),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        record(
+            "lmprobe 0.10.3 vs lmprobe-jax, Probe.sweep_layers end to end",
+            f"CPU, {args.threads} thread(s)",
+            table,
+        )
+
+
+if __name__ == "__main__":
+    main()
