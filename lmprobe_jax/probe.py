@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -42,7 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from . import functional as F
 from . import sklearn as probes
 from .layers import LayerSpec, parse_layers
-from .sweep import SWEEP_CLASSIFIERS, SweepResult, build_classifier, sweep_activations
+from .sweep import SWEEP_CLASSIFIERS, SweepResult, build_classifier, standardize, sweep_activations
 
 TRAIN_POOLINGS = ("last_token", "first_token", "mean", "max", "min", "all")
 SCORE_POOLINGS = ("max", "min")  # inference-only: classify every token, then reduce the scores
@@ -196,6 +196,16 @@ def _estimator_from_state(state: dict, key: str, arrays: dict) -> Any:
         if name.startswith(prefix):
             setattr(est, name[len(prefix) :], value)
     return est
+
+
+class BatchedFit(NamedTuple):
+    """One estimator fitted on every layer at once (3-D input) and the per-layer standardisation
+    ``(L, 1, D)`` applied before it; :class:`SweepResult` carries the same fields plus cross-validation."""
+
+    layers: list[int]
+    estimator: Any
+    mean: np.ndarray
+    scale: np.ndarray
 
 
 # -- the Probe -------------------------------------------------------------------------------------------
@@ -590,7 +600,8 @@ class Probe:
         self.best_layer_ = self.sweep_.best_layer
         self._use_sweep_layer(self.sweep_, self.best_layer_)
 
-    def _use_sweep_layer(self, sweep: SweepResult, layer: int) -> None:
+    def _use_sweep_layer(self, sweep: SweepResult | BatchedFit, layer: int) -> None:
+        """Become layer ``layer``'s probe out of a batched per-layer fit (its scaler and estimator)."""
         i = sweep.layers.index(layer)
         self.layers_ = [layer]
         self.scaler_ = LayerScaler(1)
@@ -713,14 +724,14 @@ class Probe:
         self._evaluation_results_ = result
         return result
 
-    def _sweep_layer_probe(self, layer: int) -> Probe:
-        """A fitted single-layer Probe for one layer of this probe's sweep."""
+    def _sweep_layer_probe(self, layer: int, fits: BatchedFit | None = None) -> Probe:
+        """A fitted single-layer Probe for one layer of this probe's sweep (or of ``fits``)."""
         probe = _copy_params(self)
         probe.layers = layer
         probe.layer_spec_, probe.candidate_layers_ = LayerSpec("fixed", [layer]), [layer]
         probe.selected_layers_ = probe.sweep_ = probe.best_layer_ = probe.layer_importances_ = None
         probe.n_model_layers_, probe.input_layers_ = self.n_model_layers_, None
-        probe._use_sweep_layer(self.sweep_, layer)
+        probe._use_sweep_layer(self.sweep_ if fits is None else fits, layer)
         return probe
 
     def _check_activation_input(self, X: Any) -> np.ndarray:
@@ -864,13 +875,15 @@ class Probe:
         classifier_kwargs: dict | None = None,
         preprocessing: Any = None,
         pca_components: int | None = None,
+        cv: bool = False,
         **kwargs: Any,
     ) -> LayerSweepResult:
         """Train a probe at every layer of ``layers`` from one extraction pass.
 
         The built-in per-layer classifiers (:data:`lmprobe_jax.sweep.SWEEP_CLASSIFIERS`) train every
-        layer in one batched solve and also cross-validate each layer on the training rows
-        (``result.sweep``); any other classifier is fitted layer by layer on the same activations.
+        layer in one batched solve; with ``cv=True`` they also cross-validate each layer on the training
+        rows first (``result.sweep``, a :class:`SweepResult`). Any other classifier is fitted layer by
+        layer on the same activations.
         ``negative_prompts`` may be labels. Extra keyword arguments go to :class:`Probe`
         (``cache_dir``, ``progress``, ...)."""
         base = cls(
@@ -899,11 +912,18 @@ class Probe:
         name = base._classifier_name()
         batched = isinstance(name, str) and name in SWEEP_CLASSIFIERS
         if batched and normalize_layers is not False and not preprocessing:
-            base._fit_layers(X, y, LayerSpec("sweep", swept), sw)
+            if cv:
+                base._fit_layers(X, y, LayerSpec("sweep", swept), sw)
+                fits = base.sweep_
+            else:
+                Xs, mean, scale = standardize(X)
+                estimator = build_classifier(name, classifier_kwargs, random_state)
+                estimator.fit(Xs, y, **({} if sw is None else {"sample_weight": sw}))
+                fits = BatchedFit(swept, estimator, mean, scale)
             base.n_model_layers_, base.input_layers_ = base._n_model_layers(), None
             timings["fit_s"] = time.perf_counter() - start
-            probes_by_layer = {layer: base._sweep_layer_probe(layer) for layer in swept}
-            return LayerSweepResult(probes_by_layer, base.sweep_, base, timings)
+            probes_by_layer = {layer: base._sweep_layer_probe(layer, fits) for layer in swept}
+            return LayerSweepResult(probes_by_layer, base.sweep_ if cv else None, base, timings)
         by_layer = {}
         for i, layer in enumerate(swept):
             probe = _copy_params(base)

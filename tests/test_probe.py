@@ -189,6 +189,7 @@ def test_sweep_layers_example(data):
         classifier="ridge",
         cache_dir=data["cache"],
         progress=False,
+        cv=True,
     )
     assert isinstance(result, LayerSweepResult) and result.layers == [0, 1, 2, 3]
     scores = result.score(data["test"], data["y_test"])
@@ -403,3 +404,14 @@ def test_every_named_classifier_fits_and_predicts(data, classifier):
     )
     accuracy = probe.score_from_activations(data["X_train"][[2, 3]], data["y_train"])
     assert accuracy >= 0.9 and probe.predict_proba_from_activations(data["X_test"][[2, 3]]).shape == (12, 2)
+
+
+def test_sweep_layers_without_cv_fits_the_same_probes(data):
+    kwargs = {"layers": [1, 3], "cache_dir": data["cache"], "progress": False}
+    plain = Probe.sweep_layers(data["model"], data["train"], data["y_train"], **kwargs)
+    checked = Probe.sweep_layers(data["model"], data["train"], data["y_train"], cv=True, **kwargs)
+    assert plain.sweep is None and checked.sweep.layers == [1, 3]
+    for layer in (1, 3):
+        np.testing.assert_allclose(
+            plain[layer].classifier_.coef_, checked[layer].classifier_.coef_, rtol=1e-4, atol=1e-5
+        )
