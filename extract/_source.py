@@ -41,6 +41,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 # entry is keyed by its stat (a rewrite changes size or mtime); a model's by every parameter's storage
 # pointer and version counter, which torch bumps on each in-place write.
 _FILE_HASHES: dict[tuple, str] = {}
+# The last model and tokenizer loaded from disk, keyed by path, weights fingerprint, dtype and device:
+# a Probe that extracts for fit, then predict, then score loads its model once, not three times.
+_LAST_LOADED: dict[str, tuple[tuple, Any]] = {}
 _PARAM_HASHES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
@@ -138,12 +141,16 @@ class ModelSource:
     def load_tokenizer(self):
         if self.tokenizer is not None:
             return self.tokenizer
-        from transformers import AutoTokenizer
+        key = ("tokenizer", self.kind, str(self.path), self.fingerprint())
+        if _LAST_LOADED.get("tokenizer", (None,))[0] != key:
+            from transformers import AutoTokenizer
 
-        if self.kind == "gguf":
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            if self.kind == "gguf":
+                loaded = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+            else:
+                loaded = AutoTokenizer.from_pretrained(self.path)
+            _LAST_LOADED["tokenizer"] = (key, loaded)
+        self.tokenizer = _LAST_LOADED["tokenizer"][1]
         return self.tokenizer
 
     def load_model(self, dtype: torch.dtype | None, device: str | torch.device):
@@ -152,14 +159,20 @@ class ModelSource:
             if dtype is not None and next(model.parameters()).dtype != dtype:
                 model = model.to(dtype)
             return model.to(device) if device is not None else model
-        from transformers import AutoModelForCausalLM
+        key = ("model", self.kind, str(self.path), self.fingerprint(), str(dtype), str(device))
+        if _LAST_LOADED.get("model", (None,))[0] != key:
+            from transformers import AutoModelForCausalLM
 
-        kwargs = {"dtype": dtype or torch.float32}
-        if self.kind == "gguf":
-            model = AutoModelForCausalLM.from_pretrained(self.path.parent, gguf_file=self.path.name, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
-        self.model = model.to(device).eval()
+            _LAST_LOADED.pop("model", None)  # free the previous model before loading the next
+            kwargs = {"dtype": dtype or torch.float32}
+            if self.kind == "gguf":
+                loaded = AutoModelForCausalLM.from_pretrained(
+                    self.path.parent, gguf_file=self.path.name, **kwargs
+                )
+            else:
+                loaded = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+            _LAST_LOADED["model"] = (key, loaded.to(device).eval())
+        self.model = _LAST_LOADED["model"][1]
         return self.model
 
 
