@@ -154,11 +154,14 @@ class ModelSource:
         return self.tokenizer
 
     def load_model(self, dtype: torch.dtype | None, device: str | torch.device):
-        if self.model is not None:
-            model = self.model
-            if dtype is not None and next(model.parameters()).dtype != dtype:
-                model = model.to(dtype)
-            return model.to(device) if device is not None else model
+        if self.model is not None:  # the caller's own module: never converted behind their back
+            current = next(self.model.parameters()).dtype
+            if dtype is not None and current != dtype:
+                raise ValueError(
+                    f"The model object is {dtype_name(current)} but dtype={dtype_name(dtype)} was asked for: "
+                    "convert it yourself (model.to(dtype)) or pass the model's path so it is loaded in that dtype."
+                )
+            return self.model.to(device) if device is not None else self.model
         key = ("model", self.kind, str(self.path), self.fingerprint(), str(dtype), str(device))
         if _LAST_LOADED.get("model", (None,))[0] != key:
             from transformers import AutoModelForCausalLM

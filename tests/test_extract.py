@@ -486,3 +486,10 @@ def test_resolve_layers():
 def test_extract_never_imports_jax():
     code = "import sys, extract; assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_object_is_never_converted_to_another_dtype(tiny_models):
+    model, tok = load(tiny_models["gpt2"])
+    with pytest.raises(ValueError, match="convert it yourself"):
+        extract_activations((model, tok), PROMPTS, layers=[0], dtype="bfloat16", progress=False)
+    assert next(model.parameters()).dtype == torch.float32
