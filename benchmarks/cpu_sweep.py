@@ -6,7 +6,10 @@ Workloads (defaults: 12 layers x 768 features x 3000 train rows, 1000 test rows)
   cv         8 C x 5 stratified folds   vs LogisticRegressionCV per layer (same folds)
   ridge      16 alphas, LOO selection   vs RidgeCV per layer
 logistic and grid run at our default tol (1e-7) and at scikit-learn's (1e-4, same meaning: max-abs
-gradient of the C-scaled objective), each with its objective gap to the float64 reference.
+gradient of the C-scaled objective), each with its objective gap to the float64 reference. When probekit
+is installed (`pip install --no-deps probekit`; it needs torch), its batched torch Newton solver
+(fit_logistic_batch, torch limited to 1 thread) is a second anchor for C=1: same objective (its
+1/(C n) mean-loss scaling has the same optimum).
 
 Threading: the process is pinned to one core (os.sched_setaffinity) before JAX starts, so XLA's
 thread pool and BLAS share that core; scikit-learn's BLAS is also limited to 1 thread
@@ -109,6 +112,23 @@ def main() -> None:
                              f"max obj gap {max(gaps):.1e} vs sklearn's {sk_gap:.1e}; max coef err {max(errs):.1e}; "
                              f"test acc L0 {acc[0]:.3f} -> best {acc.max():.3f} (sklearn {acc_sk.max():.3f}); "
                              f"all converged {bool(fit.converged.all())}"))
+
+            try:
+                import torch
+                from probekit.fitters.batch.logistic import fit_logistic_batch
+            except ImportError:
+                print("probekit not installed: its anchor row is skipped (pip install --no-deps probekit)")
+            else:  # probekit's batched torch Newton (lmprobe-jax's nearest relative), same objective
+                torch.set_num_threads(1)
+                Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ytr)
+                pk, t_pk = sk_timed(lambda: fit_logistic_batch(Xt, yt, c_param=1.0, normalize=False), args.repeats)
+                pk_gap = max(
+                    (logistic_objective(X64[l], ytr, np.ravel(pk[l].weights).astype(np.float64), float(np.ravel(pk[l].bias)[0]), 1.0)
+                     - o_ref[l]) / o_ref[l] for l in range(L))
+                fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, 1.0), args.repeats)
+                rows.append(("logistic C=1, tol=1e-07", t_jax, first - t_jax, t_pk,
+                             "probekit fit_logistic_batch (torch Newton, 1 thread)",
+                             f"probekit's max obj gap {pk_gap:.1e}"))
 
         Cs = np.logspace(-3, 2, 8)
         if "grid" in args.only:
