@@ -9,8 +9,10 @@ is then solved to the tight ``tol``, one ``C`` per layer, in a second batched ca
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -57,6 +59,21 @@ class CVResult(NamedTuple):
     fold_ids: np.ndarray
     n_iter: Array
     converged: Array
+
+
+@functools.partial(jax.jit, static_argnames=("softmax",))
+def _held_out_scores(fit: Any, X3: Array, y: Array, test_w: Array, *, softmax: bool) -> tuple[Array, ...]:
+    """Held-out accuracy, log-loss, AUROC (NaN for softmax) and a NaN array, each ``(L, G, F)``, of fold
+    fits ``(L, F, G, ...)`` on ``X3`` with test weights ``(F, N)``: one compiled program (scored op by op,
+    its hundred small ops each compiled on first use, costing ~2 s)."""
+    z = decision_function(fit, X3)  # (L, F, G, N[, K])
+    w = test_w[None, :, None, :]  # (1, F, 1, N)
+    nan = jnp.full(z.shape[:3], jnp.nan, z.dtype)
+    if softmax:
+        acc, ll, auc = _metrics.multiclass_accuracy(y, z, w), _metrics.multiclass_log_loss(y, z, w), nan
+    else:
+        acc, ll, auc = _metrics.binary_accuracy(y, z, w), _metrics.binary_log_loss(y, z, w), _metrics.roc_auc(y, z, w)
+    return tuple(jnp.swapaxes(a, 1, 2) for a in (acc, ll, auc, nan))
 
 
 def _best(scores: Array, scoring: str) -> Array:
@@ -145,19 +162,9 @@ def cross_validate_logistic(
         gap_tol=float("inf"), **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    z = decision_function(fit_type(*folds_res), X3)  # (L, F, G, N[, K])
-    test_w = jnp.asarray(test * sw)[None, :, None, :]  # (1, F, 1, N)
-    y_j = jnp.asarray(codes)
-    nan = jnp.full(z.shape[:3], jnp.nan, z.dtype)
-    if softmax:
-        acc = _metrics.multiclass_accuracy(y_j, z, test_w)
-        ll = _metrics.multiclass_log_loss(y_j, z, test_w)
-        auc = nan
-    else:
-        acc = _metrics.binary_accuracy(y_j, z, test_w)
-        ll = _metrics.binary_log_loss(y_j, z, test_w)
-        auc = _metrics.roc_auc(y_j, z, test_w)
-    acc, ll, auc, nan = (jnp.swapaxes(a, 1, 2) for a in (acc, ll, auc, nan))  # (L, G, F)
+    acc, ll, auc, nan = _held_out_scores(
+        fit_type(*folds_res), X3, jnp.asarray(codes), jnp.asarray(test * sw), softmax=softmax
+    )  # (L, G, F)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit_res = solve_layers(
         loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
