@@ -366,8 +366,7 @@ class Probe:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(L, N, D)`` activations of ``layers`` (for ``"all"``: ``(L, T, D)`` token rows and the
         ``(N + 1,)`` offsets of each prompt's rows; else offsets None)."""
-        if self.model is None:
-            raise ValueError("This Probe has no model: pass model=... or use the *_from_activations methods.")
+        self._n_model_layers()  # raises when the Probe has no model
         from extract import extract_activations
 
         store = extract_activations(
@@ -375,7 +374,7 @@ class Probe:
             prompts,
             layers=sorted(set(layers)),
             pooling=pooling,
-            cache_dir=None if self.cache_dir is None else self.cache_dir,
+            cache_dir=self.cache_dir,
             batch_size=batch_size or self.batch_size,
             dtype=self.dtype,
             device=None if self.device == "auto" else self.device,
@@ -487,10 +486,9 @@ class Probe:
         lmprobe); ``"auto"``, ``"fast_auto"`` and ``"sweep*"`` select among ``X``'s blocks."""
         X3 = self._as_blocks(X, n_layers)
         y = self._labels(y, X3.shape[1])
-        selecting = (
-            isinstance(self.layers, (str, LayerSpec)) and self._layer_spec(X3.shape[0]).mode != "fixed"
-        )
-        spec = self._layer_spec(X3.shape[0]) if selecting else LayerSpec("fixed", list(range(X3.shape[0])))
+        spec = self._layer_spec(X3.shape[0]) if isinstance(self.layers, (str, LayerSpec)) else None
+        if spec is None or spec.mode == "fixed":
+            spec = LayerSpec("fixed", list(range(X3.shape[0])))
         sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         self._fit_layers(X3[spec.layers], y, spec, sw)
         self.n_model_layers_, self.input_layers_ = X3.shape[0], list(range(X3.shape[0]))
