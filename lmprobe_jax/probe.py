@@ -534,9 +534,8 @@ class Probe:
             k = self.fast_auto_top_k or max(1, len(spec.layers) // 2)
             top = sorted(np.argsort(-importance, kind="stable")[:k].tolist())
             self.selected_layers_ = [spec.layers[i] for i in top]
-            candidate_importances = importance
             self._fit_concat(X[top], y, self.selected_layers_, sw)
-            self.layer_importances_ = candidate_importances
+            self.layer_importances_ = importance  # of every candidate, from the first fit
         else:  # sweep
             self._fit_sweep(X, y, spec, sw)
 
