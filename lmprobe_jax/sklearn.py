@@ -120,6 +120,13 @@ class _PerLayer:
 class _LinearClassifier(_PerLayer, ClassifierMixin, BaseEstimator):
     """Shared prediction for classifiers stored as ``coef_`` ``([L,] K', D)``, ``intercept_`` ``([L,] K')``."""
 
+    def _set_classes(self, y: np.ndarray) -> None:
+        """Check classification targets and set ``classes_`` (two or more)."""
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if self.classes_.size < 2:
+            raise ValueError(f"y has one class only ({self.classes_.tolist()}); a classifier needs two or more.")
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores ``(N,)`` for two classes (positive: ``classes_[1]``) or ``(N, K)``; per layer for 3-D X."""
         X = _predict_data(self, X)
@@ -205,10 +212,7 @@ class LogisticProbe(_LinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LogisticProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        if self.classes_.size < 2:
-            raise ValueError(f"y has one class only ({self.classes_.tolist()}); a classifier needs two or more.")
+        self._set_classes(y)
         opts = dict(sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter)
         if self.classes_.size == 2:
             fit = F.fit_logistic(X, y, self.C, **opts)
@@ -365,10 +369,7 @@ class LogisticCVProbe(_LinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> LogisticCVProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        if self.classes_.size < 2:
-            raise ValueError(f"y has one class only ({self.classes_.tolist()}); a classifier needs two or more.")
+        self._set_classes(y)
         grid = np.logspace(-4, 4, self.Cs) if isinstance(self.Cs, (int, np.integer)) else self.Cs
         res = F.cross_validate_logistic(
             X, y, grid, folds=self.cv, groups=groups, random_state=self.random_state, scoring=self.scoring,
