@@ -229,14 +229,8 @@ class ActivationStore:
     def _read(self, relative: str, name: str) -> np.ndarray:
         if self._arrays is not None:
             return self._arrays[relative]
-        path = self.path / relative
-        expected = self.manifest["files"].get(relative)
-        if expected is None:
-            raise ValueError(f"{relative} is not part of the store at {self.path}.")
-        if relative not in self._checked:
-            self._check_file(relative, expected, full=self.verify)
-            self._checked.add(relative)
-        return memmap_tensor(path, name)
+        self._ensure_checked(relative)
+        return memmap_tensor(self.path / relative, name)
 
     def _check_file(self, relative: str, expected: dict, *, full: bool) -> None:
         path = self.path / relative
@@ -315,12 +309,16 @@ class ActivationStore:
             return self._arrays.get(relative)
         if relative not in self.manifest.get("files", {}):
             return None
-        self._read_checked_bytes(relative)
+        self._ensure_checked(relative)
         return json.loads((self.path / relative).read_text())
 
-    def _read_checked_bytes(self, relative: str) -> None:
+    def _ensure_checked(self, relative: str) -> None:
+        """Check a file against the manifest the first time it is read (SHA-256 when ``verify``)."""
+        expected = self.manifest["files"].get(relative)
+        if expected is None:
+            raise ValueError(f"{relative} is not part of the store at {self.path}.")
         if relative not in self._checked:
-            self._check_file(relative, self.manifest["files"][relative], full=self.verify)
+            self._check_file(relative, expected, full=self.verify)
             self._checked.add(relative)
 
     def verify_all(self) -> None:
