@@ -10,7 +10,7 @@ vector per prompt per layer, in an activation store keyed by exactly what produc
 This package never imports jax: the JAX side reads its stores as numpy arrays.
 """
 
-from ._extract import BACKENDS, extract_activations
+from ._extract import BACKENDS, check_prompts, extract_activations
 from ._layers import EMBEDDINGS, find_decoder_layers, resolve_layers
 from ._pooling import POOLINGS, pool
 from ._source import gguf_to_directory, model_layer_count
@@ -24,6 +24,7 @@ __all__ = [
     "EMBEDDINGS",
     "POOLINGS",
     "ActivationStore",
+    "check_prompts",
     "extract_activations",
     "find_decoder_layers",
     "gguf_to_directory",

@@ -36,15 +36,16 @@ BACKENDS = ("local", "nnsight")
 PARTIAL = ".partial"
 
 
-def _check_prompts(prompts: Any) -> list[str]:
+def check_prompts(prompts: Any, what: str = "prompts") -> list[str]:
+    """``prompts`` as a non-empty list of strings, or a TypeError / ValueError naming ``what``."""
     if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not one string: wrap it as [prompt].")
+        raise TypeError(f"{what} must be a list of strings, not one string: wrap it as [prompt].")
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("prompts is empty: pass at least one prompt.")
+        raise ValueError(f"{what} is empty: pass at least one prompt.")
     bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
     if bad is not None:
-        raise TypeError(f"prompts[{bad}] is a {type(prompts[bad]).__name__}, not a string.")
+        raise TypeError(f"{what}[{bad}] is a {type(prompts[bad]).__name__}, not a string.")
     return prompts
 
 
@@ -281,7 +282,7 @@ def extract_activations(
     again with the same arguments; finished batches live in ``out_dir/.partial`` until the store is
     complete.
     """
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     poolings = check_poolings(pooling)
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}: choose from {BACKENDS}.")

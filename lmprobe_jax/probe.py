@@ -141,15 +141,10 @@ def _labels_or_prompts(second: Any) -> str:
 
 
 def _check_prompts(prompts: Any, what: str = "prompts") -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError(f"{what} must be a list of strings, not one string: wrap it as [prompt].")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError(f"{what} is empty: pass at least one prompt.")
-    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
-    if bad is not None:
-        raise TypeError(f"{what}[{bad}] is a {type(prompts[bad]).__name__}, not a string.")
-    return prompts
+    # Prompts only ever go to extract, which owns their validation (imported here, not at start-up).
+    from extract import check_prompts
+
+    return check_prompts(prompts, what)
 
 
 def _to_numpy(X: Any) -> np.ndarray:
@@ -1039,26 +1034,22 @@ class LayerSweepResult:
     def __getitem__(self, layer: int) -> Probe:
         return self.probes[layer]
 
-    def _blocks(self, prompts: list[str]) -> np.ndarray:
-        """One extraction pass for every layer's probe (they share pooling and model)."""
+    def _per_layer(self, prompts: list[str], kind: str) -> dict[int, np.ndarray]:
+        """``kind`` ("predict" / "proba") of every layer's probe from one extraction pass (they share
+        pooling and model)."""
         prompts = _check_prompts(prompts)
         template = self.template or next(iter(self.probes.values()))
-        pooling = template._inference_pooling
-        X, _ = template._extract(prompts, self.layers, pooling)
-        return X
+        X, _ = template._extract(prompts, self.layers, template._inference_pooling)
+        return {
+            layer: self.probes[layer]._apply(self.probes[layer]._features(X[i : i + 1]), kind)
+            for i, layer in enumerate(self.layers)
+        }
 
     def predict_proba(self, prompts: list[str]) -> dict[int, np.ndarray]:
-        X = self._blocks(prompts)
-        return {
-            layer: p._apply(p._features(X[i : i + 1]), "proba") for i, (layer, p) in enumerate(self._items())
-        }
+        return self._per_layer(prompts, "proba")
 
     def predict(self, prompts: list[str]) -> dict[int, np.ndarray]:
-        X = self._blocks(prompts)
-        return {
-            layer: p._apply(p._features(X[i : i + 1]), "predict")
-            for i, (layer, p) in enumerate(self._items())
-        }
+        return self._per_layer(prompts, "predict")
 
     def score(self, test_prompts: list[str], test_labels: Any) -> dict[int, float]:
         predictions = self.predict(test_prompts)
@@ -1068,6 +1059,3 @@ class LayerSweepResult:
     def best_layer(self, test_prompts: list[str], test_labels: Any) -> int:
         scores = self.score(test_prompts, test_labels)
         return max(self.layers, key=lambda layer: (scores[layer], -layer))
-
-    def _items(self):
-        return [(layer, self.probes[layer]) for layer in self.layers]
