@@ -191,7 +191,6 @@ def sweep_activations(
         z = np.asarray(fitted.decision_function(Xs), np.float32)  # (L, N)
         acc[:, f] = np.asarray(F.binary_accuracy(y01, z, test))
         auc[:, f] = np.asarray(F.roc_auc(y01, z, test))
-        proba = np.clip(fitted.predict_proba(Xs)[..., 1], 1e-15, 1 - 1e-15)
-        ll[:, f] = -(test * (y01 * np.log(proba) + (1 - y01) * np.log1p(-proba))).sum(-1) / test.sum()
+        ll[:, f] = np.asarray(F.binary_log_loss(y01, z, test))  # these probes' proba is sigmoid(z)
     est = clone(est).fit(Xs, y, sample_weight=sample_weight)
     return SweepResult(names, classifier, acc, auc, ll, None, est, mean, scale, fold_ids)
