@@ -58,7 +58,9 @@ def test_preconditioning_does_not_change_the_optimum(binary_layers, rank):
     got = F.fit_logistic(X.astype(np.float32), y, [0.1, 10.0], precondition_rank=rank)
     assert bool(got.converged.all())
     err = np.linalg.norm(np.asarray(got.coef - ref.coef), axis=-1) / np.linalg.norm(np.asarray(ref.coef), axis=-1)
-    assert err.max() < 1e-5
+    # Both stop at a scaled gradient <= tol = 1e-7, not at the exact optimum: their distance is of the
+    # order tol times the Hessian's conditioning (measured 1e-5), far below a different optimum.
+    assert err.max() < 5e-5
 
 
 def test_precondition_rank_is_validated(binary_layers):

@@ -183,13 +183,17 @@ def newton_cg(
     def solve_newton_direction(st: _NewtonState) -> _CGState:
         """Conjugate gradients on ``H d = -g``, preconditioned when ``precond`` is given."""
         g_norm = jnp.sqrt(_dot(st.grad_coef, st.grad_coef) + _dot(st.grad_intercept, st.grad_intercept))
-        # Forcing sequence of Dembo & Steihaug (1983), as in scikit-learn's newton-cg: loose far from the
-        # optimum, tight near it, which keeps Newton's superlinear convergence.
         # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
         # the optimum, tight near it, which keeps Newton's superlinear convergence. It is relative to
         # the starting gradient, not to scikit-learn's C-scaled one, so the CG effort does not depend
         # on how C scales the objective; the 0.1 cap measured faster than 0.5 (fewer Newton steps).
         forcing = jnp.minimum(0.1, jnp.sqrt(st.optimality / st.optimality0))
+        # No tighter than the stopping test needs: the next gradient is, to first order, the CG
+        # residual, so a residual of half the tolerance (in the 2-norm, which bounds the tested max-abs
+        # entry) already passes it. Solving further only polishes a step that ends the loop anyway;
+        # on the benchmark's 8-C grid this cut CG steps by ~10% (up to 0.3: above, more Newton steps).
+        floor = 0.5 * tol * scale / jnp.maximum(g_norm, jnp.finfo(dtype).tiny)
+        forcing = jnp.minimum(0.3, jnp.maximum(forcing, floor))
         cg_tol2 = (forcing * g_norm) ** 2
         if precond is None:
             def solve_m(v_coef: Array, v_int: Array) -> tuple[Array, Array]:
@@ -400,9 +404,9 @@ def solve_layers(
     """Every (layer, weight set, C) problem in one compiled call.
 
     A grid is solved as a regularisation path: ``C`` in increasing order (``lax.scan``), each solve
-    warm-started from the previous ``C``'s solution, with the weight sets (CV folds) batched at every
-    step. Small ``C`` are the easy, nearly quadratic problems; starting the hard, large-``C`` ones near
-    their optimum cut the 8-value grid's solve time by about 2x against all problems solved from zero
+    warm-started from the previous ``C``'s solution (extrapolated along the path from the third value
+    on), with the weight sets (CV folds) batched at every step. Small ``C`` are the easy, nearly
+    quadratic problems; starting the hard, large-``C`` ones near their optimum cut the 8-value grid's solve time by about 2x against all problems solved from zero
     in lock-step (where every batched step waits for the slowest problem). The ``C`` order given is
     kept in the output.
 
@@ -439,14 +443,25 @@ def solve_layers(
                 max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond, gap_tol=gap_tol,
             )
 
-        def step(start: tuple[Array, Array], c: Array) -> tuple[tuple[Array, Array], NewtonCGResult]:
+        def step(carry: tuple, c: Array) -> tuple[tuple, NewtonCGResult]:
+            # Secant predictor along the path: the last solution moved on by the last change, scaled to
+            # this log-C step (at most 1x, so an uneven grid cannot throw the start far off). Free: no
+            # pass over X. On the benchmark's 8-C grid it saved 1-3 Newton steps per C on the nearly
+            # separable layer (CG steps -16% at tol 1e-7, -20% at 1e-4 over three layers).
+            last, before, log_last, log_before, n_done = carry
+            log_c = jnp.log(c)
+            ratio = jnp.clip((log_c - log_last) / jnp.maximum(log_last - log_before, jnp.finfo(dtype).tiny), 0, 1)
+            ratio = jnp.where(n_done >= 2, ratio, 0)
+            start = jax.tree.map(lambda a, b: a + ratio * (a - b), last, before)
             res = jax.vmap(one, in_axes=(0, None, 0, 0))(weights, c, *start)
-            return (res.coef, res.intercept), res
+            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1), res
 
         n_w = weights.shape[0]
-        start = (jnp.zeros((n_w,) + lead + x.shape[-1:], dtype), jnp.zeros((n_w,) + lead, dtype))
+        zero = (jnp.zeros((n_w,) + lead + x.shape[-1:], dtype), jnp.zeros((n_w,) + lead, dtype))
         order = jnp.argsort(cs)
-        _, path = jax.lax.scan(step, start, cs[order])  # fields (G, W, ...), C ascending
+        log0 = jnp.zeros((), dtype)
+        carry0 = (zero, zero, log0, log0, jnp.int32(0))
+        _, path = jax.lax.scan(step, carry0, cs[order])  # fields (G, W, ...), C ascending
         unsorted = jnp.argsort(order)
         return NewtonCGResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
 
