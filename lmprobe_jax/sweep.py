@@ -183,14 +183,11 @@ def sweep_activations(
     fold_ids = F.stratified_folds(y, folds, groups=groups, random_state=random_state)
     base_w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
     y01 = (y == classes[-1]).astype(np.int32)
-    acc, auc, ll = (np.empty((len(names), folds)) for _ in range(3))
+    z = []
     for f in range(folds):
         train = ((fold_ids != f) * base_w).astype(np.float32)
-        test = ((fold_ids == f) * base_w).astype(np.float32)
-        fitted = clone(est).fit(Xs, y, sample_weight=train)
-        z = np.asarray(fitted.decision_function(Xs), np.float32)  # (L, N)
-        acc[:, f] = np.asarray(F.binary_accuracy(y01, z, test))
-        auc[:, f] = np.asarray(F.roc_auc(y01, z, test))
-        ll[:, f] = np.asarray(F.binary_log_loss(y01, z, test))  # these probes' proba is sigmoid(z)
+        z.append(np.asarray(clone(est).fit(Xs, y, sample_weight=train).decision_function(Xs), np.float32))  # (L, N)
+    # These probes' proba is sigmoid(z), so the log-loss of the decision values is theirs.
+    acc, ll, auc = (np.asarray(a).T for a in F.fold_scores(np.stack(z), y01, F.held_out_rows(fold_ids, base_w)))
     est = clone(est).fit(Xs, y, sample_weight=sample_weight)
     return SweepResult(names, classifier, acc, auc, ll, None, est, mean, scale, fold_ids)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import PredefinedSplit
@@ -93,3 +94,43 @@ def test_cv_all_layers_at_once_equals_one_at_a_time(binary_layers):
     m_one = F.fit_multinomial(X.astype(np.float32), np.arange(len(y)) % 3, 1.0, layer_batch_size=1)
     m_every = F.fit_multinomial(X.astype(np.float32), np.arange(len(y)) % 3, 1.0, layer_batch_size=3)
     np.testing.assert_allclose(m_every.coef, m_one.coef, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_fold_scores_equal_masked_metrics_on_all_rows(softmax):
+    rng = np.random.default_rng(3)
+    n, n_folds = 203, 4  # folds of unequal size, so the shorter ones are padded
+    fold_ids = rng.permutation(np.arange(n) % n_folds)
+    w = rng.uniform(0.2, 2.0, n)
+    if softmax:
+        y = rng.integers(0, 3, n)
+        z = rng.normal(size=(n_folds, 2, 5, n, 3)).astype(np.float32)
+    else:
+        y = rng.integers(0, 2, n)
+        z = np.round(rng.normal(size=(n_folds, 2, 5, n)), 1).astype(np.float32)  # ties for AUROC
+    held_out = F.held_out_rows(fold_ids, w)
+    assert held_out.index.shape == (n_folds, 51) and held_out.weight[-1, -1] == 0
+    acc, ll, auc = F.fold_scores(z, y, held_out, softmax=softmax)
+    for f in range(n_folds):
+        mask = (fold_ids == f) * w
+        if softmax:
+            np.testing.assert_allclose(acc[f], F.multiclass_accuracy(y, z[f], mask), rtol=1e-6)
+            np.testing.assert_allclose(ll[f], F.multiclass_log_loss(y, z[f], mask), rtol=1e-5)
+            assert np.isnan(np.asarray(auc)).all()
+        else:
+            np.testing.assert_allclose(acc[f], F.binary_accuracy(y, z[f], mask), rtol=1e-6)
+            np.testing.assert_allclose(ll[f], F.binary_log_loss(y, z[f], mask), rtol=1e-5)
+            rows = fold_ids == f
+            expected = [[roc_auc_score(y[rows], z[f, a, b, rows], sample_weight=w[rows]) for b in range(5)]
+                        for a in range(2)]
+            np.testing.assert_allclose(auc[f], expected, atol=1e-6)
+
+
+def test_held_out_rows_and_fold_scores_reject_bad_input():
+    with pytest.raises(ValueError, match="without gaps"):
+        F.held_out_rows(np.array([0, 0, 2, 2]))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        F.held_out_rows(np.array([0.0, 1.0]))
+    held_out = F.held_out_rows(np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"expected \(F=2, \.\.\., N=4\)"):
+        F.fold_scores(np.zeros((3, 4)), np.zeros(4), held_out)

@@ -6,11 +6,18 @@ a NamedTuple of arrays and matches the scikit-learn estimator named in its docst
 """
 
 from ._cv import CVResult, cross_validate_group_lasso, cross_validate_logistic, cross_validate_ridge
-from ._folds import stratified_folds
+from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
 from ._logistic import LogisticFit, fit_logistic
 from ._mass_mean import MassMeanFit, fit_mass_mean
-from ._metrics import binary_accuracy, binary_log_loss, multiclass_accuracy, multiclass_log_loss, roc_auc
+from ._metrics import (
+    binary_accuracy,
+    binary_log_loss,
+    fold_scores,
+    multiclass_accuracy,
+    multiclass_log_loss,
+    roc_auc,
+)
 from ._multinomial import MultinomialFit, fit_multinomial
 from ._predict import decision_function, predict, predict_proba
 from ._ridge import RidgeFit, RidgeLOO, fit_ridge, ridge_loo
@@ -28,6 +35,7 @@ __all__ = [
     "CVResult",
     "FastAutoResult",
     "GroupLassoFit",
+    "HeldOut",
     "LogisticFit",
     "MassMeanFit",
     "MultinomialFit",
@@ -47,7 +55,9 @@ __all__ = [
     "fit_mass_mean",
     "fit_multinomial",
     "fit_ridge",
+    "fold_scores",
     "group_lasso_alpha_max",
+    "held_out_rows",
     "layer_importance",
     "layers_kept",
     "multiclass_accuracy",

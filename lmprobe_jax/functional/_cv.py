@@ -9,16 +9,14 @@ is then solved to the tight ``tol``, one ``C`` per layer, in a second batched ca
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from . import _checks, _metrics
-from ._folds import stratified_folds
+from ._folds import held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
@@ -59,21 +57,6 @@ class CVResult(NamedTuple):
     fold_ids: np.ndarray
     n_iter: Array
     converged: Array
-
-
-@functools.partial(jax.jit, static_argnames=("softmax",))
-def _held_out_scores(fit: Any, X3: Array, y: Array, test_w: Array, *, softmax: bool) -> tuple[Array, ...]:
-    """Held-out accuracy, log-loss, AUROC (NaN for softmax) and a NaN array, each ``(L, G, F)``, of fold
-    fits ``(L, F, G, ...)`` on ``X3`` with test weights ``(F, N)``: one compiled program (scored op by op,
-    its hundred small ops each compiled on first use, costing ~2 s)."""
-    z = decision_function(fit, X3)  # (L, F, G, N[, K])
-    w = test_w[None, :, None, :]  # (1, F, 1, N)
-    nan = jnp.full(z.shape[:3], jnp.nan, z.dtype)
-    if softmax:
-        acc, ll, auc = _metrics.multiclass_accuracy(y, z, w), _metrics.multiclass_log_loss(y, z, w), nan
-    else:
-        acc, ll, auc = _metrics.binary_accuracy(y, z, w), _metrics.binary_log_loss(y, z, w), _metrics.roc_auc(y, z, w)
-    return tuple(jnp.swapaxes(a, 1, 2) for a in (acc, ll, auc, nan))
 
 
 def _best(scores: Array, scoring: str) -> Array:
@@ -162,9 +145,10 @@ def cross_validate_logistic(
         gap_tol=float("inf"), **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    acc, ll, auc, nan = _held_out_scores(
-        fit_type(*folds_res), X3, jnp.asarray(codes), jnp.asarray(test * sw), softmax=softmax
-    )  # (L, G, F)
+    z = decision_function(fit_type(*folds_res), X3)  # (L, F, G, N[, K])
+    scores = _metrics.fold_scores(jnp.moveaxis(z, 1, 0), codes, held_out_rows(fold_ids, sw), softmax=softmax)
+    acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in scores)  # (L, G, F)
+    nan = jnp.full_like(acc, jnp.nan)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit_res = solve_layers(
         loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
@@ -280,11 +264,8 @@ def cross_validate_group_lasso(
         max_iter=_checks.check_positive_int(max_iter, "max_iter"), check_every=10,
     )  # fields (F + 1, A, ...)
     z = jnp.einsum("gnd,fagd->fan", Xg.astype(res.coef.dtype), res.coef[:n_folds]) + res.intercept[:n_folds, :, None]
-    test_w = jnp.asarray(test * sw)[:, None, :]  # (F, 1, N)
-    y_j = jnp.asarray(y01)
-    acc = _metrics.binary_accuracy(y_j, z, test_w).T[None]  # (1, A, F)
-    ll = _metrics.binary_log_loss(y_j, z, test_w).T[None]
-    auc = _metrics.roc_auc(y_j, z, test_w).T[None]
+    scores = _metrics.fold_scores(z, y01, held_out_rows(fold_ids, sw))
+    acc, ll, auc = (a.T[None] for a in scores)  # (1, A, F)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit = GroupLassoFit(*(a[n_folds, best[0]] for a in res))
 

@@ -6,7 +6,7 @@ into sample-weight masks over the same ``X``. Host-side numpy: fold assignment i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -79,3 +79,45 @@ def stratified_folds(
     if np.unique(fold_ids).size < n_folds:
         raise ValueError("some folds received no group; use fewer folds or more groups.")
     return fold_ids
+
+
+class HeldOut(NamedTuple):
+    """Each fold's held-out rows, padded to the largest fold.
+
+    Attributes:
+      index: int32 ``(F, M)``, row numbers into the ``N`` samples (0 on padding).
+      weight: float32 ``(F, M)``, those rows' sample weights (0 on padding, so padding never counts).
+    """
+
+    index: np.ndarray
+    weight: np.ndarray
+
+
+def held_out_rows(fold_ids: Any, sample_weight: Any = None) -> HeldOut:
+    """The rows each fold holds out, for :func:`fold_scores`.
+
+    Scoring a fold's own rows, rather than all ``N`` rows under a 0/1 weight, sorts ``N / F`` scores per
+    problem for AUROC instead of ``N``: on the CPU the sort was most of the scoring time (8 C x 5 folds
+    x 12 layers x 3000 rows: 350 ms for all rows).
+
+    Args:
+      fold_ids: ``(N,)`` non-negative fold numbers (as from :func:`stratified_folds`), every fold
+        from 0 to the largest present.
+      sample_weight: ``(N,)`` or None (ones).
+    """
+    ids = np.asarray(fold_ids)
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu" or ids.min() < 0:
+        raise ValueError("fold_ids must be a non-empty 1-D array of non-negative integers, one per sample.")
+    n_folds = int(ids.max()) + 1
+    rows = [np.flatnonzero(ids == f) for f in range(n_folds)]
+    if any(r.size == 0 for r in rows):
+        raise ValueError(f"fold_ids must number folds 0 to {n_folds - 1} without gaps; renumber them with "
+                         "np.unique(fold_ids, return_inverse=True)[1].")
+    sw = _checks.check_sample_weight(sample_weight, ids.size)
+    size = max(r.size for r in rows)
+    index = np.zeros((n_folds, size), np.int32)
+    weight = np.zeros((n_folds, size), np.float32)
+    for f, r in enumerate(rows):
+        index[f, : r.size] = r
+        weight[f, : r.size] = sw[r]
+    return HeldOut(index, weight)

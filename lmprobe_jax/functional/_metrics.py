@@ -8,6 +8,7 @@ log-loss is computed stably.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -37,18 +38,26 @@ def binary_log_loss(y: Array, decision: Array, sample_weight: Any = None) -> Arr
 def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
     """Weighted area under the ROC curve (ties count one half), as ``sklearn.metrics.roc_auc_score``.
 
-    Computed as the weighted Mann-Whitney statistic: ``O(N log N)`` per problem by one sort and two
-    searches. NaN where the weights leave only one class.
+    Computed as the weighted Mann-Whitney statistic: ``O(N log N)`` per problem, one sort, then the
+    bounds of each run of tied scores from running maxima / minima of run starts / ends (linear;
+    binary searches for them measured 5x slower on the CPU).
+    NaN where the weights leave only one class.
     """
     w = _weights(scores, sample_weight)
     pos = (y > 0).astype(scores.dtype)
 
     def one(s: Array, wt: Array) -> Array:
+        n = s.shape[0]
         order = jnp.argsort(s)
         ss, wp, wn = s[order], (wt * pos)[order], (wt * (1 - pos))[order]
-        below = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(wn)])
-        left = below[jnp.searchsorted(ss, ss, side="left")]
-        right = below[jnp.searchsorted(ss, ss, side="right")]
+        below = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(wn)])  # negatives before each position
+        position = jnp.arange(n)
+        changes = ss[1:] != ss[:-1]
+        starts = jnp.concatenate([jnp.ones(1, bool), changes])
+        ends = jnp.concatenate([changes, jnp.ones(1, bool)])
+        first = jax.lax.cummax(jnp.where(starts, position, 0))  # first position of each score's tie run
+        stop = jax.lax.cummin(jnp.where(ends, position + 1, n), reverse=True)  # one past its last
+        left, right = below[first], below[stop]
         return jnp.sum(wp * (left + 0.5 * (right - left))) / (jnp.sum(wp) * jnp.sum(wn))
 
     flat = scores.reshape(-1, scores.shape[-1])
@@ -67,3 +76,44 @@ def multiclass_log_loss(y: Array, logits: Array, sample_weight: Any = None) -> A
     picked = jnp.take_along_axis(logits, jnp.broadcast_to(y[:, None], logits.shape[:-1] + (1,)), axis=-1)
     losses = jax.nn.logsumexp(logits, axis=-1) - picked[..., 0]
     return jnp.sum(w * losses, axis=-1) / jnp.sum(w, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("softmax",))
+def _fold_scores(z: Array, y: Array, index: Array, weight: Array, *, softmax: bool) -> tuple[Array, Array, Array]:
+    batch = z.ndim - (3 if softmax else 2)  # axes between the fold axis and the sample axis
+
+    def one_fold(z_f: Array, index_f: Array, weight_f: Array) -> tuple[Array, Array, Array]:
+        z_f = jnp.take(z_f, index_f, axis=batch)  # (..., M[, K])
+        y_f = y[index_f]
+        if softmax:
+            nan = jnp.full(z_f.shape[:-2], jnp.nan, z_f.dtype)
+            return multiclass_accuracy(y_f, z_f, weight_f), multiclass_log_loss(y_f, z_f, weight_f), nan
+        return binary_accuracy(y_f, z_f, weight_f), binary_log_loss(y_f, z_f, weight_f), roc_auc(y_f, z_f, weight_f)
+
+    return jax.vmap(one_fold)(z, index, weight)
+
+
+def fold_scores(z: Any, y: Any, held_out: Any, *, softmax: bool = False) -> tuple[Array, Array, Array]:
+    """Held-out accuracy, log-loss and AUROC of every fold's fits, in one compiled program.
+
+    Args:
+      z: ``(F, ..., N)`` decision values of the fits trained without fold ``f``, on all ``N`` samples
+        (``(F, ..., N, K)`` logits with ``softmax``).
+      y: ``(N,)`` labels: ``0``/``1`` (binary) or class codes ``0..K-1`` (softmax).
+      held_out: a :class:`HeldOut` from :func:`held_out_rows`, with ``F`` folds.
+      softmax: whether ``z`` carries a class axis.
+
+    Returns:
+      ``(accuracy, log_loss, roc_auc)``, each ``(F, ...)``; AUROC is NaN for softmax. Op by op, these
+      hundred small operations would each compile on first use (~2 s); jitted together, once.
+    """
+    z = jnp.asarray(z)
+    y = jnp.asarray(y)
+    index, weight = (jnp.asarray(a) for a in held_out)
+    n_axis = -2 if softmax else -1
+    if z.ndim < (3 if softmax else 2) or z.shape[0] != index.shape[0] or z.shape[n_axis] != y.shape[0]:
+        raise ValueError(
+            f"z has shape {tuple(z.shape)}; expected (F={index.shape[0]}, ..., N={y.shape[0]}"
+            + (", K)" if softmax else ")") + " for these labels and folds."
+        )
+    return _fold_scores(z, y, index, weight, softmax=softmax)
