@@ -159,7 +159,7 @@ def main() -> None:
                              f"all converged {bool(fit.converged.all())}"))
 
         if "cv" in args.only:
-            cv, first, t_jax = timed(lambda: F.cross_validate_logistic(Xtr, ytr, Cs, folds=5), max(1, args.repeats - 2))
+            cv, first, t_jax = timed(lambda: F.cross_validate_logistic(Xtr, ytr, Cs, folds=5), args.repeats)
             split = PredefinedSplit(cv.fold_ids)
             sk, t_sk = sk_timed(lambda: [LogisticRegressionCV(Cs=Cs, cv=split, scoring="accuracy").fit(X64[l], ytr)
                                          for l in range(L)], 1)

@@ -7,9 +7,11 @@
   :mod:`extract`, imported only when a model is used).
 * :func:`sweep_activations` — a per-layer cross-validated sweep straight from activations.
 * :func:`parse_layers` — the layer-spec grammar.
+* :func:`enable_compilation_cache` — keep compiled solvers on disk between processes.
 """
 
 from . import functional
+from .compilation import enable_compilation_cache
 from .layers import LayerSpec, parse_layers
 
 __version__ = "0.1.0"
@@ -20,6 +22,7 @@ __all__ = [
     "Probe",
     "SweepResult",
     "__version__",
+    "enable_compilation_cache",
     "functional",
     "parse_layers",
     "sweep_activations",

@@ -433,17 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _persistent_compilation_cache() -> None:
-    """Keep compiled solvers on disk between runs: compiling them is most of a small sweep's time."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(CACHE / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _persistent_compilation_cache()
+    from .compilation import enable_compilation_cache
+
+    # Compiling the solvers is most of a small sweep's time: keep the programs between runs.
+    enable_compilation_cache(CACHE / "jax")
     try:
         return args.run(args)
     except (CLIError, ValueError, TypeError, ImportError, FileNotFoundError) as err:

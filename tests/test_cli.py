@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from lmprobe_jax import cli
+from lmprobe_jax import cli, compilation
 
 POSITIVE = [
     f"The city of {c} is in France."
@@ -28,7 +28,7 @@ def prompts_csv(tmp_path):
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "CACHE", tmp_path / "cache")
     # JAX's compilation-cache setting is process-wide: leave the rest of the suite's JAX untouched.
-    monkeypatch.setattr(cli, "_persistent_compilation_cache", lambda: None)
+    monkeypatch.setattr(compilation, "enable_compilation_cache", lambda *args, **kwargs: None)
 
 
 def test_extract_info_sweep_select(tiny_models, prompts_csv, tmp_path, capsys):
@@ -123,3 +123,22 @@ def test_bad_arguments_exit_non_zero(tiny_models, prompts_csv, tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sweep", "--store", str(tmp_path), "--out", str(tmp_path), "--classifier", "svm"])
     assert exit_info.value.code == 2
+
+
+def test_enable_compilation_cache_stores_compiled_programs(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    import lmprobe_jax
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        path = lmprobe_jax.enable_compilation_cache(tmp_path / "jax", min_compile_seconds=0)
+        assert path == tmp_path / "jax" and jax.config.jax_compilation_cache_dir == str(path)
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25)(jnp.arange(7.0)).block_until_ready()
+        assert any(path.iterdir()), "no compiled program was written to the cache directory"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    with pytest.raises(ValueError, match="min_compile_seconds"):
+        lmprobe_jax.enable_compilation_cache(tmp_path, min_compile_seconds=-1)
