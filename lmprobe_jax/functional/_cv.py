@@ -9,18 +9,20 @@ is then solved to the tight ``tol``, one ``C`` per layer, in a second batched ca
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from . import _checks, _metrics
-from ._folds import held_out_rows, stratified_folds
+from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
-from ._newton_cg import solve_layers, solver_options
+from ._newton_cg import NewtonCGResult, solve_layers, solver_options
 from ._predict import decision_function
 from ._ridge import RidgeFit, ridge_loo
 
@@ -145,27 +147,44 @@ def cross_validate_logistic(
         gap_tol=float("inf"), **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    z = decision_function(fit_type(*folds_res), X3)  # (L, F, G, N[, K])
-    scores = _metrics.fold_scores(jnp.moveaxis(z, 1, 0), codes, held_out_rows(fold_ids, sw), softmax=softmax)
-    acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in scores)  # (L, G, F)
+    acc, ll, auc = _score_fold_fits(
+        fit_type(*folds_res), X3, jnp.asarray(codes), held_out_rows(fold_ids, sw), softmax=softmax
+    )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit_res = solve_layers(
         loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
         **options,
     )  # fields (L, 1, 1, ...)
-    G = Cs.size
-
-    def with_refit(fold_field: Array, refit_field: Array) -> Array:  # (L, F, G) + (L, 1, 1) -> (L, G, F+1)
-        refit_column = jnp.broadcast_to(refit_field[:, 0, :], (refit_field.shape[0], G))[..., None]
-        return jnp.concatenate([jnp.swapaxes(fold_field, 1, 2), refit_column], axis=-1)
-
+    refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(
         grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=jnp.asarray(best),
-        best_value=Cs[best], fit=fit_type(*(a[:, 0, 0] for a in refit_res)), fold_ids=fold_ids,
-        n_iter=with_refit(folds_res.n_iter, refit_res.n_iter),
-        converged=with_refit(folds_res.converged, refit_res.converged),
+        best_value=Cs[best], fit=fit_type(*refit), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
     )
+
+
+# The two helpers below are jitted for their compile count, not their speed: op by op, each of their
+# small array operations is compiled on first use (~0.06 s apiece, ~2 s per first CV call in all).
+@functools.partial(jax.jit, static_argnames=("softmax",))
+def _score_fold_fits(fit: Any, X3: Array, y: Array, held_out: HeldOut, *, softmax: bool) -> tuple[Array, ...]:
+    """Held-out accuracy, log-loss and AUROC, each ``(L, G, F)``, of fold fits ``(L, F, G, ...)``."""
+    z = decision_function(fit, X3)  # (L, F, G, N[, K])
+    scores = _metrics.fold_scores(jnp.moveaxis(z, 1, 0), y, held_out, softmax=softmax)  # (F, L, G) each
+    return tuple(jnp.moveaxis(a, 0, -1) for a in scores)
+
+
+@jax.jit
+def _with_refit(folds_res: NewtonCGResult, refit_res: NewtonCGResult) -> tuple[tuple[Array, ...], Array, Array]:
+    """The refit's fields ``(L, ...)``, and ``n_iter`` / ``converged`` ``(L, G, F + 1)``: the folds' then
+    the refit's (repeated over ``G``)."""
+    n_layers, _, G = folds_res.n_iter.shape
+
+    def merged(fold_field: Array, refit_field: Array) -> Array:  # (L, F, G) + (L, 1, 1) -> (L, G, F+1)
+        refit_column = jnp.broadcast_to(refit_field[:, 0, :], (n_layers, G))[..., None]
+        return jnp.concatenate([jnp.swapaxes(fold_field, 1, 2), refit_column], axis=-1)
+
+    refit = tuple(a[:, 0, 0] for a in refit_res)
+    return refit, merged(folds_res.n_iter, refit_res.n_iter), merged(folds_res.converged, refit_res.converged)
 
 
 def cross_validate_ridge(
