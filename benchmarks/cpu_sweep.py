@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", nargs="*", default=["logistic", "grid", "cv", "ridge"])
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--tight-anchor", action="store_true",
+                    help="also time scikit-learn's C loop at tol 1e-8 (gap under 1e-6, as ours; slow) for the grid")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -148,8 +150,27 @@ def main() -> None:
             o_ref = {k: logistic_objective(X64[k[0]], ytr, r.coef_[0], r.intercept_[0], k[1]) for k, r in refs.items()}
             sk_gap = max((logistic_objective(X64[l], ytr, *sk[l * len(Cs) + g], C) - o_ref[l, C]) / o_ref[l, C]
                          for l in checked for g, C in enumerate(Cs))
+            # The same loop asked for an answer as exact as ours: at tol 1e-8 its objective gap falls under
+            # the 1e-6 exactness bar (still above ours at tol 1e-7). One run (it is slow).
+            def sk_grid_tight():
+                out = []
+                for l in range(L):
+                    m = LogisticRegression(warm_start=True, tol=1e-8, max_iter=10000)
+                    for C in Cs:
+                        m.set_params(C=C).fit(X64[l], ytr)
+                        out.append((m.coef_[0].copy(), m.intercept_[0]))
+                return out
+
+            if args.tight_anchor:
+                sk_tight, t_sk_tight = sk_timed(sk_grid_tight, 1)
+                tight_gap = max((logistic_objective(X64[l], ytr, *sk_tight[l * len(Cs) + g], C) - o_ref[l, C]) / o_ref[l, C]
+                                for l in checked for g, C in enumerate(Cs))
             for tol in (1e-7, 1e-4):
                 fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, Cs, tol=tol), args.repeats)
+                if tol == 1e-7 and args.tight_anchor:
+                    rows.append((f"logistic 8-C grid, tol={tol:g}", t_jax, first - t_jax, t_sk_tight,
+                                 "warm-started LogisticRegression loop (tol 1e-8, max_iter 1e4)",
+                                 f"sklearn's max obj gap {tight_gap:.1e} (layers {checked}, every C); ours, next row"))
                 gap = max((logistic_objective(X64[l], ytr, np.asarray(fit.coef[l, g], np.float64),
                                               float(fit.intercept[l, g]), C) - o_ref[l, C]) / o_ref[l, C]
                           for l in checked for g, C in enumerate(Cs))
