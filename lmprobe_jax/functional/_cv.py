@@ -22,7 +22,7 @@ from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
-from ._newton_cg import NewtonCGResult, solve_layers, solver_options
+from ._newton_cg import NewtonCGResult, layer_preconditioners, solve_layers, solver_options
 from ._predict import decision_function
 from ._ridge import RidgeFit, ridge_loo
 
@@ -142,9 +142,16 @@ def cross_validate_logistic(
         X3.shape, int(classes.size) if softmax else None, fit_intercept=fit_intercept, max_iter=max_iter,
         max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
+    # One preconditioner per layer for the folds and the refit alike (computed and compiled once).
+    precond = None
+    if options["precondition_rank"]:
+        precond = layer_preconditioners(
+            X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
+            layer_batch_size=options["layer_batch_size"],
+        )
     folds_res = solve_layers(
         loss, X3, y_solver, jnp.asarray((1.0 - test) * sw), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),
-        gap_tol=float("inf"), **options,
+        gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
     acc, ll, auc = _score_fold_fits(
@@ -154,7 +161,7 @@ def cross_validate_logistic(
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit_res = solve_layers(
         loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
-        **options,
+        precond=precond, **options,
     )  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(

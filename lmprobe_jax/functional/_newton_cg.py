@@ -378,6 +378,26 @@ def solver_options(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("rank", "fit_intercept", "layer_batch_size"))
+def layer_preconditioners(X: Array, *, rank: int, fit_intercept: bool, layer_batch_size: int) -> NystromApprox:
+    """Every layer's rank-``rank`` Nyström approximation of ``[X, 1]^T [X, 1]`` (fields with a leading
+    ``L`` axis), for :func:`solve_layers`'s ``precond``.
+
+    Computed apart so that several solves on the same ``X`` share it (a cross-validation's folds and its
+    refit): each solve then neither recomputes it nor compiles its QR, Cholesky and SVD again (~0.8 s of
+    a solve's ~2.5 s compile on the CPU).
+    """
+    dtype = compute_dtype(X.dtype)
+    return over_layers(
+        lambda x: _preconditioner(x.astype(dtype), rank, fit_intercept), X, layer_batch_size=layer_batch_size
+    )
+
+
+def _preconditioner(x: Array, rank: int, fit_intercept: bool) -> NystromApprox:
+    # A fixed key: the same data gives the same preconditioner, hence the same iterates.
+    return nystrom_gram(x, rank, fit_intercept=fit_intercept, key=jax.random.key(0))
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -400,6 +420,7 @@ def solve_layers(
     precondition_rank: int,
     layer_batch_size: int,
     gap_tol: float | None = None,
+    precond: NystromApprox | None = None,
 ) -> NewtonCGResult:
     """Every (layer, weight set, C) problem in one compiled call.
 
@@ -420,6 +441,8 @@ def solve_layers(
       precondition_rank: rank of the per-layer Nyström preconditioner shared by all of a layer's
         problems (0: plain CG).
       gap_tol: see :func:`newton_cg`.
+      precond: the preconditioners from :func:`layer_preconditioners` (same ``X`` and rank), or None to
+        compute them here.
 
     Returns:
       :class:`NewtonCGResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
@@ -430,17 +453,15 @@ def solve_layers(
     Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
     lead = () if n_outputs is None else (n_outputs,)
 
-    def layer(x_and_cs: tuple[Array, Array]) -> NewtonCGResult:
-        x, cs = x_and_cs
-        precond = None
-        if precondition_rank:
-            # A fixed key: the same data gives the same preconditioner, hence the same iterates.
-            precond = nystrom_gram(x, precondition_rank, fit_intercept=fit_intercept, key=jax.random.key(0))
+    def layer(per_layer: tuple[Array, Array, NystromApprox | None]) -> NewtonCGResult:
+        x, cs, precond_l = per_layer
+        if precond_l is None and precondition_rank:
+            precond_l = _preconditioner(x, precondition_rank, fit_intercept)
 
         def one(s: Array, c: Array, coef0: Array, intercept0: Array) -> NewtonCGResult:
             return newton_cg(
                 loss, x, y, s, c, coef0, intercept0, fit_intercept=fit_intercept, tol=tol,
-                max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond, gap_tol=gap_tol,
+                max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond_l, gap_tol=gap_tol,
             )
 
         def step(carry: tuple, c: Array) -> tuple[tuple, NewtonCGResult]:
@@ -465,4 +486,4 @@ def solve_layers(
         unsorted = jnp.argsort(order)
         return NewtonCGResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
 
-    return over_layers(layer, (X, Cs), layer_batch_size=layer_batch_size)
+    return over_layers(layer, (X, Cs, precond), layer_batch_size=layer_batch_size)
