@@ -161,7 +161,7 @@ def cross_validate_logistic(
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
     refit_res = solve_layers(
         loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
-        precond=precond, **options,
+        precond=precond, init=_fold_mean_at(folds_res, best), **options,
     )  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(
@@ -178,6 +178,14 @@ def _score_fold_fits(fit: Any, X3: Array, y: Array, held_out: HeldOut, *, softma
     z = decision_function(fit, X3)  # (L, F, G, N[, K])
     scores = _metrics.fold_scores(jnp.moveaxis(z, 1, 0), y, held_out, softmax=softmax)  # (F, L, G) each
     return tuple(jnp.moveaxis(a, 0, -1) for a in scores)
+
+
+@jax.jit
+def _fold_mean_at(folds_res: NewtonCGResult, best: Array) -> tuple[Array, Array]:
+    """The folds' mean solution at each layer's best ``C``: ``(L, 1, [K,] D)`` and ``(L, 1, [K])``, where
+    the refit starts (each fold saw most of the samples, so their mean is near the refit's optimum)."""
+    layers = jnp.arange(best.shape[0])
+    return tuple(jnp.mean(a[layers, :, best], axis=1, keepdims=True) for a in (folds_res.coef, folds_res.intercept))
 
 
 @jax.jit

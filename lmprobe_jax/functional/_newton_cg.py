@@ -421,6 +421,7 @@ def solve_layers(
     layer_batch_size: int,
     gap_tol: float | None = None,
     precond: NystromApprox | None = None,
+    init: tuple[Array, Array] | None = None,
 ) -> NewtonCGResult:
     """Every (layer, weight set, C) problem in one compiled call.
 
@@ -443,6 +444,8 @@ def solve_layers(
       gap_tol: see :func:`newton_cg`.
       precond: the preconditioners from :func:`layer_preconditioners` (same ``X`` and rank), or None to
         compute them here.
+      init: ``(coef (L, W, [K,] D), intercept (L, W, [K]))`` where the first (smallest) ``C`` of each
+        path starts, or None for zeros.
 
     Returns:
       :class:`NewtonCGResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
@@ -453,8 +456,8 @@ def solve_layers(
     Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
     lead = () if n_outputs is None else (n_outputs,)
 
-    def layer(per_layer: tuple[Array, Array, NystromApprox | None]) -> NewtonCGResult:
-        x, cs, precond_l = per_layer
+    def layer(per_layer: tuple) -> NewtonCGResult:
+        x, cs, precond_l, init_l = per_layer
         if precond_l is None and precondition_rank:
             precond_l = _preconditioner(x, precondition_rank, fit_intercept)
 
@@ -478,12 +481,15 @@ def solve_layers(
             return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1), res
 
         n_w = weights.shape[0]
-        zero = (jnp.zeros((n_w,) + lead + x.shape[-1:], dtype), jnp.zeros((n_w,) + lead, dtype))
+        if init_l is None:
+            init_l = (jnp.zeros((n_w,) + lead + x.shape[-1:], dtype), jnp.zeros((n_w,) + lead, dtype))
+        else:
+            init_l = tuple(a.astype(dtype) for a in init_l)
         order = jnp.argsort(cs)
         log0 = jnp.zeros((), dtype)
-        carry0 = (zero, zero, log0, log0, jnp.int32(0))
+        carry0 = (init_l, init_l, log0, log0, jnp.int32(0))
         _, path = jax.lax.scan(step, carry0, cs[order])  # fields (G, W, ...), C ascending
         unsorted = jnp.argsort(order)
         return NewtonCGResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
 
-    return over_layers(layer, (X, Cs, precond), layer_batch_size=layer_batch_size)
+    return over_layers(layer, (X, Cs, precond, init), layer_batch_size=layer_batch_size)
