@@ -31,6 +31,11 @@ def test_cv_multinomial_runs_and_scores():
     assert cv.fit.coef.shape == (2, 3, 5)
     assert float(cv.accuracy[1].mean()) > 0.8 > float(cv.accuracy[0].mean())
     assert np.isnan(np.asarray(cv.roc_auc)).all()
+    # The refit (started from the folds' mean solution) is the all-samples fit at the chosen C.
+    assert bool(cv.converged[..., -1].all())
+    for layer in range(2):
+        direct = F.fit_multinomial(X[layer].astype(np.float32), y, float(cv.best_value[layer]))
+        np.testing.assert_allclose(cv.fit.coef[layer], direct.coef, rtol=1e-4, atol=1e-5)
 
 
 def test_ridge_cv_matches_ridgecv():
