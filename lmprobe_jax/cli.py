@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-CACHE = Path(os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax")).expanduser()
+from .compilation import CACHE_ROOT, enable_compilation_cache
+
+CACHE = CACHE_ROOT
 SMOLLM2 = "SmolLM2-135M-Instruct"
 
 
@@ -435,8 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .compilation import enable_compilation_cache
-
     # Compiling the solvers is most of a small sweep's time: keep the programs between runs.
     enable_compilation_cache(CACHE / "jax")
     try:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import jax
 
-DEFAULT_DIRECTORY = Path(os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax")).expanduser() / "jax"
+# The project's cache root (models, activations, compiled programs); the CLI keeps its files under it.
+CACHE_ROOT = Path(os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax")).expanduser()
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None, *, min_compile_seconds: float = 0.2) -> Path:
@@ -24,7 +25,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None, *, min_
     """
     if min_compile_seconds < 0:
         raise ValueError(f"min_compile_seconds must be >= 0; got {min_compile_seconds!r}.")
-    path = DEFAULT_DIRECTORY if directory is None else Path(directory).expanduser()
+    path = CACHE_ROOT / "jax" if directory is None else Path(directory).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))

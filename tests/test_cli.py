@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from lmprobe_jax import cli, compilation
+from lmprobe_jax import cli
 
 POSITIVE = [
     f"The city of {c} is in France."
@@ -28,7 +28,7 @@ def prompts_csv(tmp_path):
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "CACHE", tmp_path / "cache")
     # JAX's compilation-cache setting is process-wide: leave the rest of the suite's JAX untouched.
-    monkeypatch.setattr(compilation, "enable_compilation_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda *args, **kwargs: None)
 
 
 def test_extract_info_sweep_select(tiny_models, prompts_csv, tmp_path, capsys):
