@@ -428,9 +428,9 @@ def solve_layers(
     A grid is solved as a regularisation path: ``C`` in increasing order (``lax.scan``), each solve
     warm-started from the previous ``C``'s solution (extrapolated along the path from the third value
     on), with the weight sets (CV folds) batched at every step. Small ``C`` are the easy, nearly
-    quadratic problems; starting the hard, large-``C`` ones near their optimum cut the 8-value grid's solve time by about 2x against all problems solved from zero
-    in lock-step (where every batched step waits for the slowest problem). The ``C`` order given is
-    kept in the output.
+    quadratic problems; starting the hard, large-``C`` ones near their optimum cut the 8-value grid's
+    solve time by about 2x against all problems solved from zero in lock-step (where every batched step
+    waits for the slowest problem). The ``C`` order given is kept in the output.
 
     Args:
       loss: the per-sample loss (static; hashable).
