@@ -1,4 +1,4 @@
-"""The solver's building blocks, each on its own: products under vmap, the Nyström preconditioner."""
+"""The solver's building blocks, each on its own: products under vmap, the preconditioners."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import lmprobe_jax.functional as F
+from lmprobe_jax.functional import _hessian_inverse
+from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._newton_cg import solve_layers, solver_options
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._products import matvec, rmatvec
 
@@ -49,6 +52,48 @@ def test_preconditioner_inverts_shifted_gram_on_its_span():
     # With full rank, P^-1 = (lam_min + mu) (A + mu I)^-1.
     expected = (float(approx.eig[-1]) + mu) * np.linalg.solve(X.T @ X + mu * np.eye(5), v)
     np.testing.assert_allclose(out, expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("leaf", [400, 3])  # one triangular solve; the recursion on halves
+def test_lagged_hessian_inverse_is_the_inverse(monkeypatch, fit_intercept, leaf):
+    monkeypatch.setattr(_hessian_inverse, "_TRIANGULAR_LEAF", leaf)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 9)) * np.linspace(0.2, 3.0, 9)
+    curvature = rng.uniform(0, 0.25, size=60)
+    lagged = _hessian_inverse.lagged_hessian_inverse(
+        jnp.asarray(X, jnp.float32), jnp.asarray(curvature, jnp.float32), jnp.float32(2.5), fit_intercept=fit_intercept
+    )
+    A = np.hstack([X, np.ones((60, 1)) if fit_intercept else np.zeros((60, 1))])
+    expected = np.linalg.inv(2.5 * A.T @ (curvature[:, None] * A) + np.eye(10))
+    np.testing.assert_allclose(np.asarray(lagged.inverse), expected, atol=2e-5 * np.abs(expected).max())
+    assert bool(lagged.active)
+    v = rng.normal(size=10).astype(np.float32)
+    coef, intercept = _hessian_inverse.apply_lagged_inverse(lagged, jnp.asarray(v[:9]), jnp.asarray(v[9]))
+    np.testing.assert_allclose(np.append(coef, intercept), expected @ v, rtol=1e-4, atol=1e-5)
+
+
+def test_lagged_hessian_path_keeps_the_optimum_with_fewer_cg_steps():
+    """Solved one layer at a time, a path builds the lagged inverse (its build threshold is a few CG
+    steps on problems this small); vmapped over layers it never does. Same optimum, less CG work."""
+    rng = np.random.default_rng(4)
+    L, N, D = 2, 400, 30
+    X = rng.normal(size=(L, N, D)) * np.linspace(0.05, 3.0, D) ** 2
+    y = (X[:, :, :5].sum(-1)[0] + 2.0 * rng.normal(size=N) > 0).astype(np.float32)
+    Cs = jnp.asarray(np.logspace(-2, 3, 6), jnp.float32)
+    assert _hessian_inverse.lagged_build_threshold(N, D, 1) < 20
+
+    def solve(layer_batch_size):
+        opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                              precondition_rank=None, layer_batch_size=layer_batch_size)
+        return solve_layers(BINARY_LOGISTIC, jnp.asarray(X, jnp.float32), jnp.asarray(y), jnp.ones((1, N)), Cs,
+                            tol=1e-7, **opts)
+
+    lagged, plain = solve(1), solve(L)
+    assert bool(lagged.converged.all()) and bool(plain.converged.all())
+    err = np.linalg.norm(np.asarray(lagged.coef - plain.coef), axis=-1) / np.linalg.norm(np.asarray(plain.coef), axis=-1)
+    assert err.max() < 5e-5  # both stop at tol = 1e-7, as in the test below
+    assert int(lagged.n_cg.sum()) < 0.8 * int(plain.n_cg.sum())
 
 
 @pytest.mark.parametrize("rank", [0, 3, 8])

@@ -36,9 +36,10 @@ def over_layers(fn: Callable[..., Any], per_layer: Any, *args: Any, layer_batch_
       ``fn``'s pytree with a leading ``L`` axis on every leaf.
     """
     n_layers = jax.tree.leaves(per_layer)[0].shape[0]
-    if layer_batch_size >= n_layers:
+    if layer_batch_size > 1 and layer_batch_size >= n_layers:
         return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(per_layer, *args)
-    # batch_size=1 would still vmap each one-layer chunk, turning the products with X into batched ones.
+    # batch_size=1 would still vmap each one-layer chunk, turning the products with X into batched ones
+    # (and a solver's per-layer branches into selects that run both sides).
     batch_size = None if layer_batch_size == 1 else layer_batch_size
     return jax.lax.map(lambda sl: fn(sl, *args), per_layer, batch_size=batch_size)
 

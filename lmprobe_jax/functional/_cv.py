@@ -155,7 +155,7 @@ def cross_validate_logistic(
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
     acc, ll, auc = _score_fold_fits(
-        fit_type(*folds_res), X3, jnp.asarray(codes), held_out_rows(fold_ids, sw), softmax=softmax
+        folds_res.as_fit(fit_type), X3, jnp.asarray(codes), held_out_rows(fold_ids, sw), softmax=softmax
     )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
@@ -166,7 +166,7 @@ def cross_validate_logistic(
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(
         grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=jnp.asarray(best),
-        best_value=Cs[best], fit=fit_type(*refit), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
+        best_value=Cs[best], fit=refit.as_fit(fit_type), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
     )
 
 
@@ -189,7 +189,7 @@ def _fold_mean_at(folds_res: NewtonCGResult, best: Array) -> tuple[Array, Array]
 
 
 @jax.jit
-def _with_refit(folds_res: NewtonCGResult, refit_res: NewtonCGResult) -> tuple[tuple[Array, ...], Array, Array]:
+def _with_refit(folds_res: NewtonCGResult, refit_res: NewtonCGResult) -> tuple[NewtonCGResult, Array, Array]:
     """The refit's fields ``(L, ...)``, and ``n_iter`` / ``converged`` ``(L, G, F + 1)``: the folds' then
     the refit's (repeated over ``G``)."""
     n_layers, _, G = folds_res.n_iter.shape
@@ -198,7 +198,7 @@ def _with_refit(folds_res: NewtonCGResult, refit_res: NewtonCGResult) -> tuple[t
         refit_column = jnp.broadcast_to(refit_field[:, 0, :], (n_layers, G))[..., None]
         return jnp.concatenate([jnp.swapaxes(fold_field, 1, 2), refit_column], axis=-1)
 
-    refit = tuple(a[:, 0, 0] for a in refit_res)
+    refit = jax.tree.map(lambda a: a[:, 0, 0], refit_res)
     return refit, merged(folds_res.n_iter, refit_res.n_iter), merged(folds_res.converged, refit_res.converged)
 
 

@@ -83,7 +83,9 @@ def fit_logistic(
 
     Matches ``sklearn.linear_model.LogisticRegression(C=C, fit_intercept=..., sample_weight=...)`` number
     for number (see the module docstring for the objective). Solved by truncated Newton (Newton-CG with
-    a Nyström-preconditioned CG); a grid of ``C`` is solved as a warm-started path in increasing ``C``.
+    a Nyström-preconditioned CG); a grid of ``C`` is solved as a warm-started path in increasing ``C``,
+    whose later, harder solves may be preconditioned with an exact inverse Hessian from earlier on the
+    path when layers are solved one at a time (the CPU default; see ``layer_batch_size``).
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations, float16/bfloat16/float32/float64 (computed in float32,
@@ -133,4 +135,4 @@ def fit_logistic(
         BINARY_LOGISTIC, X3, jnp.asarray(y01, jnp.float32), jnp.asarray(sw)[None], jnp.asarray(Cs),
         tol=_checks.check_tol(tol), **options,
     )
-    return LogisticFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))
+    return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(LogisticFit)

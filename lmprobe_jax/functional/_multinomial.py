@@ -116,4 +116,4 @@ def fit_multinomial(
         SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs), tol=_checks.check_tol(tol),
         **options,
     )
-    return MultinomialFit(*squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid))
+    return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(MultinomialFit)
