@@ -515,7 +515,8 @@ def solve_layers(
         def update_lagged(lagged: LaggedHessianInverse, res: NewtonCGResult, c_next: Array, n_done: Array):
             """(Re)build the inverse Hessian at these solutions (curvatures averaged over the weight sets,
             scaled by the next ``C``) when this ``C``'s CG work says the one in use no longer pays."""
-            due = jnp.max(res.n_cg) * (n_c - 1 - n_done) >= threshold
+            # Not after the first C: its solve starts cold, so its CG count says little about the path's.
+            due = (n_done >= 1) & (jnp.max(res.n_cg) * (n_c - 1 - n_done) >= threshold)
 
             def build() -> LaggedHessianInverse:
                 z = matvec(x, res.coef) + res.intercept[..., None]  # (W, N)
