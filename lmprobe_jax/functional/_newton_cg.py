@@ -506,7 +506,9 @@ def solve_layers(
         if precond_l is None and precondition_rank:
             precond_l = _preconditioner(x, precondition_rank, fit_intercept)
 
-        def one(lagged: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array):
+        def one(
+            lagged: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array
+        ) -> NewtonCGResult:
             return newton_cg(
                 loss, x, y, s, c, coef0, intercept0, fit_intercept=fit_intercept, tol=tol,
                 max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond_l, gap_tol=gap_tol, lagged=lagged,
@@ -551,6 +553,8 @@ def solve_layers(
         lagged0 = no_lagged_inverse(n_features, dtype) if use_lagged else None
         carry0 = (init_l, init_l, log0, log0, jnp.int32(0), lagged0)
         ascending = cs[order]
+        # Each step also sees the next C (the lagged inverse is scaled for it; the last step's is never
+        # used, as nothing is left to build for).
         _, path = jax.lax.scan(step, carry0, (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
         unsorted = jnp.argsort(order)
         return NewtonCGResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
