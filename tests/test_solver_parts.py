@@ -54,6 +54,40 @@ def test_preconditioner_inverts_shifted_gram_on_its_span():
     np.testing.assert_allclose(out, expected, rtol=1e-3)
 
 
+def test_full_rank_preconditioner_stays_positive_definite_on_a_wide_spectrum():
+    """Feature variances spanning ~1e7 make the full-rank gains ~1e-7, below the basis's float32
+    orthonormality: unfloored, v.P^-1 v went negative along the top directions."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 40)) * np.linspace(0.05, 3.0, 40) ** 2
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False, key=jax.random.key(0))
+    top = np.asarray(approx.basis_coef[:3])  # the directions a tiny gain would scale
+    v = np.vstack([top, rng.normal(size=(20, 40))]).astype(np.float32)
+    out, _ = apply_preconditioner(approx, 0.004, jnp.asarray(v), jnp.zeros(len(v)))
+    assert (np.sum(v * np.asarray(out), axis=1) > 0).all()
+
+
+@pytest.mark.parametrize("layer_batch_size", [1, 2])
+def test_badly_scaled_features_without_intercept_at_large_c_converge(layer_batch_size):
+    """The case that produced NaN: no intercept, C = 1000, features scaled over 3.5 decades."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2, 500, 40)) * np.linspace(0.05, 3.0, 40) ** 2
+    y = (X[0, :, :5].sum(-1) + 2.0 * rng.normal(size=500) > 0).astype(int)
+    fit = F.fit_logistic(X.astype(np.float32), y, [100.0, 1000.0], fit_intercept=False,
+                         layer_batch_size=layer_batch_size)
+    assert bool(fit.converged.all())
+
+    def objective(w, C, layer):
+        return C * np.logaddexp(0, -(2 * y - 1) * (X[layer] @ w)).sum() + 0.5 * w @ w
+
+    for layer in range(2):
+        for g, C in enumerate([100.0, 1000.0]):
+            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000, fit_intercept=False).fit(X[layer], y)
+            ours = objective(np.asarray(fit.coef[layer, g], np.float64), C, layer)
+            assert ours <= objective(ref.coef_[0], C, layer) * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("leaf", [400, 3])  # one triangular solve; the recursion on halves
 def test_lagged_hessian_inverse_is_the_inverse(monkeypatch, fit_intercept, leaf):

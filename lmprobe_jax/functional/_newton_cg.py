@@ -243,7 +243,9 @@ def newton_cg(
             return jax.lax.cond(lagged.active, solve_lagged, lambda: solve_gram(v_coef, v_int))
 
         def cond(cg: _CGState) -> Array:
-            return (cg.k < max_cg_iter) & (cg.rr > cg_tol2)
+            # r.P^-1 r > 0 always holds for a positive definite P; if rounding ever breaks it, stopping
+            # keeps the direction built so far (a descent direction) instead of stepping on garbage.
+            return (cg.k < max_cg_iter) & (cg.rr > cg_tol2) & (cg.rz > 0)
 
         def body(cg: _CGState) -> _CGState:
             u = matvec(X, cg.p_coef) + cg.p_intercept[..., None]
