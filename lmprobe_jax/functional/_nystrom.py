@@ -28,7 +28,6 @@ from jax import Array
 
 from ._products import matvec, rmatvec
 
-
 # The smallest factor the preconditioner scales a direction by (see apply_preconditioner).
 _MIN_GAIN = 1e-4
 
