@@ -499,8 +499,9 @@ def solve_layers(
     n_c = Cs.shape[-1]
     # The lagged inverse Hessian (see _hessian_inverse) for scalar predictors on a path, when layers are
     # solved one at a time: whether to build it is decided per layer, which under a vmap over layers
-    # would turn the branch into a select that builds it at every C.
-    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 1
+    # would turn the branch into a select that builds it at every C. It is built after the second C at
+    # the earliest, for the ones after: a path of two or fewer never gets one (nor its compile time).
+    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2
     threshold = lagged_build_threshold(n_samples, n_features, weights.shape[0])
 
     def layer(per_layer: tuple) -> NewtonCGResult:
