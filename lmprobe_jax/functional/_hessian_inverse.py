@@ -7,7 +7,7 @@ an earlier ``C`` and scaled by the ``C`` it will serve first, leaves CG a few st
 where the Gram-only Nyström preconditioner (:mod:`._nystrom`) needs tens. That one knows a single mean
 curvature; at large ``C`` the curvatures of well-classified samples vanish and the Hessian's spectrum
 is no longer the Gram's (on the benchmark's mid-depth layer at ``C = 100``, CG to a 1e-3 residual:
-92 steps with the rank-64 Nyström preconditioner, 14 with ``P`` built four ``C`` earlier).
+92 steps with the rank-64 Nyström preconditioner, 14 with ``P`` built three ``C`` earlier, 21 four).
 
 It is not free: one weighted Gram product (``2 N D^2`` flops) and a ``(D + 1)``-square inverse (~``3 D^3``
 flops), about 130 single-problem CG steps on a 3000 x 768 layer on one core. So a path builds it only
