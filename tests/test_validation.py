@@ -47,3 +47,17 @@ def test_predict_checks_shapes():
         F.decision_function(fit, np.concatenate([X, X[:1]]))
     with pytest.raises(TypeError, match="expected a fit"):
         F.predict((1, 2), X)
+
+
+def test_finite_check_is_exact_when_the_sum_overflows():
+    # Finiteness is first tested through the sum of X; finite entries whose sum overflows must still
+    # pass, and a NaN among them must still be caught.
+    from lmprobe_jax.functional._checks import check_activations
+
+    big = np.full((2, 20, 3), 3e38, np.float32)
+    assert check_activations(big)[0].shape == (2, 20, 3)
+    big[1, 5, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity \(first at \(layer, row, col\) \(1, 5, 2\)\)"):
+        check_activations(big)
+    half = np.full((20, 3), 6e4, np.float16)  # a float16 cache near its limit: summed in float32
+    assert check_activations(half)[0].dtype == np.float16

@@ -60,7 +60,7 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
     X = jax.device_put(X) if isinstance(X, np.ndarray) else jnp.asarray(X)
     if was_2d:
         X = X[None]
-    if check_values and is_concrete(X) and not bool(jnp.all(jnp.isfinite(X))):
+    if check_values and is_concrete(X) and not _all_finite(X):
         bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()
         where = f"at index {tuple(bad[1:])}" if was_2d else f"at (layer, row, col) {tuple(bad)}"
         raise ValueError(
@@ -68,6 +68,22 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
             f"caches, overflow (|x| > 65504) also shows up as infinity."
         )
     return X, was_2d
+
+
+@jax.jit
+def _sum_is_finite(X: Array) -> Array:
+    return jnp.isfinite(jnp.sum(X, dtype=jnp.promote_types(X.dtype, jnp.float32)))
+
+
+def _all_finite(X: Array) -> bool:
+    """Whether every entry of ``X`` is finite.
+
+    A NaN or an infinity makes the sum non-finite, so a finite sum proves all entries finite: one fused
+    reduction, 2.5 ms on a 110 MB ``X`` on one core, where ``jnp.all(jnp.isfinite(X))`` took 20 ms (XLA's
+    CPU reduction over booleans is slow). Only a non-finite sum (or one that overflowed from finite
+    entries) pays for the entrywise test.
+    """
+    return bool(_sum_is_finite(X)) or bool(jnp.all(jnp.isfinite(X)))
 
 
 def check_n_samples(n: int, arr: Any, name: str) -> Any:
