@@ -61,3 +61,26 @@ def test_finite_check_is_exact_when_the_sum_overflows():
         check_activations(big)
     half = np.full((20, 3), 6e4, np.float16)  # a float16 cache near its limit: summed in float32
     assert check_activations(half)[0].dtype == np.float16
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_activations_are_not_shared_with_a_writeable_numpy_array():
+    # On the CPU, jax.device_put shares a 64-byte aligned numpy buffer (jax-ml/jax#37830): writes to X
+    # after a call returned would reach the solver's copy, which runs asynchronously.
+    from lmprobe_jax.functional._checks import check_activations
+
+    Xa = _aligned_copy(X)
+    X_device, _ = check_activations(Xa)
+    Xa[...] = np.nan
+    np.testing.assert_array_equal(np.asarray(X_device), X)
+
+    frozen = _aligned_copy(X)
+    frozen.flags.writeable = False  # nothing can write to it: used in place
+    np.testing.assert_array_equal(np.asarray(check_activations(frozen)[0]), X)
