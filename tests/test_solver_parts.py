@@ -146,3 +146,49 @@ def test_precondition_rank_is_validated(binary_layers):
     X, y = binary_layers
     with pytest.raises(ValueError, match="precondition_rank must be an integer in \\[0, D=8\\]"):
         F.fit_logistic(X.astype(np.float32), y, precondition_rank=9)
+
+
+def _primitives(jaxpr) -> set:
+    from jax.extend.core import jaxprs_in_params
+
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+def test_any_across_batch_keeps_a_cond_a_branch_under_vmap():
+    from lmprobe_jax.functional._batching import any_across_batch
+
+    def pick(flag, x, gate=any_across_batch):
+        return jax.lax.cond(gate(flag), lambda: 2.0 * x, lambda: x)
+
+    flags = jnp.asarray([False, True, False])
+    xs = jnp.ones((3, 2))
+    np.testing.assert_allclose(jax.vmap(pick)(flags, xs), 2.0 * np.ones((3, 2)))  # any: every problem's branch
+    nested = jax.vmap(jax.vmap(any_across_batch))  # vmap's outputs broadcast the one flag back
+    assert not np.asarray(nested(jnp.zeros((2, 3), bool))).any()
+    assert np.asarray(nested(jnp.zeros((2, 3), bool).at[1, 2].set(True))).all()
+    prims = _primitives(jax.make_jaxpr(jax.vmap(pick))(flags, xs).jaxpr)
+    assert "cond" in prims and "select_n" not in prims
+    # Without it, the batched predicate turns the cond into a select that runs both branches.
+    plain = _primitives(jax.make_jaxpr(jax.vmap(lambda f, x: pick(f, x, gate=lambda f: f)))(flags, xs).jaxpr)
+    assert "cond" not in plain and "select_n" in plain
+
+
+def test_fit_logistic_under_a_callers_vmap_matches_separate_fits():
+    """A caller's vmap (here over label sets) of a path that builds the lagged inverse: one build decision
+    for the batch, the same optima as fitting each label set alone."""
+    rng = np.random.default_rng(5)
+    N, D = 400, 30
+    X = jnp.asarray(rng.normal(size=(N, D)) * np.linspace(0.05, 3.0, D) ** 2, jnp.float32)
+    ys = np.stack([(X[:, :5].sum(-1) + 2.0 * rng.normal(size=N) > 0), (X[:, 5] + rng.normal(size=N) > 0)]).astype(np.int32)
+    Cs = jnp.asarray(np.logspace(-2, 3, 6), jnp.float32)
+    together = jax.vmap(lambda y: F.fit_logistic(X, y, Cs))(jnp.asarray(ys))
+    assert bool(together.converged.all())
+    for i, y in enumerate(ys):
+        alone = F.fit_logistic(X, y, Cs)
+        err = np.linalg.norm(np.asarray(together.coef[i] - alone.coef), axis=-1) / np.linalg.norm(np.asarray(alone.coef), axis=-1)
+        assert err.max() < 5e-5

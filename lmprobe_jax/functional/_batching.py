@@ -15,10 +15,12 @@ vector, one regularisation value. The helpers here add the axes, in the package'
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import Array
 
 
 def over_layers(fn: Callable[..., Any], per_layer: Any, *args: Any, layer_batch_size: int) -> Any:
@@ -57,3 +59,21 @@ def squeeze_axes(fit: Any, *, layer: bool, weights: bool, grid: bool) -> Any:
     """Drop the leading ``(L, W, G)`` axes of every field of a NamedTuple that the caller did not ask for."""
     axes = tuple(i for i, drop in enumerate((layer, weights, grid)) if drop)
     return type(fit)(*(jnp.squeeze(a, axis=axes) for a in fit))
+
+
+@jax.custom_batching.custom_vmap
+def any_across_batch(flag: Array) -> Array:
+    """``flag`` (bool ``()``), except under ``vmap``: whether it holds for any problem of the batch, unbatched.
+
+    ``lax.cond`` on a batched predicate becomes a select that computes both branches for every problem.
+    Taking the predicate through this keeps it a branch: one run of a branch serves the whole batch
+    (a branch that must run for some problem runs for all of them). Nested ``vmap``s reduce over each.
+    """
+    return flag
+
+
+@any_across_batch.def_vmap
+def _any_across_batch_vmap(axis_size: int, in_batched: list[bool], flag: Array) -> tuple[Array, bool]:
+    del axis_size
+    (batched,) = in_batched
+    return any_across_batch(jnp.any(flag, axis=0) if batched else flag), False

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._batching import default_layer_batch_size, over_layers
+from ._batching import any_across_batch, default_layer_batch_size, over_layers
 from ._checks import check_positive_int, compute_dtype
 from ._hessian_inverse import (
     LaggedHessianInverse,
@@ -238,9 +238,10 @@ def newton_cg(
                 m_coef, m_int = apply_lagged_inverse(lagged, v_coef, v_int)
                 return m_coef, intercept_part(m_int)
 
-            # The flag is shared by every problem of a layer, so under the folds' vmap this stays a
-            # branch (one of the two runs), not a select that would compute both.
-            return jax.lax.cond(lagged.active, solve_lagged, lambda: solve_gram(v_coef, v_int))
+            # The flag is shared by every problem of a layer (the folds' vmap leaves it unbatched); under
+            # a vmap of the caller's, any_across_batch keeps it one flag, so this stays a branch (one of
+            # the two runs), not a select that would compute both.
+            return jax.lax.cond(any_across_batch(lagged.active), solve_lagged, lambda: solve_gram(v_coef, v_int))
 
         def cond(cg: _CGState) -> Array:
             # r.P^-1 r > 0 always holds for a positive definite P; if rounding ever breaks it, stopping
@@ -498,9 +499,11 @@ def solve_layers(
     n_samples, n_features = X.shape[1:]
     n_c = Cs.shape[-1]
     # The lagged inverse Hessian (see _hessian_inverse) for scalar predictors on a path, when layers are
-    # solved one at a time: whether to build it is decided per layer, which under a vmap over layers
-    # would turn the branch into a select that builds it at every C. It is built after the second C at
-    # the earliest, for the ones after: a path of two or fewer never gets one (nor its compile time).
+    # solved one at a time. Under a vmap over layers the build decision would be one for all of them
+    # (any_across_batch: any layer due rebuilds every layer's inverse); that is the accelerator default,
+    # where it has not been measured, so vmapped layers keep the Nystrom preconditioner alone. It is
+    # built after the second C at the earliest, for the ones after: a path of two or fewer never gets
+    # one (nor its compile time).
     use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2
     threshold = lagged_build_threshold(n_samples, n_features, weights.shape[0])
 
@@ -528,7 +531,9 @@ def solve_layers(
                 curvature = jnp.mean(weights * loss.curvature(z, y), axis=0)
                 return lagged_hessian_inverse(x, curvature, c_next, fit_intercept=fit_intercept)
 
-            return jax.lax.cond(due, build, lambda: lagged)
+            # Under a vmap of the caller's (say over label sets), one decision for the whole batch:
+            # a batched predicate would make the cond a select that builds at every C.
+            return jax.lax.cond(any_across_batch(due), build, lambda: lagged)
 
         def step(carry: tuple, cs_here: tuple[Array, Array]) -> tuple[tuple, NewtonCGResult]:
             # Secant predictor along the path: the last solution moved on by the last change, scaled to
