@@ -96,3 +96,33 @@ def test_mass_mean_direction(iid):
     # Calibrated: the coefficient is a positive multiple of the direction and beats chance.
     assert np.asarray(fit.coef) @ d > 0
     assert (np.asarray(F.predict(fit, X)) == y).mean() > 0.6
+
+
+def test_softmax_loss_is_accurate_for_confident_samples():
+    # The line search sums per-sample loss differences; for confidently right samples the loss is
+    # ~e^{-margin}, far below float32's resolution of the logits. logsumexp(z) - z_y cancelled there.
+    from scipy.special import logsumexp
+
+    from lmprobe_jax.functional._multinomial import _softmax_value
+
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(4, 1000)) * np.array([[30.0], [3.0], [1.0], [0.1]])).astype(np.float32)
+    y = rng.integers(0, 4, 1000)
+    d = z.astype(np.float64) - z.astype(np.float64)[y, np.arange(1000)]  # d_y = 0
+    right = (d <= 0).all(axis=0)  # y is the top logit: loss = log1p(sum of the others' e^d), no cancelling
+    ref = logsumexp(d, axis=0)
+    ref[right] = np.log1p(np.where(d[:, right] < 0, np.exp(d[:, right]), 0.0).sum(0))
+    got = np.asarray(_softmax_value(z, y), np.float64)
+    assert ref.min() < 1e-20  # the test has samples where the old difference was pure rounding
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_cv_refit_converges_on_separable_classes_at_large_c():
+    # scikit-learn's check_f_contiguous_array_estimator data: three classes cut from one feature. The
+    # refit at C = 1e4 used to stall (its line search could not see the loss decrease in float32).
+    rng = np.random.RandomState(0)
+    X = np.asfortranarray(3 * rng.uniform(size=(20, 3)))
+    y = X[:, 0].astype(int)
+    cv = F.cross_validate_logistic(X, y, C=np.logspace(-4, 4, 3), folds=3)
+    assert float(cv.best_value[0]) == 1e4
+    assert bool(np.asarray(cv.converged).all())

@@ -28,8 +28,15 @@ from ._newton_cg import GLMLoss, solve_layers, solver_options
 
 
 def _softmax_value(z: Array, y: Array) -> Array:
-    picked = jnp.take_along_axis(z, y[None, :].astype(jnp.int32), axis=0)[0]
-    return jax.nn.logsumexp(z, axis=0) - picked
+    # log sum_k e^{z_k} - z_y, as m + log1p(sum_{k != k*} e^{d_k - m}) with d = z - z_y and m = d_{k*} its
+    # largest entry. The difference of logsumexp(z) and z_y cancels: for a confidently right sample
+    # (loss ~ e^{-margin}) it is float32 noise of order 1e-7 * |z_y|, which hid the line search's small
+    # decreases at large C (a stalled refit on separable data). Here nothing cancels.
+    d = z - jnp.take_along_axis(z, y[None, :].astype(jnp.int32), axis=0)
+    top = jnp.argmax(d, axis=0)
+    m = jnp.take_along_axis(d, top[None], axis=0)[0]
+    others = jnp.where(jnp.arange(z.shape[0])[:, None] == top[None], 0.0, jnp.exp(d - m))
+    return m + jnp.log1p(jnp.sum(others, axis=0))
 
 
 def _softmax_grad(z: Array, y: Array) -> Array:
