@@ -30,7 +30,7 @@ def test_products_match_numpy_under_nested_vmap():
 def test_nystrom_approximates_gram_from_below(fit_intercept):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 6)) + 0.5
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept, key=jax.random.key(0))
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept)
     U = np.concatenate([np.asarray(approx.basis_coef), np.asarray(approx.basis_intercept)[:, None]], axis=1)
     np.testing.assert_allclose(U @ U.T, np.eye(6), atol=1e-5)  # orthonormal basis
     A = np.hstack([X, np.ones((40, 1)) if fit_intercept else np.zeros((40, 1))])
@@ -45,7 +45,7 @@ def test_nystrom_approximates_gram_from_below(fit_intercept):
 def test_preconditioner_inverts_shifted_gram_on_its_span():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(50, 5))
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False, key=jax.random.key(0))
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False)
     mu = 0.7
     v = rng.normal(size=5).astype(np.float32)
     out, _ = apply_preconditioner(approx, mu, jnp.asarray(v), jnp.zeros(()))
@@ -59,7 +59,7 @@ def test_full_rank_preconditioner_stays_positive_definite_on_a_wide_spectrum():
     orthonormality: unfloored, v.P^-1 v went negative along the top directions."""
     rng = np.random.default_rng(5)
     X = rng.normal(size=(500, 40)) * np.linspace(0.05, 3.0, 40) ** 2
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False, key=jax.random.key(0))
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False)
     top = np.asarray(approx.basis_coef[:3])  # the directions a tiny gain would scale
     v = np.vstack([top, rng.normal(size=(20, 40))]).astype(np.float32)
     out, _ = apply_preconditioner(approx, 0.004, jnp.asarray(v), jnp.zeros(len(v)))
