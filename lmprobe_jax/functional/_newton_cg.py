@@ -469,7 +469,8 @@ def solve_layers(
     CG is preconditioned with the layer's Nyström approximation of its Gram matrix. For a scalar
     predictor with layers solved one at a time (the CPU default), a path also builds the exact inverse
     Hessian at a solution once the CG work justifies it, and preconditions the following ``C`` with it
-    (:mod:`._hessian_inverse`; on the benchmark's 8-C grid, CG steps 6070 -> 2053, time -26%; 2048-2102 over Nystrom test-matrix seeds 0-3).
+    (:mod:`._hessian_inverse`; on the benchmark's 8-C grid, CG steps 6070 -> 2053, time -26%; 2048-2102
+    over the Nystrom test matrix's seeds 0-3).
 
     Args:
       loss: the per-sample loss (static; hashable).
