@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _hessian_inverse
@@ -192,3 +193,58 @@ def test_fit_logistic_under_a_callers_vmap_matches_separate_fits():
         alone = F.fit_logistic(X, y, Cs)
         err = np.linalg.norm(np.asarray(together.coef[i] - alone.coef), axis=-1) / np.linalg.norm(np.asarray(alone.coef), axis=-1)
         assert err.max() < 5e-5
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_woodbury_inverse_is_the_inverse_newton_matrix(fit_intercept):
+    from lmprobe_jax.functional import _woodbury
+
+    rng = np.random.default_rng(6)
+    N, D = 12, 40
+    X = rng.normal(size=(N, D))
+    curvature = rng.uniform(0.0, 2.0, N)
+    curvature[3] = 0.0  # a held-out sample (zero weight)
+    A = np.concatenate([X, np.ones((N, 1))], axis=1) if fit_intercept else X
+    H = A.T @ (curvature[:, None] * A) + np.diag(np.r_[np.ones(D), 0.0] if fit_intercept else np.ones(D))
+    Xj = jnp.asarray(X, jnp.float32)
+    approx = _woodbury.woodbury_inverse(
+        Xj, _woodbury.layer_kernel(Xj, fit_intercept=fit_intercept), jnp.asarray(curvature, jnp.float32),
+        fit_intercept=fit_intercept,
+    )
+    v = rng.normal(size=D + 1)
+    coef, intercept = _woodbury.apply_woodbury(approx, Xj, jnp.asarray(v[:D], jnp.float32),
+                                               jnp.asarray(v[D], jnp.float32), fit_intercept=fit_intercept)
+    expected = np.linalg.solve(H, v if fit_intercept else v[:D])
+    got = np.append(coef, intercept) if fit_intercept else np.asarray(coef)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4 * np.abs(expected).max())
+
+
+def test_wide_layers_take_the_woodbury_path_to_the_same_optimum():
+    """N = 30 samples, D = 400 features (N^2 <= 16 D): CG with the exact inverse takes one step per Newton
+    step, and the path, the CV folds and a plain fit match the Nystrom path and scikit-learn."""
+    rng = np.random.default_rng(7)
+    L, N, D = 2, 30, 400
+    X = (rng.normal(size=(L, N, D)) * np.linspace(0.2, 2.0, D)).astype(np.float32)
+    y = (X[:, :, :3].sum(-1)[1] + rng.normal(size=N) > 0).astype(np.float32)
+    Cs = jnp.asarray(np.logspace(-2, 2, 5), jnp.float32)
+
+    def solve(woodbury):
+        opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                              precondition_rank=None, layer_batch_size=None)
+        assert opts["woodbury"] and opts["precondition_rank"] == 0
+        if not woodbury:
+            opts.update(woodbury=False, precondition_rank=16)
+        return solve_layers(BINARY_LOGISTIC, jnp.asarray(X), jnp.asarray(y), jnp.ones((1, N)), Cs, tol=1e-7, **opts)
+
+    exact, nystrom = solve(True), solve(False)
+    assert bool(exact.converged.all()) and bool(nystrom.converged.all())
+    np.testing.assert_array_equal(exact.n_cg, exact.n_iter)  # one CG step per Newton step
+    err = np.linalg.norm(np.asarray(exact.coef - nystrom.coef), axis=-1) / np.linalg.norm(np.asarray(nystrom.coef), axis=-1)
+    assert err.max() < 5e-5
+    fit = F.fit_logistic(X, y.astype(int), 1.0)
+    for l in range(L):
+        ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(X[l].astype(np.float64), y)
+        w = np.asarray(fit.coef[l], np.float64)
+        assert np.linalg.norm(w - ref.coef_[0]) / np.linalg.norm(ref.coef_[0]) < 1e-3
+    cv = F.cross_validate_logistic(X, y.astype(int), np.asarray(Cs), folds=3)
+    assert bool(np.asarray(cv.converged).all())

@@ -95,9 +95,14 @@ def lagged_hessian_inverse(X: Array, curvature: Array, c: Array, *, fit_intercep
     gram_x1 = ones @ xs
     gram_11 = jnp.sum(curvature * ones)
     gram = jnp.block([[gram_xx, gram_x1[:, None]], [gram_x1[None, :], gram_11[None, None]]])
-    matrix = c * gram + jnp.eye(gram.shape[0], dtype=X.dtype)
+    return LaggedHessianInverse(spd_inverse(c * gram + jnp.eye(gram.shape[0], dtype=X.dtype)), jnp.bool_(True))
+
+
+def spd_inverse(matrix: Array) -> Array:
+    """The inverse of a symmetric positive definite ``(n, n)`` matrix, as ``L^-T L^-1`` (``L`` its
+    Cholesky factor, inverted by halves)."""
     lower_inv = _lower_triangular_inverse(jnp.linalg.cholesky(matrix))
-    return LaggedHessianInverse(lower_inv.T @ lower_inv, jnp.bool_(True))
+    return lower_inv.T @ lower_inv
 
 
 def apply_lagged_inverse(approx: LaggedHessianInverse, v_coef: Array, v_int: Array) -> tuple[Array, Array]:

@@ -85,7 +85,9 @@ def fit_logistic(
     for number (see the module docstring for the objective). Solved by truncated Newton (Newton-CG with
     a Nyström-preconditioned CG); a grid of ``C`` is solved as a warm-started path in increasing ``C``,
     whose later, harder solves may be preconditioned with an exact inverse Hessian from earlier on the
-    path when layers are solved one at a time (the CPU default; see ``layer_batch_size``).
+    path when layers are solved one at a time (the CPU default; see ``layer_batch_size``). Wide layers
+    (``N^2 <= 16 D``) are preconditioned with the exact inverse Newton matrix, rebuilt at every Newton
+    step through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused).
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations, float16/bfloat16/float32/float64 (computed in float32,

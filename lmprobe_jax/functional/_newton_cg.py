@@ -56,6 +56,7 @@ from ._hessian_inverse import (
     no_lagged_inverse,
 )
 from ._nystrom import NystromApprox, apply_preconditioner, nystrom_gram
+from ._woodbury import apply_woodbury, layer_kernel, use_woodbury, woodbury_inverse
 from ._products import matvec, rmatvec
 
 # The Armijo constant and the most halvings tried before the step is declared impossible.
@@ -163,6 +164,7 @@ def newton_cg(
     precond: NystromApprox | None = None,
     gap_tol: float | None = None,
     lagged: LaggedHessianInverse | None = None,
+    kernel: Array | None = None,
 ) -> NewtonCGResult:
     """Minimise ``C sum_i s_i l(x_i W + b, y_i) + ||W||^2 / 2`` by truncated Newton.
 
@@ -182,6 +184,9 @@ def newton_cg(
         scikit-learn's gradient criterion alone, as cross-validation folds do).
       lagged: for a scalar predictor, an inverse Hessian from earlier on a path; once ``lagged.active``,
         CG is preconditioned with it instead of ``precond`` (see :mod:`._hessian_inverse`).
+      kernel: for a scalar predictor, ``[X, 1] [X, 1]^T`` ``(N, N)`` (:func:`._woodbury.layer_kernel`):
+        CG is then preconditioned with the exact inverse Newton matrix, rebuilt at every Newton step
+        through it (:mod:`._woodbury`; for wide ``X``), instead of ``precond`` and ``lagged``.
 
     Returns:
       A :class:`NewtonCGResult`.
@@ -234,7 +239,13 @@ def newton_cg(
                     m_int = m_int - jnp.mean(m_int, axis=-1, keepdims=True)
                 return m_coef, intercept_part(m_int)
 
+        if kernel is not None:
+            exact = woodbury_inverse(X, kernel, C * s * loss.curvature(st.z, y), fit_intercept=fit_intercept)
+
         def solve_m(v_coef: Array, v_int: Array) -> tuple[Array, Array]:
+            if kernel is not None:
+                m_coef, m_int = apply_woodbury(exact, X, v_coef, v_int, fit_intercept=fit_intercept)
+                return m_coef, intercept_part(m_int)
             if lagged is None:
                 return solve_gram(v_coef, v_int)
 
@@ -412,8 +423,12 @@ def solver_options(
 
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``.
     """
-    n_layers, _, n_features = shape
+    n_layers, n_samples, n_features = shape
     n_coef = n_features * (n_outputs or 1)
+    rank = default_precondition_rank(n_features, precondition_rank)
+    # Wide binary layers get the exact inverse Newton matrix (see _woodbury), which leaves nothing for
+    # a Nystrom preconditioner to do.
+    woodbury = n_outputs is None and use_woodbury(n_samples, n_features)
     return dict(
         n_outputs=n_outputs,
         fit_intercept=bool(fit_intercept),
@@ -421,8 +436,9 @@ def solver_options(
         max_cg_iter=default_max_cg_iter(n_coef) if max_cg_iter is None else check_positive_int(
             max_cg_iter, "max_cg_iter"
         ),
-        precondition_rank=default_precondition_rank(n_features, precondition_rank),
+        precondition_rank=0 if woodbury else rank,
         layer_batch_size=default_layer_batch_size(n_layers, layer_batch_size),
+        woodbury=woodbury,
     )
 
 
@@ -449,7 +465,7 @@ def _preconditioner(x: Array, rank: int, fit_intercept: bool) -> NystromApprox:
     jax.jit,
     static_argnames=(
         "loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
-        "layer_batch_size",
+        "layer_batch_size", "woodbury",
     ),
 )
 def solve_layers(
@@ -469,6 +485,7 @@ def solve_layers(
     gap_tol: float | None = None,
     precond: NystromApprox | None = None,
     init: tuple[Array, Array] | None = None,
+    woodbury: bool = False,
 ) -> NewtonCGResult:
     """Every (layer, weight set, C) problem in one compiled call.
 
@@ -499,6 +516,8 @@ def solve_layers(
         compute them here.
       init: ``(coef (L, W, [K,] D), intercept (L, W, [K]))`` where the first (smallest) ``C`` of each
         path starts, or None for zeros.
+      woodbury: precondition CG with the exact inverse Newton matrix through the layer's ``N x N``
+        kernel (scalar predictors; :mod:`._woodbury`, chosen by :func:`solver_options` for wide ``X``).
 
     Returns:
       :class:`NewtonCGResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
@@ -517,13 +536,14 @@ def solve_layers(
     # where it has not been measured, so vmapped layers keep the Nystrom preconditioner alone. It is
     # built after the second C at the earliest, for the ones after: a path of two or fewer never gets
     # one (nor its compile time).
-    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2
+    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2 and not woodbury
     threshold = lagged_build_threshold(n_samples, n_features, weights.shape[0])
 
     def layer(per_layer: tuple) -> NewtonCGResult:
         x, cs, precond_l, init_l = per_layer
         if precond_l is None and precondition_rank:
             precond_l = _preconditioner(x, precondition_rank, fit_intercept)
+        kernel = layer_kernel(x, fit_intercept=fit_intercept) if woodbury else None
 
         def one(
             lagged: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array
@@ -531,6 +551,7 @@ def solve_layers(
             return newton_cg(
                 loss, x, y, s, c, coef0, intercept0, fit_intercept=fit_intercept, tol=tol,
                 max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond_l, gap_tol=gap_tol, lagged=lagged,
+                kernel=kernel,
             )
 
         def update_lagged(lagged: LaggedHessianInverse, res: NewtonCGResult, c_next: Array, n_done: Array):

@@ -1,0 +1,92 @@
+r"""The exact Newton matrix inverse for wide layers (``N`` well below ``D``), through the ``N x N`` kernel.
+
+The binary logistic Newton matrix is ``H = P + A^T R^2 A`` with ``A = [X, 1]`` (``N x (D + 1)``),
+``R^2 = diag(C s_i l''(z_i))`` and ``P = diag(1, ..., 1, 0)`` (the intercept is not penalised). With
+``M = (I + A^T R^2 A)^{-1}``, Woodbury's identity gives
+
+.. math::
+
+    M = I - A^T R \, (I + R K R)^{-1} R A, \qquad K = A A^T = X X^T + 1 1^T,
+
+an ``N x N`` inverse instead of a ``(D + 1)``-square one, and ``H = M^{-1} - e e^T`` (``e`` the
+intercept's unit vector) is a rank-one downdate (Sherman-Morrison):
+``H^{-1} = M + q q^T / (1 - q_e)`` with ``q = M e``. Preconditioned with ``H^{-1}`` itself, CG solves the
+Newton system in one step. Building it costs the ``N x N`` inverse (``~N^3`` flops) and one pass over
+``X`` per Newton step; applying it, two passes. ``K`` is computed once per layer and serves every
+``C`` and every fold (only ``R`` changes). On a 200 x 4096 layer, CG otherwise took ~14 steps per Newton
+step, plain or with the rank-64 Nystrom preconditioner (whose ``64 x 4096`` basis costs as much to
+apply as ``X``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import Array
+
+from ._hessian_inverse import spd_inverse
+from ._products import matvec, rmatvec
+
+
+class WoodburyInverse(NamedTuple):
+    """``H^{-1}`` at one Newton iterate (see the module docstring).
+
+    Attributes:
+      root: ``(N,)`` ``R``'s diagonal, ``sqrt(C s_i l''(z_i))``.
+      inner_inverse: ``(N, N)`` ``(I + R K R)^{-1}``.
+      q_coef, q_int: ``(D,)`` and ``()``, ``q = M e`` (zeros without an intercept).
+      downdate: ``()`` ``1 / (1 - q_e)`` (zero without an intercept).
+    """
+
+    root: Array
+    inner_inverse: Array
+    q_coef: Array
+    q_int: Array
+    downdate: Array
+
+
+def use_woodbury(n_samples: int, n_features: int) -> bool:
+    """Whether a ``(N, D)`` binary layer is wide enough for the exact inverse: ``N^2 <= 16 D`` (and
+    ``N <= D / 2``).
+
+    Per Newton step it costs ~``N^3`` flops against the ~10-15 CG steps of ``4 N D`` it replaces.
+    Measured on 12 layers, 8-C grid / C=1, one core, against the Nystrom and lagged-inverse path:
+    200 x 4096 0.27 / 0.13 s vs 0.81 / 0.33 s; 400 x 4096 1.02 / 0.45 vs 1.23 / 0.47; 800 x 4096
+    5.1 / 2.2 vs 2.5 / 0.81 (slower); 200 x 768 0.12 / 0.045 vs 0.069 / 0.037 (slower).
+    """
+    return n_samples * n_samples <= 16 * n_features and 2 * n_samples <= n_features
+
+
+def layer_kernel(X: Array, *, fit_intercept: bool) -> Array:
+    """``K = X X^T (+ 1 1^T with an intercept)``, ``(N, N)``, for ``X`` ``(N, D)``."""
+    return X @ X.T + (1.0 if fit_intercept else 0.0)
+
+
+def _apply_m(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, fit_intercept: bool) -> tuple[Array, Array]:
+    u = matvec(X, v_coef) + (v_int if fit_intercept else 0.0)
+    w = approx.root * (approx.inner_inverse @ (approx.root * u))
+    return v_coef - rmatvec(X, w), (v_int - jnp.sum(w)) if fit_intercept else v_int
+
+
+def woodbury_inverse(X: Array, kernel: Array, curvature: Array, *, fit_intercept: bool) -> WoodburyInverse:
+    """``H^{-1}`` for the curvatures ``curvature`` ``(N,)`` (``C`` times sample weight times ``l''``)."""
+    root = jnp.sqrt(jnp.maximum(curvature, 0.0))
+    inner = jnp.eye(root.shape[0], dtype=X.dtype) + root[:, None] * kernel * root[None, :]
+    approx = WoodburyInverse(root, spd_inverse(inner), jnp.zeros(X.shape[1:], X.dtype), jnp.zeros((), X.dtype),
+                             jnp.zeros((), X.dtype))
+    if not fit_intercept:
+        return approx
+    q_coef, q_int = _apply_m(approx, X, jnp.zeros(X.shape[1:], X.dtype), jnp.ones((), X.dtype), True)
+    # 1 - q_e = 1 / (H^-1)_ee > 0 for a positive definite H (any sample with curvature); rounding guard.
+    downdate = 1.0 / jnp.maximum(1.0 - q_int, jnp.finfo(X.dtype).eps)
+    return approx._replace(q_coef=q_coef, q_int=q_int, downdate=downdate)
+
+
+def apply_woodbury(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, *, fit_intercept: bool) -> tuple[Array, Array]:
+    """``H^{-1} v`` for ``v = (v_coef (D,), v_int ())``."""
+    m_coef, m_int = _apply_m(approx, X, v_coef, v_int, fit_intercept)
+    if not fit_intercept:
+        return m_coef, m_int
+    scale = approx.downdate * (jnp.vdot(approx.q_coef, v_coef) + approx.q_int * v_int)
+    return m_coef + scale * approx.q_coef, m_int + scale * approx.q_int
