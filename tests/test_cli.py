@@ -138,7 +138,12 @@ def test_enable_compilation_cache_stores_compiled_programs(tmp_path):
         jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25)(jnp.arange(7.0)).block_until_ready()
         assert any(path.iterdir()), "no compiled program was written to the cache directory"
     finally:
+        from jax.experimental.compilation_cache import compilation_cache
+
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+        # Once initialised, JAX keeps writing to the cache whatever the config says; without a reset,
+        # every later test in the session would store its programs in this test's temporary folder.
+        compilation_cache.reset_cache()
     with pytest.raises(ValueError, match="min_compile_seconds"):
         lmprobe_jax.enable_compilation_cache(tmp_path, min_compile_seconds=-1)
