@@ -1,5 +1,22 @@
+import gc
+
+import jax
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free every compiled XLA program after each test module.
+
+    Each compiled program keeps memory mappings; one pytest process compiles thousands, and the suite
+    crossed Linux's per-process limit (vm.max_map_count, 65530) at ~93%: XLA then crashed, a segfault
+    or an abort inside compilation, wherever the next program happened to be compiled. Cleared after
+    every module, the count stays far below it (programs shared by modules are compiled again).
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def objective(X, y01, w, b, C, sw=None):
