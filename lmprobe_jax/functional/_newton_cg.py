@@ -29,11 +29,11 @@ internal objective ``mean_s(loss) + ||W||^2 / (2 C sum s)`` on which its ``tol``
 entry ``<= tol``, *and* the last Newton step's decrement ``-g.d / 2`` (an estimate of ``F - min F``) was
 at most ``tol * F``. The first is scikit-learn's criterion; alone it is loose when ``F`` is small
 against ``C sum s`` (nearly separable layers at large ``C``: a 9e-5 relative objective gap at
-``tol=1e-7`` on the benchmark's deepest layer), which the second closes. Or the float floor is reached (counted as converged): once the Newton decrement
-says the remaining decrease is below the float resolution of ``F``, full Newton steps stop lowering the
-gradient; or, with the gradient test met, two steps in a row lowered ``F`` by less than its float
-resolution (the gap estimate is then rounding noise). A failed line search otherwise also stops the
-loop, unconverged.
+``tol=1e-7`` on the benchmark's deepest layer), which the second closes. Or the float floor is
+reached (counted as converged): once the Newton decrement says the remaining decrease is below the float
+resolution of ``F``, full Newton steps stop lowering the gradient; or, with the gradient test met, two
+steps in a row lowered ``F`` by less than its float resolution (the gap estimate is then rounding
+noise). A failed line search otherwise also stops the loop, unconverged.
 """
 
 from __future__ import annotations
