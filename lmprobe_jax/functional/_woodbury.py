@@ -63,9 +63,13 @@ def layer_kernel(X: Array, *, fit_intercept: bool) -> Array:
     return X @ X.T + (1.0 if fit_intercept else 0.0)
 
 
+def _inner(approx: WoodburyInverse, u: Array) -> Array:
+    """``R (I + R K R)^{-1} R u`` for ``u = A v`` ``(N,)``: then ``M v = v - A^T`` of it."""
+    return approx.root * (approx.inner_inverse @ (approx.root * u))
+
+
 def _apply_m(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, fit_intercept: bool) -> tuple[Array, Array]:
-    u = matvec(X, v_coef) + (v_int if fit_intercept else 0.0)
-    w = approx.root * (approx.inner_inverse @ (approx.root * u))
+    w = _inner(approx, matvec(X, v_coef) + (v_int if fit_intercept else 0.0))
     return v_coef - rmatvec(X, w), (v_int - jnp.sum(w)) if fit_intercept else v_int
 
 
@@ -77,7 +81,9 @@ def woodbury_inverse(X: Array, kernel: Array, curvature: Array, *, fit_intercept
                              jnp.zeros((), X.dtype))
     if not fit_intercept:
         return approx
-    q_coef, q_int = _apply_m(approx, X, jnp.zeros(X.shape[1:], X.dtype), jnp.ones((), X.dtype), True)
+    # q = M e: A e is the column of ones, so no product with X is needed to form it.
+    w = _inner(approx, jnp.ones(X.shape[:1], X.dtype))
+    q_coef, q_int = -rmatvec(X, w), 1.0 - jnp.sum(w)
     # 1 - q_e = 1 / (H^-1)_ee > 0 for a positive definite H (any sample with curvature); rounding guard.
     downdate = 1.0 / jnp.maximum(1.0 - q_int, jnp.finfo(X.dtype).eps)
     return approx._replace(q_coef=q_coef, q_int=q_int, downdate=downdate)
