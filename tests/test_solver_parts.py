@@ -27,6 +27,22 @@ def test_products_match_numpy_under_nested_vmap():
     np.testing.assert_allclose(jax.vmap(matvec)(XL, V[:2, 0]), np.einsum("lnd,ld->ln", XL, V[:2, 0]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_rows", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("shape", [(300, 37), (20, 90)])
+def test_matvec_every_row_count_matches_numpy(n_rows, shape):
+    # One row (the matrix-vector kernel), 2-16 (the CPU's fused form, padded to a multiple of 8) and
+    # more (the dot), on a tall and a wide X.
+    rng = np.random.default_rng(n_rows)
+    X = rng.normal(size=shape).astype(np.float32)
+    V = rng.normal(size=(n_rows, shape[1])).astype(np.float32)
+    expected = V.astype(np.float64) @ X.T.astype(np.float64)
+    out = jax.jit(matvec)(jnp.asarray(X), jnp.asarray(V))
+    assert out.shape == (n_rows, shape[0])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    folds = jax.jit(jax.vmap(matvec, in_axes=(None, 0)))(jnp.asarray(X), jnp.asarray(V))  # as CV folds call it
+    np.testing.assert_allclose(folds, expected, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_nystrom_approximates_gram_from_below(fit_intercept):
     rng = np.random.default_rng(1)
