@@ -1,0 +1,191 @@
+"""The solver's internal choices, each measured against its alternative in one process on one core.
+
+Each study switches one choice inside lmprobe-jax (the alternative is still in the code, behind the
+switch named below), compiles both variants as separate programs, and times them interleaved on the
+same data (medians of --repeats warm runs), so the machine's drift hits both alike:
+
+  products    X @ V^T for 2-16 rows: the fused elementwise sum over D (default on the CPU) against
+              XLA's dot (switch: _products._FUSED_MAX_ROWS = 0). Workloads: CV folds (V = 5 fold
+              directions) and a 5-class softmax fit (V = the K class rows).
+  woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
+              kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
+              solve_layers, which solver_options picks by shape: N^2 <= 16 D and 2 N <= D).
+  label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
+              (not an alternative in the code: it shows the vmap costs what the loop does, which the
+              lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
+
+Every row also reports the CG steps of both variants (the work they did) and whether all converged.
+
+Usage: python benchmarks/solver_choices.py [products] [woodbury] [label-vmap] [--repeats 5] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from lmprobe_jax.functional import _newton_cg, _products  # noqa: E402
+from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
+from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
+from recording import record  # noqa: E402
+from synthetic import make_layers  # noqa: E402
+
+_STATIC = ("loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
+           "layer_batch_size", "woodbury")
+
+
+def fresh_solver():
+    """solve_layers as a new jitted function: it traces (and so reads module switches) on its first call."""
+    def solve(loss, *args, **kwargs):
+        return _newton_cg.solve_layers.__wrapped__(loss, *args, **kwargs)
+    return jax.jit(solve, static_argnames=_STATIC)
+
+
+def interleaved(runs: dict, repeats: int) -> dict:
+    """Median warm seconds of each zero-argument callable, timed in turns."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def problem(n_layers, n_samples, n_features, n_classes=2, seed=0):
+    X, y = make_layers(n_layers, n_samples, n_features, seed=seed)
+    if n_classes > 2:  # relabel half the samples at random into the extra classes
+        rng = np.random.default_rng(seed + 1)
+        y = (y + rng.integers(0, n_classes - 1, n_samples) * (rng.random(n_samples) < 0.5)) % n_classes
+        return jax.device_put(X), jnp.asarray(y.astype(np.int32))
+    return jax.device_put(X), jnp.asarray(y.astype(np.float32))
+
+
+def fold_weights(n_samples, n_folds=5):
+    fold = np.arange(n_samples) % n_folds
+    return jnp.asarray((fold[None] != np.arange(n_folds)[:, None]).astype(np.float32))
+
+
+def solve_args(X, n_outputs, woodbury=None):
+    options = _newton_cg.solver_options(X.shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                                        precondition_rank=None, layer_batch_size=None)
+    if woodbury is not None:
+        options.update(woodbury=woodbury, precondition_rank=0 if woodbury else _newton_cg.default_precondition_rank(
+            X.shape[-1], None))
+    return options
+
+
+def ab_row(name, workload, runs, results, repeats, labels):
+    t = interleaved(runs, repeats)
+    a, b = labels
+    cg = " / ".join(str(int(results[k].n_cg.sum())) for k in labels)
+    conv = all(bool(results[k].converged.all()) for k in labels)
+    return (f"| {name} | {workload} | {t[a]:.3f} | {t[b]:.3f} | {t[b] / t[a]:.2f}x | {cg} | {conv} |")
+
+
+def study_products(repeats):
+    rows = []
+    workloads = [
+        ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, True),
+        ("CV folds, 30 x 600 x 576, 4 C, 5 folds, cv_tol 1e-4", (30, 600, 576), 2, 4, True),
+        ("softmax K=5 fit, 4 x 3000 x 768, C=1, tol 1e-7", (4, 3000, 768), 5, 1, False),
+    ]
+    saved = _products._FUSED_MAX_ROWS
+    for workload, shape, n_classes, n_c, folds in workloads:
+        X, y = problem(*shape, n_classes=n_classes)
+        n_outputs = n_classes if n_classes > 2 else None
+        loss = SOFTMAX if n_outputs else BINARY_LOGISTIC
+        weights = fold_weights(shape[1]) if folds else jnp.ones((1, shape[1]))
+        Cs = jnp.asarray(np.logspace(-3, 2, n_c) if n_c > 1 else [1.0])
+        tol, gap_tol = (1e-4, float("inf")) if folds else (1e-7, None)
+        options = solve_args(X, n_outputs)
+        precond = _newton_cg.layer_preconditioners(X, rank=options["precondition_rank"], fit_intercept=True,
+                                                   layer_batch_size=options["layer_batch_size"])
+        runs, results = {}, {}
+        for label, max_rows in (("fused", saved), ("dot", 0)):
+            _products._FUSED_MAX_ROWS = max_rows
+            solve = fresh_solver()
+            runs[label] = lambda solve=solve: solve(loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond,
+                                                    **options)
+            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
+        _products._FUSED_MAX_ROWS = saved
+        rows.append(ab_row("products: fused vs dot", workload, runs, results, repeats, ("fused", "dot")))
+    return rows
+
+
+def study_woodbury(repeats):
+    rows = []
+    Cs = jnp.asarray(np.logspace(-3, 2, 8))
+    for n_samples, n_features in ((200, 4096), (400, 4096), (800, 4096), (200, 768)):
+        X, y = problem(4, n_samples, n_features)
+        chosen = _newton_cg.use_woodbury(n_samples, n_features)
+        for workload, cs in (("8-C grid", Cs), ("C=1", jnp.ones(1))):
+            runs, results = {}, {}
+            for label, on in (("woodbury", True), ("cg", False)):
+                options = solve_args(X, None, woodbury=on)
+                runs[label] = lambda cs=cs, options=options: _newton_cg.solve_layers(
+                    BINARY_LOGISTIC, X, y, jnp.ones((1, n_samples)), cs, tol=1e-7, **options)
+                results[label] = jax.block_until_ready(runs[label]())
+            rows.append(ab_row(f"woodbury vs Nystrom/lagged CG (rule {'takes' if chosen else 'skips'} it)",
+                               f"{workload}, 4 x {n_samples} x {n_features}, tol 1e-7", runs, results, repeats,
+                               ("woodbury", "cg")))
+    return rows
+
+
+def study_label_vmap(repeats):
+    X, y = problem(12, 3000, 768)
+    rng = np.random.default_rng(3)
+    flips = [rng.random(3000) < p for p in (0.0, 0.1, 0.2)]  # the true labels, then 10% and 20% flipped
+    labels = jnp.stack([jnp.where(jnp.asarray(f), 1 - y, y) for f in flips])
+    Xl = X[6:7]
+    Cs = jnp.asarray(np.logspace(-3, 2, 8))
+    options = solve_args(Xl, None)
+
+    def fit(y):
+        return _newton_cg.solve_layers(BINARY_LOGISTIC, Xl, y, jnp.ones((1, 3000)), Cs, tol=1e-7, **options)
+
+    one, batched = jax.jit(fit), jax.jit(jax.vmap(fit))
+    runs = {"vmap": lambda: batched(labels), "loop": lambda: [one(y) for y in labels]}
+    results = {"vmap": jax.block_until_ready(runs["vmap"]())}
+    looped = jax.block_until_ready(runs["loop"]())
+    results["loop"] = jax.tree.map(lambda *a: jnp.stack(a), *looped)
+    return [ab_row("caller's vmap over 3 label sets vs a loop of 3 fits", "layer 6 of 12 x 3000 x 768, 8-C grid, tol 1e-7",
+                   runs, results, repeats, ("vmap", "loop"))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, label-vmap (default: all)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    studies = {"products": study_products, "woodbury": study_woodbury, "label-vmap": study_label_vmap}
+    unknown = set(args.studies) - set(studies)
+    if unknown:
+        ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")
+    args.studies = args.studies or list(studies)
+    lines = ["| choice | workload | first (s) | second (s) | second / first | CG steps (first / second) | all converged |",
+             "|" + "---|" * 7]
+    for name in args.studies:
+        for row in studies[name](args.repeats):
+            print(row, flush=True)
+            lines.append(row)
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
+        record("solver choices, A/B in one process", f"{machine}; jax {jax.__version__}", table)
+
+
+if __name__ == "__main__":
+    main()
