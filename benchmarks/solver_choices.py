@@ -22,6 +22,7 @@ Usage: python benchmarks/solver_choices.py [products] [woodbury] [label-vmap] [-
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -34,11 +35,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from recording import record  # noqa: E402
+from synthetic import make_layers  # noqa: E402
+
 from lmprobe_jax.functional import _newton_cg, _products  # noqa: E402
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
 from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
-from recording import record  # noqa: E402
-from synthetic import make_layers  # noqa: E402
 
 _STATIC = ("loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
            "layer_batch_size", "woodbury")
@@ -115,8 +117,8 @@ def study_products(repeats):
         for label, max_rows in (("fused", saved), ("dot", 0)):
             _products._FUSED_MAX_ROWS = max_rows
             solve = fresh_solver()
-            runs[label] = lambda solve=solve: solve(loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond,
-                                                    **options)
+            runs[label] = functools.partial(solve, loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond,
+                                            **options)
             results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
         _products._FUSED_MAX_ROWS = saved
         rows.append(ab_row("products: fused vs dot", workload, runs, results, repeats, ("fused", "dot")))
@@ -133,8 +135,8 @@ def study_woodbury(repeats):
             runs, results = {}, {}
             for label, on in (("woodbury", True), ("cg", False)):
                 options = solve_args(X, None, woodbury=on)
-                runs[label] = lambda cs=cs, options=options: _newton_cg.solve_layers(
-                    BINARY_LOGISTIC, X, y, jnp.ones((1, n_samples)), cs, tol=1e-7, **options)
+                runs[label] = functools.partial(_newton_cg.solve_layers, BINARY_LOGISTIC, X, y,
+                                                jnp.ones((1, n_samples)), cs, tol=1e-7, **options)
                 results[label] = jax.block_until_ready(runs[label]())
             rows.append(ab_row(f"woodbury vs Nystrom/lagged CG (rule {'takes' if chosen else 'skips'} it)",
                                f"{workload}, 4 x {n_samples} x {n_features}, tol 1e-7", runs, results, repeats,
@@ -151,11 +153,11 @@ def study_label_vmap(repeats):
     Cs = jnp.asarray(np.logspace(-3, 2, 8))
     options = solve_args(Xl, None)
 
-    def fit(y):
-        return _newton_cg.solve_layers(BINARY_LOGISTIC, Xl, y, jnp.ones((1, 3000)), Cs, tol=1e-7, **options)
+    def fit(X, y):  # X an argument: closed over, XLA would constant-fold products with it at compile time
+        return _newton_cg.solve_layers(BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)), Cs, tol=1e-7, **options)
 
-    one, batched = jax.jit(fit), jax.jit(jax.vmap(fit))
-    runs = {"vmap": lambda: batched(labels), "loop": lambda: [one(y) for y in labels]}
+    one, batched = jax.jit(fit), jax.jit(jax.vmap(fit, in_axes=(None, 0)))
+    runs = {"vmap": lambda: batched(Xl, labels), "loop": lambda: [one(Xl, y) for y in labels]}
     results = {"vmap": jax.block_until_ready(runs["vmap"]())}
     looped = jax.block_until_ready(runs["loop"]())
     results["loop"] = jax.tree.map(lambda *a: jnp.stack(a), *looped)

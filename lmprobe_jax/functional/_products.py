@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-
 # Most rows of v for which the CPU product is the fused elementwise form (see the module docstring).
 _FUSED_MAX_ROWS = 16
 
