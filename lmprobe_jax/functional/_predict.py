@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from . import _checks
 from ._logistic import LogisticFit
 from ._mass_mean import MassMeanFit
 from ._multinomial import MultinomialFit
@@ -42,7 +43,7 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
       ``(L, [G,] N)`` (``(L, [G,] N, K)`` for a multinomial fit); the layer axis only for 3-D ``X``.
     """
     _check_fit(fit)
-    X = jnp.asarray(X)
+    X = _checks.as_jax_array(X)
     coef = fit.coef
     if X.ndim not in (2, 3) or X.shape[-1] != coef.shape[-1]:
         raise ValueError(
