@@ -10,13 +10,16 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
   woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
               kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
               solve_layers, which solver_options picks by shape: N^2 <= 16 D and 2 N <= D).
+  numpy-input a numpy X entering the package: check_activations' aligned host copy, which device_put then
+              shares, against device_put copying it (what it did before); decision_function the same
+              against jnp.asarray (what it did before).
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
 
 Every row also reports the CG steps of both variants (the work they did) and whether all converged.
 
-Usage: python benchmarks/solver_choices.py [products] [woodbury] [label-vmap] [--repeats 5] [--record]
+Usage: python benchmarks/solver_choices.py [products] [woodbury] [numpy-input] [label-vmap] [--repeats 5] [--record]
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
-from lmprobe_jax.functional import _newton_cg, _products  # noqa: E402
+import lmprobe_jax.functional as F  # noqa: E402
+from lmprobe_jax.functional import _checks, _newton_cg, _products  # noqa: E402
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
 from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
 
@@ -144,6 +148,26 @@ def study_woodbury(repeats):
     return rows
 
 
+def study_numpy_input(repeats):
+    X, y = make_layers(12, 4000, 768)
+    X = X[:, :3000]  # a view, as a benchmark's train split is
+    fit = F.fit_logistic(X[:, :500], y[:500], 1.0)
+    workload = "12 x 3000 x 768 float32 numpy (110 MB)"
+    rows = []
+    for name, ours, before in (
+        ("numpy X into check_activations: aligned host copy vs device_put", lambda: _checks.check_activations(X)[0],
+         lambda: jax.device_put(X)),
+        ("numpy X into decision_function: aligned host copy vs jnp.asarray", lambda: F.decision_function(fit, X),
+         lambda: F.decision_function(fit, jnp.asarray(X))),
+    ):
+        runs = {"ours": ours, "before": before}
+        for run in runs.values():
+            jax.block_until_ready(run())
+        t = interleaved(runs, repeats)
+        rows.append(f"| {name} | {workload} | {t['ours']:.4f} | {t['before']:.4f} | {t['before'] / t['ours']:.2f}x | n/a | n/a |")
+    return rows
+
+
 def study_label_vmap(repeats):
     X, y = problem(12, 3000, 768)
     rng = np.random.default_rng(3)
@@ -167,11 +191,12 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, label-vmap (default: all)")
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, numpy-input, label-vmap (default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
-    studies = {"products": study_products, "woodbury": study_woodbury, "label-vmap": study_label_vmap}
+    studies = {"products": study_products, "woodbury": study_woodbury, "numpy-input": study_numpy_input,
+               "label-vmap": study_label_vmap}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")
