@@ -10,9 +10,8 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
   woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
               kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
               solve_layers, which solver_options picks by shape: N^2 <= 16 D and 2 N <= D).
-  numpy-input a numpy X entering the package: check_activations' aligned host copy, which device_put then
-              shares, against device_put copying it (what it did before); decision_function the same
-              against jnp.asarray (what it did before).
+  numpy-input a numpy X entering decision_function: through check_activations' path (device_put's copy)
+              against jnp.asarray (what it used before).
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
@@ -42,7 +41,7 @@ from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
 import lmprobe_jax.functional as F  # noqa: E402
-from lmprobe_jax.functional import _checks, _newton_cg, _products  # noqa: E402
+from lmprobe_jax.functional import _newton_cg, _products  # noqa: E402
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
 from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
 
@@ -153,19 +152,13 @@ def study_numpy_input(repeats):
     X = X[:, :3000]  # a view, as a benchmark's train split is
     fit = F.fit_logistic(X[:, :500], y[:500], 1.0)
     workload = "12 x 3000 x 768 float32 numpy (110 MB)"
-    rows = []
-    for name, ours, before in (
-        ("numpy X into check_activations: aligned host copy vs device_put", lambda: _checks.check_activations(X)[0],
-         lambda: jax.device_put(X)),
-        ("numpy X into decision_function: aligned host copy vs jnp.asarray", lambda: F.decision_function(fit, X),
-         lambda: F.decision_function(fit, jnp.asarray(X))),
-    ):
-        runs = {"ours": ours, "before": before}
-        for run in runs.values():
-            jax.block_until_ready(run())
-        t = interleaved(runs, repeats)
-        rows.append(f"| {name} | {workload} | {t['ours']:.4f} | {t['before']:.4f} | {t['before'] / t['ours']:.2f}x | n/a | n/a |")
-    return rows
+    runs = {"ours": lambda: F.decision_function(fit, X), "before": lambda: F.decision_function(fit, jnp.asarray(X))}
+    for run in runs.values():
+        jax.block_until_ready(run())
+    t = interleaved(runs, repeats)
+    row = (f"| numpy X into decision_function: device_put vs jnp.asarray | {workload} | {t['ours']:.4f} | "
+           f"{t['before']:.4f} | {t['before'] / t['ours']:.2f}x | n/a | n/a |")
+    return [row]
 
 
 def study_label_vmap(repeats):

@@ -63,18 +63,26 @@ def test_finite_check_is_exact_when_the_sum_overflows():
     assert check_activations(half)[0].dtype == np.float16
 
 
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def test_activations_are_not_shared_with_a_writeable_numpy_array():
     # On the CPU, jax.device_put shares a 64-byte aligned numpy buffer (jax-ml/jax#37830): writes to X
     # after a call returned would reach the solver's copy, which runs asynchronously.
-    from lmprobe_jax.functional._checks import aligned_host_copy, check_activations
+    from lmprobe_jax.functional._checks import check_activations
 
-    Xa = aligned_host_copy(X)
+    Xa = _aligned_copy(X)
     assert Xa.ctypes.data % 64 == 0 and Xa.flags.writeable
     X_device, _ = check_activations(Xa)
     Xa[...] = np.nan
     np.testing.assert_array_equal(np.asarray(X_device), X)
 
-    frozen = aligned_host_copy(X)
+    frozen = _aligned_copy(X)
     frozen.flags.writeable = False  # nothing can write to it: used in place
     np.testing.assert_array_equal(np.asarray(check_activations(frozen)[0]), X)
 
@@ -83,15 +91,15 @@ def test_activations_are_not_shared_with_a_writeable_numpy_array():
 
     fit = F.fit_logistic(X, y, 1.0)
     expected = np.asarray(F.decision_function(fit, X))
-    Xa = aligned_host_copy(X)
+    Xa = _aligned_copy(X)
     z = F.decision_function(fit, Xa)
     Xa[...] = np.nan
     np.testing.assert_array_equal(np.asarray(z), expected)
 
 
 def test_activations_from_numpy_survive_their_source():
-    # A copied X lives in a numpy buffer that only the device array holds (the CPU shares it): it must
-    # outlive the caller's array, and non-contiguous, unaligned and half-precision inputs keep their values.
+    # The device array must outlive the caller's (device_put shares some host buffers on the CPU), and
+    # non-contiguous, unaligned and half-precision inputs keep their values.
     import gc
 
     from lmprobe_jax.functional._checks import check_activations

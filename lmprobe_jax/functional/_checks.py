@@ -18,8 +18,6 @@ import numpy as np
 from jax import Array
 
 _FLOAT_STORAGE = (np.float16, np.float32, np.float64, jnp.bfloat16)
-# Host buffers aligned to this many bytes are shared by jax.device_put on the CPU (see _to_device).
-_ALIGNMENT = 64
 
 
 def is_concrete(*arrays: Any) -> bool:
@@ -72,35 +70,28 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
 
 
 def as_jax_array(X: Any) -> Array:
-    """``X`` as a JAX array: a numpy array through :func:`_to_device` (a private, cheaply made copy or
-    none), anything else (JAX arrays, tracers, lists) through ``jnp.asarray``."""
+    """``X`` as a JAX array: a numpy array through :func:`_to_device` (``device_put``'s copy, or none for
+    a read-only one), anything else (JAX arrays, tracers, lists) through ``jnp.asarray``."""
     return _to_device(X) if isinstance(X, np.ndarray) else jnp.asarray(X)
 
 
 def _to_device(X: np.ndarray) -> Array:
     """``X`` as a JAX array that later writes to ``X`` cannot change.
 
-    On the CPU, ``jax.device_put`` shares the buffer of a 64-byte aligned array instead of copying it
-    (jax 0.10, even with ``may_alias=False``: jax-ml/jax#37830), and the solvers run asynchronously,
-    after this call has returned. A read-only, C-contiguous, aligned array is therefore used in place (no
-    copy at all). Any other is copied by numpy into a fresh aligned buffer that only the returned array
-    holds: 110 MB on one core in 13.5 ms, where ``device_put`` itself copies an unaligned array in 48-50
-    ms (numpy's large allocations sit 16 bytes past a page boundary) and a copy on the device takes as
-    long. Other backends copy to their own memory anyway.
+    ``jax.device_put`` copies a host array in about two thirds of the time ``jnp.asarray`` takes (110 MB
+    on one core: 48-54 vs 81-104 ms). But on the CPU it shares the buffer of a 64-byte aligned array
+    instead of copying it (jax 0.10, even with ``may_alias=False``: jax-ml/jax#37830), and the solvers run
+    asynchronously, after this call has returned. A read-only array is used in place (no copy at all); a
+    writeable one that was shared is copied.
+
+    Copying with numpy into an aligned buffer for ``device_put`` to share measured 13 ms instead of 48 in
+    a loop that frees each copy, but 300-400 ms per copy while earlier ones stay alive (numpy asks for
+    transparent huge pages on large buffers, and faulting them in fresh was that slow on this project's
+    machines; an anonymous ``mmap`` without them, 69 ms), where ``device_put``'s own copy stays at 46 ms.
     """
-    if jax.default_backend() != "cpu":
-        return jax.device_put(X)
-    if X.flags.writeable or not X.flags.c_contiguous or X.ctypes.data % _ALIGNMENT:
-        X = aligned_host_copy(X)
-    return jax.device_put(X)
-
-
-def aligned_host_copy(X: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``X`` whose buffer starts on a ``_ALIGNMENT``-byte boundary."""
-    buffer = np.empty(X.nbytes + _ALIGNMENT, np.uint8)
-    start = -buffer.ctypes.data % _ALIGNMENT
-    out = buffer[start : start + X.nbytes].view(X.dtype).reshape(X.shape)
-    np.copyto(out, X)
+    out = jax.device_put(X)
+    if X.flags.writeable and out.unsafe_buffer_pointer() == X.ctypes.data:
+        return jnp.array(out, copy=True)
     return out
 
 
