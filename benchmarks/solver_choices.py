@@ -10,6 +10,9 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
   woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
               kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
               solve_layers, which solver_options picks by shape: N^2 <= 16 D and 2 N <= D).
+  gap-test    the C grid's stopping rule: the gradient test and the Newton decrement's objective-gap
+              bound (default) against the gradient test alone (switch: gap_tol=inf), with the worst
+              objective gap of each to a float64 scikit-learn reference on three layers.
   numpy-input a numpy X entering decision_function: through check_activations' path (device_put's copy)
               against jnp.asarray (what it used before).
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
@@ -18,7 +21,7 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
 
 Every row also reports the CG steps of both variants (the work they did) and whether all converged.
 
-Usage: python benchmarks/solver_choices.py [products] [woodbury] [numpy-input] [label-vmap] [--repeats 5] [--record]
+Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [--repeats 5] [--record]
 """
 
 from __future__ import annotations
@@ -147,6 +150,38 @@ def study_woodbury(repeats):
     return rows
 
 
+def study_gap_test(repeats):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = problem(12, 3000, 768)
+    Cs = np.logspace(-3, 2, 8)
+    options = solve_args(X, None)
+    runs, results = {}, {}
+    for label, gap_tol in (("gap bound", None), ("gradient only", float("inf"))):
+        runs[label] = functools.partial(_newton_cg.solve_layers, BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)),
+                                        jnp.asarray(Cs), tol=1e-7, gap_tol=gap_tol, **options)
+        results[label] = jax.block_until_ready(runs[label]())
+    X64, y64 = np.asarray(X, np.float64), np.asarray(y, np.float64)
+
+    def objective(l, w, b, C):
+        z = X64[l] @ w + b
+        return C * np.sum(np.logaddexp(0, z) - y64 * z) + 0.5 * w @ w
+
+    gaps = {label: 0.0 for label in results}
+    for l in (0, 6, 11):
+        for g, C in enumerate(Cs):
+            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X64[l], y64)
+            best = objective(l, ref.coef_[0], ref.intercept_[0], C)
+            for label, r in results.items():
+                w, b = np.asarray(r.coef[l, 0, g], np.float64), float(r.intercept[l, 0, g])
+                gaps[label] = max(gaps[label], (objective(l, w, b, C) - best) / best)
+    gap_note = ", ".join(f"{label} {gap:.1e}" for label, gap in gaps.items())
+    row = ab_row("stopping rule: gap bound vs gradient test alone", f"8-C grid, 12 x 3000 x 768, tol 1e-7 "
+                 f"(worst objective gap, layers 0/6/11: {gap_note})", runs, results, repeats,
+                 ("gap bound", "gradient only"))
+    return [row]
+
+
 def study_numpy_input(repeats):
     X, y = make_layers(12, 4000, 768)
     X = X[:, :3000]  # a view, as a benchmark's train split is
@@ -184,12 +219,12 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, numpy-input, label-vmap (default: all)")
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap (default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
-    studies = {"products": study_products, "woodbury": study_woodbury, "numpy-input": study_numpy_input,
-               "label-vmap": study_label_vmap}
+    studies = {"products": study_products, "woodbury": study_woodbury, "gap-test": study_gap_test,
+               "numpy-input": study_numpy_input, "label-vmap": study_label_vmap}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")
