@@ -5,7 +5,7 @@ switch named below), compiles both variants as separate programs, and times them
 same data (medians of --repeats warm runs), so the machine's drift hits both alike:
 
   products    X @ V^T for 2-16 rows: the fused elementwise sum over D (default on the CPU) against
-              XLA's dot (switch: _products._FUSED_MAX_ROWS = 0). Workloads: CV folds (V = 5 fold
+              XLA's dot (switch: _products._FUSED_MAX_ROWS = 0). Workloads: CV folds (V = 5 or 3 fold
               directions) and a 5-class softmax fit (V = the K class rows).
   woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
               kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
@@ -106,6 +106,7 @@ def study_products(repeats):
     workloads = [
         ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, True),
         ("CV folds, 30 x 600 x 576, 4 C, 5 folds, cv_tol 1e-4", (30, 600, 576), 2, 4, True),
+        ("CV folds, 12 x 3000 x 768, 8 C, 3 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, 3),
         ("softmax K=5 fit, 4 x 3000 x 768, C=1, tol 1e-7", (4, 3000, 768), 5, 1, False),
     ]
     saved = _products._FUSED_MAX_ROWS
@@ -113,7 +114,7 @@ def study_products(repeats):
         X, y = problem(*shape, n_classes=n_classes)
         n_outputs = n_classes if n_classes > 2 else None
         loss = SOFTMAX if n_outputs else BINARY_LOGISTIC
-        weights = fold_weights(shape[1]) if folds else jnp.ones((1, shape[1]))
+        weights = fold_weights(shape[1], 5 if folds is True else folds) if folds else jnp.ones((1, shape[1]))
         Cs = jnp.asarray(np.logspace(-3, 2, n_c) if n_c > 1 else [1.0])
         tol, gap_tol = (1e-4, float("inf")) if folds else (1e-7, None)
         options = solve_args(X, n_outputs)

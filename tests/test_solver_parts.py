@@ -27,10 +27,10 @@ def test_products_match_numpy_under_nested_vmap():
     np.testing.assert_allclose(jax.vmap(matvec)(XL, V[:2, 0]), np.einsum("lnd,ld->ln", XL, V[:2, 0]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("n_rows", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 40])
 @pytest.mark.parametrize("shape", [(300, 37), (20, 90)])
 def test_matvec_every_row_count_matches_numpy(n_rows, shape):
-    # One row (the matrix-vector kernel), 2-16 (the CPU's fused form, padded to a multiple of 8) and
+    # One row (the matrix-vector kernel), 2-16 (the CPU's fused form, padded to 4 or a multiple of 8) and
     # more (the dot), on a tall and a wide X.
     rng = np.random.default_rng(n_rows)
     X = rng.normal(size=shape).astype(np.float32)

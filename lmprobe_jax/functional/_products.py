@@ -12,11 +12,12 @@ slower than with a row-major copy of ``X^T`` at ``B = 5`` in isolation; keeping 
 measured *slower* inside the solver loop (3000 x 768, 12 layers, one core: CV 1.42 s -> 1.76 s, C grid
 1.36 s -> 1.94 s), as two 9 MB matrices per layer no longer share the last-level cache. So ``X`` alone,
 and on the CPU, for 2 to 16 rows, the product is written as an elementwise product summed over ``D``,
-which XLA fuses into one pass over ``X`` computing every row's dot at once (rows padded to a multiple
-of 8, the vector width it handled best). Inside the solvers, one core, against the dot (same process,
-medians of 5): CV folds (``B = 5``) 1.20 -> 1.03 s on 12 x 3000 x 768 (8 C) and 0.236 -> 0.200 s on
-30 x 600 x 576 (4 C); a 5-class softmax fit (``B = K = 5``) on 4 x 3000 x 768 1.19 -> 0.77 s; 10
-classes 2.21 -> 2.03 s. At 50 rows it was slower (0.53 -> 0.72 s), and for one row XLA's matrix-vector
+which XLA fuses into one pass over ``X`` computing every row's dot at once (rows padded to 4, or from 5
+rows on to a multiple of 8: the widths it handled best). Inside the solvers, one core, against the dot
+(same process, medians of 5): CV folds (``B = 5``) 1.20 -> 1.03 s on 12 x 3000 x 768 (8 C) and 0.236 ->
+0.200 s on 30 x 600 x 576 (4 C); a 5-class softmax fit (``B = K = 5``) on 4 x 3000 x 768 1.19 -> 0.77 s;
+10 classes 2.21 -> 2.03 s. For 2-4 rows, padding to 4 rather than 8: 3 CV folds 1.10 -> 0.92 s
+(12 x 3000 x 768) and 0.174 -> 0.156 s (30 x 600 x 576), a 3-class softmax fit 0.130 -> 0.111 s. At 50 rows it was slower (0.53 -> 0.72 s), and for one row XLA's matrix-vector
 kernel is far faster than the fused form (0.09 vs 20 ms), so both keep the dot. Other backends keep it
 too (not measured there). ``python benchmarks/solver_choices.py products`` reruns the comparison.
 """
@@ -39,7 +40,7 @@ def _rows_times_transpose(rows: Array, X: Array) -> Array:
     """``rows @ X.T`` (``(B, D)``, ``(N, D)`` -> ``(B, N)``), in the form XLA's CPU backend runs fastest."""
     n_rows = rows.shape[0]
     if 2 <= n_rows <= _FUSED_MAX_ROWS and jax.default_backend() == "cpu":
-        padded = jnp.pad(rows, ((0, -n_rows % 8), (0, 0)))
+        padded = jnp.pad(rows, ((0, (4 - n_rows) if n_rows <= 4 else -n_rows % 8), (0, 0)))
         return jnp.sum(X[None] * padded[:, None, :], axis=-1)[:n_rows]
     return rows @ X.T
 
