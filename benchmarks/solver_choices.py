@@ -40,6 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cpu_sweep import logistic_objective  # noqa: E402
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
@@ -79,7 +80,7 @@ def problem(n_layers, n_samples, n_features, n_classes=2, seed=0):
     return jax.device_put(X), jnp.asarray(y.astype(np.float32))
 
 
-def fold_weights(n_samples, n_folds=5):
+def fold_weights(n_samples, n_folds):
     fold = np.arange(n_samples) % n_folds
     return jnp.asarray((fold[None] != np.arange(n_folds)[:, None]).astype(np.float32))
 
@@ -104,19 +105,19 @@ def ab_row(name, workload, runs, results, repeats, labels):
 def study_products(repeats):
     rows = []
     workloads = [
-        ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, True),
-        ("CV folds, 30 x 600 x 576, 4 C, 5 folds, cv_tol 1e-4", (30, 600, 576), 2, 4, True),
+        ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, 5),
+        ("CV folds, 30 x 600 x 576, 4 C, 5 folds, cv_tol 1e-4", (30, 600, 576), 2, 4, 5),
         ("CV folds, 12 x 3000 x 768, 8 C, 3 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, 3),
-        ("softmax K=5 fit, 4 x 3000 x 768, C=1, tol 1e-7", (4, 3000, 768), 5, 1, False),
-    ]
+        ("softmax K=5 fit, 4 x 3000 x 768, C=1, tol 1e-7", (4, 3000, 768), 5, 1, 0),
+    ]  # (workload, shape, classes, number of C, folds: 0 for one fit on all samples)
     saved = _products._FUSED_MAX_ROWS
-    for workload, shape, n_classes, n_c, folds in workloads:
+    for workload, shape, n_classes, n_c, n_folds in workloads:
         X, y = problem(*shape, n_classes=n_classes)
         n_outputs = n_classes if n_classes > 2 else None
         loss = SOFTMAX if n_outputs else BINARY_LOGISTIC
-        weights = fold_weights(shape[1], 5 if folds is True else folds) if folds else jnp.ones((1, shape[1]))
+        weights = fold_weights(shape[1], n_folds) if n_folds else jnp.ones((1, shape[1]))
         Cs = jnp.asarray(np.logspace(-3, 2, n_c) if n_c > 1 else [1.0])
-        tol, gap_tol = (1e-4, float("inf")) if folds else (1e-7, None)
+        tol, gap_tol = (1e-4, float("inf")) if n_folds else (1e-7, None)
         options = solve_args(X, n_outputs)
         precond = _newton_cg.layer_preconditioners(X, rank=options["precondition_rank"], fit_intercept=True,
                                                    layer_batch_size=options["layer_batch_size"])
@@ -164,18 +165,14 @@ def study_gap_test(repeats):
         results[label] = jax.block_until_ready(runs[label]())
     X64, y64 = np.asarray(X, np.float64), np.asarray(y, np.float64)
 
-    def objective(l, w, b, C):
-        z = X64[l] @ w + b
-        return C * np.sum(np.logaddexp(0, z) - y64 * z) + 0.5 * w @ w
-
     gaps = {label: 0.0 for label in results}
     for l in (0, 6, 11):
         for g, C in enumerate(Cs):
             ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X64[l], y64)
-            best = objective(l, ref.coef_[0], ref.intercept_[0], C)
+            best = logistic_objective(X64[l], y64, ref.coef_[0], ref.intercept_[0], C)
             for label, r in results.items():
                 w, b = np.asarray(r.coef[l, 0, g], np.float64), float(r.intercept[l, 0, g])
-                gaps[label] = max(gaps[label], (objective(l, w, b, C) - best) / best)
+                gaps[label] = max(gaps[label], (logistic_objective(X64[l], y64, w, b, C) - best) / best)
     gap_note = ", ".join(f"{label} {gap:.1e}" for label, gap in gaps.items())
     row = ab_row("stopping rule: gap bound vs gradient test alone", f"8-C grid, 12 x 3000 x 768, tol 1e-7 "
                  f"(worst objective gap, layers 0/6/11: {gap_note})", runs, results, repeats,
