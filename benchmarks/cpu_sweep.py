@@ -26,7 +26,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
 
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -40,35 +39,9 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lmprobe_jax.functional as F  # noqa: E402
+from measure import logistic_objective, sk_timed, timed  # noqa: E402
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
-
-
-def timed(fn, repeats):
-    """(result, first-call seconds, median warm seconds)."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return out, first, float(np.median(times))
-
-
-def sk_timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
-
-
-def logistic_objective(X, y, w, b, C):
-    m = (2 * y - 1) * (X @ w + b)
-    return C * np.logaddexp(0, -m).sum() + 0.5 * w @ w
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def record(title: str, machine: str, table: str) -> None:
             text=True,
             check=False,
         ).stdout.strip()
-        or "unknown"
+        or os.environ.get("BENCH_COMMIT", "unknown")  # a copy of the tree without .git (a lent GPU machine)
     )
     command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
     stamp = datetime.date.today().isoformat()

@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cpu_sweep import logistic_objective  # noqa: E402
+from measure import logistic_objective  # noqa: E402
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 

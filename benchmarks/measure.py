@@ -1,0 +1,40 @@
+"""Timing helpers and the float64 logistic objective shared by the benchmark scripts.
+
+Imports nothing that sets threads or pins cores: each script does that itself, before JAX starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+
+def timed(fn, repeats):
+    """(result, first-call seconds, median warm seconds) of a JAX callable (blocks on its result)."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return out, first, float(np.median(times))
+
+
+def sk_timed(fn, repeats):
+    """(result, median seconds) of a host callable."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def logistic_objective(X, y, w, b, C):
+    """scikit-learn's objective ``C sum log(1 + exp(-m)) + ||w||^2 / 2`` in the inputs' precision."""
+    m = (2 * y - 1) * (X @ w + b)
+    return C * np.logaddexp(0, -m).sum() + 0.5 * w @ w
