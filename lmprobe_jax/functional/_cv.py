@@ -23,6 +23,7 @@ from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activa
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
 from ._newton_cg import NewtonCGResult, layer_preconditioners, solve_layers, solver_options
+from ._precision import einsum
 from ._predict import decision_function
 from ._ridge import RidgeFit, ridge_loo
 
@@ -297,7 +298,7 @@ def cross_validate_group_lasso(
         fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),
         max_iter=_checks.check_positive_int(max_iter, "max_iter"), check_every=10,
     )  # fields (F + 1, A, ...)
-    z = jnp.einsum("gnd,fagd->fan", Xg.astype(res.coef.dtype), res.coef[:n_folds]) + res.intercept[:n_folds, :, None]
+    z = einsum("gnd,fagd->fan", Xg.astype(res.coef.dtype), res.coef[:n_folds]) + res.intercept[:n_folds, :, None]
     scores = _metrics.fold_scores(z, y01, held_out_rows(fold_ids, sw))
     acc, ll, auc = (a.T[None] for a in scores)  # (1, A, F)
     best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))

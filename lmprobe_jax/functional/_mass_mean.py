@@ -26,6 +26,7 @@ from . import _checks
 from ._batching import default_layer_batch_size, over_layers
 from ._logistic import BINARY_LOGISTIC
 from ._newton_cg import newton_cg
+from ._precision import matmul
 
 
 class MassMeanFit(NamedTuple):
@@ -52,17 +53,17 @@ def mass_mean_solve(
     w_pos, w_neg = s * y, s * (1 - y)
 
     def layer(x: Array) -> MassMeanFit:
-        mu_pos = (w_pos @ x) / jnp.sum(w_pos)
-        mu_neg = (w_neg @ x) / jnp.sum(w_neg)
+        mu_pos = matmul(w_pos, x) / jnp.sum(w_pos)
+        mu_neg = matmul(w_neg, x) / jnp.sum(w_neg)
         theta = mu_pos - mu_neg
         if iid:
             centred = x - jnp.where(y[:, None] > 0, mu_pos, mu_neg)
-            cov = (centred * s[:, None]).T @ centred / jnp.sum(s)
+            cov = matmul((centred * s[:, None]).T, centred) / jnp.sum(s)
             # Shrinkage relative to the average variance keeps the solve well posed when D > N.
             ridge = shrinkage * jnp.trace(cov) / cov.shape[0]
             factor = jax.scipy.linalg.cho_factor(cov + ridge * jnp.eye(cov.shape[0], dtype=dtype))
             theta = jax.scipy.linalg.cho_solve(factor, theta)
-        projection = (x @ theta)[:, None]
+        projection = matmul(x, theta)[:, None]
         # Scale the 1-D feature to unit spread so calibration_C means the same for every layer.
         centre = jnp.sum(s * projection[:, 0]) / jnp.sum(s)
         spread = jnp.sqrt(jnp.sum(s * (projection[:, 0] - centre) ** 2) / jnp.sum(s))

@@ -56,8 +56,9 @@ from ._hessian_inverse import (
     no_lagged_inverse,
 )
 from ._nystrom import NystromApprox, apply_preconditioner, nystrom_gram
-from ._woodbury import apply_woodbury, layer_kernel, use_woodbury, woodbury_inverse
+from ._precision import vdot
 from ._products import matvec, rmatvec
+from ._woodbury import apply_woodbury, layer_kernel, use_woodbury, woodbury_inverse
 
 # The Armijo constant and the most halvings tried before the step is declared impossible.
 _ARMIJO_C1 = 1e-4
@@ -145,7 +146,7 @@ class _CGState(NamedTuple):
 
 
 def _dot(a: Array, b: Array) -> Array:
-    return jnp.vdot(a, b)
+    return vdot(a, b)
 
 
 def newton_cg(

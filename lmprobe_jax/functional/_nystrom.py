@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ._precision import matmul
 from ._products import matvec, rmatvec
 
 # The smallest factor the preconditioner scales a direction by (see apply_preconditioner).
@@ -78,17 +79,17 @@ def nystrom_gram(X: Array, rank: int, *, fit_intercept: bool, seed: int = 0) -> 
     # Shift by nu for a stable Cholesky (Algorithm 2.1), removed from the eigenvalues afterwards.
     nu = jnp.sqrt(jnp.asarray(d + 1, dtype)) * jnp.finfo(dtype).eps * jnp.linalg.norm(y)
     y = y + nu * omega
-    core = omega @ y.T
+    core = matmul(omega, y.T)
     chol = jnp.linalg.cholesky(0.5 * (core + core.T))
     # (r, D + 1) = (Y C^-T)^T, through the r x r inverse: a triangular solve against all D + 1 columns
     # compiled 3.5x slower on the CPU (0.35 s vs 0.1 s at r = 64) for no gain in a preconditioner.
-    b = jax.scipy.linalg.solve_triangular(chol, jnp.eye(rank, dtype=dtype), lower=True) @ y
+    b = matmul(jax.scipy.linalg.solve_triangular(chol, jnp.eye(rank, dtype=dtype), lower=True), y)
     # Thin SVD of the wide b through a QR of b^T and the SVD of its r x r factor: b = R^T Q^T, and
     # R^T = U S W^T gives b = U S (Q W)^T. The same factors as a direct SVD of b, in 0.5 ms instead of
     # 1.3 ms for r = 64 on 577 columns (a direct SVD was half of building the preconditioner).
     q, r_factor = jnp.linalg.qr(b.T)  # (D + 1, r), (r, r)
     _, sing, wt = jnp.linalg.svd(r_factor.T)
-    vt = wt @ q.T  # (r, D + 1), orthonormal rows
+    vt = matmul(wt, q.T)  # (r, D + 1), orthonormal rows
     eig = jnp.maximum(sing**2 - nu, 0)
     return NystromApprox(basis_coef=vt[:, :d], basis_intercept=vt[:, d], eig=eig)
 
@@ -101,7 +102,7 @@ def apply_preconditioner(approx: NystromApprox, mu: Array, v_coef: Array, v_int:
       mu: ``()`` or one value per leading row of ``v_coef`` (e.g. ``(K,)`` for softmax).
       v_coef: ``(..., D)``; ``v_int``: ``(...)``.
     """
-    proj = v_coef @ approx.basis_coef.T + v_int[..., None] * approx.basis_intercept  # (..., r)
+    proj = matmul(v_coef, approx.basis_coef.T) + v_int[..., None] * approx.basis_intercept  # (..., r)
     mu = jnp.asarray(mu)[..., None]
     # The basis is orthonormal only to rounding (~1e-6 in float32), so the identity part cancels the
     # projection no better than that: a gain below it would leave P^-1 indefinite along the top
@@ -110,4 +111,4 @@ def apply_preconditioner(approx: NystromApprox, mu: Array, v_coef: Array, v_int:
     # benchmark's layers the smallest gain is ~1e-2, so nothing changes there.
     gain = jnp.maximum((approx.eig[-1] + mu) / (approx.eig + mu), _MIN_GAIN)
     scaled = proj * (gain - 1.0)
-    return v_coef + scaled @ approx.basis_coef, v_int + scaled @ approx.basis_intercept
+    return v_coef + matmul(scaled, approx.basis_coef), v_int + matmul(scaled, approx.basis_intercept)

@@ -18,6 +18,7 @@ from . import _checks
 from ._logistic import LogisticFit
 from ._mass_mean import MassMeanFit
 from ._multinomial import MultinomialFit
+from ._precision import einsum
 from ._ridge import RidgeFit
 
 ProbeFit = Union[LogisticFit, MultinomialFit, RidgeFit, MassMeanFit]
@@ -54,9 +55,9 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
         raise ValueError(f"X has {X.shape[0]} layers but the fit has {coef.shape[0]}.")
     X = X.astype(coef.dtype)
     if X.ndim == 3:
-        z = jnp.einsum("l...d,lnd->l...n", coef, X)
+        z = einsum("l...d,lnd->l...n", coef, X)
     else:
-        z = jnp.einsum("...d,nd->...n", coef, X)
+        z = einsum("...d,nd->...n", coef, X)
     z = z + fit.intercept[..., None]
     if isinstance(fit, MultinomialFit):
         z = jnp.swapaxes(z, -1, -2)

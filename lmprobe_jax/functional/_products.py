@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._precision import einsum, matmul
+
 # Most rows of v for which the CPU product is the fused elementwise form (see the module docstring).
 _FUSED_MAX_ROWS = 16
 
@@ -42,7 +44,7 @@ def _rows_times_transpose(rows: Array, X: Array) -> Array:
     if 2 <= n_rows <= _FUSED_MAX_ROWS and jax.default_backend() == "cpu":
         padded = jnp.pad(rows, ((0, (4 - n_rows) if n_rows <= 4 else -n_rows % 8), (0, 0)))
         return jnp.sum(X[None] * padded[:, None, :], axis=-1)[:n_rows]
-    return rows @ X.T
+    return matmul(rows, X.T)
 
 
 @jax.custom_batching.custom_vmap
@@ -53,14 +55,14 @@ def matvec(X: Array, v: Array) -> Array:
         # A single vector and a wide X: XLA's matrix-vector kernel. The row form (1, D) @ X^T measured
         # 4x slower there (1600 x 9216: 12 ms against 3.2 ms a product pair) but 20% faster on a tall X
         # (3000 x 768); from 6 rows on the two forms tie.
-        return (X @ v.reshape(-1)).reshape(out_shape)
+        return matmul(X, v.reshape(-1)).reshape(out_shape)
     return _rows_times_transpose(_rows(v), X).reshape(out_shape)
 
 
 @jax.custom_batching.custom_vmap
 def rmatvec(X: Array, u: Array) -> Array:
     """``X^T @ u`` for ``X`` ``(N, D)`` and ``u`` ``(..., N)``; returns ``(..., D)``."""
-    return (_rows(u) @ X).reshape(u.shape[:-1] + X.shape[1:])
+    return matmul(_rows(u), X).reshape(u.shape[:-1] + X.shape[1:])
 
 
 @matvec.def_vmap
@@ -68,7 +70,7 @@ def _matvec_vmap(axis_size: int, in_batched: list[bool], X: Array, v: Array) -> 
     x_batched, v_batched = in_batched
     if x_batched:  # one X per batch entry (layers vmapped): a batched product, axis 0 first.
         v = v if v_batched else jnp.broadcast_to(v, (axis_size,) + v.shape)
-        return jnp.einsum("bnd,b...d->b...n", X, v), True
+        return einsum("bnd,b...d->b...n", X, v), True
     return matvec(X, v), True  # the batch axis is just another leading axis of v
 
 
@@ -77,5 +79,5 @@ def _rmatvec_vmap(axis_size: int, in_batched: list[bool], X: Array, u: Array) ->
     x_batched, u_batched = in_batched
     if x_batched:
         u = u if u_batched else jnp.broadcast_to(u, (axis_size,) + u.shape)
-        return jnp.einsum("bnd,b...n->b...d", X, u), True
+        return einsum("bnd,b...n->b...d", X, u), True
     return rmatvec(X, u), True

@@ -34,6 +34,7 @@ from jax import Array
 
 from . import _checks
 from ._batching import default_layer_batch_size, over_layers
+from ._precision import matmul
 
 
 class RidgeFit(NamedTuple):
@@ -99,8 +100,8 @@ def _factorise(x: Array, Y: Array, s: Array, fit_intercept: bool) -> _Spectral:
     root = jnp.sqrt(s)
     if fit_intercept:
         total = jnp.sum(s)
-        xbar = (s @ x) / total
-        ybar = (Y @ s) / total
+        xbar = matmul(s, x) / total
+        ybar = matmul(Y, s) / total
     else:
         xbar = jnp.zeros(x.shape[1], x.dtype)
         ybar = jnp.zeros(Y.shape[0], x.dtype)
@@ -109,9 +110,9 @@ def _factorise(x: Array, Y: Array, s: Array, fit_intercept: bool) -> _Spectral:
     n, d = x.shape
     shift = jnp.zeros((), x.dtype)
     if n >= d:
-        gram = xs.T @ xs
+        gram = matmul(xs.T, xs)
     else:
-        gram = xs @ xs.T
+        gram = matmul(xs, xs.T)
         if fit_intercept:
             # Centring makes q = sqrt(s) / |sqrt(s)| an exact null vector of the kernel, but a float32
             # eigh returns its eigenvalue only to ~eps * |K|, which spoils 1 - h_ii (of order alpha/mu)
@@ -131,16 +132,16 @@ def _coef(sp: _Spectral, alpha: Array) -> tuple[Array, Array]:
     inv = 1.0 / (sp.eig + alpha)
 
     def solve(rhs: Array) -> Array:  # (G + alpha)^-1 rhs (primal) or (K + alpha)^-1 rhs (dual), rows
-        return ((rhs @ sp.basis) * inv) @ sp.basis.T
+        return matmul(matmul(rhs, sp.basis) * inv, sp.basis.T)
 
     if n >= d:
-        coef = solve(sp.ys @ sp.xs)
-        coef = coef + solve((sp.ys - coef @ sp.xs.T) @ sp.xs - alpha * coef)
-        return coef, sp.ys - coef @ sp.xs.T
+        coef = solve(matmul(sp.ys, sp.xs))
+        coef = coef + solve(matmul(sp.ys - matmul(coef, sp.xs.T), sp.xs) - alpha * coef)
+        return coef, sp.ys - matmul(coef, sp.xs.T)
     beta = solve(sp.ys)
-    beta = beta + solve(sp.ys - (beta @ sp.xs) @ sp.xs.T - alpha * beta)
+    beta = beta + solve(sp.ys - matmul(matmul(beta, sp.xs), sp.xs.T) - alpha * beta)
     # In the dual, ys - Xs w = alpha * beta exactly: no cancellation when the fit nearly interpolates.
-    return beta @ sp.xs, alpha * beta
+    return matmul(beta, sp.xs), alpha * beta
 
 
 def _one_minus_hat(sp: _Spectral, s: Array, alpha: Array, fit_intercept: bool) -> Array:
@@ -148,15 +149,15 @@ def _one_minus_hat(sp: _Spectral, s: Array, alpha: Array, fit_intercept: bool) -
     n, d = sp.xs.shape
     lever = s / jnp.sum(s) if fit_intercept else jnp.zeros_like(s)  # the intercept's share of h_ii
     if n >= d:
-        proj = sp.xs @ sp.basis  # (N, D): sqrt(s_i) (x_i - xbar) in the eigenbasis
-        return 1.0 - (proj * proj) @ (1.0 / (sp.eig + alpha)) - lever
+        proj = matmul(sp.xs, sp.basis)  # (N, D): sqrt(s_i) (x_i - xbar) in the eigenbasis
+        return 1.0 - matmul(proj * proj, 1.0 / (sp.eig + alpha)) - lever
     # U is a full orthonormal basis, so sum_j U_ij^2 = 1 and 1 - sum_j U_ij^2 mu_j / (mu_j + alpha)
     # equals sum_j U_ij^2 alpha / (mu_j + alpha): no cancellation when h_ii is close to 1 (N < D).
     # With an intercept, the null vector q (q_i^2 = s_i / sum s) carries eigenvalue `shift` instead
     # of 0; its term q_i^2 alpha / (shift + alpha) replaces the lever term exactly.
     if fit_intercept:
         lever = lever * alpha / (sp.shift + alpha)
-    return (sp.basis * sp.basis) @ (alpha / (sp.eig + alpha)) - lever
+    return matmul(sp.basis * sp.basis, alpha / (sp.eig + alpha)) - lever
 
 
 @functools.partial(jax.jit, static_argnames=("fit_intercept", "loo", "layer_batch_size"))
@@ -175,10 +176,10 @@ def ridge_solve(
 
         def at(alpha: Array) -> tuple[RidgeFit, Array | None]:
             coef, scaled_residual = _coef(sp, alpha)
-            intercept = sp.ybar - coef @ sp.xbar
+            intercept = sp.ybar - matmul(coef, sp.xbar)
             if not loo:
                 return RidgeFit(coef, intercept), None
-            direct = Y - (coef @ x.T + intercept[:, None])  # zero-weight rows have no scaled residual
+            direct = Y - (matmul(coef, x.T) + intercept[:, None])  # zero-weight rows have no scaled residual
             residual = jnp.where(s > 0, scaled_residual / jnp.sqrt(jnp.where(s > 0, s, 1.0)), direct)
             return RidgeFit(coef, intercept), Y - residual / _one_minus_hat(sp, s, alpha, fit_intercept)
 

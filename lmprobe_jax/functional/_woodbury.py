@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._hessian_inverse import spd_inverse
+from ._precision import matmul, vdot
 from ._products import matvec, rmatvec
 
 
@@ -60,12 +61,12 @@ def use_woodbury(n_samples: int, n_features: int) -> bool:
 
 def layer_kernel(X: Array, *, fit_intercept: bool) -> Array:
     """``K = X X^T (+ 1 1^T with an intercept)``, ``(N, N)``, for ``X`` ``(N, D)``."""
-    return X @ X.T + (1.0 if fit_intercept else 0.0)
+    return matmul(X, X.T) + (1.0 if fit_intercept else 0.0)
 
 
 def _inner(approx: WoodburyInverse, u: Array) -> Array:
     """``R (I + R K R)^{-1} R u`` for ``u = A v`` ``(N,)``: then ``M v = v - A^T`` of it."""
-    return approx.root * (approx.inner_inverse @ (approx.root * u))
+    return approx.root * matmul(approx.inner_inverse, approx.root * u)
 
 
 def _apply_m(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, fit_intercept: bool) -> tuple[Array, Array]:
@@ -94,5 +95,5 @@ def apply_woodbury(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Arra
     m_coef, m_int = _apply_m(approx, X, v_coef, v_int, fit_intercept)
     if not fit_intercept:
         return m_coef, m_int
-    scale = approx.downdate * (jnp.vdot(approx.q_coef, v_coef) + approx.q_int * v_int)
+    scale = approx.downdate * (vdot(approx.q_coef, v_coef) + approx.q_int * v_int)
     return m_coef + scale * approx.q_coef, m_int + scale * approx.q_int
