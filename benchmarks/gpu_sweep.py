@@ -102,17 +102,57 @@ def optax_lbfgs(X, y, C, n_steps):
 
 
 def solution_of(fit, layer):
-    """``(coef, intercept)`` of one layer of a C=1 :class:`LogisticFit`, in float64 on the host."""
-    return np.asarray(fit.coef[layer], np.float64), float(fit.intercept[layer])
+    """``(coef, intercept)`` of one layer of a C=1 fit (a :class:`LogisticFit`, or solve_direct's result
+    with its weight-set and grid axes), in float64 on the host."""
+    coef, intercept = fit.coef[layer], fit.intercept[layer]
+    return np.asarray(coef.reshape(-1), np.float64), float(intercept.reshape(()))
+
+
+def solve_direct(Xtr, ytr, Cs, tol, **overrides):
+    """fit_logistic's solve without its boundary checks, with solver options overridden (the studies'
+    switch); fields ``(L, 1, G)``, with the CG counts fit_logistic drops."""
+    options = _newton_cg.solver_options(Xtr.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                                        precondition_rank=None, layer_batch_size=None)
+    options.update(overrides)
+    return _newton_cg.solve_layers(BINARY_LOGISTIC, Xtr, ytr.astype(jnp.float32), jnp.ones((1, Xtr.shape[1])),
+                                   jnp.asarray(Cs, jnp.float32), tol=tol, **options)
 
 
 def logistic_counts(Xtr, ytr, C, tol):
     """The solve's (max Newton steps, max CG steps) over layers: lock-step counts of the batched loop."""
-    options = _newton_cg.solver_options(Xtr.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                                        precondition_rank=None, layer_batch_size=None)
-    res = _newton_cg.solve_layers(BINARY_LOGISTIC, Xtr, ytr.astype(jnp.float32), jnp.ones((1, Xtr.shape[1])),
-                                  jnp.asarray([C], jnp.float32), tol=tol, **options)
+    res = solve_direct(Xtr, ytr, [C], tol)
     return int(res.n_iter.max()), int(res.n_cg.max())
+
+
+def refresh_study(Xtr, ytr, optima, gaps_against, repeats, precision):
+    """Rows for the hessian_refresh study: C=1 and the 8-C grid at several refresh thresholds (0: the
+    Nystrom preconditioner alone), and the inverse's triangular inverse by halves (leaves of 400 rows, the
+    CPU's choice) against one triangular solve (leaf 10**9)."""
+    from lmprobe_jax.functional import _hessian_inverse
+
+    rows = []
+    grid = np.logspace(-3, 2, 8)
+    variants = [("C=1", [1.0], r, None) for r in (0, 10, 20, 40)]
+    variants += [("8-C grid", grid, r, None) for r in (0, 20)]
+    variants += [("C=1", [1.0], 20, leaf) for leaf in (400, 10**9)]
+    variants += [("8-C grid", grid, 20, 10**9)]
+    default_leaf = _hessian_inverse._TRIANGULAR_LEAF
+    for name, Cs, refresh, leaf in variants:
+        _hessian_inverse._TRIANGULAR_LEAF = default_leaf if leaf is None else leaf
+        jax.clear_caches()  # read when solve_layers traces
+        with precision:
+            res, first, t = timed(functools.partial(solve_direct, Xtr, ytr, Cs, 1e-7, hessian_refresh=refresh), repeats)
+        # Lock-step counts: the slowest layer at each C, summed along the path.
+        note = (f"{int(res.n_iter.max(axis=0).sum())} Newton / {int(res.n_cg.max(axis=0).sum())} CG lock-step; "
+                f"all converged {bool(res.converged.all())}")
+        if len(Cs) == 1:
+            gap, err = gaps_against(optima, functools.partial(solution_of, res))
+            note += f"; obj gap {gap:.1e}, coef err {err:.1e}"
+        rows.append((f"study: {name}, hessian_refresh={refresh}" + (f", triangular leaf {leaf}" if leaf else ""),
+                     t, first - t, note))
+        print(rows[-1], flush=True)
+    _hessian_inverse._TRIANGULAR_LEAF = default_leaf
+    return rows
 
 
 def main() -> None:
@@ -130,6 +170,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["logistic", "ridge", "grid", "cv"])
     ap.add_argument("--matmul-precision", default=None,
                     help="jax.default_matmul_precision for every JAX call (e.g. highest); default JAX's own")
+    ap.add_argument("--studies", nargs="*", default=[], choices=["refresh"],
+                    help="refresh: the logistic solves at several hessian_refresh thresholds (needs logistic)")
+    ap.add_argument("--no-anchors", action="store_true", help="skip optax and scikit-learn (for the studies)")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
     from sklearn.exceptions import ConvergenceWarning
@@ -190,6 +233,10 @@ def main() -> None:
             print(rows[-1], flush=True)
         print(f"float64 reference: last Newton decrements {[f'{d:.1e}' for d in decrements]}", flush=True)
 
+        if "refresh" in args.studies:
+            rows += refresh_study(Xtr, ytr, optima, gaps_against, args.repeats, precision)
+
+    if "logistic" in args.only and not args.no_anchors:
         with precision:
             lbfgs = jax.jit(optax_lbfgs, static_argnames="n_steps")
             theta, first, t_lb = timed(lambda: lbfgs(Xtr, ytr, 1.0, n_steps=args.lbfgs_steps), args.repeats)

@@ -130,6 +130,8 @@ class _NewtonState(NamedTuple):
     at_floor: Array  # bool (): float32 rounding, not the optimiser, now limits progress (see body)
     n_cg: Array  # int32 (): CG steps so far
     unresolved: Array  # bool (): the last step lowered F by less than F's float resolution
+    inverse: LaggedHessianInverse | None  # with hessian_refresh: the inverse Newton matrix CG uses
+    last_cg: Array  # int32 (): CG steps of the last Newton step
 
 
 class _CGState(NamedTuple):
@@ -166,6 +168,7 @@ def newton_cg(
     gap_tol: float | None = None,
     lagged: LaggedHessianInverse | None = None,
     kernel: Array | None = None,
+    hessian_refresh: int = 0,
 ) -> NewtonCGResult:
     """Minimise ``C sum_i s_i l(x_i W + b, y_i) + ||W||^2 / 2`` by truncated Newton.
 
@@ -188,6 +191,11 @@ def newton_cg(
       kernel: for a scalar predictor, ``[X, 1] [X, 1]^T`` ``(N, N)`` (:func:`._woodbury.layer_kernel`):
         CG is then preconditioned with the exact inverse Newton matrix, rebuilt at every Newton step
         through it (:mod:`._woodbury`; for wide ``X``), instead of ``precond`` and ``lagged``.
+      hessian_refresh: for a scalar predictor, when ``> 0`` (static): before every Newton step that
+        follows one whose CG took at least this many steps, the exact inverse Newton matrix
+        ``(C [X, 1]^T S [X, 1] + I)^-1`` at the current iterate is (re)built
+        (:func:`._hessian_inverse.lagged_hessian_inverse`) and preconditions CG from then on, in place
+        of ``precond`` (which serves the steps before) and ``lagged``.
 
     Returns:
       A :class:`NewtonCGResult`.
@@ -208,7 +216,7 @@ def newton_cg(
         opt = jnp.maximum(jnp.max(jnp.abs(g_coef)), jnp.max(jnp.abs(g_int))) / scale
         return g_coef, g_int, opt
 
-    def solve_newton_direction(st: _NewtonState) -> _CGState:
+    def solve_newton_direction(st: _NewtonState, lagged: LaggedHessianInverse | None) -> _CGState:
         """Conjugate gradients on ``H d = -g``, preconditioned when ``precond`` is given."""
         g_norm = jnp.sqrt(_dot(st.grad_coef, st.grad_coef) + _dot(st.grad_intercept, st.grad_intercept))
         # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
@@ -351,8 +359,22 @@ def newton_cg(
         unfinished = ((st.optimality > tol) | (st.gap > gap_tol)) & ~st.stalled & ~st.at_floor
         return (st.n_iter < max_iter) & unfinished & jnp.isfinite(st.optimality)
 
+    def refreshed_inverse(st: _NewtonState) -> LaggedHessianInverse | None:
+        """The inverse Newton matrix this step's CG uses: with ``hessian_refresh``, the state's, (re)built
+        at this iterate when the last step's CG work says the preconditioner in use no longer pays."""
+        if not hessian_refresh:
+            return lagged
+        due = st.last_cg >= hessian_refresh
+
+        def build() -> LaggedHessianInverse:
+            return lagged_hessian_inverse(X, s * loss.curvature(st.z, y), C, fit_intercept=fit_intercept)
+
+        # One decision for a whole vmapped batch (layers): a batched predicate would build every step.
+        return jax.lax.cond(any_across_batch(due), build, lambda: st.inverse)
+
     def body(st: _NewtonState) -> _NewtonState:
-        cg = solve_newton_direction(st)
+        inverse = refreshed_inverse(st)
+        cg = solve_newton_direction(st, inverse)
         t, at_precision, gap, unresolved = line_search(st, cg)
         coef = st.coef + t * cg.d_coef
         intercept = st.intercept + t * cg.d_intercept
@@ -366,12 +388,14 @@ def newton_cg(
         # max_iter; the objective gap to scikit-learn's float64 optimum after 100 steps was the same
         # (3e-7 / 8e-7) as where this now stops (6-9 steps). One such step alone measured too early.
         settled = (opt <= tol) & ~at_precision & unresolved & st.unresolved
+        inverse = inverse if hessian_refresh else st.inverse  # (lagged, otherwise, is not state)
         new = _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.optimality0, gap, st.n_iter + 1,
-                           stalled, settled, st.n_cg + cg.k, unresolved)
+                           stalled, settled, st.n_cg + cg.k, unresolved, inverse, cg.k)
         # In the precision regime, a full Newton step that does not lower the gradient means float32
         # rounding (not the optimiser) now sets the gradient: keep the better iterate and stop there.
         at_floor = at_precision & (opt >= st.optimality)
-        kept = st._replace(n_iter=st.n_iter + 1, at_floor=jnp.bool_(True), n_cg=st.n_cg + cg.k)
+        kept = st._replace(n_iter=st.n_iter + 1, at_floor=jnp.bool_(True), n_cg=st.n_cg + cg.k, inverse=inverse,
+                           last_cg=cg.k)
         return jax.tree.map(lambda a, b: jnp.where(at_floor, a, b), kept, new)
 
     coef0 = coef0.astype(dtype)
@@ -382,6 +406,7 @@ def newton_cg(
     init = _NewtonState(
         coef0, intercept0, z0, g_coef, g_int, opt, opt, inf, jnp.int32(0), jnp.bool_(False), jnp.bool_(False),
         jnp.int32(0), jnp.bool_(False),
+        no_lagged_inverse(X.shape[-1], dtype) if hessian_refresh else None, jnp.int32(0),
     )
     st = jax.lax.while_loop(cond, body, init)
     return NewtonCGResult(
@@ -408,6 +433,21 @@ def default_max_cg_iter(n_features: int) -> int:
     """CG solves the ``(D+1)``-dimensional Newton system exactly in ``D+1`` steps in exact arithmetic;
     with the forcing sequence it needs far fewer. The cap only guards against a stalled inner loop."""
     return min(n_features + 1, 250)
+
+
+# On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many
+# steps. H100, 32 layers x 6144 x 4096, C = 1 (`python benchmarks/gpu_sweep.py --studies refresh`):
+# never 2.78 s (715 lock-step CG steps); 10: 1.95 s (61); 20: 1.55 s (113); 40: 1.72 s (136); the 8-C grid
+# 7.52 -> 4.68 s at 20. Each build (a weighted Gram and a (D+1)-square inverse per layer) costs ~0.1-0.2 s.
+_HESSIAN_REFRESH_CG = 20
+
+
+def default_hessian_refresh(n_features: int, n_outputs: int | None, woodbury: bool) -> int:
+    """newton_cg's ``hessian_refresh`` for this problem: on an accelerator, for scalar predictors of up to
+    8192 features (the inverse is ``(D+1)^2`` floats per layer), :data:`_HESSIAN_REFRESH_CG`; else 0."""
+    if jax.default_backend() == "cpu" or n_outputs is not None or woodbury or n_features > 8192:
+        return 0
+    return _HESSIAN_REFRESH_CG
 
 
 def solver_options(
@@ -440,6 +480,7 @@ def solver_options(
         precondition_rank=0 if woodbury else rank,
         layer_batch_size=default_layer_batch_size(n_layers, layer_batch_size),
         woodbury=woodbury,
+        hessian_refresh=default_hessian_refresh(n_features, n_outputs, woodbury),
     )
 
 
@@ -466,7 +507,7 @@ def _preconditioner(x: Array, rank: int, fit_intercept: bool) -> NystromApprox:
     jax.jit,
     static_argnames=(
         "loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
-        "layer_batch_size", "woodbury",
+        "layer_batch_size", "woodbury", "hessian_refresh",
     ),
 )
 def solve_layers(
@@ -487,6 +528,7 @@ def solve_layers(
     precond: NystromApprox | None = None,
     init: tuple[Array, Array] | None = None,
     woodbury: bool = False,
+    hessian_refresh: int = 0,
 ) -> NewtonCGResult:
     """Every (layer, weight set, C) problem in one compiled call.
 
@@ -537,7 +579,10 @@ def solve_layers(
     # where it has not been measured, so vmapped layers keep the Nystrom preconditioner alone. It is
     # built after the second C at the earliest, for the ones after: a path of two or fewer never gets
     # one (nor its compile time).
-    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2 and not woodbury
+    # The exact inverse Newton matrix, rebuilt inside each Newton loop (newton_cg's hessian_refresh), for
+    # scalar predictors with one weight set: it would be one (D+1)^2 matrix per fold otherwise.
+    refresh = hessian_refresh if n_outputs is None and weights.shape[0] == 1 and not woodbury else 0
+    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2 and not woodbury and not refresh
     threshold = lagged_build_threshold(n_samples, n_features, weights.shape[0])
 
     def layer(per_layer: tuple) -> NewtonCGResult:
@@ -552,7 +597,7 @@ def solve_layers(
             return newton_cg(
                 loss, x, y, s, c, coef0, intercept0, fit_intercept=fit_intercept, tol=tol,
                 max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond_l, gap_tol=gap_tol, lagged=lagged,
-                kernel=kernel,
+                kernel=kernel, hessian_refresh=refresh,
             )
 
         def update_lagged(lagged: LaggedHessianInverse, res: NewtonCGResult, c_next: Array, n_done: Array):
