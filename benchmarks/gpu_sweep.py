@@ -20,7 +20,8 @@ the float64 closed form.
 Threading: JAX runs on the default device (the GPU); scikit-learn gets every host core (threadpoolctl).
 JAX times are medians of --repeats warm runs; the first call (trace + compile) is reported apart.
 --matmul-precision sets jax.default_matmul_precision around every JAX call (default: JAX's own, which
-computes float32 products in TF32 on recent NVIDIA GPUs).
+computes float32 products in TF32 on recent NVIDIA GPUs); it reaches the anchors' products and the data
+draw, not lmprobe-jax's, which are full float32 whatever it says (functional/_precision.py).
 
 Usage: python benchmarks/gpu_sweep.py [--layers 32 --features 4096 --train 6144] [--only logistic ridge]
        [--matmul-precision highest] [--record]
@@ -126,20 +127,11 @@ def logistic_counts(Xtr, ytr, C, tol):
 
 def refresh_study(Xtr, ytr, optima, gaps_against, repeats, precision):
     """Rows for the hessian_refresh study: C=1 and the 8-C grid at several refresh thresholds (0: the
-    Nystrom preconditioner alone), and the inverse's triangular inverse by halves (leaves of 400 rows, the
-    CPU's choice) against one triangular solve (leaf 10**9)."""
-    from lmprobe_jax.functional import _hessian_inverse
-
+    Nystrom preconditioner alone)."""
     rows = []
     grid = np.logspace(-3, 2, 8)
-    variants = [("C=1", [1.0], r, None) for r in (0, 10, 20, 40)]
-    variants += [("8-C grid", grid, r, None) for r in (0, 20)]
-    variants += [("C=1", [1.0], 20, leaf) for leaf in (400, 10**9)]
-    variants += [("8-C grid", grid, 20, 10**9)]
-    default_leaf = _hessian_inverse._TRIANGULAR_LEAF
-    for name, Cs, refresh, leaf in variants:
-        _hessian_inverse._TRIANGULAR_LEAF = default_leaf if leaf is None else leaf
-        jax.clear_caches()  # read when solve_layers traces
+    variants = [("C=1", [1.0], r) for r in (0, 10, 20, 40)] + [("8-C grid", grid, r) for r in (0, 20)]
+    for name, Cs, refresh in variants:
         with precision:
             res, first, t = timed(functools.partial(solve_direct, Xtr, ytr, Cs, 1e-7, hessian_refresh=refresh), repeats)
         # Lock-step counts: the slowest layer at each C, summed along the path.
@@ -148,10 +140,8 @@ def refresh_study(Xtr, ytr, optima, gaps_against, repeats, precision):
         if len(Cs) == 1:
             gap, err = gaps_against(optima, functools.partial(solution_of, res))
             note += f"; obj gap {gap:.1e}, coef err {err:.1e}"
-        rows.append((f"study: {name}, hessian_refresh={refresh}" + (f", triangular leaf {leaf}" if leaf else ""),
-                     t, first - t, note))
+        rows.append((f"study: {name}, hessian_refresh={refresh}", t, first - t, note))
         print(rows[-1], flush=True)
-    _hessian_inverse._TRIANGULAR_LEAF = default_leaf
     return rows
 
 
@@ -195,7 +185,7 @@ def main() -> None:
     checked = sorted({0, L // 2, L - 1})[: args.checked]
     print(f"data: {L} layers x {D} features, {n_tr} train / {args.test} test rows ({gbytes:.2f} GB train) drawn in "
           f"{t_data:.1f} s on {device.device_kind}; one pass over it {t_pass * 1e3:.2f} ms ({gbytes / t_pass:.0f} GB/s "
-          f"read); jax {jax.__version__}, matmul precision {args.matmul_precision or 'JAX default'}; "
+          f"read); jax {jax.__version__}, default matmul precision {args.matmul_precision or 'JAX default'} (lmprobe-jax's own products: full float32); "
           f"host {os.cpu_count()} cores; checked layers {checked}", flush=True)
     y_host = np.asarray(ytr, np.float64)
     X64 = {l: np.asarray(Xtr[l], np.float64) for l in checked}
@@ -309,7 +299,7 @@ def main() -> None:
     print(table)
     if args.record:
         machine = (f"{device.device_kind} ({jax.default_backend()}), host {os.cpu_count()} cores; jax {jax.__version__}; "
-                   f"matmul precision {args.matmul_precision or 'JAX default'}; one pass over X {t_pass * 1e3:.2f} ms")
+                   f"default matmul precision {args.matmul_precision or 'JAX default'} (lmprobe-jax's own products: full float32); one pass over X {t_pass * 1e3:.2f} ms")
         record(f"accelerator, {L} layers x {D} x {n_tr} train", machine, table)
 
 

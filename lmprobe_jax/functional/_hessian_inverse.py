@@ -20,16 +20,20 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import solve_triangular
 
 from ._precision import matmul
 
-# Below this size the triangular inverse is one triangular solve; above, it recurses on halves so that
-# more of the work is matrix products. On one core, for 769 columns: one solve against the identity
-# 7.0 ms; leaves of 400 rows 3.8 ms; of 96 rows 2.2 ms, but each level adds compile time to every
-# solver program (0.2 s, 0.4 s and 0.9 s).
+# On the CPU, below this size the triangular inverse is one triangular solve; above, it recurses on
+# halves so that more of the work is matrix products. On one core, for 769 columns: one solve against
+# the identity 7.0 ms; leaves of 400 rows 3.8 ms; of 96 rows 2.2 ms, but each level adds compile time to
+# every solver program (0.2 s, 0.4 s and 0.9 s). Other backends take one solve: on an H100 (32 layers of
+# 4097 columns, newton_cg's hessian_refresh) the halves' many product shapes, each autotuned by XLA, made
+# the first fit_logistic call take 86-91 s against 25 s, for the same solve time (1.54-1.78 s against
+# 1.59-1.88 s).
 _TRIANGULAR_LEAF = 400
 
 
@@ -74,7 +78,7 @@ def lagged_build_threshold(n_samples: int, n_features: int, n_weight_sets: int) 
 
 def _lower_triangular_inverse(lower: Array) -> Array:
     n = lower.shape[0]
-    if n <= _TRIANGULAR_LEAF:
+    if n <= _TRIANGULAR_LEAF or jax.default_backend() != "cpu":
         return solve_triangular(lower, jnp.eye(n, dtype=lower.dtype), lower=True)
     h = n // 2
     top = _lower_triangular_inverse(lower[:h, :h])
