@@ -178,12 +178,23 @@ def test_hessian_refresh_keeps_the_optimum_with_fewer_cg_steps(n_c):
 def test_default_hessian_refresh_only_where_it_was_measured(monkeypatch):
     from lmprobe_jax.functional import _newton_cg
 
-    assert _newton_cg.default_hessian_refresh(4096, None, False) == 0  # the CPU: the path's lagged inverse
+    assert _newton_cg.default_hessian_refresh(4096, None, False, 32) == 0  # the CPU: the path's lagged inverse
+
+    class Device:  # an 80 GB accelerator, as an H100 reports itself
+        def memory_stats(self):
+            return {"bytes_limit": 80 * 10**9}
+
     monkeypatch.setattr(_newton_cg.jax, "default_backend", lambda: "gpu")
-    assert _newton_cg.default_hessian_refresh(4096, None, False) == _newton_cg._HESSIAN_REFRESH_CG
-    assert _newton_cg.default_hessian_refresh(4096, 5, False) == 0  # softmax: no (D+1)^2 inverse
-    assert _newton_cg.default_hessian_refresh(4096, None, True) == 0  # wide layers: Woodbury instead
-    assert _newton_cg.default_hessian_refresh(8193, None, False) == 0  # a (D+1)^2 inverse per layer
+    monkeypatch.setattr(_newton_cg.jax, "devices", lambda: [Device()])
+    assert _newton_cg.default_hessian_refresh(4096, None, False, 32) == _newton_cg._HESSIAN_REFRESH_CG
+    assert _newton_cg.default_hessian_refresh(4096, 5, False, 32) == 0  # softmax: no (D+1)^2 inverse
+    assert _newton_cg.default_hessian_refresh(4096, None, True, 32) == 0  # wide layers: Woodbury instead
+    # 32 layers of 8192 features at once need 4 x 8.6 GB > 20 GB; 8 at a time fit.
+    assert _newton_cg.default_hessian_refresh(8192, None, False, 32) == 0
+    assert _newton_cg.default_hessian_refresh(8192, None, False, 8) == _newton_cg._HESSIAN_REFRESH_CG
+    opts = solver_options((32, 6144, 8192), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                          precondition_rank=None, layer_batch_size=8)
+    assert opts["hessian_refresh"] == _newton_cg._HESSIAN_REFRESH_CG and opts["layer_batch_size"] == 8
 
 
 def _dot_precisions(jaxpr) -> list:

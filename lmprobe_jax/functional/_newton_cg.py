@@ -442,10 +442,25 @@ def default_max_cg_iter(n_features: int) -> int:
 _HESSIAN_REFRESH_CG = 20
 
 
-def default_hessian_refresh(n_features: int, n_outputs: int | None, woodbury: bool) -> int:
-    """newton_cg's ``hessian_refresh`` for this problem: on an accelerator, for scalar predictors of up to
-    8192 features (the inverse is ``(D+1)^2`` floats per layer), :data:`_HESSIAN_REFRESH_CG`; else 0."""
-    if jax.default_backend() == "cpu" or n_outputs is not None or woodbury or n_features > 8192:
+# Device memory assumed where the backend does not report its limit.
+_ASSUMED_DEVICE_BYTES = 16 * 2**30
+
+
+def default_hessian_refresh(n_features: int, n_outputs: int | None, woodbury: bool, layers_at_once: int = 1) -> int:
+    """newton_cg's ``hessian_refresh`` for this problem: :data:`_HESSIAN_REFRESH_CG` on an accelerator for
+    scalar predictors whose inverses fit, else 0 (off).
+
+    They fit when ``layers_at_once`` layers' ``(D+1)^2`` float32 inverses, four times over (room for a
+    build's Gram matrix, Cholesky factor and triangular inverse beside the inverse in use), take at most
+    a quarter of the device's memory (32 layers of 4096 features: 8.6 GB of an H100's 80). Otherwise
+    (wide models, many layers at once) the solve keeps the Nystrom preconditioner alone; a smaller
+    ``layer_batch_size`` brings the inverses back.
+    """
+    if jax.default_backend() == "cpu" or n_outputs is not None or woodbury:
+        return 0
+    stats = jax.devices()[0].memory_stats() or {}
+    budget = stats.get("bytes_limit", _ASSUMED_DEVICE_BYTES) / 4
+    if 4 * layers_at_once * (n_features + 1) ** 2 * 4 > budget:
         return 0
     return _HESSIAN_REFRESH_CG
 
@@ -470,6 +485,7 @@ def solver_options(
     # Wide binary layers get the exact inverse Newton matrix (see _woodbury), which leaves nothing for
     # a Nystrom preconditioner to do.
     woodbury = n_outputs is None and use_woodbury(n_samples, n_features)
+    batch = default_layer_batch_size(n_layers, layer_batch_size)
     return dict(
         n_outputs=n_outputs,
         fit_intercept=bool(fit_intercept),
@@ -478,9 +494,9 @@ def solver_options(
             max_cg_iter, "max_cg_iter"
         ),
         precondition_rank=0 if woodbury else rank,
-        layer_batch_size=default_layer_batch_size(n_layers, layer_batch_size),
+        layer_batch_size=batch,
         woodbury=woodbury,
-        hessian_refresh=default_hessian_refresh(n_features, n_outputs, woodbury),
+        hessian_refresh=default_hessian_refresh(n_features, n_outputs, woodbury, min(batch, n_layers)),
     )
 
 
