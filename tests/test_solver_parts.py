@@ -175,6 +175,20 @@ def test_hessian_refresh_keeps_the_optimum_with_fewer_cg_steps(n_c):
             assert err < 1e-3, (layer, C, err)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("n", [7, 401, 850])
+def test_spd_inverse_matches_numpy(monkeypatch, backend, n):
+    """The lagged inverse's factor inverse: one triangular solve (small, or off the CPU) or by halves."""
+    monkeypatch.setattr(_hessian_inverse.jax, "default_backend", lambda: backend)
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n + 20, n))
+    matrix = a.T @ a / n + np.eye(n)
+    inverse = jax.jit(lambda m: _hessian_inverse.spd_inverse(m))  # a new function: traced with this backend
+    got = np.asarray(inverse(jnp.asarray(matrix, jnp.float32)), np.float64)
+    expected = np.linalg.inv(matrix)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4
+
+
 def test_default_hessian_refresh_only_where_it_was_measured(monkeypatch):
     from lmprobe_jax.functional import _newton_cg
 
@@ -225,7 +239,7 @@ def test_every_product_is_full_precision(solver):
         opts = solver_options(X.shape, None, fit_intercept=True, max_iter=10, max_cg_iter=None,
                               precondition_rank=None, layer_batch_size=2)
         opts["hessian_refresh"] = 3
-        run = lambda X: _newton_cg.solve_layers(  # noqa: E731
+        run = lambda X: _newton_cg.solve_layers(
             BINARY_LOGISTIC, X, jnp.asarray(y, jnp.float32), jnp.ones((1, 40)), jnp.asarray([1.0]), tol=1e-7, **opts)
     else:
         fit = F.fit_logistic(X, y, [0.1, 1.0])
