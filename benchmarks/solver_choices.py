@@ -15,13 +15,18 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
               objective gap of each to a float64 scikit-learn reference on three layers.
   numpy-input a numpy X entering decision_function: through check_activations' path (device_put's copy)
               against jnp.asarray (what it used before).
+  build-halves  the lagged inverse's build on the CPU: its weighted Gram as three products of column
+              halves and the inverse's L^-T L^-1 without the zero block (default), against the full
+              products (switch: _hessian_inverse._HALVE_PRODUCTS = False). Workloads: the 8-C grid and
+              the CV folds (5 weight sets, cv_tol 1e-4) on 12 x 3000 x 768.
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
 
 Every row also reports the CG steps of both variants (the work they did) and whether all converged.
 
-Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [--repeats 5] [--record]
+Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [build-halves]
+       [--repeats 5] [--record]
 """
 
 from __future__ import annotations
@@ -45,12 +50,12 @@ from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
 import lmprobe_jax.functional as F  # noqa: E402
-from lmprobe_jax.functional import _newton_cg, _products  # noqa: E402
+from lmprobe_jax.functional import _hessian_inverse, _newton_cg, _products  # noqa: E402
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
 from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
 
 _STATIC = ("loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
-           "layer_batch_size", "woodbury")
+           "layer_batch_size", "woodbury", "hessian_refresh")
 
 
 def fresh_solver():
@@ -130,6 +135,27 @@ def study_products(repeats):
             results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
         _products._FUSED_MAX_ROWS = saved
         rows.append(ab_row("products: fused vs dot", workload, runs, results, repeats, ("fused", "dot")))
+    return rows
+
+
+def study_build_halves(repeats):
+    rows = []
+    X, y = problem(12, 3000, 768)
+    Cs = jnp.asarray(np.logspace(-3, 2, 8))
+    options = solve_args(X, None)
+    for workload, weights, tol, gap_tol in (
+        ("8-C grid, 12 x 3000 x 768, tol 1e-7", jnp.ones((1, 3000)), 1e-7, None),
+        ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", fold_weights(3000, 5), 1e-4, float("inf")),
+    ):
+        runs, results = {}, {}
+        for label, halve in (("halves", True), ("full", False)):
+            _hessian_inverse._HALVE_PRODUCTS = halve
+            solve = fresh_solver()
+            runs[label] = functools.partial(solve, BINARY_LOGISTIC, X, y, weights, Cs, tol=tol, gap_tol=gap_tol,
+                                            **options)
+            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
+        _hessian_inverse._HALVE_PRODUCTS = True
+        rows.append(ab_row("build products: halves vs full", workload, runs, results, repeats, ("halves", "full")))
     return rows
 
 
@@ -217,12 +243,12 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap (default: all)")
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves (default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
     studies = {"products": study_products, "woodbury": study_woodbury, "gap-test": study_gap_test,
-               "numpy-input": study_numpy_input, "label-vmap": study_label_vmap}
+               "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")

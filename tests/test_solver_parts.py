@@ -189,6 +189,22 @@ def test_spd_inverse_matches_numpy(monkeypatch, backend, n):
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4
 
 
+@pytest.mark.parametrize("halve", [True, False])
+@pytest.mark.parametrize("d", [30, 450])
+def test_lagged_hessian_inverse_matches_numpy(monkeypatch, halve, d):
+    """(c [X, 1]^T diag(s) [X, 1] + I)^-1, with the build's products by halves (the CPU form above 400
+    columns) or whole."""
+    monkeypatch.setattr(_hessian_inverse, "_HALVE_PRODUCTS", halve)
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(3 * d, d)) * np.linspace(0.1, 2.0, d)
+    curvature = rng.uniform(0.0, 0.25, size=3 * d)
+    build = jax.jit(lambda x, s: _hessian_inverse.lagged_hessian_inverse(x, s, 0.7, fit_intercept=True))
+    got = np.asarray(build(jnp.asarray(X, jnp.float32), jnp.asarray(curvature, jnp.float32)).inverse, np.float64)
+    xa = np.hstack([X, np.ones((3 * d, 1))])
+    expected = np.linalg.inv(0.7 * (xa.T * curvature) @ xa + np.eye(d + 1))
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4
+
+
 def test_default_hessian_refresh_only_where_it_was_measured(monkeypatch):
     from lmprobe_jax.functional import _newton_cg
 
