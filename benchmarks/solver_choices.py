@@ -65,6 +65,27 @@ def fresh_solver():
     return jax.jit(solve, static_argnames=_STATIC)
 
 
+def run_of(*args, solve, **kwargs):
+    """A zero-argument run of ``solve`` (a :func:`fresh_solver`) on these arguments."""
+    return functools.partial(solve, *args, **kwargs)
+
+
+def switched(module, name, variants, make_run):
+    """``(runs, results)`` keyed by label: for each ``(label, value)`` of ``variants``, ``module.name`` is set to
+    ``value`` while a fresh solver compiles and runs once (``make_run(solve=...)`` gives the run), then the
+    module's own value is restored."""
+    saved = getattr(module, name)
+    runs, results = {}, {}
+    try:
+        for label, value in variants:
+            setattr(module, name, value)
+            runs[label] = make_run(solve=fresh_solver())
+            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
+    finally:
+        setattr(module, name, saved)
+    return runs, results
+
+
 def interleaved(runs: dict, repeats: int) -> dict:
     """Median warm seconds of each zero-argument callable, timed in turns."""
     times = {name: [] for name in runs}
@@ -126,14 +147,8 @@ def study_products(repeats):
         options = solve_args(X, n_outputs)
         precond = _newton_cg.layer_preconditioners(X, rank=options["precondition_rank"], fit_intercept=True,
                                                    layer_batch_size=options["layer_batch_size"])
-        runs, results = {}, {}
-        for label, max_rows in (("fused", saved), ("dot", 0)):
-            _products._FUSED_MAX_ROWS = max_rows
-            solve = fresh_solver()
-            runs[label] = functools.partial(solve, loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond,
-                                            **options)
-            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
-        _products._FUSED_MAX_ROWS = saved
+        runs, results = switched(_products, "_FUSED_MAX_ROWS", (("fused", saved), ("dot", 0)), functools.partial(
+            run_of, loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond, **options))
         rows.append(ab_row("products: fused vs dot", workload, runs, results, repeats, ("fused", "dot")))
     return rows
 
@@ -147,14 +162,9 @@ def study_build_halves(repeats):
         ("8-C grid, 12 x 3000 x 768, tol 1e-7", jnp.ones((1, 3000)), 1e-7, None),
         ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", fold_weights(3000, 5), 1e-4, float("inf")),
     ):
-        runs, results = {}, {}
-        for label, halve in (("halves", True), ("full", False)):
-            _hessian_inverse._HALVE_PRODUCTS = halve
-            solve = fresh_solver()
-            runs[label] = functools.partial(solve, BINARY_LOGISTIC, X, y, weights, Cs, tol=tol, gap_tol=gap_tol,
-                                            **options)
-            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
-        _hessian_inverse._HALVE_PRODUCTS = True
+        runs, results = switched(_hessian_inverse, "_HALVE_PRODUCTS", (("halves", True), ("full", False)),
+                                 functools.partial(run_of, BINARY_LOGISTIC, X, y, weights, Cs, tol=tol, gap_tol=gap_tol,
+                                                   **options))
         rows.append(ab_row("build products: halves vs full", workload, runs, results, repeats, ("halves", "full")))
     return rows
 
