@@ -360,10 +360,10 @@ def newton_cg(
         return (st.n_iter < max_iter) & unfinished & jnp.isfinite(st.optimality)
 
     def refreshed_inverse(st: _NewtonState) -> LaggedHessianInverse | None:
-        """The inverse Newton matrix this step's CG uses: with ``hessian_refresh``, the state's, (re)built
-        at this iterate when the last step's CG work says the preconditioner in use no longer pays."""
+        """With ``hessian_refresh``, the state's inverse Newton matrix, (re)built at this iterate when the
+        last step's CG work says the preconditioner in use no longer pays; without, the state's None."""
         if not hessian_refresh:
-            return lagged
+            return st.inverse
         due = st.last_cg >= hessian_refresh
 
         def build() -> LaggedHessianInverse:
@@ -374,7 +374,7 @@ def newton_cg(
 
     def body(st: _NewtonState) -> _NewtonState:
         inverse = refreshed_inverse(st)
-        cg = solve_newton_direction(st, inverse)
+        cg = solve_newton_direction(st, inverse if hessian_refresh else lagged)
         t, at_precision, gap, unresolved = line_search(st, cg)
         coef = st.coef + t * cg.d_coef
         intercept = st.intercept + t * cg.d_intercept
@@ -388,7 +388,6 @@ def newton_cg(
         # max_iter; the objective gap to scikit-learn's float64 optimum after 100 steps was the same
         # (3e-7 / 8e-7) as where this now stops (6-9 steps). One such step alone measured too early.
         settled = (opt <= tol) & ~at_precision & unresolved & st.unresolved
-        inverse = inverse if hessian_refresh else st.inverse  # (lagged, otherwise, is not state)
         new = _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.optimality0, gap, st.n_iter + 1,
                            stalled, settled, st.n_cg + cg.k, unresolved, inverse, cg.k)
         # In the precision regime, a full Newton step that does not lower the gradient means float32

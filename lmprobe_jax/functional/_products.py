@@ -17,8 +17,9 @@ rows on to a multiple of 8: the widths it handled best). Inside the solvers, one
 (same process, medians of 5): CV folds (``B = 5``) 1.20 -> 1.03 s on 12 x 3000 x 768 (8 C) and 0.236 ->
 0.200 s on 30 x 600 x 576 (4 C); a 5-class softmax fit (``B = K = 5``) on 4 x 3000 x 768 1.19 -> 0.77 s;
 10 classes 2.21 -> 2.03 s. For 2-4 rows, padding to 4 rather than 8: 3 CV folds 1.10 -> 0.92 s
-(12 x 3000 x 768) and 0.174 -> 0.156 s (30 x 600 x 576), a 3-class softmax fit 0.130 -> 0.111 s. At 50 rows it was slower (0.53 -> 0.72 s), and for one row XLA's matrix-vector
-kernel is far faster than the fused form (0.09 vs 20 ms), so both keep the dot. Other backends keep it
+(12 x 3000 x 768) and 0.174 -> 0.156 s (30 x 600 x 576), a 3-class softmax fit 0.130 -> 0.111 s. At 50
+rows it was slower (0.53 -> 0.72 s), and for one row XLA's matrix-vector kernel is far faster than the
+fused form (0.09 vs 20 ms), so both keep the dot. Other backends keep it
 too (not measured there). ``python benchmarks/solver_choices.py products`` reruns the comparison.
 """
 
