@@ -5,6 +5,7 @@ Workloads (defaults: 12 layers x 768 features x 3000 train rows, 1000 test rows)
   grid       8 C values                 vs a warm-started LogisticRegression loop per layer
   cv         8 C x 5 stratified folds   vs LogisticRegressionCV per layer (same folds)
   ridge      16 alphas, LOO selection   vs RidgeCV per layer
+  ridge-classifier  the same on the labels (+-1 targets)  vs RidgeClassifierCV per layer
 logistic and grid run at our default tol (1e-7) and at scikit-learn's (1e-4, same meaning: max-abs
 gradient of the C-scaled objective), each with its objective gap to the float64 reference. When probekit
 is installed (`pip install --no-deps probekit`; it needs torch), its batched torch Newton solver
@@ -33,7 +34,7 @@ os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV  # noqa: E402
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV, RidgeCV  # noqa: E402
 from sklearn.model_selection import PredefinedSplit  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="*", default=["logistic", "grid", "cv", "ridge"])
+    ap.add_argument("--only", nargs="*", default=["logistic", "grid", "cv", "ridge", "ridge-classifier"])
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     ap.add_argument("--tight-anchor", action="store_true",
                     help="also time scikit-learn's C loop at tol 1e-8 (gap under 1e-6, as ours; slow) for the grid")
@@ -160,19 +161,9 @@ def main() -> None:
                          f"same best C on {same:.0%} of layers; best C as with converged folds: ours {ours_ok:.0%}, "
                          f"sklearn {sk_ok:.0%}; CV acc L0 {acc[0]:.3f} -> best {acc.max():.3f}"))
 
-        if "ridge" in args.only:
-            alphas = np.logspace(-2, 4, 16)
-            cv, first, t_jax = timed(lambda: F.cross_validate_ridge(Xtr, ytr.astype(np.float64), alphas), args.repeats)
-            sk, t_sk = sk_timed(lambda: [RidgeCV(alphas=alphas).fit(X64[l], ytr.astype(np.float64)) for l in range(L)], args.repeats)
-            errs = []
-            for l in range(L):
-                xc, yc = X64[l] - X64[l].mean(0), ytr - ytr.mean()
-                w_ref = np.linalg.solve(xc.T @ xc + sk[l].alpha_ * np.eye(D), xc.T @ yc)
-                w = np.asarray(F.fit_ridge(Xtr[l], ytr.astype(np.float64), sk[l].alpha_).coef, np.float64)
-                errs.append(np.linalg.norm(w - w_ref) / np.linalg.norm(w_ref))
-            same = np.mean([sk[l].alpha_ == cv.best_value[l] for l in range(L)])
-            rows.append(("ridge 16 alphas, LOO", t_jax, first - t_jax, t_sk, "RidgeCV per layer",
-                         f"same best alpha on {same:.0%} of layers; max coef err vs float64 closed form {max(errs):.1e}"))
+        for workload in ("ridge", "ridge-classifier"):
+            if workload in args.only:
+                rows.append(ridge_row(workload, Xtr, ytr, X64, args.repeats))
 
     header = "| workload | lmprobe-jax (s) | compile (s) | anchor (s) | anchor | speed-up | exactness / notes |"
     lines = [header, "|" + "---|" * 7]
@@ -183,6 +174,34 @@ def main() -> None:
     if args.record:
         machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
         record(f"CPU, {L} layers x {D} x {n_tr} train", f"{machine}; jax {jax.__version__}", table)
+
+def ridge_row(workload, Xtr, ytr, X64, repeats):
+    """16 alphas with leave-one-out selection against scikit-learn's per-layer loop: regression on float
+    targets (RidgeCV), or classification of the integer labels as +-1 targets (RidgeClassifierCV, whose
+    default LOO score is also the squared error on those targets); coefficients against the float64
+    closed form at scikit-learn's chosen alpha."""
+    L, D = X64.shape[0], X64.shape[2]
+    alphas = np.logspace(-2, 4, 16)
+    classify = workload == "ridge-classifier"
+    labels = ytr.astype(np.int64) if classify else ytr.astype(np.float64)
+    anchor = RidgeClassifierCV if classify else RidgeCV
+    cv, first, t_jax = timed(lambda: F.cross_validate_ridge(Xtr, labels, alphas), repeats)
+    sk, t_sk = sk_timed(lambda: [anchor(alphas=alphas).fit(X64[l], labels) for l in range(L)], repeats)
+    targets = 2.0 * ytr - 1 if classify else ytr.astype(np.float64)
+    errs = []
+    for l in range(L):
+        xc, yc = X64[l] - X64[l].mean(0), targets - targets.mean()
+        w_ref = np.linalg.solve(xc.T @ xc + sk[l].alpha_ * np.eye(D), xc.T @ yc)
+        w = np.asarray(F.fit_ridge(Xtr[l], labels, sk[l].alpha_).coef, np.float64)
+        errs.append(np.linalg.norm(w - w_ref) / np.linalg.norm(w_ref))
+    same = np.mean([sk[l].alpha_ == cv.best_value[l] for l in range(L)])
+    note = f"same best alpha on {same:.0%} of layers; max coef err vs float64 closed form {max(errs):.1e}"
+    if classify:
+        agree = min(np.mean(sk[l].predict(X64[l]) == (np.asarray(F.predict(cv.fit, Xtr)[l]))) for l in range(L))
+        note += f"; training predictions agree with sklearn's on >= {agree:.1%} of rows per layer"
+    return (f"{'ridge classifier' if classify else 'ridge'} 16 alphas, LOO", t_jax, first - t_jax, t_sk,
+            f"{anchor.__name__} per layer", note)
+
 
 if __name__ == "__main__":
     main()

@@ -47,7 +47,7 @@ def test_gpu_sweep_runs_on_the_cpu_and_reports_exact_fits():
     assert worst(r"coef err vs float64 closed form ([0-9.e+-]+)", out) < 1e-3
 
 
-@pytest.mark.parametrize("only", ["logistic", "ridge"])
+@pytest.mark.parametrize("only", ["logistic", "ridge", "ridge-classifier"])
 def test_cpu_sweep_runs_and_reports_exact_fits(only):
     out = run_script("cpu_sweep.py", *TOY, "--only", only)
     rows = table_rows(out)
