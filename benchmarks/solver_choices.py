@@ -19,6 +19,9 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
               halves and the inverse's L^-T L^-1 without the zero block (default), against the full
               products (switch: _hessian_inverse._HALVE_PRODUCTS = False). Workloads: the 8-C grid and
               the CV folds (5 weight sets, cv_tol 1e-4) on 12 x 3000 x 768.
+  ridge-method  fit_ridge's factorisation without leave-one-out: a Cholesky factorisation per alpha
+              against one eigendecomposition per layer (switch: ridge_solve's `method`, which ridge_method
+              picks: Cholesky on the CPU for up to 8 alphas). 1, 8 and 12 alphas on three layer shapes.
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
@@ -26,6 +29,7 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
 Every row also reports the CG steps of both variants (the work they did) and whether all converged.
 
 Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [build-halves]
+       [ridge-method]
        [--repeats 5] [--record]
 """
 
@@ -50,7 +54,7 @@ from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
 import lmprobe_jax.functional as F  # noqa: E402
-from lmprobe_jax.functional import _hessian_inverse, _newton_cg, _products  # noqa: E402
+from lmprobe_jax.functional import _hessian_inverse, _newton_cg, _products, _ridge  # noqa: E402
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
 from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
 
@@ -230,6 +234,26 @@ def study_numpy_input(repeats):
     return [row]
 
 
+def study_ridge_method(repeats):
+    rows = []
+    for shape in ((12, 3000, 768), (12, 600, 2048), (12, 3000, 256)):
+        X, y = problem(*shape)
+        targets = (2 * y - 1)[None]
+        for n_alphas in (1, 8, 12):
+            alphas = jnp.asarray(np.logspace(-2, 4, n_alphas))
+            runs = {method: functools.partial(_ridge.ridge_solve, X, targets, jnp.ones(shape[1]), alphas,
+                                              fit_intercept=True, loo=False, layer_batch_size=1, method=method)
+                    for method in ("cholesky", "eigh")}
+            for run in runs.values():
+                jax.block_until_ready(run())
+            t = interleaved(runs, repeats)
+            chosen = _ridge.ridge_method(n_alphas, loo=False)
+            rows.append(f"| ridge: a Cholesky per alpha vs one eigh (fit_ridge takes {chosen}) | {n_alphas} alpha(s), "
+                        f"{' x '.join(map(str, shape))} | {t['cholesky']:.3f} | {t['eigh']:.3f} | "
+                        f"{t['eigh'] / t['cholesky']:.2f}x | n/a | n/a |")
+    return rows
+
+
 def study_label_vmap(repeats):
     X, y = problem(12, 3000, 768)
     rng = np.random.default_rng(3)
@@ -253,12 +277,13 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves (default: all)")
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves, ridge-method (default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
     studies = {"products": study_products, "woodbury": study_woodbury, "gap-test": study_gap_test,
-               "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves}
+               "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves,
+               "ridge-method": study_ridge_method}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")

@@ -40,7 +40,7 @@ def test_gpu_sweep_runs_on_the_cpu_and_reports_exact_fits():
     out = run_script("gpu_sweep.py", *TOY, "--sklearn-layers", "1", "--only", "logistic", "ridge",
                      "--studies", "refresh")
     rows = table_rows(out)
-    assert len(rows) == 2 + 6 + 2 + 3  # C=1 at two tols, the study, the two anchors, ridge
+    assert len(rows) == 2 + 6 + 2 + 4  # C=1 at two tols, the study, the two anchors, ridge (two methods, LOO, eigh)
     ours = [r for r in rows if r.startswith(("| logistic C=1, tol=1e-07", "| study:"))]
     assert all("all converged True" in r for r in ours)
     assert worst(r"obj gap (-?[0-9.e+-]+)", "\n".join(ours)) < 1e-6

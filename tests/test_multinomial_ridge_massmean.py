@@ -126,3 +126,49 @@ def test_cv_refit_converges_on_separable_classes_at_large_c():
     cv = F.cross_validate_logistic(X, y, C=np.logspace(-4, 4, 3), folds=3)
     assert float(cv.best_value[0]) == 1e4
     assert bool(np.asarray(cv.converged).all())
+
+
+@pytest.mark.parametrize("shape", [(80, 12), (25, 40)])  # primal and dual
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_ridge_methods_agree_with_the_closed_form(shape, fit_intercept):
+    """The eigendecomposition and the Cholesky-per-alpha paths of ridge_solve each reach float64's solution."""
+    from lmprobe_jax.functional._ridge import ridge_solve
+
+    rng = np.random.default_rng(4)
+    N, D = shape
+    X = rng.normal(size=(2, N, D)) * np.linspace(0.3, 2, D) + 1.5
+    y = X[1] @ rng.normal(size=D) + rng.normal(size=N)
+    sw = rng.uniform(0.3, 2.0, N)
+    alphas = np.array([0.05, 2.0, 40.0])
+    for method in ("eigh", "cholesky"):
+        fit, _ = ridge_solve(X.astype(np.float32), y[None].astype(np.float32), sw.astype(np.float32), alphas,
+                             fit_intercept=fit_intercept, loo=False, layer_batch_size=1, method=method)
+        for l in range(2):
+            for g, a in enumerate(alphas):
+                ref = Ridge(alpha=a, fit_intercept=fit_intercept, solver="cholesky").fit(X[l], y, sample_weight=sw)
+                err = np.linalg.norm(fit.coef[l, g, 0] - ref.coef_) / np.linalg.norm(ref.coef_)
+                assert err < 1e-4, (method, l, a, err)
+                assert abs(float(fit.intercept[l, g, 0]) - ref.intercept_) < 1e-4 * max(1, abs(ref.intercept_))
+
+
+@pytest.mark.parametrize("layer_batch_size", [1, 2])
+def test_ridge_cholesky_falls_back_to_eigh_where_it_breaks_down(layer_batch_size):
+    """A singular Gram matrix (repeated columns) with alpha below its float resolution: the Cholesky
+    factorisation breaks down, and the layer is solved through the eigendecomposition instead."""
+    import jax.numpy as jnp
+
+    from lmprobe_jax.functional._ridge import ridge_solve
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(60, 4)).astype(np.float32) * 1e3
+    X = np.stack([np.repeat(base, 5, axis=1), rng.normal(size=(60, 20)).astype(np.float32)])  # layer 0 singular
+    y = (rng.random(60) < 0.5).astype(np.float32)[None]
+    centred = X[0] - X[0].mean(0)
+    alphas = np.array([1e-9, 1.0], np.float32)
+    assert not np.isfinite(np.asarray(jnp.linalg.cholesky(centred.T @ centred + alphas[0] * np.eye(20)))).all()
+    solve = {m: ridge_solve(X, y, np.ones(60, np.float32), alphas, fit_intercept=True, loo=False,
+                            layer_batch_size=layer_batch_size, method=m)[0] for m in ("eigh", "cholesky")}
+    assert np.isfinite(np.asarray(solve["cholesky"].coef)).all()
+    np.testing.assert_array_equal(solve["cholesky"].coef[0], solve["eigh"].coef[0])
+    if layer_batch_size == 1:  # layers one at a time: the well-conditioned one kept its Cholesky solution
+        np.testing.assert_allclose(solve["cholesky"].coef[1], solve["eigh"].coef[1], rtol=1e-4, atol=1e-6)
