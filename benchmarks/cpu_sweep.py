@@ -15,7 +15,9 @@ is installed (`pip install --no-deps probekit`; it needs torch), its batched tor
 Threading: the process is pinned to one core (os.sched_setaffinity) before JAX starts, so XLA's
 thread pool and BLAS share that core; scikit-learn's BLAS is also limited to 1 thread
 (threadpoolctl). Times are medians of --repeats warm runs; JAX's first call (trace + compile) is
-reported separately. Exactness: coefficients and objective against a float64 reference
+reported separately. Each workload's contenders (ours at both tolerances, scikit-learn's loop) are
+timed in rounds, one run of each in turn, so the machine's drift hits them alike (the probekit and
+tol-1e-8 anchors, slow, apart). Exactness: coefficients and objective against a float64 reference
 (LogisticRegression tol=1e-10, max_iter=1e4; Ridge by float64 closed form).
 
 Usage: python benchmarks/cpu_sweep.py [--layers 12 --features 768 --train 3000] [--record]
@@ -24,6 +26,7 @@ Usage: python benchmarks/cpu_sweep.py [--layers 12 --features 768 --train 3000] 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -40,7 +43,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lmprobe_jax.functional as F  # noqa: E402
-from measure import logistic_objective, sk_timed, timed  # noqa: E402
+from measure import first_call, in_rounds, logistic_objective, sk_timed, timed  # noqa: E402
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
@@ -70,14 +73,18 @@ def main() -> None:
 
     with threadpool_limits(1):
         if "logistic" in args.only:
-            sk, t_sk = sk_timed(lambda: [LogisticRegression(C=1.0).fit(X64[l], ytr) for l in range(L)], args.repeats)
+            ours = {tol: functools.partial(F.fit_logistic, Xtr, ytr, 1.0, tol=tol) for tol in (1e-7, 1e-4)}
+            firsts = {tol: first_call(run)[1] for tol, run in ours.items()}
+            timing = in_rounds({**ours, "sk": lambda: [LogisticRegression(C=1.0).fit(X64[l], ytr) for l in range(L)]},
+                               args.repeats)
+            sk, t_sk = timing["sk"]
             ref = [LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(X64[l], ytr) for l in range(L)]
             o_ref = [logistic_objective(X64[l], ytr, ref[l].coef_[0], ref[l].intercept_[0], 1.0) for l in range(L)]
             sk_gap = max((logistic_objective(X64[l], ytr, sk[l].coef_[0], sk[l].intercept_[0], 1.0) - o_ref[l]) / o_ref[l]
                          for l in range(L))
             acc_sk = np.array([sk[l].score(Xte[l], yte) for l in range(L)])
             for tol in (1e-7, 1e-4):
-                fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, 1.0, tol=tol), args.repeats)
+                (fit, t_jax), first = timing[tol], firsts[tol]
                 gaps, errs = [], []
                 for l in range(L):
                     w = np.asarray(fit.coef[l], np.float64)
@@ -117,7 +124,10 @@ def main() -> None:
                         out.append((m.coef_[0].copy(), m.intercept_[0]))
                 return out
 
-            sk, t_sk = sk_timed(sk_grid, args.repeats)
+            ours = {tol: functools.partial(F.fit_logistic, Xtr, ytr, Cs, tol=tol) for tol in (1e-7, 1e-4)}
+            firsts = {tol: first_call(run)[1] for tol, run in ours.items()}
+            timing = in_rounds({**ours, "sk": sk_grid}, args.repeats)
+            sk, t_sk = timing["sk"]
             checked = sorted({0, L // 2, L - 1})  # float64 references for 3 layers x every C
             refs = {(l, C): LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X64[l], ytr)
                     for l in checked for C in Cs}
@@ -134,7 +144,7 @@ def main() -> None:
                 sk_tight, t_sk_tight = sk_timed(lambda: sk_grid(tol=1e-8, max_iter=10000), 1)
                 tight_gap = grid_gap(lambda l, g: sk_tight[l * len(Cs) + g])
             for tol in (1e-7, 1e-4):
-                fit, first, t_jax = timed(lambda: F.fit_logistic(Xtr, ytr, Cs, tol=tol), args.repeats)
+                (fit, t_jax), first = timing[tol], firsts[tol]
                 if tol == 1e-7 and args.tight_anchor:
                     rows.append((f"logistic 8-C grid, tol={tol:g}", t_jax, first - t_jax, t_sk_tight,
                                  "warm-started LogisticRegression loop (tol 1e-8, max_iter 1e4)",
@@ -146,10 +156,13 @@ def main() -> None:
                              f"all converged {bool(fit.converged.all())}"))
 
         if "cv" in args.only:
-            cv, first, t_jax = timed(lambda: F.cross_validate_logistic(Xtr, ytr, Cs, folds=5), args.repeats)
+            ours = functools.partial(F.cross_validate_logistic, Xtr, ytr, Cs, folds=5)
+            cv, first = first_call(ours)
             split = PredefinedSplit(cv.fold_ids)
-            sk, t_sk = sk_timed(lambda: [LogisticRegressionCV(Cs=Cs, cv=split, scoring="accuracy").fit(X64[l], ytr)
-                                         for l in range(L)], 1)
+            timing = in_rounds({"ours": ours, "sk": lambda: [
+                LogisticRegressionCV(Cs=Cs, cv=split, scoring="accuracy").fit(X64[l], ytr) for l in range(L)]},
+                args.repeats)
+            (cv, t_jax), (sk, t_sk) = timing["ours"], timing["sk"]
             same = np.mean([sk[l].C_[0] == cv.best_value[l] for l in range(L)])
             # Which choice is right: the folds solved to convergence (not timed).
             exact = F.cross_validate_logistic(Xtr, ytr, Cs, folds=cv.fold_ids, cv_tol=1e-7).best_value
@@ -185,8 +198,11 @@ def ridge_row(workload, Xtr, ytr, X64, repeats):
     classify = workload == "ridge-classifier"
     labels = ytr.astype(np.int64) if classify else ytr.astype(np.float64)
     anchor = RidgeClassifierCV if classify else RidgeCV
-    cv, first, t_jax = timed(lambda: F.cross_validate_ridge(Xtr, labels, alphas), repeats)
-    sk, t_sk = sk_timed(lambda: [anchor(alphas=alphas).fit(X64[l], labels) for l in range(L)], repeats)
+    ours = functools.partial(F.cross_validate_ridge, Xtr, labels, alphas)
+    first = first_call(ours)[1]
+    timing = in_rounds({"ours": ours, "sk": lambda: [anchor(alphas=alphas).fit(X64[l], labels) for l in range(L)]},
+                       repeats)
+    (cv, t_jax), (sk, t_sk) = timing["ours"], timing["sk"]
     targets = 2.0 * ytr - 1 if classify else ytr.astype(np.float64)
     errs = []
     for l in range(L):

@@ -24,6 +24,26 @@ def timed(fn, repeats):
     return out, first, float(np.median(times))
 
 
+def first_call(fn):
+    """(result, seconds) of one call of a JAX callable (blocks on its result): its trace and compile."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - t0
+
+
+def in_rounds(runs, repeats):
+    """{name: (result, median seconds)} of zero-argument callables (JAX's already compiled, or host code)
+    timed in turns, ``repeats`` rounds: the machine's drift over the minutes a comparison takes then hits
+    every contender alike, where timing one after the other let it move their ratio."""
+    times, results = {name: [] for name in runs}, {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            results[name] = jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t0)
+    return {name: (results[name], float(np.median(times[name]))) for name in runs}
+
+
 def sk_timed(fn, repeats):
     """(result, median seconds) of a host callable."""
     times, out = [], None
