@@ -188,6 +188,7 @@ def main() -> None:
         machine = f"{platform.processor() or platform.machine()}, 1 core pinned, {os.cpu_count()} visible"
         record(f"CPU, {L} layers x {D} x {n_tr} train", f"{machine}; jax {jax.__version__}", table)
 
+
 def ridge_row(workload, Xtr, ytr, X64, repeats):
     """16 alphas with leave-one-out selection against scikit-learn's per-layer loop: regression on float
     targets (RidgeCV), or classification of the integer labels as +-1 targets (RidgeClassifierCV, whose
@@ -213,7 +214,8 @@ def ridge_row(workload, Xtr, ytr, X64, repeats):
     same = np.mean([sk[l].alpha_ == cv.best_value[l] for l in range(L)])
     note = f"same best alpha on {same:.0%} of layers; max coef err vs float64 closed form {max(errs):.1e}"
     if classify:
-        agree = min(np.mean(sk[l].predict(X64[l]) == (np.asarray(F.predict(cv.fit, Xtr)[l]))) for l in range(L))
+        ours_pred = np.asarray(F.predict(cv.fit, Xtr))  # (L, N), every layer in one call
+        agree = min(np.mean(sk[l].predict(X64[l]) == ours_pred[l]) for l in range(L))
         note += f"; training predictions agree with sklearn's on >= {agree:.1%} of rows per layer"
     return (f"{'ridge classifier' if classify else 'ridge'} 16 alphas, LOO", t_jax, first - t_jax, t_sk,
             f"{anchor.__name__} per layer", note)

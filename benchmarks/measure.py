@@ -11,19 +11,6 @@ import jax
 import numpy as np
 
 
-def timed(fn, repeats):
-    """(result, first-call seconds, median warm seconds) of a JAX callable (blocks on its result)."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return out, first, float(np.median(times))
-
-
 def first_call(fn):
     """(result, seconds) of one call of a JAX callable (blocks on its result): its trace and compile."""
     t0 = time.perf_counter()
@@ -44,14 +31,16 @@ def in_rounds(runs, repeats):
     return {name: (results[name], float(np.median(times[name]))) for name in runs}
 
 
+def timed(fn, repeats):
+    """(result, first-call seconds, median warm seconds) of a JAX callable (blocks on its result)."""
+    _, first = first_call(fn)
+    out, median = in_rounds({"run": fn}, repeats)["run"]
+    return out, first, median
+
+
 def sk_timed(fn, repeats):
     """(result, median seconds) of a host callable."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
+    return in_rounds({"run": fn}, repeats)["run"]
 
 
 def logistic_objective(X, y, w, b, C):

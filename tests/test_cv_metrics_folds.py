@@ -60,7 +60,7 @@ def test_metrics_match_sklearn_with_ties_and_weights():
     assert abs(float(F.binary_log_loss(y, scores, w)) - log_loss(y, p, sample_weight=w)) < 1e-5
     batch = np.stack([scores, -scores])
     np.testing.assert_allclose(F.roc_auc(y, batch), [roc_auc_score(y, scores), roc_auc_score(y, -scores)], atol=1e-6)
-    # Under a caller's jit and vmap (on the CPU the sort is a host callback, batched by vmap).
+    # Under a caller's jit and vmap (the vmapped sort and tie-run scans).
     vmapped = jax.jit(jax.vmap(lambda s: F.roc_auc(y, s, w)))(np.stack([batch, batch[::-1]]))
     np.testing.assert_allclose(vmapped[:, 0], [roc_auc_score(y, s, sample_weight=w) for s in (scores, -scores)],
                                atol=1e-6)

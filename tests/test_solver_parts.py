@@ -242,7 +242,8 @@ def _dot_precisions(jaxpr) -> list:
     return found
 
 
-@pytest.mark.parametrize("solver", ["logistic", "refreshed", "multinomial", "ridge", "mass_mean", "decision"])
+@pytest.mark.parametrize(
+    "solver", ["logistic", "refreshed", "multinomial", "ridge", "ridge_loo", "mass_mean", "decision"])
 def test_every_product_is_full_precision(solver):
     """JAX's default precision rounds float32 products to TF32 on NVIDIA GPUs (see _precision): every
     product the solvers trace must ask for full precision, so a plain `@` slipping in fails here."""
@@ -262,7 +263,8 @@ def test_every_product_is_full_precision(solver):
         run = {
             "logistic": lambda X: F.fit_logistic(X, y, [0.1, 1.0]),
             "multinomial": lambda X: F.fit_multinomial(X, np.arange(40) % 3, 1.0),
-            "ridge": lambda X: F.fit_ridge(X, y, [0.1, 1.0]),
+            "ridge": lambda X: F.fit_ridge(X, y, [0.1, 1.0]),  # on the CPU: a Cholesky per alpha
+            "ridge_loo": lambda X: F.ridge_loo(X, y, [0.1, 1.0]),  # the eigendecomposition (other backends' fit)
             "mass_mean": lambda X: F.fit_mass_mean(X, y, iid=True),
             "decision": lambda X: F.decision_function(fit, X),
         }[solver]
