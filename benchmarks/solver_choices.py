@@ -40,7 +40,6 @@ import functools
 import os
 import platform
 import sys
-import time
 
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
@@ -49,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from measure import logistic_objective  # noqa: E402
+from measure import in_rounds, logistic_objective  # noqa: E402
 from recording import record  # noqa: E402
 from synthetic import make_layers  # noqa: E402
 
@@ -92,13 +91,7 @@ def switched(module, name, variants, make_run):
 
 def interleaved(runs: dict, repeats: int) -> dict:
     """Median warm seconds of each zero-argument callable, timed in turns."""
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: median for name, (_, median) in in_rounds(runs, repeats).items()}
 
 
 def problem(n_layers, n_samples, n_features, n_classes=2, seed=0):
