@@ -22,6 +22,9 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
   ridge-method  fit_ridge's factorisation without leave-one-out: a Cholesky factorisation per alpha
               against one eigendecomposition per layer (switch: ridge_solve's `method`, which ridge_method
               picks: Cholesky on the CPU for up to 8 alphas). 1, 8 and 12 alphas on three layer shapes.
+  auroc       roc_auc on a CV's held-out folds (480 problems of 600 scores from real fits): ours (one integer
+              sort, a binary search for each score's tie run) against an argsort with running maxima and
+              minima of tie runs (what it replaced; written out here), warm time and compile time.
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
@@ -29,7 +32,7 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
 Every row also reports the CG steps of both variants (the work they did) and whether all converged.
 
 Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [build-halves]
-       [ridge-method]
+       [ridge-method] [auroc]
        [--repeats 5] [--record]
 """
 
@@ -40,6 +43,7 @@ import functools
 import os
 import platform
 import sys
+import time
 
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
@@ -247,6 +251,47 @@ def study_ridge_method(repeats):
     return rows
 
 
+def argsort_roc_auc(y, scores):
+    """AUROC (ties one half) from an argsort and the bounds of tie runs by running max / min: the form
+    lmprobe-jax used before its integer-sort version, kept here as the alternative."""
+    pos = (y > 0).astype(scores.dtype)
+
+    def one(s):
+        n = s.shape[0]
+        order = jnp.argsort(s)
+        ss, wp, wn = s[order], pos[order], (1 - pos)[order]
+        below = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(wn)])
+        position = jnp.arange(n)
+        changes = ss[1:] != ss[:-1]
+        first = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.ones(1, bool), changes]), position, 0))
+        stop = jax.lax.cummin(jnp.where(jnp.concatenate([changes, jnp.ones(1, bool)]), position + 1, n), reverse=True)
+        left, right = below[first], below[stop]
+        return jnp.sum(wp * (left + 0.5 * (right - left))) / (jnp.sum(wp) * jnp.sum(wn))
+
+    return jax.vmap(one)(scores)
+
+
+def study_auroc(repeats):
+    X, y = problem(12, 3000, 768)
+    fit = F.fit_logistic(X, y, np.logspace(-3, 2, 8))
+    held_out = np.arange(3000) % 5  # five folds of 600 rows, each scored by 8 C x 12 layers of fits
+    z = F.decision_function(fit, X)  # (12, 8, 3000)
+    scores = jnp.concatenate([z[..., held_out == f].reshape(-1, 600) for f in range(5)])  # (480, 600)
+    labels = y[held_out == 0]
+    timed_compile, runs = {}, {}
+    for name, auc in (("ours", F.roc_auc), ("argsort", argsort_roc_auc)):
+        start = time.perf_counter()
+        compiled = jax.jit(auc).lower(labels, scores).compile()
+        timed_compile[name] = time.perf_counter() - start
+        runs[name] = functools.partial(compiled, labels, scores)
+    gap = float(jnp.max(jnp.abs(runs["ours"]() - runs["argsort"]())))
+    t = interleaved(runs, repeats)
+    row = (f"| roc_auc: integer sort + binary search vs argsort + tie-run scans | 480 x 600 held-out scores; compile "
+           f"{timed_compile['ours']:.2f} vs {timed_compile['argsort']:.2f} s; max difference {gap:.1e} | "
+           f"{t['ours']:.4f} | {t['argsort']:.4f} | {t['argsort'] / t['ours']:.2f}x | n/a | n/a |")
+    return [row]
+
+
 def study_label_vmap(repeats):
     X, y = problem(12, 3000, 768)
     rng = np.random.default_rng(3)
@@ -270,13 +315,14 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves, ridge-method (default: all)")
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves, ridge-method, auroc "
+                    "(default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
     studies = {"products": study_products, "woodbury": study_woodbury, "gap-test": study_gap_test,
                "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves,
-               "ridge-method": study_ridge_method}
+               "ridge-method": study_ridge_method, "auroc": study_auroc}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")

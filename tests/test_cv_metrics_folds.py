@@ -60,10 +60,33 @@ def test_metrics_match_sklearn_with_ties_and_weights():
     assert abs(float(F.binary_log_loss(y, scores, w)) - log_loss(y, p, sample_weight=w)) < 1e-5
     batch = np.stack([scores, -scores])
     np.testing.assert_allclose(F.roc_auc(y, batch), [roc_auc_score(y, scores), roc_auc_score(y, -scores)], atol=1e-6)
-    # Under a caller's jit and vmap (the vmapped sort and tie-run scans).
+    # Under a caller's jit and vmap (the vmapped sort, binary search and scatter).
     vmapped = jax.jit(jax.vmap(lambda s: F.roc_auc(y, s, w)))(np.stack([batch, batch[::-1]]))
     np.testing.assert_allclose(vmapped[:, 0], [roc_auc_score(y, s, sample_weight=w) for s in (scores, -scores)],
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32])
+def test_roc_auc_ranks_as_floats_compare(dtype):
+    """Signed zeros tie, one run of equal scores counts one half, and low-precision or integer scores
+    keep float32 weight sums (against scikit-learn in float64)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(size=200) * 3).astype(dtype)
+    if dtype != np.int32:
+        scores[:30] = np.where(np.arange(30) % 2, 0.0, -0.0)
+    w = rng.uniform(0.1, 3.0, 200).astype(np.float32)
+    expected = roc_auc_score(y, scores.astype(np.float64), sample_weight=w)
+    assert abs(float(F.roc_auc(y, scores, w)) - expected) < 1e-6
+    assert abs(float(F.roc_auc(y, np.ones(200, dtype), w)) - 0.5) < 1e-6
+    assert np.isnan(float(F.roc_auc(np.zeros(200, int), scores)))
+
+
+def test_roc_auc_float64_resolves_below_float32():
+    y = np.arange(100) % 2
+    scores = 1.0 + 1e-12 * (np.arange(100) % 4)  # equal in float32, four distinct values in float64
+    with jax.enable_x64(True):
+        assert abs(float(F.roc_auc(y, scores)) - roc_auc_score(y, scores)) < 1e-12
 
 
 def test_stratified_folds_balance_and_seed():

@@ -35,32 +35,56 @@ def binary_log_loss(y: Array, decision: Array, sample_weight: Any = None) -> Arr
     return jnp.sum(w * losses, axis=-1) / jnp.sum(w, axis=-1)
 
 
-def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
-    """Weighted area under the ROC curve (ties count one half), as ``sklearn.metrics.roc_auc_score``.
+def _order_key(scores: Array) -> Array:
+    """Integer keys that sort as ``scores`` compare (``-0.0`` equal to ``0.0``; NaN after ``+inf``).
 
-    Computed as the weighted Mann-Whitney statistic: ``O(N log N)`` per problem, one sort, then the
-    bounds of each run of tied scores from running maxima / minima of run starts / ends (linear;
-    binary searches for them measured 5x slower on the CPU).
-    NaN where the weights leave only one class.
+    XLA's CPU sort of one integer array is fast; a float sort, or any sort carrying a second array (an
+    argsort), goes through a generic comparator: for 480 rows of 600 scores, 6.5 ms against 30-40 ms.
+    Floats are keyed by their bits at their own width (float16/bfloat16 as float32, exactly).
     """
-    w = _weights(scores, sample_weight)
-    pos = (y > 0).astype(scores.dtype)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        return scores
+    wide = scores.dtype == jnp.float64
+    s = scores if wide else scores.astype(jnp.float32)
+    s = jnp.where(s == 0, jnp.zeros_like(s), s)
+    bits = jax.lax.bitcast_convert_type(s, jnp.int64 if wide else jnp.int32)
+    sign_bit = 63 if wide else 31
+    # Sign-magnitude to two's-complement order: negative floats' magnitude bits flipped.
+    return bits ^ ((bits >> sign_bit) & jnp.iinfo(bits.dtype).max)
+
+
+def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
+    r"""Weighted area under the ROC curve (ties count one half), as ``sklearn.metrics.roc_auc_score``.
+
+    The weighted Mann-Whitney statistic
+
+    .. math::
+
+        \frac{\sum_{i \in +} w_i \left(W^-_{<}(s_i) + \tfrac12 W^-_{=}(s_i)\right)}{W^+ W^-},
+
+    with ``W^-_<(s)`` / ``W^-_=(s)`` the weight of negatives scoring below / equal to ``s``. Each
+    score's rank among the sorted scores (the first position of its tie run, by binary search) buckets
+    the negatives' weights by tie run; their running sum gives ``W^-_<``, the bucket itself ``W^-_=``.
+    ``O(N log N)`` per problem with no argsort: on a CV's held-out folds (480 problems of 600 scores, one
+    core) 11.6 ms against 40.0 ms for an argsort with running maxima and minima of tie runs, compiled in
+    0.48 s against 0.55 s (``python benchmarks/solver_choices.py auroc``). NaN where the weights leave
+    only one class.
+    """
+    y, scores = jnp.asarray(y), jnp.asarray(scores)
+    dtype = jnp.promote_types(scores.dtype, jnp.float32)  # sums of weights: at least float32
+    w = jnp.broadcast_to(jnp.asarray(1.0 if sample_weight is None else sample_weight, dtype), scores.shape)
+    pos = (y > 0).astype(dtype)
+    n = scores.shape[-1]
 
     def one(s: Array, wt: Array) -> Array:
-        n = s.shape[0]
-        order = jnp.argsort(s)
-        ss, wp, wn = s[order], (wt * pos)[order], (wt * (1 - pos))[order]
-        below = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(wn)])  # negatives before each position
-        position = jnp.arange(n)
-        changes = ss[1:] != ss[:-1]
-        starts = jnp.concatenate([jnp.ones(1, bool), changes])
-        ends = jnp.concatenate([changes, jnp.ones(1, bool)])
-        first = jax.lax.cummax(jnp.where(starts, position, 0))  # first position of each score's tie run
-        stop = jax.lax.cummin(jnp.where(ends, position + 1, n), reverse=True)  # one past its last
-        left, right = below[first], below[stop]
-        return jnp.sum(wp * (left + 0.5 * (right - left))) / (jnp.sum(wp) * jnp.sum(wn))
+        key = _order_key(s)
+        first = jnp.searchsorted(jnp.sort(key), key, side="left")  # (N,) the start of each score's tie run
+        wp, wn = wt * pos, wt * (1 - pos)
+        negatives_at = jnp.zeros(n, dtype).at[first].add(wn)  # each tie run's negative weight, at its start
+        below = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(negatives_at)[:-1]])  # at earlier positions
+        return jnp.sum(wp * (below[first] + 0.5 * negatives_at[first])) / (jnp.sum(wp) * jnp.sum(wn))
 
-    flat = scores.reshape(-1, scores.shape[-1])
+    flat = scores.reshape(-1, n)
     return jax.vmap(one)(flat, w.reshape(flat.shape)).reshape(scores.shape[:-1])
 
 
