@@ -3,7 +3,9 @@
 Every metric takes labels ``y`` ``(N,)`` shared by all problems, scores with leading batch axes
 ``(..., N)``, and optional weights broadcastable to the scores (a held-out fold is a 0/1 weight, so
 all folds are scored in one call). Binary metrics take decision values (logits), from which the
-log-loss is computed stably.
+log-loss is computed stably. Sums run in at least float32: summed in float16, float16 scores were off
+from scikit-learn's by 5e-5 (accuracy) and 2e-4 (log-loss) on 5000 samples and 3e-4 (AUROC) on 300;
+integer scores truncated float weights.
 """
 
 from __future__ import annotations
@@ -16,22 +18,29 @@ import jax.numpy as jnp
 from jax import Array
 
 
+def _sum_dtype(scores: Array) -> jnp.dtype:
+    return jnp.promote_types(scores.dtype, jnp.float32)
+
+
 def _weights(scores: Array, sample_weight: Any) -> Array:
-    if sample_weight is None:
-        return jnp.ones(scores.shape, scores.dtype)
-    return jnp.broadcast_to(jnp.asarray(sample_weight, scores.dtype), scores.shape)
+    """``sample_weight`` (default ones) broadcast to ``scores``' shape, in :func:`_sum_dtype`."""
+    weight = 1.0 if sample_weight is None else sample_weight
+    return jnp.broadcast_to(jnp.asarray(weight, _sum_dtype(scores)), scores.shape)
 
 
 def binary_accuracy(y: Array, decision: Array, sample_weight: Any = None) -> Array:
     """Weighted fraction of ``(decision > 0) == y``; ``y`` in {0, 1} ``(N,)``, ``decision`` ``(..., N)``."""
+    y, decision = jnp.asarray(y), jnp.asarray(decision)
     w = _weights(decision, sample_weight)
     return jnp.sum(w * ((decision > 0) == (y > 0)), axis=-1) / jnp.sum(w, axis=-1)
 
 
 def binary_log_loss(y: Array, decision: Array, sample_weight: Any = None) -> Array:
     """Weighted mean of ``log(1 + exp(-(2y-1) z))`` from logits ``z`` ``(..., N)``."""
+    y, decision = jnp.asarray(y), jnp.asarray(decision)
     w = _weights(decision, sample_weight)
-    losses = jax.nn.softplus(-(2 * y.astype(decision.dtype) - 1) * decision)
+    z = decision.astype(w.dtype)
+    losses = jax.nn.softplus(-(2 * y.astype(w.dtype) - 1) * z)
     return jnp.sum(w * losses, axis=-1) / jnp.sum(w, axis=-1)
 
 
@@ -71,8 +80,8 @@ def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
     only one class.
     """
     y, scores = jnp.asarray(y), jnp.asarray(scores)
-    dtype = jnp.promote_types(scores.dtype, jnp.float32)  # sums of weights: at least float32
-    w = jnp.broadcast_to(jnp.asarray(1.0 if sample_weight is None else sample_weight, dtype), scores.shape)
+    w = _weights(scores, sample_weight)  # ranks come from the scores' own dtype, sums from the weights'
+    dtype = w.dtype
     pos = (y > 0).astype(dtype)
     n = scores.shape[-1]
 
@@ -90,13 +99,16 @@ def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
 
 def multiclass_accuracy(y: Array, logits: Array, sample_weight: Any = None) -> Array:
     """Weighted accuracy of ``argmax`` over the last axis; ``y`` codes ``(N,)``, ``logits`` ``(..., N, K)``."""
+    y, logits = jnp.asarray(y), jnp.asarray(logits)
     w = _weights(logits[..., 0], sample_weight)
     return jnp.sum(w * (jnp.argmax(logits, axis=-1) == y), axis=-1) / jnp.sum(w, axis=-1)
 
 
 def multiclass_log_loss(y: Array, logits: Array, sample_weight: Any = None) -> Array:
     """Weighted mean cross-entropy from logits ``(..., N, K)``."""
+    y, logits = jnp.asarray(y), jnp.asarray(logits)
     w = _weights(logits[..., 0], sample_weight)
+    logits = logits.astype(w.dtype)
     picked = jnp.take_along_axis(logits, jnp.broadcast_to(y[:, None], logits.shape[:-1] + (1,)), axis=-1)
     losses = jax.nn.logsumexp(logits, axis=-1) - picked[..., 0]
     return jnp.sum(w * losses, axis=-1) / jnp.sum(w, axis=-1)
