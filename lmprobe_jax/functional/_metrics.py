@@ -75,8 +75,8 @@ def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
     score's rank among the sorted scores (the first position of its tie run, by binary search) buckets
     the negatives' weights by tie run; their running sum gives ``W^-_<``, the bucket itself ``W^-_=``.
     ``O(N log N)`` per problem with no argsort: on a CV's held-out folds (480 problems of 600 scores, one
-    core) 11.6 ms against 40.0 ms for an argsort with running maxima and minima of tie runs, compiled in
-    0.48 s against 0.55 s (``python benchmarks/solver_choices.py auroc``). NaN where the weights leave
+    core) 11.5 ms against 40.5 ms for an argsort with running maxima and minima of tie runs, compiled in
+    0.45 s against 0.50 s (``python benchmarks/solver_choices.py auroc``). NaN where the weights leave
     only one class.
     """
     y, scores = jnp.asarray(y), jnp.asarray(scores)
