@@ -226,15 +226,17 @@ class LogisticProbe(_LinearClassifier):
         return self
 
 
-class RidgeProbe(_BinaryLinearClassifier):
-    """Ridge classifier on ``-1/+1`` targets, ``sklearn.linear_model.RidgeClassifier``'s solution (binary).
+class RidgeProbe(_LinearClassifier):
+    """Ridge classifier on ``-1/+1`` targets, ``sklearn.linear_model.RidgeClassifier``'s solution: one
+    target for two classes, one per class (one-vs-all) for more.
 
     Parameters:
       alpha: regularisation strength, > 0.
       fit_intercept: fit an unpenalised intercept.
 
     Attributes:
-      coef_: ``(1, D)`` (``(L, 1, D)`` after a 3-D fit); intercept_, classes_, n_features_in_.
+      coef_: ``(1, D)`` or ``(K, D)`` (``(L, 1 or K, D)`` after a 3-D fit); intercept_, classes_,
+        n_features_in_.
     """
 
     def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True):
@@ -243,10 +245,13 @@ class RidgeProbe(_BinaryLinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RidgeProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        fit = F.fit_ridge(X, self._binary_targets(y), self.alpha, sample_weight=sample_weight,
-                          fit_intercept=self.fit_intercept)
-        self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
-        self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
+        self._set_classes(y)
+        codes = np.searchsorted(self.classes_, y).astype(np.int32)  # 0..K-1 in the order of classes_
+        fit = F.fit_ridge(X, codes, self.alpha, sample_weight=sample_weight, fit_intercept=self.fit_intercept)
+        coef, intercept = np.asarray(fit.coef, X.dtype), np.asarray(fit.intercept, X.dtype)
+        if self.classes_.size == 2:
+            coef, intercept = coef[..., None, :], intercept[..., None]
+        self.coef_, self.intercept_ = coef, intercept
         return self
 
 

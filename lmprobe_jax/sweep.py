@@ -147,7 +147,7 @@ def sweep_activations(
     Args:
       X: ``(L, N, D)`` activations or an :class:`extract.ActivationStore` (then ``layers`` and
         ``pooling`` pick what to stack, and ``y`` defaults to the store's labels).
-      y: ``(N,)`` class labels (two classes for ridge and mass-mean).
+      y: ``(N,)`` class labels (two classes for mass-mean).
       classifier: one of :data:`SWEEP_CLASSIFIERS`. Logistic ones run
         :func:`lmprobe_jax.functional.cross_validate_logistic` (every fold and ``C`` of every layer in one
         solve); the others fit each fold with the held-out rows weighted 0.
@@ -182,12 +182,15 @@ def sweep_activations(
     classes = np.unique(y)
     fold_ids = F.stratified_folds(y, folds, groups=groups, random_state=random_state)
     base_w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
-    y01 = (y == classes[-1]).astype(np.int32)
+    multiclass = classes.size > 2  # ridge's one-vs-all: scores (L, N, K), AUROC NaN
+    labels = np.searchsorted(classes, y) if multiclass else (y == classes[-1])
     z = []
     for f in range(folds):
         train = ((fold_ids != f) * base_w).astype(np.float32)
-        z.append(np.asarray(clone(est).fit(Xs, y, sample_weight=train).decision_function(Xs), np.float32))  # (L, N)
-    # These probes' proba is sigmoid(z), so the log-loss of the decision values is theirs.
-    acc, ll, auc = (np.asarray(a).T for a in F.fold_scores(np.stack(z), y01, F.held_out_rows(fold_ids, base_w)))
+        z.append(np.asarray(clone(est).fit(Xs, y, sample_weight=train).decision_function(Xs), np.float32))  # (L, N[, K])
+    # These probes' proba is sigmoid(z) (softmax(z) for more than two classes), so the log-loss of the
+    # decision values is theirs.
+    acc, ll, auc = (np.asarray(a).T for a in F.fold_scores(
+        np.stack(z), labels.astype(np.int32), F.held_out_rows(fold_ids, base_w), softmax=multiclass))
     est = clone(est).fit(Xs, y, sample_weight=sample_weight)
     return SweepResult(names, classifier, acc, auc, ll, None, est, mean, scale, fold_ids)

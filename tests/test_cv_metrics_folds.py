@@ -103,6 +103,24 @@ def test_roc_auc_float64_resolves_below_float32():
         assert abs(float(F.roc_auc(y, scores)) - roc_auc_score(y, scores)) < 1e-12
 
 
+def test_ridge_sweep_over_three_classes_scores_each_fold_as_sklearn():
+    from sklearn.linear_model import RidgeClassifier
+
+    from lmprobe_jax import sweep_activations
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2, 150, 6)).astype(np.float32)
+    y = np.argmax(X[1, :, :3] + 0.5 * rng.normal(size=(150, 3)), axis=1)
+    sweep = sweep_activations(X, y, classifier="ridge", folds=3)
+    assert np.isnan(sweep.roc_auc).all() and sweep.estimator.coef_.shape == (2, 3, 6)
+    Xs = (X - sweep.mean) / sweep.scale
+    for layer in range(2):
+        for f in range(3):
+            train, test = sweep.fold_ids != f, sweep.fold_ids == f
+            ref = RidgeClassifier().fit(Xs[layer][train], y[train])
+            assert abs(sweep.accuracy[layer, f] - ref.score(Xs[layer][test], y[test])) < 1e-6
+
+
 def test_stratified_folds_balance_and_seed():
     y = np.array([0] * 37 + [1] * 23)
     a = F.stratified_folds(y, 5, random_state=1)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, RidgeClassifierCV
 
 import lmprobe_jax.functional as F
 
@@ -60,6 +60,47 @@ def test_ridge_classifier_and_grid():
             ref = RidgeClassifier(alpha=a).fit(X[l], y)
             np.testing.assert_allclose(fit.coef[l, g], ref.coef_.ravel(), rtol=1e-4, atol=1e-6)
     assert (np.asarray(F.predict(F.RidgeFit(fit.coef[1, 0], fit.intercept[1, 0]), X[1])) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("n_alphas", [3, 10])  # on the CPU: a Cholesky per alpha, and one eigh
+@pytest.mark.parametrize("shape", [(120, 6), (20, 40)])  # primal and dual
+def test_ridge_classifier_one_vs_all_matches_sklearn(n_alphas, shape):
+    rng = np.random.default_rng(3)
+    N, D = shape
+    X = rng.normal(size=(2, N, D))
+    y = np.argmax(X[1, :, :4] + 0.5 * rng.normal(size=(N, 4)), axis=1) * 2 + 1  # labels 1, 3, 5, 7
+    w = rng.uniform(0.5, 2.0, N)
+    alphas = np.logspace(-1, 2, n_alphas)
+    fit = F.fit_ridge(X.astype(np.float32), y, alphas, sample_weight=w)
+    assert isinstance(fit, F.MulticlassRidgeFit) and fit.coef.shape == (2, n_alphas, 4, D)
+    assert F.decision_function(fit, X).shape == (2, n_alphas, N, 4)
+    for l in range(2):
+        for g in (0, n_alphas - 1):
+            ref = RidgeClassifier(alpha=alphas[g]).fit(X[l], y, sample_weight=w)
+            np.testing.assert_allclose(fit.coef[l, g], ref.coef_, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(fit.intercept[l, g], ref.intercept_, rtol=1e-4, atol=1e-5)
+            one = F.MulticlassRidgeFit(fit.coef[l, g], fit.intercept[l, g])
+            assert (ref.classes_[np.asarray(F.predict(one, X[l]))] == ref.predict(X[l])).all()
+            np.testing.assert_allclose(np.asarray(F.predict_proba(one, X[l])).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_ridge_classifier_cv_one_vs_all_matches_sklearn():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2, 90, 5))
+    y = np.argmax(X[0, :, :3] + 0.7 * rng.normal(size=(90, 3)), axis=1)
+    alphas = np.array([0.1, 3.0, 30.0, 300.0])
+    cv = F.cross_validate_ridge(X.astype(np.float32), y, alphas)
+    acc = F.cross_validate_ridge(X.astype(np.float32), y, alphas, scoring="accuracy").accuracy[..., 0]
+    assert isinstance(cv.fit, F.MulticlassRidgeFit) and cv.fit.coef.shape == (2, 3, 5)
+    assert np.isnan(np.asarray(cv.roc_auc)).all()
+    for l in range(2):
+        ref = RidgeClassifierCV(alphas=alphas, store_cv_results=True).fit(X[l], y)  # mean squared LOO error
+        np.testing.assert_allclose(cv.mse[l, :, 0], ref.cv_results_.mean(axis=(0, 1)), rtol=1e-4)
+        assert float(cv.best_value[l]) == ref.alpha_
+        np.testing.assert_allclose(cv.fit.coef[l], ref.coef_, rtol=1e-4, atol=1e-5)
+        loo = RidgeClassifierCV(alphas=alphas, scoring="accuracy", store_cv_results=True).fit(X[l], y)
+        expected = (np.argmax(loo.cv_results_, axis=1) == y[:, None]).mean(axis=0)  # LOO decision values
+        np.testing.assert_allclose(acc[l], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(40, 5), (12, 30)])

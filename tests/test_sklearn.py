@@ -87,6 +87,10 @@ def test_coefficients_match_sklearn(data):
     y3 = np.digitize(X[:, 2], [0.0, 2.0])
     np.testing.assert_allclose(LogisticProbe().fit(X, y3).coef_, LogisticRegression(tol=1e-10).fit(X, y3).coef_,
                                rtol=1e-3, atol=1e-5)
+    ours, ref = RidgeProbe(alpha=2.0).fit(X, y3), RidgeClassifier(alpha=2.0).fit(X, y3)  # one-vs-all
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), rtol=1e-4, atol=1e-5)
+    assert (ours.predict(X) == ref.predict(X)).all()
 
 
 def test_three_d_input_fits_every_layer():

@@ -20,7 +20,7 @@ from ._metrics import (
 )
 from ._multinomial import MultinomialFit, fit_multinomial
 from ._predict import decision_function, predict, predict_proba
-from ._ridge import RidgeFit, RidgeLOO, fit_ridge, ridge_loo
+from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO, fit_ridge, ridge_loo
 from ._selection import (
     FastAutoResult,
     alpha_for_k_layers,
@@ -38,6 +38,7 @@ __all__ = [
     "HeldOut",
     "LogisticFit",
     "MassMeanFit",
+    "MulticlassRidgeFit",
     "MultinomialFit",
     "RidgeFit",
     "RidgeLOO",

@@ -25,7 +25,7 @@ from ._multinomial import SOFTMAX, MultinomialFit
 from ._newton_cg import NewtonCGResult, layer_preconditioners, solve_layers, solver_options
 from ._precision import einsum
 from ._predict import decision_function
-from ._ridge import RidgeFit, ridge_loo
+from ._ridge import ridge_loo
 
 _HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mse": False}
 
@@ -217,24 +217,34 @@ def cross_validate_ridge(
 
     What ``RidgeCV(alphas)`` / ``RidgeClassifierCV(alphas)`` (``cv=None``) do per layer: exact LOO from
     one eigendecomposition per layer (:func:`ridge_loo`), the best ``alpha`` by mean squared LOO
-    error (``scoring="mse"``, scikit-learn's default) or, for two classes, ``"accuracy"`` / ``"roc_auc"``.
+    error (``scoring="mse"``, scikit-learn's default; averaged over the one-vs-all targets of more than
+    two classes) or, for class labels, ``"accuracy"`` (the largest score's class for more than two) or,
+    for two classes, ``"roc_auc"``.
 
     Returns:
-      A :class:`CVResult` with ``F = 1`` (the LOO fold) and ``fit`` a :class:`RidgeFit` ``(L, D)``.
+      A :class:`CVResult` with ``F = 1`` (the LOO fold) and ``fit`` a :class:`RidgeFit` ``(L, D)`` (a
+      :class:`MulticlassRidgeFit` ``(L, K, D)`` for more than two classes).
     """
     X3, _ = _checks.check_activations(X)
     alphas, _ = _checks.check_grid(alpha, "alpha")
+    y_arr = np.asarray(y)
+    classify = y_arr.dtype.kind in "iub"
+    multiclass = classify and np.unique(y_arr).size > 2
+    allowed = ("mse", "accuracy") if multiclass else ("mse", "accuracy", "roc_auc") if classify else ("mse",)
+    if scoring not in allowed:
+        raise ValueError(f"scoring={scoring!r} is not available for these targets; use " + " or ".join(
+            repr(name) for name in allowed) + ".")
     loo = ridge_loo(X3, y, alphas, sample_weight=sample_weight, fit_intercept=fit_intercept,
                     layer_batch_size=layer_batch_size)
-    classify = np.asarray(y).dtype.kind in "iub"
-    if scoring not in ("mse", "accuracy", "roc_auc") or (scoring != "mse" and not classify):
-        raise ValueError(f"scoring={scoring!r} is not available; use 'mse'" + (
-            ", 'accuracy' or 'roc_auc'." if classify else " for regression targets."))
     sw = jnp.asarray(_checks.check_sample_weight(sample_weight, X3.shape[1]))
-    pred, target = loo.predictions, loo.targets  # (L, G, N), (N,)
-    mse = (jnp.sum(sw * (pred - target) ** 2, axis=-1) / jnp.sum(sw))[..., None]
+    pred, target = loo.predictions, loo.targets  # (L, G, [K,] N), ([K,] N)
+    mse = jnp.sum(sw * (pred - target) ** 2, axis=-1) / jnp.sum(sw)
+    mse = (jnp.mean(mse, axis=-1) if multiclass else mse)[..., None]  # (L, G, 1)
     nan = jnp.full_like(mse, jnp.nan)
-    if classify:
+    if multiclass:  # the class of the largest one-vs-all score
+        acc = jnp.sum(sw * (jnp.argmax(pred, axis=-2) == jnp.argmax(target, axis=0)), axis=-1) / jnp.sum(sw)
+        acc, auc = acc[..., None], nan
+    elif classify:
         positive = target > 0
         acc = _metrics.binary_accuracy(positive, pred, sw)[..., None]
         auc = _metrics.roc_auc(positive, pred, sw)[..., None]
@@ -245,7 +255,7 @@ def cross_validate_ridge(
     zeros = jnp.zeros(mse.shape[:2] + (2,), jnp.int32)
     return CVResult(
         grid=alphas, accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
-        best_value=alphas[np.asarray(best)], fit=RidgeFit(*(a[layers, best] for a in loo.fit)),
+        best_value=alphas[np.asarray(best)], fit=type(loo.fit)(*(a[layers, best] for a in loo.fit)),
         fold_ids=np.full(X3.shape[1], -1, np.int32), n_iter=zeros, converged=zeros == 0,
     )
 

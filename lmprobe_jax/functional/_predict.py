@@ -1,8 +1,8 @@
 """Decision values, probabilities and class predictions for every fitted-probe type.
 
 Shapes follow the fit: a ``coef`` of shape ``(L, [G,] D)`` applied to ``X`` ``(L, N, D)`` gives decision
-values ``(L, [G,] N)``; a fit made from 2-D ``X`` (no layer axis) takes 2-D ``X``. Multinomial fits add
-a class axis last, as scikit-learn does: ``(..., N, K)``. Class predictions are indices into the sorted
+values ``(L, [G,] N)``; a fit made from 2-D ``X`` (no layer axis) takes 2-D ``X``. Fits with a class
+axis (multinomial, and ridge on more than two classes) add it last, as scikit-learn does: ``(..., N, K)``. Class predictions are indices into the sorted
 labels the fit saw (``0``/``1`` for binary fits: ``1`` is the larger label).
 """
 
@@ -19,10 +19,11 @@ from ._logistic import LogisticFit
 from ._mass_mean import MassMeanFit
 from ._multinomial import MultinomialFit
 from ._precision import einsum
-from ._ridge import RidgeFit
+from ._ridge import MulticlassRidgeFit, RidgeFit
 
-ProbeFit = Union[LogisticFit, MultinomialFit, RidgeFit, MassMeanFit]
-_FITS = (LogisticFit, MultinomialFit, RidgeFit, MassMeanFit)
+ProbeFit = Union[LogisticFit, MultinomialFit, RidgeFit, MulticlassRidgeFit, MassMeanFit]
+_FITS = (LogisticFit, MultinomialFit, RidgeFit, MulticlassRidgeFit, MassMeanFit)
+_CLASS_AXIS = (MultinomialFit, MulticlassRidgeFit)  # coef ([L,] [G,] K, D): one row per class
 
 
 def _check_fit(fit: Any) -> None:
@@ -41,7 +42,7 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
       X: ``(L, N, D)`` when the fit has a layer axis, else ``(N, D)``.
 
     Returns:
-      ``(L, [G,] N)`` (``(L, [G,] N, K)`` for a multinomial fit); the layer axis only for 3-D ``X``.
+      ``(L, [G,] N)`` (``(L, [G,] N, K)`` for a fit with a class axis); the layer axis only for 3-D ``X``.
     """
     _check_fit(fit)
     X = _checks.as_jax_array(X)
@@ -59,7 +60,7 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
     else:
         z = einsum("...d,nd->...n", coef, X)
     z = z + fit.intercept[..., None]
-    if isinstance(fit, MultinomialFit):
+    if isinstance(fit, _CLASS_AXIS):
         z = jnp.swapaxes(z, -1, -2)
     return z
 
@@ -67,11 +68,12 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
 def predict_proba(fit: ProbeFit, X: Any) -> Array:
     """Class probabilities ``(..., N, K)`` (``K = 2`` for binary fits: columns negative, positive).
 
-    For :class:`RidgeFit` (a least-squares classifier without a likelihood) the scores are squashed
-    by a logistic function, as lmprobe does; treat them as scores, not calibrated probabilities.
+    For ridge fits (least-squares classifiers without a likelihood) the scores are squashed by a
+    logistic function, as lmprobe does (a softmax over the classes' scores for more than two classes);
+    treat them as scores, not calibrated probabilities.
     """
     z = decision_function(fit, X)
-    if isinstance(fit, MultinomialFit):
+    if isinstance(fit, _CLASS_AXIS):
         return jax.nn.softmax(z, axis=-1)
     p = jax.nn.sigmoid(z)
     return jnp.stack([1 - p, p], axis=-1)
@@ -80,6 +82,6 @@ def predict_proba(fit: ProbeFit, X: Any) -> Array:
 def predict(fit: ProbeFit, X: Any) -> Array:
     """Class indices ``(..., N)`` (int32). For a regression :class:`RidgeFit`, use :func:`decision_function`."""
     z = decision_function(fit, X)
-    if isinstance(fit, MultinomialFit):
+    if isinstance(fit, _CLASS_AXIS):
         return jnp.argmax(z, axis=-1).astype(jnp.int32)
     return (z > 0).astype(jnp.int32)

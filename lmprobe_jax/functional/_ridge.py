@@ -5,9 +5,10 @@ r"""Ridge regression and ridge classification, every layer and every ``alpha`` f
     \min_{w, b} \; \sum_i s_i (y_i - x_i^\top w - b)^2 + \alpha \lVert w \rVert^2,
 
 scikit-learn's ``Ridge(alpha)`` objective (intercept unpenalised). Integer or boolean labels are
-binary classification as in ``RidgeClassifier``: targets ``-1`` / ``+1``, the larger label ``+1``. (For
-more than two classes use :func:`fit_multinomial`.) ``alpha`` corresponds to ``1 / (2 C)`` of
-:func:`fit_logistic`.
+classification as in ``RidgeClassifier``: two classes give one target, ``-1`` / ``+1`` (the larger label
+``+1``); ``K > 2`` classes give ``K`` one-vs-all targets (``+1`` for the class, ``-1`` for the rest), all
+solved from the same factorisation, and the predicted class is the largest of the ``K`` scores. ``alpha``
+corresponds to ``1 / (2 C)`` of :func:`fit_logistic`.
 
 Per layer, the weighted, centred matrix ``Xs = sqrt(s) (X - xbar)`` is factorised once:
 
@@ -46,7 +47,8 @@ from ._precision import matmul
 
 
 class RidgeFit(NamedTuple):
-    """Ridge probes. ``[L]`` is present for 3-D ``X``, ``[G]`` for a 1-D ``alpha`` grid.
+    """Ridge probes: regression, or two classes. ``[L]`` is present for 3-D ``X``, ``[G]`` for a 1-D
+    ``alpha`` grid.
 
     Attributes:
       coef: ``([L,] [G,] D)``.
@@ -57,23 +59,38 @@ class RidgeFit(NamedTuple):
     intercept: Array
 
 
+class MulticlassRidgeFit(NamedTuple):
+    """Ridge classifiers for ``K > 2`` classes, one ``-1`` / ``+1`` target per class (``RidgeClassifier``'s
+    one-vs-all). ``[L]`` / ``[G]`` as in :class:`RidgeFit`.
+
+    Attributes:
+      coef: ``([L,] [G,] K, D)``, row ``k`` scoring class ``k`` (of the sorted labels).
+      intercept: ``([L,] [G,] K)``.
+    """
+
+    coef: Array
+    intercept: Array
+
+
 class RidgeLOO(NamedTuple):
     """Exact leave-one-out results of :func:`ridge_loo`.
 
     Attributes:
-      fit: the :class:`RidgeFit` on all samples.
-      predictions: ``([L,] [G,] N)``, the prediction (regression) or decision value
-        (classification) for each sample from the model fitted without it.
-      targets: ``(N,)`` the targets the predictions estimate (``±1`` for classification).
+      fit: the :class:`RidgeFit` (or :class:`MulticlassRidgeFit`) on all samples.
+      predictions: ``([L,] [G,] [K,] N)``, the prediction (regression) or decision value
+        (classification; one row per class for ``K > 2``) for each sample from the model fitted without it.
+      targets: ``([K,] N)`` the targets the predictions estimate (``±1`` for classification).
     """
 
-    fit: RidgeFit
+    fit: RidgeFit | MulticlassRidgeFit
     predictions: Array
     targets: Array
 
 
 def ridge_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(Y (1, N) float32, classes or None)``: float ``y`` is regression, integer/bool ``y`` classification."""
+    """``(Y (T, N) float32, classes or None)``: float ``y`` is regression (``T = 1``), integer/bool ``y``
+    classification (``T = 1`` for two classes, else ``T = K`` one-vs-all targets). Under ``jit`` labels
+    must be two classes coded ``0`` / ``1`` (the number of classes is not known there)."""
     y_arr = _checks.check_n_samples(n, y, "y")
     if not _checks.is_concrete(y_arr):  # under jit: float targets, or labels coded 0/1
         if jnp.issubdtype(y_arr.dtype, jnp.floating):
@@ -88,8 +105,10 @@ def ridge_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
             f"y has dtype {y_arr.dtype}; give float targets (regression) or integer/bool labels "
             f"(classification)."
         )
-    codes, classes = _checks.check_binary_labels(y_arr, n)
-    return (2.0 * codes - 1.0).astype(np.float32)[None], classes
+    codes, classes = _checks.check_class_labels(y_arr, n)
+    if classes.size == 2:
+        return (2.0 * codes - 1.0).astype(np.float32)[None], classes
+    return np.where(codes[None] == np.arange(classes.size)[:, None], 1.0, -1.0).astype(np.float32), classes
 
 
 # Most alphas a ridge fit without leave-one-out solves on the CPU by a Cholesky factorisation per alpha rather
@@ -267,14 +286,17 @@ def _validated_solve(
         method=ridge_method(alphas.size, loo),
     )
 
-    def squeeze(a: Array) -> Array:  # the target axis (always one target) and unrequested layer/grid axes
-        axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (2, True)) if drop)
+    one_target = Y.shape[0] == 1
+
+    def squeeze(a: Array) -> Array:  # a single target's axis and the unrequested layer/grid axes
+        axes = tuple(i for i, drop in ((0, was_2d), (1, not is_grid), (2, one_target)) if drop)
         return jnp.squeeze(a, axis=axes)
 
+    fit_type = RidgeFit if one_target else MulticlassRidgeFit
     return RidgeLOO(
-        fit=RidgeFit(*(squeeze(a) for a in fit)),
+        fit=fit_type(*(squeeze(a) for a in fit)),
         predictions=None if pred is None else squeeze(pred),
-        targets=jnp.asarray(Y[0]),
+        targets=jnp.asarray(Y[0] if one_target else Y),
     )
 
 
@@ -286,7 +308,7 @@ def fit_ridge(
     sample_weight: Any = None,
     fit_intercept: bool = True,
     layer_batch_size: int | None = None,
-) -> RidgeFit:
+) -> RidgeFit | MulticlassRidgeFit:
     """Fit ridge on every layer for every ``alpha``: one eigendecomposition per layer serves the whole grid
     (on the CPU, up to 8 alphas each get a Cholesky factorisation instead, which is faster there).
 
@@ -295,7 +317,7 @@ def fit_ridge(
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations (float16/bfloat16/float32/float64 storage).
-      y: ``(N,)`` float targets (regression), or two class labels (classification).
+      y: ``(N,)`` float targets (regression), or integer/bool class labels (classification).
       alpha: ``> 0``, a scalar or a 1-D grid (adds a ``G`` axis after ``L``). Traced: no recompile.
       sample_weight: ``(N,)`` non-negative weights, default ones.
       fit_intercept: fit an unpenalised intercept (weighted centring).
@@ -303,7 +325,8 @@ def fit_ridge(
         Memory per layer: ``X`` centred (``N D``), the Gram (``min(N, D)^2``) and its eigenvectors.
 
     Returns:
-      A :class:`RidgeFit`.
+      A :class:`RidgeFit`; for more than two classes a :class:`MulticlassRidgeFit` (a class axis before
+      ``D``).
 
     Example:
       >>> import numpy as np
@@ -328,7 +351,7 @@ def ridge_loo(
     What ``RidgeCV`` / ``RidgeClassifierCV`` (``cv=None``) evaluate, from the same factorisation as
     :func:`fit_ridge` and a few ``O(N D)`` products per ``alpha``. Score them with
     :mod:`lmprobe_jax.functional` metrics (e.g. mean squared error against ``targets``, or accuracy of
-    ``sign(predictions)`` for two classes).
+    ``sign(predictions)`` for two classes and of the ``argmax`` over the class axis for more).
 
     Arguments are those of :func:`fit_ridge`.
     """
