@@ -183,7 +183,7 @@ def sweep_activations(
     fold_ids = F.stratified_folds(y, folds, groups=groups, random_state=random_state)
     base_w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
     multiclass = classes.size > 2  # ridge's one-vs-all: scores (L, N, K), AUROC NaN
-    labels = np.searchsorted(classes, y) if multiclass else (y == classes[-1])
+    labels = np.searchsorted(classes, y)  # 0..K-1; for two classes, 1 is the positive (larger) label
     z = []
     for f in range(folds):
         train = ((fold_ids != f) * base_w).astype(np.float32)

@@ -242,8 +242,8 @@ def cross_validate_ridge(
     mse = (jnp.mean(mse, axis=-1) if multiclass else mse)[..., None]  # (L, G, 1)
     nan = jnp.full_like(mse, jnp.nan)
     if multiclass:  # the class of the largest one-vs-all score
-        acc = jnp.sum(sw * (jnp.argmax(pred, axis=-2) == jnp.argmax(target, axis=0)), axis=-1) / jnp.sum(sw)
-        acc, auc = acc[..., None], nan
+        acc = _metrics.multiclass_accuracy(jnp.argmax(target, axis=0), jnp.swapaxes(pred, -1, -2), sw)[..., None]
+        auc = nan
     elif classify:
         positive = target > 0
         acc = _metrics.binary_accuracy(positive, pred, sw)[..., None]

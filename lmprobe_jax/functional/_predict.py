@@ -2,8 +2,9 @@
 
 Shapes follow the fit: a ``coef`` of shape ``(L, [G,] D)`` applied to ``X`` ``(L, N, D)`` gives decision
 values ``(L, [G,] N)``; a fit made from 2-D ``X`` (no layer axis) takes 2-D ``X``. Fits with a class
-axis (multinomial, and ridge on more than two classes) add it last, as scikit-learn does: ``(..., N, K)``. Class predictions are indices into the sorted
-labels the fit saw (``0``/``1`` for binary fits: ``1`` is the larger label).
+axis (multinomial, and ridge on more than two classes) add it last, as scikit-learn does:
+``(..., N, K)``. Class predictions are indices into the sorted labels the fit saw (``0``/``1`` for binary
+fits: ``1`` is the larger label).
 """
 
 from __future__ import annotations
