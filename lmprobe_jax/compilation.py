@@ -14,8 +14,7 @@ from pathlib import Path
 
 import jax
 
-# The project's cache root (models, activations, compiled programs); the CLI keeps its files under it.
-CACHE_ROOT = Path(os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax")).expanduser()
+from lmprobe_jax_store import cache_root
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None, *, min_compile_seconds: float = 0.2) -> Path:
@@ -25,7 +24,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None, *, min_
     """
     if min_compile_seconds < 0:
         raise ValueError(f"min_compile_seconds must be >= 0; got {min_compile_seconds!r}.")
-    path = CACHE_ROOT / "jax" if directory is None else Path(directory).expanduser()
+    path = cache_root() / "jax" if directory is None else Path(directory).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))

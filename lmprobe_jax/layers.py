@@ -19,7 +19,7 @@ spec                 layers (for a model with ``L`` decoder blocks)             
 ``"16"``, ``"-1"``   that block (Wisent)                                                    ``fixed``
 ==================== ===================================================================== ============
 
-A :class:`LayerSpec` is also accepted (and checked against the model). Block ``i`` is the residual stream leaving decoder block ``i`` (see :mod:`extract`).
+A :class:`LayerSpec` is also accepted (and checked against the model). Block ``i`` is the residual stream leaving decoder block ``i`` (see :mod:`lmprobe_jax_store`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from lmprobe_jax_store import normalise_layer
 
 from .functional._selection import resolve_candidates
 
@@ -49,9 +51,10 @@ _INT = r"-?\d+"
 
 
 def _index(value: int, n_layers: int, spec: Any) -> int:
-    if not -n_layers <= value < n_layers:
-        raise ValueError(f"Layer {value} in {spec!r} is out of range for a model with {n_layers} layers.")
-    return value % n_layers
+    try:
+        return normalise_layer(value, n_layers, allow_embeddings=False)
+    except ValueError as err:
+        raise ValueError(f"{err} (in layer spec {spec!r})") from None
 
 
 def _range(a: int, b: int, n_layers: int, spec: Any) -> list[int]:

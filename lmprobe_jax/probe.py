@@ -1,6 +1,6 @@
 """``Probe`` and ``LayerSweepResult``: lmprobe 0.10.3's high-level API on lmprobe-jax's pieces.
 
-The class orchestrates and holds no maths: activations come from :func:`extract.extract_activations`
+The class orchestrates and holds no maths: activations come from :func:`lmprobe_jax_extract.extract_activations`
 (one forward pass for every layer a call needs, from a content-keyed cache), layer specs from
 :func:`lmprobe_jax.layers.parse_layers`, probes from :mod:`lmprobe_jax.sklearn`, sweeps from
 :func:`lmprobe_jax.sweep.sweep_activations`, layer selection from the group-lasso and importance
@@ -39,16 +39,17 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score, recall_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from lmprobe_jax_store import POOLINGS, cache_root
+
 from . import functional as F
 from . import sklearn as probes
 from .layers import LayerSpec, parse_layers
 from .sweep import SWEEP_CLASSIFIERS, SweepResult, build_classifier, standardize, sweep_activations
 
-TRAIN_POOLINGS = ("last_token", "first_token", "mean", "max", "min", "all")
 SCORE_POOLINGS = ("max", "min")  # inference-only: classify every token, then reduce the scores
 TASKS = ("classification", "regression")
 NORMALIZE = (True, False, "per_neuron", "per_layer")
-DEFAULT_CACHE = os.environ.get("LMPROBE_JAX_CACHE", "~/.cache/lmprobe-jax") + "/activations"
+DEFAULT_CACHE = str(cache_root() / "activations")
 
 # Everything save/load may rebuild, by class name: nothing else is ever instantiated from a file.
 _SAVABLE = {
@@ -141,8 +142,8 @@ def _labels_or_prompts(second: Any) -> str:
 
 
 def _check_prompts(prompts: Any, what: str = "prompts") -> list[str]:
-    # Prompts only ever go to extract, which owns their validation (imported here, not at start-up).
-    from extract import check_prompts
+    # Prompts only ever go to lmprobe_jax_extract, which owns their validation (imported here, not at start-up).
+    from lmprobe_jax_extract import check_prompts
 
     return check_prompts(prompts, what)
 
@@ -292,11 +293,11 @@ class Probe:
     def _validate_params(self) -> None:
         for name in ("pooling", "train_pooling"):
             value = getattr(self, name)
-            if value is not None and value not in TRAIN_POOLINGS:
-                raise ValueError(f"Unknown {name} {value!r}: choose from {TRAIN_POOLINGS}.")
-        if self.inference_pooling is not None and self.inference_pooling not in TRAIN_POOLINGS:
+            if value is not None and value not in POOLINGS:
+                raise ValueError(f"Unknown {name} {value!r}: choose from {POOLINGS}.")
+        if self.inference_pooling is not None and self.inference_pooling not in POOLINGS:
             raise ValueError(
-                f"Unknown inference_pooling {self.inference_pooling!r}: choose from {TRAIN_POOLINGS}."
+                f"Unknown inference_pooling {self.inference_pooling!r}: choose from {POOLINGS}."
             )
         if self.task not in TASKS:
             raise ValueError(f"Unknown task {self.task!r}: choose 'classification' or 'regression'.")
@@ -344,7 +345,7 @@ class Probe:
                 raise ValueError(
                     "This Probe has no model: pass model=... or use the *_from_activations methods."
                 )
-            from extract import model_layer_count
+            from lmprobe_jax_extract import model_layer_count
 
             self._model_layers = model_layer_count(self.model)
         return self._model_layers
@@ -362,7 +363,7 @@ class Probe:
         """``(L, N, D)`` activations of ``layers`` (for ``"all"``: ``(L, T, D)`` token rows and the
         ``(N + 1,)`` offsets of each prompt's rows; else offsets None)."""
         self._n_model_layers()  # raises when the Probe has no model
-        from extract import extract_activations
+        from lmprobe_jax_extract import extract_activations
 
         store = extract_activations(
             self.model,

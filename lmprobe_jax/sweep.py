@@ -1,6 +1,6 @@
 """A layer sweep straight from activations: per-layer cross-validated scores and a probe per layer.
 
-``sweep_activations(X, y)`` takes ``(L, N, D)`` activations (or an :class:`extract.ActivationStore`)
+``sweep_activations(X, y)`` takes ``(L, N, D)`` activations (or an :class:`lmprobe_jax_store.ActivationStore`)
 and returns, for every layer, held-out accuracy / AUROC / log-loss on each fold, the chosen
 regularisation value, and a probe refitted on all rows -- every layer in one batched solve. Nothing
 here needs a model, so benchmark scripts and research code can sweep cached activations directly.
@@ -110,7 +110,7 @@ class SweepResult:
 
 
 def _as_layers(X: Any, y: Any, layers: Any, pooling: str | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    if hasattr(X, "stack") and hasattr(X, "manifest"):  # an extract.ActivationStore
+    if hasattr(X, "stack") and hasattr(X, "manifest"):  # an ActivationStore
         store = X
         names = [layer for layer in store.layers if layer != "embeddings"] if layers is None else list(layers)
         y = store.labels if y is None else y
@@ -145,7 +145,7 @@ def sweep_activations(
     """Cross-validate a probe on every layer and refit it, all layers batched.
 
     Args:
-      X: ``(L, N, D)`` activations or an :class:`extract.ActivationStore` (then ``layers`` and
+      X: ``(L, N, D)`` activations or an :class:`lmprobe_jax_store.ActivationStore` (then ``layers`` and
         ``pooling`` pick what to stack, and ``y`` defaults to the store's labels).
       y: ``(N,)`` class labels (two classes for mass-mean).
       classifier: one of :data:`SWEEP_CLASSIFIERS`. Logistic ones run

@@ -26,7 +26,7 @@ def prompts_csv(tmp_path):
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "CACHE", tmp_path / "cache")
+    monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))
     # JAX's compilation-cache setting is process-wide: leave the rest of the suite's JAX untouched.
     monkeypatch.setattr(cli, "enable_compilation_cache", lambda *args, **kwargs: None)
 

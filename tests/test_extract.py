@@ -1,4 +1,4 @@
-"""extract/: poolings against an unpadded per-prompt reference, backends, the store and its trust rules."""
+"""lmprobe_jax_extract/ and lmprobe_jax_store/: poolings against an unpadded per-prompt reference, backends, the store and its trust rules."""
 
 import copy
 import json
@@ -17,8 +17,8 @@ pytest.importorskip("transformers")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import extract
-from extract import EMBEDDINGS, POOLINGS, ActivationStore, extract_activations
+import lmprobe_jax_extract as extract
+from lmprobe_jax_extract import EMBEDDINGS, POOLINGS, ActivationStore, extract_activations
 
 PROMPTS = [
     "The city of Lyon is in France.",
@@ -247,7 +247,7 @@ def test_cache_entry_grows_to_the_union_of_requests(tiny_models, tmp_path):
 RESUMABLE = """
 import sys, time
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from extract import extract_activations
+from lmprobe_jax_extract import extract_activations
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.4))
@@ -483,9 +483,19 @@ def test_resolve_layers():
             resolve(bad, 4)
 
 
+def _imports(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return {name.split(".")[0] for name in out.split()}
+
+
 def test_extract_never_imports_jax():
-    code = "import sys, extract; assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules)"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert "jax" not in _imports("lmprobe_jax_extract")
+
+
+def test_store_imports_neither_torch_nor_jax():
+    loaded = _imports("lmprobe_jax_store")
+    assert not loaded & {"torch", "jax", "jaxlib", "transformers"}, loaded & {"torch", "jax"}
 
 
 def test_a_model_object_is_never_converted_to_another_dtype(tiny_models):

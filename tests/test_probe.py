@@ -15,9 +15,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
-from extract import extract_activations
 from lmprobe_jax import LayerSweepResult, Probe
 from lmprobe_jax.sklearn import LogisticProbe
+from lmprobe_jax_extract import extract_activations
 
 CITIES = [
     "Lyon",

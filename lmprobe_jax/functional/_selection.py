@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from lmprobe_jax_store import normalise_layer
+
 from . import _checks
 from ._group_lasso import GroupLassoFit
 from ._logistic import LogisticFit, fit_logistic
@@ -98,9 +100,7 @@ def resolve_candidates(candidates: Sequence[float | int] | None, n_layers: int) 
         if isinstance(c, (bool, np.bool_)):
             raise ValueError(f"candidate {c!r} is a bool; give layer indices or fractions in [0, 1].")
         if isinstance(c, (int, np.integer)):
-            idx = int(c) + n_layers if c < 0 else int(c)
-            if not 0 <= idx < n_layers:
-                raise ValueError(f"candidate layer {c} is out of range for {n_layers} layers.")
+            idx = normalise_layer(c, n_layers, allow_embeddings=False)
         elif isinstance(c, (float, np.floating)):
             if not 0.0 <= c <= 1.0:
                 raise ValueError(f"fractional candidate {c} must lie in [0, 1]; use an int for a layer index.")

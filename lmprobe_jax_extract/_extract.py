@@ -1,5 +1,5 @@
 """``extract_activations``: one forward pass per batch, every requested layer, pooled on the device,
-written to a store that can be trusted (see :mod:`extract._store`) and resumed after a crash."""
+written to a store that can be trusted (see :mod:`lmprobe_jax_store`) and resumed after a crash."""
 
 from __future__ import annotations
 
@@ -15,22 +15,25 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
-from ._capture import capture_local, capture_nnsight, model_inputs, wrap_nnsight
-from ._layers import EMBEDDINGS, LayerName, find_decoder_layers, layer_key, n_layers_of, resolve_layers
-from ._pooling import check_poolings, token_offsets
-from ._source import dtype_name, hash_tokenizer, resolve_source, torch_dtype
-from ._store import (
+from lmprobe_jax_store import (
+    EMBEDDINGS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     ActivationStore,
-    read_header,
-    request_mismatches,
+    LayerName,
+    check_poolings,
+    layer_key,
+    library_version,
+    resolve_layers,
     shard_path,
-    write_file,
-    write_json,
 )
-from ._version import library_version
+from lmprobe_jax_store._store import read_header, request_mismatches, write_file, write_json
+
+from ._blocks import find_decoder_layers, n_layers_of
+from ._capture import capture_local, capture_nnsight, model_inputs, wrap_nnsight
+from ._pooling import token_offsets
+from ._source import dtype_name, hash_tokenizer, resolve_source, torch_dtype
 
 BACKENDS = ("local", "nnsight")
 PARTIAL = ".partial"

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ._layers import EMBEDDINGS, LayerName
+from lmprobe_jax_store import EMBEDDINGS, LayerName
+
 from ._pooling import pool
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import EMBEDDINGS, LayerName, layer_key
+from ._layers import EMBEDDINGS, LayerName, layer_key, normalise_layer
 
 MANIFEST = "manifest.json"
 FORMAT = "lmprobe-jax-activations"
@@ -133,23 +133,10 @@ def request_mismatches(stored: dict, request: dict) -> list[str]:
     return wrong
 
 
-def _normalise_layer(layer: LayerName, n_layers: int) -> LayerName:
-    if layer == EMBEDDINGS:
-        return EMBEDDINGS
-    if isinstance(layer, str):
-        try:
-            layer = int(layer)
-        except ValueError:
-            raise ValueError(f"Unknown layer {layer!r}: use an int or {EMBEDDINGS!r}.") from None
-    if not -n_layers <= int(layer) < n_layers:
-        raise ValueError(f"Layer {layer} is out of range for a model with {n_layers} blocks.")
-    return int(layer) % n_layers
-
-
 class ActivationStore:
     """Pooled activations of N prompts at several layers, on disk (memory-mapped) or in memory.
 
-    Open a finished store with ``ActivationStore(path)``; :func:`extract.extract_activations` returns
+    Open a finished store with ``ActivationStore(path)``; :func:`lmprobe_jax_extract.extract_activations` returns
     one. ``load(layer, pooling)`` gives the ``(N, D)`` array of one layer; ``stack(layers, pooling)``
     gives ``(L, N, D)``. With ``verify=True`` (the default) each shard's size, header and SHA-256 are
     checked against the manifest the first time it is read; a mismatch raises ``ValueError``.
@@ -261,7 +248,7 @@ class ActivationStore:
         return pooling
 
     def _layer(self, layer: LayerName) -> LayerName:
-        name = _normalise_layer(layer, self.n_layers)
+        name = normalise_layer(layer, self.n_layers)
         if name not in self.layers:
             raise ValueError(
                 f"Layer {layer} is not in this store; it holds layers {self.manifest['layers']}."

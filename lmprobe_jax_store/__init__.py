@@ -1,0 +1,39 @@
+"""lmprobe_jax_store: the activation store, readable without torch or jax.
+
+The torch side (:mod:`lmprobe_jax_extract`) writes stores; the JAX side (:mod:`lmprobe_jax`) reads them;
+this package is the format between the two and needs only numpy and safetensors.
+
+* :class:`ActivationStore` -- ``load(layer, pooling)`` -> ``(N, D)`` memory-mapped numpy,
+  ``stack(layers, pooling)`` -> ``(L, N, D)``; every shard checked against the manifest's SHA-256.
+* Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
+  entering block 0 is :data:`EMBEDDINGS`; :func:`resolve_layers` / :func:`normalise_layer` read layer
+  requests. Poolings: :data:`POOLINGS`.
+* :func:`cache_root` -- where models, stores and compiled programs are cached (``$LMPROBE_JAX_CACHE``).
+"""
+
+from ._cache import CACHE_ENV, cache_root
+from ._layers import EMBEDDINGS, LayerName, layer_key, layer_order, normalise_layer, resolve_layers
+from ._poolings import POOLINGS, check_poolings
+from ._store import FORMAT, FORMAT_VERSION, MANIFEST, ActivationStore, shard_path
+from ._version import library_version
+
+__version__ = library_version()
+
+__all__ = [
+    "CACHE_ENV",
+    "EMBEDDINGS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "POOLINGS",
+    "ActivationStore",
+    "LayerName",
+    "cache_root",
+    "check_poolings",
+    "layer_key",
+    "layer_order",
+    "library_version",
+    "normalise_layer",
+    "resolve_layers",
+    "shard_path",
+]
