@@ -4,6 +4,8 @@ exactly what produced it.
 
 * :func:`extract_activations` -- model + prompts -> :class:`~lmprobe_jax_store.ActivationStore` (on disk
   or in memory).
+* :func:`extract_token_streams` -- model + texts -> a token-level store: every token's stream, token
+  and next-token ids, and the model's readout (final norm + unembedding), for lenses.
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
   entering block 0 is :data:`~lmprobe_jax_store.EMBEDDINGS`. Poolings: :data:`~lmprobe_jax_store.POOLINGS`.
 
@@ -15,7 +17,9 @@ from lmprobe_jax_store import EMBEDDINGS, POOLINGS, ActivationStore, library_ver
 from ._blocks import find_decoder_layers
 from ._extract import BACKENDS, check_prompts, extract_activations
 from ._pooling import pool
+from ._readout import check_readout, export_readout
 from ._source import gguf_to_directory, model_layer_count, smollm2_directory
+from ._tokens import extract_token_streams
 
 __version__ = library_version()
 
@@ -25,7 +29,10 @@ __all__ = [
     "POOLINGS",
     "ActivationStore",
     "check_prompts",
+    "check_readout",
+    "export_readout",
     "extract_activations",
+    "extract_token_streams",
     "find_decoder_layers",
     "gguf_to_directory",
     "model_layer_count",

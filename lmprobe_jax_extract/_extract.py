@@ -52,6 +52,14 @@ def check_prompts(prompts: Any, what: str = "prompts") -> list[str]:
     return prompts
 
 
+def encode_prompts(tokenizer: Any, prompts: list[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of each prompt, tokenised on its own with the tokenizer's special tokens (the ids a
+    store's rows come from)."""
+    return tokenizer(
+        prompts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length
+    )["input_ids"]
+
+
 def _prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
@@ -305,9 +313,7 @@ def extract_activations(
     n_layers = n_layers_of(config)
     layer_names = resolve_layers(layers, n_layers)
     tok = source.load_tokenizer()
-    compute = torch_dtype(dtype) or (
-        next(source.model.parameters()).dtype if source.kind == "object" else torch.float32
-    )
+    compute = source.compute_dtype(dtype)
     hashes = [_prompt_hash(p) for p in prompts]
     request = {
         "format": FORMAT,
@@ -358,9 +364,7 @@ def extract_activations(
             )
 
     # Tokenise once: the plan sorts by length, and the progress bar counts tokens.
-    encoded = tok(prompts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length)[
-        "input_ids"
-    ]
+    encoded = encode_prompts(tok, prompts, max_length)
     lengths = np.array([len(ids) for ids in encoded])
     if (lengths == 0).any():
         raise ValueError(f"prompt {int(np.argmin(lengths))} tokenises to nothing; remove empty prompts.")
@@ -379,11 +383,7 @@ def extract_activations(
             shutil.rmtree(partial, ignore_errors=True)
             write_json(plan_file, plan_record)
 
-    device = (
-        device
-        if device is not None
-        else (None if source.kind == "object" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    )
+    device = source.device(device)
     chunks: list[dict | None] = [
         None if partial is None else _load_chunk(partial / _chunk_name(k), keys, rows)
         for k, rows in enumerate(plan.batches)

@@ -138,6 +138,19 @@ class ModelSource:
             return AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
         return AutoConfig.from_pretrained(self.path)
 
+    def compute_dtype(self, dtype: str | torch.dtype | None) -> torch.dtype:
+        """The dtype to run in: ``dtype`` if given, else a model object's own dtype, else float32."""
+        return torch_dtype(dtype) or (
+            next(self.model.parameters()).dtype if self.kind == "object" else torch.float32
+        )
+
+    def device(self, device: str | torch.device | None) -> str | torch.device | None:
+        """Where to run: ``device`` if given; a model object stays where it is (None); else CUDA when
+        available, else the CPU."""
+        if device is not None:
+            return device
+        return None if self.kind == "object" else ("cuda" if torch.cuda.is_available() else "cpu")
+
     def load_tokenizer(self):
         if self.tokenizer is not None:
             return self.tokenizer

@@ -8,13 +8,27 @@ this package is the format between the two and needs only numpy and safetensors.
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
   entering block 0 is :data:`EMBEDDINGS`; :func:`resolve_layers` / :func:`normalise_layer` read layer
   requests. Poolings: :data:`POOLINGS`.
+* Token-level stores (:mod:`lmprobe_jax_store._tokens`): the ``"all"`` streams plus every row's token
+  id and next-token id (:func:`read_tokens`) and the model's readout -- final norm + unembedding
+  (:func:`read_readout`, formula in :mod:`lmprobe_jax_store._readout`) -- so logits can be computed for any
+  stream without torch.
 * :func:`cache_root` -- where models, stores and compiled programs are cached (``$LMPROBE_JAX_CACHE``).
 """
 
 from ._cache import CACHE_ENV, cache_root
 from ._layers import EMBEDDINGS, LayerName, layer_key, layer_order, normalise_layer, resolve_layers
 from ._poolings import POOLINGS, check_poolings
+from ._readout import NORM_KINDS, check_readout_arrays, check_readout_meta, readout_logits_numpy
 from ._store import FORMAT, FORMAT_VERSION, MANIFEST, ActivationStore, shard_path
+from ._tokens import (
+    NO_NEXT,
+    TokenIds,
+    add_token_level,
+    is_token_level,
+    next_token_ids,
+    read_readout,
+    read_tokens,
+)
 from ._version import library_version
 
 __version__ = library_version()
@@ -25,15 +39,26 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
+    "NORM_KINDS",
+    "NO_NEXT",
     "POOLINGS",
     "ActivationStore",
     "LayerName",
+    "TokenIds",
+    "add_token_level",
     "cache_root",
     "check_poolings",
+    "check_readout_arrays",
+    "check_readout_meta",
+    "is_token_level",
     "layer_key",
     "layer_order",
     "library_version",
+    "next_token_ids",
     "normalise_layer",
+    "read_readout",
+    "read_tokens",
+    "readout_logits_numpy",
     "resolve_layers",
     "shard_path",
 ]
