@@ -23,9 +23,8 @@ hidden size ``D``: the streams ``(L, t, D)`` and the lens's features (same size)
 step ``(L, t, vc)`` and a few elementwise temporaries of that size, the reference logits ``(t, vc)``, and
 accumulators ``(L, t, 2k + 4)``; plus the head (``C x F``, shared; ``L x C x F`` per layer). With the
 defaults (``t = 128``, ``vc = 2048``) and SmolLM2 (L = 30, D = 576, V = 49152): 31 MB per ``(L, t, vc)``
-buffer, where the ``(L, t, V)`` logits of one chunk would take 755 MB and those of 20k tokens 118 GB. A host
-loop feeds the token chunks (from
-memory-mapped store shards) and sums the per-token statistics.
+buffer, where the ``(L, t, V)`` logits of one chunk would take 755 MB and those of 20k tokens 118 GB.
+A host loop feeds the token chunks (from memory-mapped store shards) and sums the per-token statistics.
 """
 
 from __future__ import annotations
