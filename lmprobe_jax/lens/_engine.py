@@ -155,40 +155,62 @@ def _init(shape: tuple, cross_shape: tuple, k: int) -> _Online:
     )
 
 
+def vocab_windows(n_classes: int, vocab_chunk: int) -> tuple[int, int]:
+    """``(size, count)`` of the class windows: ``count`` windows of ``size`` classes cover ``n_classes``."""
+    size = min(vocab_chunk, n_classes)
+    return size, math.ceil(n_classes / size)
+
+
+def window(j: Array, size: int, n_classes: int) -> tuple[Array, Array]:
+    """Window ``j``'s first class and its ``(size,)`` mask: the last window is clamped to end at
+    ``n_classes`` and masks the classes an earlier window already covered."""
+    start = jnp.minimum(j * size, n_classes - size)
+    return start, start + jnp.arange(size) >= j * size
+
+
 def online_softmax_stats(
     lens_head: Head | None,
     lens_features: Array,
     ref_head: Head | None,
-    ref_features: Array,
+    ref_features: Array | None,
     n_classes: int,
     *,
     k: int,
     vocab_chunk: int,
-) -> tuple[_Online, _Online]:
+) -> tuple[_Online, _Online | None]:
     """One pass over the classes in windows of ``vocab_chunk``: the online accumulators of the layers
-    (``(L, t)``) and of the reference (``(t,)``, its cross term ``(L, t)``). The last window is clamped to
-    end at ``n_classes`` and masks the classes an earlier window already counted."""
-    size = min(vocab_chunk, n_classes)
-    n_windows = math.ceil(n_classes / size)
+    (``(L, t)``) and of the reference (``(t,)``, its cross term ``(L, t)``; None without a reference,
+    when the layers' cross term is meaningless)."""
+    size, n_windows = vocab_windows(n_classes, vocab_chunk)
     n_layers, t = lens_features.shape[0], lens_features.shape[-2]
 
     def step(carry, j):
         lens_acc, ref_acc = carry
-        start = jnp.minimum(j * size, n_classes - size)
-        valid = start + jnp.arange(size) >= j * size
+        start, valid = window(j, size, n_classes)
         y = jnp.where(valid, window_logits(lens_head, lens_features, start, size), -jnp.inf)
+        if ref_features is None:
+            return (_update(lens_acc, y, 0.0, valid, start, k), None), None
         z = jnp.where(valid, window_logits(ref_head, ref_features, start, size), -jnp.inf)
         lens_acc = _update(lens_acc, y, z, valid, start, k)
         ref_acc = _update(ref_acc, z[None], y, valid, start, k)  # cross: sum p (z - y), per layer
         return (lens_acc, ref_acc), None
 
-    init = (_init((n_layers, t), (n_layers, t), k), _init((1, t), (n_layers, t), k))
-    (lens_acc, ref_acc), _ = lax.scan(step, init, jnp.arange(n_windows))
+    init_ref = None if ref_features is None else _init((1, t), (n_layers, t), k)
+    (lens_acc, ref_acc), _ = lax.scan(
+        step, (_init((n_layers, t), (n_layers, t), k), init_ref), jnp.arange(n_windows)
+    )
+    if ref_acc is None:
+        return lens_acc, None
     squeeze = lambda a: a[0]
     ref_acc = ref_acc._replace(
         top=_Top(*map(squeeze, ref_acc.top)), s=squeeze(ref_acc.s), e=squeeze(ref_acc.e)
     )
     return lens_acc, ref_acc
+
+
+def log_normaliser(acc: _Online) -> Array:
+    """``logsumexp`` of the logits an accumulator has seen."""
+    return acc.top.values[..., 0] + jnp.log(acc.s)
 
 
 @partial(jax.jit, static_argnames=("lens_fn", "ref_fn", "k", "vocab_chunk"))
@@ -221,8 +243,7 @@ def chunk_token_stats(
     lens_acc, ref_acc = online_softmax_stats(
         lens_head, features, ref_head, ref, n_classes, k=k, vocab_chunk=vocab_chunk
     )
-    lse_lens = lens_acc.top.values[..., 0] + jnp.log(lens_acc.s)
-    lse_ref = ref_acc.top.values[..., 0] + jnp.log(ref_acc.s)
+    lse_lens, lse_ref = log_normaliser(lens_acc), log_normaliser(ref_acc)
     has_next = next_ids >= 0
     overlap = lens_acc.top.indices[..., :, None] == ref_acc.top.indices[None, :, None, :]
     return TokenStats(
