@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, before torch and jax start
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, before torch and jax start
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ def torch_reference(model_dir, texts, k=5) -> dict:
     for text in texts:
         ids = tok(text, return_tensors="pt")["input_ids"]
         captured = {}
-        handle = model.model.layers[-1].register_forward_hook(lambda m, a, out: captured.update(h=out))
+        handle = model.model.layers[-1].register_forward_hook(lambda m, a, out, c=captured: c.update(h=out))
         with torch.no_grad():
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
         handle.remove()
@@ -112,10 +112,12 @@ def main() -> None:
     assert ref["n_tokens"] == ours.n_tokens
 
     lines = [
-        f"{len(texts)} texts ({args.n_problems} arithmetic problems, {args.n_cities} city statements), "
-        f"{ours.n_tokens} tokens, 30 layers, vocabulary 49152; ours: token chunks of 100, vocabulary chunks "
-        f"of 5000 (neither divides); extraction {t_extract:.1f} s, our metrics {t_ours:.1f} s (compile "
-        f"included), float64 torch reference {t_ref:.1f} s; one core.",
+        (
+            f"{len(texts)} texts ({args.n_problems} arithmetic problems, {args.n_cities} city statements), "
+            f"{ours.n_tokens} tokens, 30 layers, vocabulary 49152; ours: token chunks of 100, vocabulary chunks "
+            f"of 5000 (neither divides); extraction {t_extract:.1f} s, our metrics {t_ours:.1f} s (compile "
+            f"included), float64 torch reference {t_ref:.1f} s; one core."
+        ),
         "",
         "| layer | KL(final‖lens) ours / torch | KL(lens‖final) | CE next token | entropy | top-1 agreement | top-5 overlap |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -228,40 +228,45 @@ def analyze(
 
 
 def plot_report(report: LensReport, path, title: str) -> None:
-    """``lens.png``: per-layer KL(final || lens), cross-entropy to the next token and top-1 agreement, one
-    curve per lens (the tuned-lens paper's figure, with its two companions)."""
+    """``lens.png`` for a :class:`LensReport` (see :func:`plot_lenses`)."""
+    named = {
+        "logit lens": report.logit_lens,
+        "tuned lens": report.tuned_lens,
+        "next-token probe": report.probe,
+    }
+    plot_lenses(report.layers, named, report.logit_lens.final_ce_next_token, path, title)
+
+
+def plot_lenses(layers: Sequence, lenses: dict, final_ce: float, path, title: str) -> None:
+    """Per-layer KL(final || lens), cross-entropy to the next token and top-1 agreement, one curve per
+    lens (``{label: LensMetrics or None}``): the tuned-lens paper's figure, with its two companions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = np.arange(len(report.layers))
-    labels = [str(layer) for layer in report.layers]
+    x = np.arange(len(layers))
+    labels = [str(layer) for layer in layers]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
-    styles = {
-        "logit_lens": ("logit lens", "tab:blue"),
-        "tuned_lens": ("tuned lens", "tab:orange"),
-        "probe": ("next-token probe", "tab:green"),
-    }
     panels = (
         ("kl_final_lens", "KL(final ‖ lens) [nats]"),
         ("ce_next_token", "cross-entropy to the next token [nats]"),
         ("top1_agreement", "top-1 agreement with the final prediction"),
     )
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     for ax, (metric, ylabel) in zip(axes, panels, strict=True):
-        for name, (label, color) in styles.items():
-            metrics = getattr(report, name)
+        for (label, metrics), color in zip(lenses.items(), colors, strict=False):
             if metrics is not None:
                 ax.plot(x, getattr(metrics, metric), marker="o", ms=3, color=color, label=label)
         if metric == "ce_next_token":
-            ax.axhline(
-                report.logit_lens.final_ce_next_token, color="grey", ls="--", lw=0.8, label="model output"
-            )
+            ax.axhline(final_ce, color="grey", ls="--", lw=0.8, label="model output")
         ax.set_xlabel("layer (output of decoder block)")
         ax.set_ylabel(ylabel)
-        ax.set_xticks(x[:: max(1, len(x) // 10)], labels[:: max(1, len(x) // 10)])
+        step = max(1, len(x) // 10)
+        ax.set_xticks(x[::step], labels[::step])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
