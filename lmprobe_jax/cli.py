@@ -100,12 +100,7 @@ def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) ->
         "layers": rows,
         "best_layer": int(sweep.best_layer),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    with open(out / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    written = [out / "report.json", out / "report.csv"]
+    written = write_json_csv(out, "report", report, rows)
     try:
         plot_layers(
             rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer")
@@ -115,6 +110,16 @@ def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) ->
         _say(args, "matplotlib is not installed: no layers.png (pip install matplotlib)")
     _say(args, "wrote " + ", ".join(map(str, written)))
     return report
+
+
+def write_json_csv(out: Path, stem: str, document: dict, rows: list[dict]) -> list[Path]:
+    """``out/<stem>.json`` (the document) and ``out/<stem>.csv`` (the rows); returns both paths."""
+    (out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")
+    with open(out / f"{stem}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [out / f"{stem}.json", out / f"{stem}.csv"]
 
 
 def plot_layers(rows: list[dict], best: int, path: Path, title: str) -> None:
@@ -409,14 +414,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    document = report.to_json()
-    (out / "lens.json").write_text(json.dumps(document, indent=1) + "\n")
-    rows = report.rows()
-    with open(out / "lens.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    written = [out / "lens.json", out / "lens.csv"]
+    written = write_json_csv(out, "lens", report.to_json(), report.rows())
     try:
         name = SMOLLM2 if args.model == "smollm2" else Path(str(args.model)).name
         plot_report(
