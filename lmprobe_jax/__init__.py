@@ -2,14 +2,18 @@
 
 * :mod:`lmprobe_jax.functional` — batched, jit-compiled solvers (logistic, multinomial, ridge,
   mass-mean, group lasso over layers), cross-validation, layer selection, metrics and prediction.
-* :mod:`lmprobe_jax.sklearn` — scikit-learn estimators over those solvers.
-* :class:`Probe` / :class:`LayerSweepResult` — lmprobe's high-level API (models through
-  :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through
-  :mod:`lmprobe_jax_store`).
+* :mod:`lmprobe_jax.sklearn` — scikit-learn estimators over those solvers; :mod:`lmprobe_jax.classifiers`
+  — the classifier names.
+* :class:`Probe` (``LinearProbe``) / :class:`LayerSweepResult` — lmprobe's high-level API (models through
+  :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through :mod:`lmprobe_jax_store`).
+* Baselines (:class:`BaselineProbe`, :class:`ActivationBaseline`, :class:`BaselineBattery`),
+  :class:`ProbeEnsemble`, and cache management (:mod:`lmprobe_jax.cache`), with lmprobe's names.
 * :func:`sweep_activations` — a per-layer cross-validated sweep straight from activations.
 * :func:`parse_layers` — the layer-spec grammar.
 * :func:`enable_compilation_cache` — keep compiled solvers on disk between processes.
 """
+
+import importlib
 
 from . import functional
 from .compilation import enable_compilation_cache
@@ -17,27 +21,61 @@ from .layers import LayerSpec, parse_layers
 
 __version__ = "0.1.0"
 
+# Public names loaded on first use (they need scikit-learn, and some a model), so `import lmprobe_jax`
+# stays light: name -> module.
+_LAZY = {
+    "Probe": "probe",
+    "LinearProbe": "probe",
+    "LayerSweepResult": "probe",
+    "sweep_activations": "sweep",
+    "SweepResult": "sweep",
+    "BaselineProbe": "baseline",
+    "ActivationBaseline": "activation_baseline",
+    "BaselineBattery": "battery",
+    "BaselineResult": "battery",
+    "BaselineResults": "battery",
+    "ProbeEnsemble": "ensemble",
+    "CacheInfo": "cache",
+    "CachedPromptInfo": "cache",
+    "ModelCacheInfo": "cache",
+    "cache_info": "cache",
+    "discover_cached": "cache",
+    "evict": "cache",
+    "load_activations": "cache",
+    "set_cache_dtype": "cache",
+    "set_cache_limit": "cache",
+}
+
 __all__ = [
+    "ActivationBaseline",
+    "BaselineBattery",
+    "BaselineProbe",
+    "BaselineResult",
+    "BaselineResults",
+    "CacheInfo",
+    "CachedPromptInfo",
     "LayerSpec",
     "LayerSweepResult",
+    "LinearProbe",
+    "ModelCacheInfo",
     "Probe",
+    "ProbeEnsemble",
     "SweepResult",
     "__version__",
+    "cache_info",
+    "discover_cached",
     "enable_compilation_cache",
+    "evict",
     "functional",
+    "load_activations",
     "parse_layers",
+    "set_cache_dtype",
+    "set_cache_limit",
     "sweep_activations",
 ]
 
 
 def __getattr__(name: str):
-    # Probe and the sweep need scikit-learn; load them on first use so `import lmprobe_jax` stays light.
-    if name in ("Probe", "LayerSweepResult"):
-        from . import probe
-
-        return getattr(probe, name)
-    if name in ("sweep_activations", "SweepResult"):
-        from . import sweep
-
-        return getattr(sweep, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lmprobe_jax' has no attribute {name!r}")

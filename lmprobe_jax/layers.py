@@ -17,7 +17,11 @@ spec                 layers (for a model with ``L`` decoder blocks)             
 ``"14-16"``          blocks 14..16 inclusive (Wisent)                                       ``fixed``
 ``"10,15,20"``       those blocks (Wisent)                                                  ``fixed``
 ``"16"``, ``"-1"``   that block (Wisent)                                                    ``fixed``
+``"embeddings"``     the stream entering block 0 (also inside a list: ``["embeddings", 3]``) ``fixed``
 ==================== ===================================================================== ============
+
+``"sweep:A-B"`` clips ``B`` to the last block, as lmprobe does (``"sweep:0-40"`` on a 30-block model
+sweeps 0..29); every other out-of-range index is an error.
 
 A :class:`LayerSpec` is also accepted (and checked against the model). Block ``i`` is the residual stream leaving decoder block ``i`` (see :mod:`lmprobe_jax_store`).
 """
@@ -28,7 +32,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from lmprobe_jax_store import normalise_layer
+from lmprobe_jax_store import EMBEDDINGS, normalise_layer
 
 from .functional._selection import resolve_candidates
 
@@ -40,7 +44,7 @@ class LayerSpec(NamedTuple):
     of the probe (``fixed``), the candidates (``auto`` / ``fast_auto``) or the swept layers (``sweep``)."""
 
     mode: str
-    layers: list[int]
+    layers: list[int | str]
 
 
 _HELP = (
@@ -83,6 +87,8 @@ def parse_layers(
         }
         if text in named:
             return LayerSpec("fixed", named[text])
+        if text == EMBEDDINGS:
+            return LayerSpec("fixed", [EMBEDDINGS])
         if text == "auto":
             return LayerSpec("auto", resolve_candidates(auto_candidates, n_layers))
         if text == "fast_auto":
@@ -96,7 +102,9 @@ def parse_layers(
                 raise ValueError(f"{spec!r}: the sweep step must be at least 1.")
             return LayerSpec("sweep", list(range(0, n_layers, step)))
         if match := re.fullmatch(rf"sweep:({_INT})-({_INT})", text):
-            return LayerSpec("sweep", _range(int(match[1]), int(match[2]), n_layers, spec))
+            end = int(match[2])
+            end = min(end, n_layers - 1) if end >= 0 else end
+            return LayerSpec("sweep", _range(int(match[1]), end, n_layers, spec))
         if match := re.fullmatch(rf"({_INT})-({_INT})", text):
             return LayerSpec("fixed", _range(int(match[1]), int(match[2]), n_layers, spec))
         if re.fullmatch(rf"{_INT}(\s*,\s*{_INT})*", text):
@@ -105,7 +113,24 @@ def parse_layers(
     if isinstance(spec, bool) or spec is None:
         raise ValueError(f"Unknown layer spec {spec!r}: {_HELP}.")
     items = list(spec) if isinstance(spec, (list, tuple, range)) else [spec]
+    if not items:
+        raise ValueError(f"Layer spec {spec!r} is empty: name at least one layer.")
+    blocks = [item for item in items if not (isinstance(item, str) and item == EMBEDDINGS)]
     try:
-        return LayerSpec("fixed", resolve_candidates(items, n_layers))
+        resolved = resolve_candidates(blocks, n_layers) if blocks else []
     except ValueError as err:
         raise ValueError(f"Bad layer spec {spec!r}: {err}") from None
+    return LayerSpec("fixed", ([EMBEDDINGS] if len(blocks) < len(items) else []) + resolved)
+
+
+def check_layer_spec(spec: Any) -> None:
+    """Check a spec's syntax before the model's depth is known (ranges are checked against it later);
+    raises the ValueError :func:`parse_layers` would."""
+    if isinstance(spec, str):
+        try:
+            parse_layers(spec, 1 << 20)
+        except ValueError as err:
+            if "Unknown layer spec" in str(err) or "at least 1" in str(err) or "is empty" in str(err):
+                raise
+    elif isinstance(spec, bool) or spec is None:
+        parse_layers(spec, 1)

@@ -18,36 +18,11 @@ import numpy as np
 from sklearn.base import clone
 
 from . import functional as F
-from .sklearn import LogisticCVProbe, LogisticProbe, MassMeanProbe, RidgeProbe, RidgeRegressionProbe
+from .classifiers import BATCHED, build_classifier
+from .sklearn import LogisticCVProbe
 
-#: Classifier names a sweep knows, and the estimator each builds (``classifier_kwargs`` go to it).
-SWEEP_CLASSIFIERS = ("logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda")
-
-
-def build_classifier(name: str, kwargs: dict | None = None, random_state: int | None = None):
-    """The estimator behind a classifier name (see :data:`lmprobe_jax.probe.CLASSIFIERS`)."""
-    from .sklearn import GroupLassoProbe
-
-    kwargs = dict(kwargs or {})
-    factories = {
-        "logistic_regression": LogisticProbe,
-        "logistic_regression_cv": LogisticCVProbe,
-        "ridge": RidgeProbe,
-        "ridge_regression": RidgeRegressionProbe,
-        "mass_mean": MassMeanProbe,
-        "lda": lambda **kw: MassMeanProbe(**{"iid": True, **kw}),
-        "group_lasso": GroupLassoProbe,
-    }
-    if name not in factories:
-        raise ValueError(
-            f"Unknown classifier {name!r}: choose from {sorted(factories)} or pass an estimator."
-        )
-    if name == "logistic_regression_cv" and random_state is not None:
-        kwargs.setdefault("random_state", random_state)
-    try:
-        return factories[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"classifier_kwargs {kwargs} do not fit classifier {name!r}: {err}") from None
+#: Classifier names a sweep knows (batched estimators; see :mod:`lmprobe_jax.classifiers`).
+SWEEP_CLASSIFIERS = BATCHED
 
 
 def standardize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

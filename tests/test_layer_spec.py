@@ -47,7 +47,7 @@ def test_auto_candidates():
         ("middel", "Unknown layer spec"),
         ("sweep:0", "at least 1"),
         ("sweep:5-2", "empty"),
-        ("sweep:0-30", "out of range"),
+        ("sweep:30-31", "out of range"),
         (30, "out of range"),
         (-31, "out of range"),
         (1.5, r"\[0, 1\]"),

@@ -1,0 +1,234 @@
+"""The one registry of classifier names: what each name builds, and which can be saved without pickle.
+
+Every name lmprobe knows is here. The names whose maths lmprobe-jax owns build its batched estimators
+(:mod:`lmprobe_jax.sklearn`); ``classifier_kwargs`` meant for scikit-learn's estimator of the same name
+that only choose *how* to reach the same optimum (``solver``, ``n_jobs``, ``verbose``, ``warm_start``,
+``random_state``, ``penalty="l2"``) are dropped. Any other scikit-learn argument (``penalty="l1"``,
+``class_weight``, ``l1_ratio``, ...) changes the problem, and the name then builds scikit-learn's
+estimator with lmprobe's defaults, so the argument is honoured rather than ignored.
+
+===================== ============================================= ======================================
+name                  lmprobe-jax estimator                           scikit-learn estimator (other kwargs)
+===================== ============================================= ======================================
+logistic_regression   LogisticProbe                                   LogisticRegression(max_iter=1000)
+logistic_regression_cv LogisticCVProbe                                LogisticRegressionCV(cv=5, max_iter=1000)
+ridge                 RidgeProbe                                      RidgeClassifier
+ridge_regression      RidgeRegressionProbe                            Ridge
+mass_mean             MassMeanProbe (difference of means)             --
+lda                   MassMeanProbe(iid=True) (shared covariance)     LinearDiscriminantAnalysis
+group_lasso           GroupLassoProbe                                 --
+ensemble              EnsembleClassifier (a C path, averaged)             --
+svm                   --                                              SVC(kernel="linear", probability=True)
+sgd                   --                                              SGDClassifier(loss="log_loss")
+===================== ============================================= ======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from . import functional as F
+from .sklearn import (
+    GroupLassoProbe,
+    LogisticCVProbe,
+    LogisticProbe,
+    MassMeanProbe,
+    RidgeProbe,
+    RidgeRegressionProbe,
+)
+
+# Arguments of scikit-learn's estimators that pick an algorithm, not a solution: ours reaches the same
+# optimum at tight tolerance whatever they say.
+_HOW_NOT_WHAT = {"solver", "n_jobs", "verbose", "warm_start", "random_state", "dual", "copy_X"}
+
+
+class EnsembleClassifier(ClassifierMixin, BaseEstimator):
+    """lmprobe's ``"ensemble"``: binary logistic probes at several ``C``, probabilities averaged.
+
+    The ``C`` values are one warm-started path solve (:func:`lmprobe_jax.functional.fit_logistic` with a
+    ``C`` grid), not one fit each. ``predict_proba`` is the mean over ``C`` of ``sigmoid(X w_C + b_C)``.
+
+    Attributes: ``coef_`` ``(G, D)`` and ``intercept_`` ``(G,)`` one row per ``C``; ``classes_``.
+    """
+
+    def __init__(self, C_values: Any = (0.01, 0.1, 0.5, 1.0, 5.0), *, tol: float = 1e-7, max_iter: int = 100):
+        self.C_values = C_values
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EnsembleClassifier:
+        X = np.asarray(X, np.float32)
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2:
+            raise ValueError(
+                f"The 'ensemble' classifier is binary; y holds classes {self.classes_.tolist()}."
+            )
+        codes = np.searchsorted(self.classes_, y).astype(np.int32)
+        fit = F.fit_logistic(
+            X,
+            codes,
+            C=np.asarray(self.C_values, np.float32),
+            sample_weight=sample_weight,
+            tol=self.tol,
+            max_iter=self.max_iter,
+        )
+        self.coef_, self.intercept_ = np.asarray(fit.coef), np.asarray(fit.intercept)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        fit = F.RidgeFit(self.coef_, self.intercept_)  # linear scores per C: (G, N)
+        positive = np.asarray(F.predict_proba(fit, np.asarray(X, np.float32)))[..., 1].mean(axis=0)
+        return np.stack([1 - positive, positive], axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+
+
+class Entry(NamedTuple):
+    """One classifier name: ``native(**kwargs)`` (ours, or None), the kwargs it takes, and
+    ``sklearn(random_state, **kwargs)`` (scikit-learn's, or None) for anything else."""
+
+    native: Callable[..., BaseEstimator] | None
+    native_kwargs: frozenset
+    sklearn: Callable[..., BaseEstimator] | None
+
+
+def _sk(module: str, name: str, **defaults: Any) -> Callable[..., BaseEstimator]:
+    def build(random_state: int | None, **kwargs: Any) -> BaseEstimator:
+        import importlib
+
+        cls = getattr(importlib.import_module(module), name)
+        extra = {"random_state": random_state} if "random_state" in cls().get_params() else {}
+        return cls(**{**defaults, **extra, **kwargs})
+
+    return build
+
+
+_LOGISTIC = frozenset({"C", "fit_intercept", "tol", "max_iter"})
+REGISTRY: dict[str, Entry] = {
+    "logistic_regression": Entry(
+        LogisticProbe, _LOGISTIC, _sk("sklearn.linear_model", "LogisticRegression", max_iter=1000)
+    ),
+    "logistic_regression_cv": Entry(
+        LogisticCVProbe,
+        _LOGISTIC - {"C"} | {"Cs", "cv", "scoring", "random_state"},
+        _sk("sklearn.linear_model", "LogisticRegressionCV", cv=5, max_iter=1000),
+    ),
+    "ridge": Entry(
+        RidgeProbe, frozenset({"alpha", "fit_intercept"}), _sk("sklearn.linear_model", "RidgeClassifier")
+    ),
+    "ridge_regression": Entry(
+        RidgeRegressionProbe, frozenset({"alpha", "fit_intercept"}), _sk("sklearn.linear_model", "Ridge")
+    ),
+    "mass_mean": Entry(MassMeanProbe, frozenset({"iid", "shrinkage", "calibration_C"}), None),
+    "lda": Entry(
+        lambda **kw: MassMeanProbe(**{"iid": True, **kw}),
+        frozenset({"shrinkage", "calibration_C"}),
+        _sk("sklearn.discriminant_analysis", "LinearDiscriminantAnalysis"),
+    ),
+    "group_lasso": Entry(
+        GroupLassoProbe, frozenset({"alpha", "groups", "fit_intercept", "tol", "max_iter"}), None
+    ),
+    "ensemble": Entry(EnsembleClassifier, frozenset({"C_values", "tol", "max_iter"}), None),
+    "svm": Entry(None, frozenset(), _sk("sklearn.svm", "SVC", kernel="linear", probability=True)),
+    "sgd": Entry(None, frozenset(), _sk("sklearn.linear_model", "SGDClassifier", loss="log_loss")),
+}
+
+#: Every classifier name (lmprobe's ``BUILTIN_CLASSIFIERS``).
+BUILTIN_CLASSIFIERS = frozenset(REGISTRY)
+
+#: lmprobe's name for the mass-mean estimator.
+MassMeanClassifier = MassMeanProbe
+
+#: Names whose estimator fits every layer of a sweep in one batched solve (lmprobe_jax.sweep).
+BATCHED = ("logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda")
+
+#: Estimator classes a saved probe may rebuild (by class name): only these are instantiated on load.
+SAVABLE: dict[str, type] = {}
+
+
+def _register_savable() -> None:
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, SGDClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    for cls in (
+        LogisticProbe,
+        LogisticCVProbe,
+        RidgeProbe,
+        RidgeRegressionProbe,
+        MassMeanProbe,
+        GroupLassoProbe,
+        EnsembleClassifier,
+        LogisticRegression,
+        LogisticRegressionCV,
+        Ridge,
+        SGDClassifier,
+        LinearDiscriminantAnalysis,
+        StandardScaler,
+        PCA,
+    ):
+        SAVABLE[cls.__name__] = cls
+
+
+_register_savable()
+
+
+def check_name(name: str) -> None:
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown classifier {name!r}: choose from {sorted(REGISTRY)} or pass an estimator.")
+
+
+def build_classifier(name: str, kwargs: dict | None = None, random_state: int | None = None) -> BaseEstimator:
+    """The estimator behind a classifier name, with ``kwargs`` (see the module's table)."""
+    check_name(name)
+    entry = REGISTRY[name]
+    kwargs = dict(kwargs or {})
+    ours = {k: v for k, v in kwargs.items() if not (k in _HOW_NOT_WHAT or (k == "penalty" and v == "l2"))}
+    if entry.native is not None and set(ours) <= entry.native_kwargs:
+        if "random_state" in entry.native_kwargs and random_state is not None:
+            ours.setdefault("random_state", random_state)
+        return entry.native(**ours)
+    if entry.sklearn is None:
+        raise ValueError(
+            f"classifier_kwargs {sorted(set(ours) - entry.native_kwargs)} do not fit classifier {name!r}, "
+            f"which takes {sorted(entry.native_kwargs)}."
+        )
+    try:
+        return entry.sklearn(random_state, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"classifier_kwargs {kwargs} do not fit classifier {name!r}: {err}") from None
+
+
+def is_batched(name: Any, kwargs: dict | None) -> bool:
+    """True when ``name`` with ``kwargs`` builds one of our estimators that a sweep batches."""
+    return (
+        isinstance(name, str)
+        and name in BATCHED
+        and type(build_classifier(name, kwargs)).__module__.startswith("lmprobe_jax")
+    )
+
+
+def linear_fit(estimator: BaseEstimator) -> Any:
+    """The functional form of one of our fitted linear estimators, for :mod:`lmprobe_jax.functional`'s
+    prediction; None for any other estimator (it predicts with its own methods).
+
+    Binary ``coef_`` ``(1, D)`` becomes a fit whose probabilities are ``sigmoid(Xw + b)``, ``(K, D)`` one
+    whose probabilities are the softmax of the K scores, ``(D,)`` (regression) plain ``Xw + b`` -- what
+    each of our estimators' ``predict_proba`` / ``predict`` computes."""
+    if type(estimator).__module__ != "lmprobe_jax.sklearn":
+        return None
+    coef, intercept = np.asarray(estimator.coef_), np.asarray(estimator.intercept_)
+    if coef.ndim == 1:
+        return F.RidgeFit(coef, intercept)
+    if coef.shape[0] == 1:
+        return F.RidgeFit(coef[0], intercept.reshape(-1)[0])
+    return F.MulticlassRidgeFit(coef, intercept)

@@ -1,0 +1,151 @@
+"""The features a Probe's classifier sees: one scikit-learn ``Pipeline`` over concatenated layers.
+
+``(N, L * D)`` activations (the probe's layers side by side) go through, in order:
+
+1. ``scale``: :class:`LayerScaler` (``normalize_layers``; absent when False);
+2. ``preprocessing``: ``"standard"`` (StandardScaler), ``"pca:N"`` (PCA), chained with ``+``;
+3. with ``mass_mean_augment``, the projection of the *scaled* activations on the unit difference of the
+   class means (:class:`MassMeanProjection`) is appended as one more column (a ``FeatureUnion`` of 2
+   and 3).
+
+The pipeline is fitted with the labels (only the projection reads them) and the sample weights (only
+the scaler reads them); the Probe keeps it as ``preprocessing_pipeline_``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+
+NORMALIZE = (True, False, "per_neuron", "per_layer")
+
+
+class LayerScaler(TransformerMixin, BaseEstimator):
+    """Standardisation of concatenated layer activations ``(N, L * D)`` (lmprobe's PerLayerScaler).
+
+    ``mode="per_neuron"``: every feature its own mean and standard deviation. ``"per_layer"``: one mean
+    and one standard deviation per layer block, shared by its D features (steadier with few samples).
+    A feature (block) with no spread keeps scale 1, as StandardScaler.
+
+    Attributes: ``mean_``, ``scale_`` ``(L * D,)``.
+    """
+
+    def __init__(self, n_layers: int = 1, mode: str = "per_neuron"):
+        self.n_layers = n_layers
+        self.mode = mode
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> LayerScaler:
+        if self.mode not in ("per_neuron", "per_layer"):
+            raise ValueError(f"LayerScaler mode must be 'per_neuron' or 'per_layer', not {self.mode!r}.")
+        X = np.asarray(X, np.float64)
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        blocks = X.reshape(len(X), self.n_layers, -1)
+        if self.mode == "per_neuron":
+            mean = np.average(blocks, axis=0, weights=w)
+            var = np.average((blocks - mean) ** 2, axis=0, weights=w)
+        else:
+            mean = np.average(blocks.mean(axis=2), axis=0, weights=w)[:, None] * np.ones(blocks.shape[1:])
+            var = np.average(((blocks - mean) ** 2).mean(axis=2), axis=0, weights=w)[:, None] * np.ones(
+                blocks.shape[1:]
+            )
+        scale = np.sqrt(var)
+        scale[scale < 1e-12 * np.maximum(np.abs(mean), 1)] = 1.0
+        self.mean_, self.scale_ = mean.reshape(-1), scale.reshape(-1)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        return ((np.asarray(X, np.float64) - self.mean_) / self.scale_).astype(np.float32)
+
+
+class MassMeanProjection(TransformerMixin, BaseEstimator):
+    """One feature: the projection on the unit difference of the two class means (``classes_[1]`` minus
+    ``classes_[0]``), fitted on the rows it is given. Attributes: ``direction_`` ``(D,)``."""
+
+    def fit(self, X: Any, y: Any = None) -> MassMeanProjection:
+        X = np.asarray(X, np.float64)
+        classes = np.unique(y)
+        if classes.size != 2:
+            raise ValueError(f"mass_mean_augment needs two classes; the labels hold {classes.size}.")
+        direction = X[y == classes[1]].mean(0) - X[y == classes[0]].mean(0)
+        self.direction_ = direction / max(np.linalg.norm(direction), 1e-12)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        return (np.asarray(X, np.float64) @ self.direction_)[:, None].astype(np.float32)
+
+
+def parse_preprocessing(preprocessing: str | Sequence[str] | None) -> list[str]:
+    """``"standard+pca:50"`` or ``["standard", "pca"]`` -> the list of step names (``"standard_scaler"``
+    is an alias of ``"standard"``); raises for unknown steps."""
+    if preprocessing is None:
+        return []
+    steps = preprocessing.split("+") if isinstance(preprocessing, str) else list(preprocessing)
+    names = []
+    for step in steps:
+        step = str(step).strip()
+        step = "standard" if step == "standard_scaler" else step
+        if step != "standard" and not re.fullmatch(r"pca(:\d+)?", step):
+            raise ValueError(
+                f"Unknown preprocessing step {step!r}: use 'standard', 'pca', 'pca:N' or a '+'-joined chain."
+            )
+        names.append(step)
+    return names
+
+
+def check_preprocessing(preprocessing: Any, pca_components: int | None) -> None:
+    for step in parse_preprocessing(preprocessing):
+        if step == "pca" and pca_components is None:
+            raise ValueError("PCA requested but no component count: write 'pca:N' or pass pca_components=N.")
+
+
+def _steps(preprocessing: Any, pca_components: int | None, random_state: int | None) -> list:
+    out = []
+    for step in parse_preprocessing(preprocessing):
+        if step == "standard":
+            out.append(("standard", StandardScaler()))
+        else:
+            n = int(step[4:]) if ":" in step else pca_components
+            out.append(("pca", PCA(n_components=n, random_state=0 if random_state is None else random_state)))
+    return out
+
+
+def build_features(
+    n_layers: int,
+    *,
+    normalize_layers: bool | str,
+    preprocessing: Any,
+    pca_components: int | None,
+    mass_mean_augment: bool,
+    random_state: int | None,
+) -> Pipeline:
+    """The unfitted feature pipeline of a probe reading ``n_layers`` concatenated layers."""
+    steps: list = []
+    if normalize_layers is not False:
+        mode = "per_layer" if normalize_layers == "per_layer" else "per_neuron"
+        steps.append(("scale", LayerScaler(n_layers, mode)))
+    pre = _steps(preprocessing, pca_components, random_state)
+    if mass_mean_augment:
+        body = Pipeline(pre) if pre else "passthrough"
+        steps.append(("augment", FeatureUnion([("features", body), ("mass_mean", MassMeanProjection())])))
+    else:
+        steps.extend(pre)
+    return Pipeline(steps or [("identity", "passthrough")])
+
+
+def fit_features(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, sw: np.ndarray | None) -> np.ndarray:
+    """Fit ``pipeline`` on ``X`` ``(N, L * D)`` and return the classifier's training features."""
+    params = {} if sw is None or "scale" not in pipeline.named_steps else {"scale__sample_weight": sw}
+    return np.asarray(pipeline.fit_transform(X, y, **params), np.float32)
+
+
+def layer_blocks(X: np.ndarray) -> np.ndarray:
+    """``(L, N, D)`` -> ``(N, L * D)``, layers side by side (lmprobe's layout)."""
+    return X.transpose(1, 0, 2).reshape(X.shape[1], -1)
