@@ -197,6 +197,7 @@ def run_pytest(tests: Path, env: dict, files: list[str], report: Path) -> None:
             "no:cacheprovider",
             "-p",
             "compat_probe_api",
+            "--continue-on-collection-errors",
             f"--junitxml={report}",
         ],
         cwd=tests.parent,

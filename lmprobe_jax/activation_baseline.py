@@ -13,19 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 
-from .classifiers import build_classifier
+from .baseline import PromptClassifier
 from .probe import Probe
 from .probe._features import layer_blocks
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 METHODS = ("random_direction", "pca", "layer_0")
 
 
-class ActivationBaseline(BaseEstimator):
+class ActivationBaseline(PromptClassifier):
     """An activation baseline with lmprobe's parameters (module doc).
 
     Attributes after ``fit``: ``classifier_``, ``classes_``, ``layers_`` (the blocks read),
@@ -97,11 +96,6 @@ class ActivationBaseline(BaseEstimator):
             return np.asarray(self.pca_.transform(X), np.float32)
         return np.asarray(X, np.float32)
 
-    def _new_classifier(self) -> BaseEstimator:
-        if isinstance(self.classifier, str):
-            return build_classifier(self.classifier, None, self.random_state)
-        return clone(self.classifier)
-
     def fit(self, positive_prompts: Any, negative_prompts: Any = None) -> ActivationBaseline:
         prompts, y, _ = split_fit_args(positive_prompts, negative_prompts)
         y = check_labels(y, len(prompts), task="classification", training=True)
@@ -111,10 +105,6 @@ class ActivationBaseline(BaseEstimator):
         self.classifier_ = self._new_classifier().fit(features, codes)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "classifier_"):
-            raise NotFittedError("This ActivationBaseline has not been fitted yet: call fit first.")
-
     def predict(self, prompts: list[str]) -> np.ndarray:
         self._check_fitted()
         return self.classes_[np.asarray(self.classifier_.predict(self.transform(self.activations(prompts))))]
@@ -122,7 +112,3 @@ class ActivationBaseline(BaseEstimator):
     def predict_proba(self, prompts: list[str]) -> np.ndarray:
         self._check_fitted()
         return np.asarray(self.classifier_.predict_proba(self.transform(self.activations(prompts))))
-
-    def score(self, prompts: list[str], labels: Any) -> float:
-        pred = self.predict(prompts)
-        return float(np.mean(pred == check_labels(labels, len(pred), task="classification", training=False)))

@@ -73,7 +73,25 @@ def perplexity_features(
     return out
 
 
-class BaselineProbe(BaseEstimator):
+class PromptClassifier(BaseEstimator):
+    """What the baselines share: a fitted ``classifier_`` over features of prompts, ``classes_``, the
+    unfitted check, the classifier built from a name or cloned, and ``score`` (accuracy)."""
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classifier_"):
+            raise NotFittedError(f"This {type(self).__name__} has not been fitted yet: call fit first.")
+
+    def _new_classifier(self) -> BaseEstimator:
+        if isinstance(self.classifier, str):
+            return build_classifier(self.classifier, None, self.random_state)
+        return clone(self.classifier)
+
+    def score(self, prompts: list[str], labels: Any) -> float:
+        pred = self.predict(prompts)
+        return float(np.mean(pred == check_labels(labels, len(pred), task="classification", training=False)))
+
+
+class BaselineProbe(PromptClassifier):
     """A text baseline with lmprobe's parameters (module doc). ``fit(positive, negative)`` or
     ``fit(prompts, labels)``; ``predict``, ``predict_proba``, ``score`` on prompts.
 
@@ -153,17 +171,11 @@ class BaselineProbe(BaseEstimator):
         if self.method in ("random", "majority"):
             strategy = "uniform" if self.method == "random" else "most_frequent"
             self.classifier_ = DummyClassifier(strategy=strategy, random_state=self.random_state)
-        elif isinstance(self.classifier, str):
-            self.classifier_ = build_classifier(self.classifier, None, self.random_state)
         else:
-            self.classifier_ = clone(self.classifier)
+            self.classifier_ = self._new_classifier()
         self.classifier_.fit(X, codes)
         self.features_ = self._feature_method
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "classifier_"):
-            raise NotFittedError("This BaselineProbe has not been fitted yet: call fit first.")
 
     def predict(self, prompts: list[str]) -> np.ndarray:
         self._check_fitted()
@@ -176,10 +188,6 @@ class BaselineProbe(BaseEstimator):
         if not hasattr(self.classifier_, "predict_proba"):
             raise AttributeError(f"{type(self.classifier_).__name__} does not support predict_proba.")
         return np.asarray(self.classifier_.predict_proba(self._features(check_prompts(prompts), fit=False)))
-
-    def score(self, prompts: list[str], labels: Any) -> float:
-        pred = self.predict(prompts)
-        return float(np.mean(pred == check_labels(labels, len(pred), task="classification", training=False)))
 
     def get_feature_names(self) -> list[str] | None:
         """The vocabulary (bow / tfidf), else None."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, clone, is_regressor
 from sklearn.exceptions import NotFittedError as _SklearnNotFitted
 from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score, recall_score, roc_auc_score
 
@@ -197,6 +197,11 @@ class Probe(BaseEstimator):
         return build_classifier(self._classifier_name(), self.classifier_kwargs, self.random_state)
 
     @property
+    def _classifier_template(self) -> BaseEstimator:
+        """A new unfitted classifier as this probe would build it (lmprobe's attribute name)."""
+        return self._new_classifier()
+
+    @property
     def _train_pooling(self) -> str:
         return self.train_pooling or self.pooling
 
@@ -336,6 +341,11 @@ class Probe(BaseEstimator):
         self.layer_importances_ = self._evaluation_results_ = None
         self.n_features_per_layer_ = X.shape[2]
         if self.task == "classification":
+            if is_regressor(self._new_classifier()):
+                raise ValueError(
+                    f"classifier {self._classifier_name()!r} is a regressor: use task='regression' for it, "
+                    "or a classifier such as 'ridge' for labels."
+                )
             self.classes_, codes = np.unique(y, return_inverse=True)  # classifiers see 0..K-1
         else:
             self.classes_, codes = None, y
