@@ -86,7 +86,8 @@ class ActivationBaseline(PromptClassifier):
         """The baseline's features of activations ``X`` ``(N, L * D)``."""
         if self.method == "random_direction":
             if fit:
-                direction = np.random.default_rng(self.random_state).normal(size=X.shape[1])
+                # lmprobe's generator and draw, so one seed gives both libraries the same direction
+                direction = np.random.RandomState(self.random_state).randn(X.shape[1])
                 self.random_direction_ = direction / np.linalg.norm(direction)
             return (np.asarray(X, np.float64) @ self.random_direction_)[:, None].astype(np.float32)
         if self.method == "pca":

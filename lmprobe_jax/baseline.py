@@ -153,7 +153,7 @@ class BaselineProbe(PromptClassifier):
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise ImportError(
-                "method='sentence_transformers' needs the sentence-transformers package: "
+                "sentence-transformers is required for method='sentence_transformers': "
                 "pip install sentence-transformers"
             ) from None
         if fit:

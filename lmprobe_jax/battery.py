@@ -14,6 +14,7 @@ solve; ``predict_time`` likewise.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -143,10 +144,15 @@ class BaselineBattery:
 
     @property
     def applicable_baselines(self) -> list[str]:
+        """Every registered baseline whose needs are met (a model; the sentence-transformers package),
+        filtered by ``include`` / ``exclude``."""
         return [
             name
             for name, spec in BASELINE_REGISTRY.items()
             if not (spec["needs_model"] and self.model is None)
+            and not (
+                name == "sentence_transformers" and importlib.util.find_spec("sentence_transformers") is None
+            )
             and (self.include is None or name in self.include)
             and name not in self.exclude
         ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,12 @@ class ProbeEnsemble:
             raise ValueError(
                 f"groups length ({len(groups)}) must match the number of training samples ({n})."
             )
+        if groups is not None and self._bootstrap is None:
+            warnings.warn(
+                "groups is used only by bootstrap ensembles (ProbeEnsemble.bootstrap); it is ignored here.",
+                UserWarning,
+                stacklevel=2,
+            )
         self._warm(prompts)
         rng = np.random.default_rng(None if self._bootstrap is None else self._bootstrap[0])
         for probe in self.probes_:
@@ -145,6 +152,7 @@ class ProbeEnsemble:
         return np.tensordot(self.weights_, self._member_proba(prompts, remote), axes=1)
 
     def predict(self, prompts: list[str], remote: bool | None = None) -> np.ndarray:
+        self._check_fitted()
         classes = self.probes_[0].classes_
         if self.voting == "soft":
             return classes[np.argmax(self.predict_proba(prompts, remote), axis=1)]

@@ -41,6 +41,12 @@ def test_string_class_labels_are_labels_not_negative_prompts():
     assert not contrastive and prompts == POS + NEG and list(y) == words
 
 
+def test_single_word_prompts_without_repeats_are_negative_prompts():
+    """lmprobe's own tests fit(["good", "great"], ["bad", "terrible"]): four prompts, not two labels."""
+    prompts, y, contrastive = split_fit_args(["good", "great"], ["bad", "terrible"])
+    assert contrastive and prompts == ["good", "great", "bad", "terrible"] and y.tolist() == [1, 1, 0, 0]
+
+
 def test_numpy_prompt_arrays_are_contrastive():
     """lmprobe-jax once read np.array(neg) as 6 labels (a 12-class probe of sentences)."""
     prompts, y, contrastive = split_fit_args(np.array(POS), np.array(NEG))
@@ -402,3 +408,45 @@ def test_embeddings_layer_is_accepted(tiny_models, tmp_path):
     both.save(tmp_path / "p")
     np.testing.assert_array_equal(Probe.load(tmp_path / "p").predict_proba(NEG), both.predict_proba(NEG))
     json.loads((tmp_path / "p" / "probe.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fitted_probe(tiny_models, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return Probe(model=tiny_models["llama"], layers=[1, 3], cache_dir=cache, progress=False).fit(POS, NEG)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(st.integers(0, 11), min_size=1, max_size=6, unique=True),
+    labels=st.one_of(
+        st.lists(st.integers(0, 1), min_size=1, max_size=7), st.just("truth"), st.just("one class")
+    ),
+)
+def test_fuzz_predict_score_evaluate_on_prompts(fitted_probe, rows, labels):
+    """score / evaluate on any prompt subset: the accuracy of predict against the labels, one class
+    allowed, wrong lengths refused; evaluate's hash and count describe the set."""
+    pool = POS + NEG
+    prompts = [pool[i] for i in rows]
+    truth = [1 if i < 6 else 0 for i in rows]
+    y = (
+        {"truth": truth, "one class": [1] * len(rows)}.get(labels, labels)
+        if isinstance(labels, str)
+        else labels
+    )
+    pred = fitted_probe.predict(prompts)
+    if len(y) != len(prompts):
+        with pytest.raises(ValueError, match="one label per prompt"):
+            fitted_probe.score(prompts, y)
+        return
+    expected = float(np.mean(pred == np.asarray(y)))
+    assert fitted_probe.score(prompts, y) == expected
+    report = fitted_probe.evaluate(prompts, y)
+    assert report["accuracy"] == expected and report["n_eval"] == len(prompts)
+    assert report["eval_hash"].startswith("sha256:")
+    proba = fitted_probe.predict_proba(prompts)
+    np.testing.assert_array_equal(fitted_probe.classes_[np.argmax(proba, axis=1)], pred)

@@ -3,18 +3,23 @@
 ``(N, L * D)`` activations (the probe's layers side by side) go through, in order:
 
 1. ``scale``: :class:`LayerScaler` (``normalize_layers``; absent when False);
-2. ``preprocessing``: ``"standard"`` (StandardScaler), ``"pca:N"`` (PCA), chained with ``+``;
+2. ``preprocessing``: ``"standard"`` (StandardScaler, step ``"scaler"``), ``"pca:N"`` (PCA, step
+   ``"pca"``), chained with ``+``; a chain that starts with ``"standard"`` makes step 1 redundant (any
+   per-feature affine map followed by standardisation is standardisation), so it is left out with a
+   warning, as lmprobe does;
 3. with ``mass_mean_augment``, the projection of the *scaled* activations on the unit difference of the
    class means (:class:`MassMeanProjection`) is appended as one more column (a ``FeatureUnion`` of 2
    and 3).
 
 The pipeline is fitted with the labels (only the projection reads them) and the sample weights (only
-the scaler reads them); the Probe keeps it as ``preprocessing_pipeline_``.
+the scaler reads them); the Probe keeps it as ``features_`` and its step 2 as
+``preprocessing_pipeline_`` (lmprobe's attribute; None without preprocessing).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,7 +115,7 @@ def _steps(preprocessing: Any, pca_components: int | None, random_state: int | N
     out = []
     for step in parse_preprocessing(preprocessing):
         if step == "standard":
-            out.append(("standard", StandardScaler()))
+            out.append(("scaler", StandardScaler()))
         else:
             n = int(step[4:]) if ":" in step else pca_components
             out.append(("pca", PCA(n_components=n, random_state=0 if random_state is None else random_state)))
@@ -128,7 +133,14 @@ def build_features(
 ) -> Pipeline:
     """The unfitted feature pipeline of a probe reading ``n_layers`` concatenated layers."""
     steps: list = []
-    if normalize_layers is not False:
+    pre_names = parse_preprocessing(preprocessing)
+    if normalize_layers is not False and pre_names[:1] == ["standard"]:
+        warnings.warn(
+            f"normalize_layers={normalize_layers!r} is auto-disabled: preprocessing starts with 'standard', "
+            "which standardises every feature anyway.",
+            stacklevel=5,
+        )
+    elif normalize_layers is not False:
         mode = "per_layer" if normalize_layers == "per_layer" else "per_neuron"
         steps.append(("scale", LayerScaler(n_layers, mode)))
     pre = _steps(preprocessing, pca_components, random_state)
@@ -144,6 +156,15 @@ def fit_features(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, sw: np.ndarra
     """Fit ``pipeline`` on ``X`` ``(N, L * D)`` and return the classifier's training features."""
     params = {} if sw is None or "scale" not in pipeline.named_steps else {"scale__sample_weight": sw}
     return np.asarray(pipeline.fit_transform(X, y, **params), np.float32)
+
+
+def preprocessing_steps(features: Pipeline) -> Pipeline | None:
+    """The preprocessing part (step 2) of a fitted feature pipeline, or None."""
+    if "augment" in features.named_steps:
+        body = features.named_steps["augment"].transformer_list[0][1]
+        return None if isinstance(body, str) else body
+    steps = [(n, s) for n, s in features.steps if n not in ("scale", "identity")]
+    return Pipeline(steps) if steps else None
 
 
 def layer_blocks(X: np.ndarray) -> np.ndarray:

@@ -78,7 +78,7 @@ def _estimator_state(est: Any, key: str, arrays: dict) -> Any:
     for attr, value in vars(est).items():
         if not attr.endswith("_") or attr.startswith("_"):
             continue
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim:
             arrays[f"{key}.{attr}"] = np.ascontiguousarray(value)
         elif isinstance(value, np.ndarray):
             attrs[attr] = {"list": value.tolist(), "dtype": value.dtype.str}
@@ -165,7 +165,7 @@ def save_probe(probe: Any, path: str | os.PathLike) -> None:
         if probe.classes_ is None
         else {"list": probe.classes_.tolist(), "dtype": probe.classes_.dtype.str},
         "classifier_": _estimator_state(probe.classifier_, "classifier", arrays),
-        "preprocessing_pipeline_": _estimator_state(probe.preprocessing_pipeline_, "features", arrays),
+        "features_": _estimator_state(probe.features_, "features", arrays),
         "sweep_table": None if probe.sweep_ is None else probe.sweep_.table(),
     }
     if probe.layer_importances_ is not None:
@@ -174,6 +174,8 @@ def save_probe(probe: Any, path: str | os.PathLike) -> None:
     config["arrays_sha256"] = sha256(data)
     text = json.dumps(config, indent=1, default=_json_value)  # fails before anything is written
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:  # an empty placeholder (a temporary file's name)
+        path.unlink()
     if path.exists() and not (path / "probe.json").is_file():
         raise ValueError(
             f"{path} exists and is not a saved probe: choose another path (nothing was written)."
@@ -221,10 +223,8 @@ def load_probe(cls: type, path: str | os.PathLike) -> Any:
     classes = config["classes_"]
     probe.classes_ = None if classes is None else np.array(classes["list"], dtype=classes["dtype"])
     probe.classifier_ = _estimator_from_state(config["classifier_"], "classifier", arrays)
-    probe.preprocessing_pipeline_ = _estimator_from_state(
-        config["preprocessing_pipeline_"], "features", arrays
-    )
-    probe.scaler_ = probe.preprocessing_pipeline_.named_steps.get("scale")
+    probe.features_ = _estimator_from_state(config["features_"], "features", arrays)
+    probe.scaler_ = probe.features_.named_steps.get("scale")
     probe.layer_importances_ = arrays.get("layer_importances_")
     probe.sweep_ = probe.sweep_result_ = probe._evaluation_results_ = None
     probe.sweep_table_ = config["sweep_table"]

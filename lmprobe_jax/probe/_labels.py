@@ -6,10 +6,11 @@ position or by the mode of the probe:
 
 * numbers or bools (a list, a numpy / torch / jax array) -> labels;
 * strings that are clearly class names -> labels, as scikit-learn takes them: as many as the prompts,
-  few distinct values (at most half as many as there are prompts), none with whitespace, none of them
-  among the prompts (``["positive", "negative", ...]``);
-* other strings -> negative prompts, unless they look like labels made of sentences (as many as the
-  prompts, every one repeated): then the call is ambiguous and is refused with the two ways to say it.
+  every value repeated, none with whitespace, none of them among the prompts
+  (``["positive", "negative", ...]``);
+* other strings -> negative prompts (lmprobe's reading: ``fit(["good", "great"], ["bad", "terrible"])``),
+  unless they look like labels made of sentences (as many as the prompts, every one repeated): then the
+  call is ambiguous and is refused with the two ways to say it.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def split_fit_args(first: Any, second: Any) -> tuple[list[str], Any, bool]:
     words = second.ravel().tolist() if isinstance(second, np.ndarray) else list(second)
     distinct = set(words)
     same_length = len(words) == len(prompts)
-    label_like = same_length and len(distinct) <= max(2, len(words) // 2)
-    if label_like and not any(any(c.isspace() for c in w) for w in distinct) and not distinct & set(prompts):
+    every_value_repeats = same_length and all(words.count(w) > 1 for w in distinct)
+    single_words = not any(any(c.isspace() for c in w) for w in distinct)
+    if every_value_repeats and single_words and not distinct & set(prompts):
         return prompts, np.asarray(words), False
-    if same_length and len(distinct) < len(words) and all(words.count(w) > 1 for w in distinct):
+    if every_value_repeats:
         raise ValueError(
             f"fit(prompts, second): the second argument holds {len(words)} strings with only "
             f"{len(distinct)} distinct values, each repeated: negative prompts or class labels? Pass "

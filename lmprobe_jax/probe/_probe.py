@@ -28,7 +28,7 @@ from lmprobe_jax_store import layer_order
 from .. import functional as F
 from ..classifiers import build_classifier, check_name, linear_fit
 from ..layers import LayerSpec, check_layer_spec, parse_layers
-from ._features import NORMALIZE, check_preprocessing, layer_blocks, parse_preprocessing
+from ._features import NORMALIZE, check_preprocessing, layer_blocks, parse_preprocessing, preprocessing_steps
 from ._labels import check_labels, check_prompts, split_fit_args, to_numpy
 from ._modes import MODES
 from ._pooling import check_train_pooling, pad_tokens, parse_inference_pooling, reduce_scores
@@ -81,7 +81,8 @@ class Probe(BaseEstimator):
 
     Attributes after ``fit``: ``classifier_``, ``classes_`` (None for regression), ``layers_`` (the
     layers the final probe reads), ``candidate_layers_``, ``selected_layers_`` (auto / fast_auto),
-    ``preprocessing_pipeline_`` (the fitted feature Pipeline) and ``scaler_`` (its scaler),
+    ``features_`` (the fitted feature Pipeline), ``scaler_`` (its per-layer scaler) and
+    ``preprocessing_pipeline_`` (its preprocessing steps, or None),
     ``layer_importances_``, ``sweep_result_`` (a :class:`LayerSweepResult`, sweep modes), ``sweep_``
     (the cross-validation table) and ``best_layer_``.
     """
@@ -217,7 +218,7 @@ class Probe(BaseEstimator):
     def _check_model(self) -> None:
         if self.model is None:
             raise ValueError(
-                "No model: this Probe was built without model=..., so it cannot read prompts. Pass "
+                "No model specified: this Probe was built without model=..., so it cannot read prompts. Pass "
                 "model=..., or use fit_from_activations / predict_from_activations."
             )
 
@@ -366,7 +367,7 @@ class Probe(BaseEstimator):
     def use_layer_of_sweep(self, layer: Any) -> None:
         """Make this sweep probe predict with layer ``layer``'s probe (from ``sweep_result_``)."""
         source = self.sweep_result_[layer]
-        for name in ("layers_", "preprocessing_pipeline_", "scaler_", "classifier_"):
+        for name in ("layers_", "features_", "scaler_", "classifier_"):
             setattr(self, name, getattr(source, name))
 
     # -- prediction -----------------------------------------------------------------------------------------
@@ -382,7 +383,20 @@ class Probe(BaseEstimator):
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         """Classifier features of ``X`` ``(len(layers_), N, D)``."""
-        return np.asarray(self.preprocessing_pipeline_.transform(layer_blocks(X)), np.float32)
+        return np.asarray(self.features_.transform(layer_blocks(X)), np.float32)
+
+    @property
+    def preprocessing_pipeline_(self) -> Any:
+        """The fitted preprocessing steps (``"scaler"``, ``"pca"``) as a Pipeline, or None (lmprobe's)."""
+        self._check_fitted()
+        return preprocessing_steps(self.features_)
+
+    @property
+    def _mass_mean_direction_(self) -> np.ndarray | None:
+        """The unit class-mean difference of ``mass_mean_augment`` (lmprobe's attribute), or None."""
+        self._check_fitted()
+        augment = self.features_.named_steps.get("augment")
+        return None if augment is None else augment.transformer_list[1][1].direction_
 
     def _apply(self, features: np.ndarray, kind: str) -> np.ndarray:
         """``"proba"`` ``(N, K)``, ``"predict"`` ``(N,)`` labels / values: the built-in linear classifiers

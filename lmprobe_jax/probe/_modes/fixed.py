@@ -12,7 +12,7 @@ from .._features import build_features, fit_features, layer_blocks
 
 def fit_blocks(probe: Any, X: np.ndarray, y: np.ndarray, layers: list[int], sw: np.ndarray | None) -> None:
     """Fit ``probe``'s feature pipeline and classifier on ``X`` ``(len(layers), N, D)``; sets
-    ``layers_``, ``preprocessing_pipeline_``, ``scaler_`` and ``classifier_``."""
+    ``layers_``, ``features_``, ``scaler_`` and ``classifier_``."""
     probe.layers_ = list(layers)
     pipeline = build_features(
         len(layers),
@@ -23,7 +23,7 @@ def fit_blocks(probe: Any, X: np.ndarray, y: np.ndarray, layers: list[int], sw: 
         random_state=probe.random_state,
     )
     features = fit_features(pipeline, layer_blocks(X), y, sw)
-    probe.preprocessing_pipeline_ = pipeline
+    probe.features_ = pipeline
     probe.scaler_ = pipeline.named_steps.get("scale")
     probe.classifier_ = probe._new_classifier()
     probe.classifier_.fit(features, y, **({} if sw is None else {"sample_weight": sw}))

@@ -60,7 +60,7 @@ def install_layer(probe: Any, fits: BatchedFit, layer: int) -> None:
     scaler.mean_, scaler.scale_ = fits.mean[i, 0].astype(np.float64), fits.scale[i, 0].astype(np.float64)
     scaler.n_features_in_ = scaler.mean_.shape[0]
     probe.layers_ = [layer]
-    probe.preprocessing_pipeline_ = Pipeline([("scale", scaler)])
+    probe.features_ = Pipeline([("scale", scaler)])
     probe.scaler_ = scaler
     probe.classifier_ = fits.estimator.select_layer(i)
 
@@ -128,9 +128,7 @@ def _cross_validate(layer_probe: Any, X: np.ndarray, y: np.ndarray, folds: int, 
     from sklearn.base import clone
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 
-    model = Pipeline(
-        [("features", layer_probe.preprocessing_pipeline_), ("classifier", layer_probe._new_classifier())]
-    )
+    model = Pipeline([("features", layer_probe.features_), ("classifier", layer_probe._new_classifier())])
     split = KFold if layer_probe.task == "regression" else StratifiedKFold
     cv = split(folds, shuffle=True, random_state=seed)
     return float(cross_val_score(clone(model), layer_blocks(X), y, cv=cv).mean())
