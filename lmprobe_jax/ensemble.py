@@ -119,7 +119,7 @@ class ProbeEnsemble:
             )
         if groups is not None and self._bootstrap is None:
             warnings.warn(
-                "groups is used only by bootstrap ensembles (ProbeEnsemble.bootstrap); it is ignored here.",
+                "groups parameter is ignored: it is used only by bootstrap ensembles (ProbeEnsemble.bootstrap).",
                 UserWarning,
                 stacklevel=2,
             )
@@ -177,6 +177,8 @@ class ProbeEnsemble:
         """``path/member_XX/`` (each a saved Probe) and ``path/ensemble.json``."""
         self._check_fitted()
         path = Path(path)
+        if path.is_file() and path.stat().st_size == 0:  # an empty placeholder (a temporary file's name)
+            path.unlink()
         for i, probe in enumerate(self.probes_):
             probe.save(path / f"member_{i:02d}")
         write_json(

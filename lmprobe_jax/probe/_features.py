@@ -69,6 +69,11 @@ class LayerScaler(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         return ((np.asarray(X, np.float64) - self.mean_) / self.scale_).astype(np.float32)
 
+    @property
+    def strategy(self) -> str:
+        """lmprobe's name for ``mode``."""
+        return self.mode
+
 
 class MassMeanProjection(TransformerMixin, BaseEstimator):
     """One feature: the projection on the unit difference of the two class means (``classes_[1]`` minus

@@ -27,6 +27,7 @@ from lmprobe_jax_store import layer_order
 
 from .. import functional as F
 from ..classifiers import build_classifier, check_name, linear_fit
+from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
 from ._features import NORMALIZE, check_preprocessing, layer_blocks, parse_preprocessing, preprocessing_steps
 from ._labels import check_labels, check_prompts, split_fit_args, to_numpy
@@ -561,6 +562,8 @@ class Probe(BaseEstimator):
     def compute_layer_importance(self, metric: str = "l2", normalize: bool = True) -> np.ndarray:
         """Per-layer importance ``(len(layers_),)`` from the classifier's coefficients (lmprobe's)."""
         self._check_fitted()
+        if metric not in IMPORTANCE_METRICS:
+            raise ValueError(f"Unknown metric {metric!r}: choose from {IMPORTANCE_METRICS}.")
         coef = getattr(self.classifier_, "coef_", None)
         if coef is None:
             raise RuntimeError(
