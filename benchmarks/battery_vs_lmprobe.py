@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from city_split import city_split, pin_threads
 from recording import record
 
 BASELINES = ["bow", "tfidf", "random_direction", "pca", "layer_0"]
@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="battery_vs_lmprobe."))
     os.environ["LMPROBE_CACHE_DIR"] = str(tmp / "warm")
 
@@ -53,15 +52,9 @@ def main() -> None:
 
     from lmprobe_jax import BaselineBattery
     from lmprobe_jax.cli import smollm2_directory
-    from lmprobe_jax.datasets import cities
 
     model = str(smollm2_directory())
-    data = cities(args.n_cities)
-    train = data.groups < args.train_cities
-    prompts = np.array(data.prompts)
-    pos = prompts[train & (data.labels == 1)].tolist()
-    neg = prompts[train & (data.labels == 0)].tolist()
-    test, y_test = prompts[~train].tolist(), data.labels[~train]
+    pos, neg, test, y_test = city_split(args.n_cities, args.train_cities)
     common = {
         "layers": list(range(30)),
         "classifier": "logistic_regression",
