@@ -21,8 +21,8 @@ import torch
 
 from ._blocks import find_decoder_layers
 from ._capture import model_inputs, wrap_nnsight
-from ._layout import BlockLayout, first_output
 from ._extract import BACKENDS, check_prompts
+from ._layout import BlockLayout, first_output
 from ._source import resolve_source, torch_dtype
 
 
