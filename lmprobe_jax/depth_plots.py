@@ -140,26 +140,32 @@ def plot_depth(report: dict, out: Path) -> list[Path]:
         plot_skip_layers(report, out / "skip_layers.png")
         plot_skip_output(report, out / "skip_output.png")
         written += [out / "skip_layers.png", out / "skip_output.png"]
-    if report.get("erasure") is not None:
-        plot_token_map(
-            report["erasure"],
-            report["attribution_tokens"],
-            out / "erasure.png",
-            title=f"{report['model_name']}: residual erasure",
-            ylabel="stream (0 = embeddings, l = after block l-1)",
-            label="probability difference norm",
-            diverging=False,
-        )
-        written.append(out / "erasure.png")
-    if report.get("integrated_gradients") is not None:
-        plot_token_map(
-            report["integrated_gradients"],
-            report["attribution_tokens"],
-            out / "integrated_gradients.png",
-            title=f"{report['model_name']}: integrated gradients",
-            ylabel="layer (decoder block output)",
-            label="attribution to the answer's probability",
-            diverging=True,
-        )
-        written.append(out / "integrated_gradients.png")
+    maps = (
+        (
+            "erasure",
+            "residual erasure",
+            "stream (0 = embeddings, l = after block l-1)",
+            "probability difference norm",
+            False,
+        ),
+        (
+            "integrated_gradients",
+            "integrated gradients",
+            "layer (decoder block output)",
+            "attribution to the answer's probability",
+            True,
+        ),
+    )
+    for key, title, ylabel, label, diverging in maps:
+        if report.get(key) is not None:
+            plot_token_map(
+                report[key],
+                report["attribution_tokens"],
+                out / f"{key}.png",
+                title=f"{report['model_name']}: {title}",
+                ylabel=ylabel,
+                label=label,
+                diverging=diverging,
+            )
+            written.append(out / f"{key}.png")
     return written

@@ -1,0 +1,226 @@
+"""The depth analyses on SmolLM2-135M: exactness against an independent reference, the two backends
+against each other, and time against the depth notebook's approach, one thread.
+
+    python benchmarks/depth.py [--n-texts 3] [--ig-steps 16] [--ig-batch-size 16] [--skip-timing] [--record]
+
+* exactness: every metric of ``lmprobe_jax_extract`` (hooks and nnsight) against
+  ``depth_reference.py`` (plain forwards with hooks, one per intervention, float64 metrics), every layer:
+  the largest relative error ``|ours - ref| / |ref|`` over the entries with ``|ref| >= 1e-3 max|ref|``,
+  and the largest absolute error over the rest (near-zero entries, e.g. a block's effect on itself in
+  the later-tokens variant).
+* time: the whole analysis (contributions; skip effects, all tokens and later tokens; erasure;
+  integrated gradients) by ``lmprobe_jax_extract`` against ``depth_notebook.py`` (the notebook's code:
+  one nnsight trace per text, per skipped layer and split, per erased stream and position, per layer and
+  block of gradient steps), same texts, same splits (every split point), same steps, one thread and one
+  pinned core each, in turn.
+
+Texts: benchmarks/depth_texts.txt (prose, 20-27 tokens each); erasure and gradients on the notebook's
+"5 + 7 + 5 + 3 + 1 + 7 = " -> "28", erasure's baseline the same texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+QUESTION, ANSWER = "5 + 7 + 5 + 3 + 1 + 7 = ", "28"
+
+
+def compare(got, want) -> tuple[float, float]:
+    """(max relative error where |want| >= 1e-3 max|want|, max absolute error elsewhere)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = np.abs(want).max()
+    big = np.abs(want) >= 1e-3 * scale
+    rel = float((np.abs(got - want)[big] / np.abs(want)[big]).max()) if big.any() else 0.0
+    small = float(np.abs(got - want)[~big].max()) if (~big).any() else 0.0
+    return rel, small
+
+
+def ours(model, texts, args, backend):
+    import lmprobe_jax_extract as extract
+
+    common = {"backend": backend, "progress": False}
+    t0 = time.perf_counter()
+    depth = extract.depth_analysis(model, texts, n_splits=None, **common)
+    t1 = time.perf_counter()
+    erased = extract.residual_erasure(model, QUESTION, ANSWER, texts, **common)
+    t2 = time.perf_counter()
+    ig = extract.integrated_gradients(
+        model, QUESTION, ANSWER, n_steps=args.ig_steps, batch_size=args.ig_batch_size, **common
+    )
+    t3 = time.perf_counter()
+    c, s, later = depth.contributions, depth.skip, depth.skip_later_tokens
+    metrics = {
+        **{
+            name: getattr(c, name)
+            for name in ("rel_attn", "rel_mlp", "rel_layer", "cos_attn", "cos_mlp", "cos_layer")
+        },
+        "skip future max": s.future_max,
+        "skip future mean": s.future_mean,
+        "skip output max": s.output_max,
+        "skip output mean": s.output_mean,
+        "later-tokens future max": later.future_max,
+        "later-tokens future mean": later.future_mean,
+        "later-tokens output max": later.output_max,
+        "later-tokens output mean": later.output_mean,
+        "erasure": erased.effect,
+        "integrated gradients": ig.attributions,
+    }
+    return metrics, {"contributions + skip": t1 - t0, "erasure": t2 - t1, "integrated gradients": t3 - t2}
+
+
+def reference_metrics(model, tok, texts, args):
+    import depth_reference as ref
+
+    splits = [list(range(8, len(tok(t)["input_ids"]) - 4, 8)) for t in texts]
+    c = ref.contributions(model, tok, texts, "self_attn", "mlp", False)
+    s = ref.skip_effects(model, tok, texts)
+    later = ref.skip_effects(model, tok, texts, splits=splits)
+    names = ("max", "mean")
+    out = {**c}
+    for prefix, values in (("skip", s), ("later-tokens", later)):
+        for i, stat in enumerate(names):
+            out[f"{prefix} future {stat}"] = values[i]
+            out[f"{prefix} output {stat}"] = values[2 + i]
+    out["erasure"] = ref.erasure(model, tok, QUESTION, ANSWER, texts)
+    out["integrated gradients"] = ref.integrated_gradients(
+        model, tok, QUESTION, ANSWER, args.ig_steps, args.ig_batch_size
+    )
+    return out
+
+
+def notebook(model, tok, texts, args):
+    """The notebook's approach through nnsight; returns its metrics and times."""
+    import depth_notebook as nb
+    from nnsight import TransformersModel
+
+    llm = TransformersModel(model, task="text-generation", tokenizer=tok)
+    ids = [tok(t)["input_ids"] for t in texts]
+    t0 = time.perf_counter()
+    norms = nb.analyze_norms(llm, ids)
+    skip, later, out, out_later = [], [], [], []
+    for row in ids:
+        layers, output = nb.test_effect(llm, row, [None])
+        skip.append(layers)
+        out.append(output)
+        points = list(range(8, len(row) - 4, 8))
+        if points:
+            layers, output = nb.test_effect(llm, row, points)
+            later.append(layers)
+            out_later.append(output)
+    t1 = time.perf_counter()
+    q = tok(QUESTION)["input_ids"]
+    a = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    erasure = nb.measure_token_skip(llm, q + a, len(a), ids)
+    t2 = time.perf_counter()
+    ig = nb.get_igrads(llm, q + a, len(a), args.ig_steps, args.ig_batch_size)
+    t3 = time.perf_counter()
+    names = ("rel_attn", "rel_mlp", "rel_layer", "cos_attn", "cos_mlp", "cos_layer")
+    metrics = dict(zip(names, norms, strict=True))
+    metrics.update(
+        {
+            "skip future max": np.max(skip, 0),
+            "skip output max": np.max(out, 0),
+            "later-tokens future max": np.max(later, 0),
+            "later-tokens output max": np.max(out_later, 0),
+            "erasure": erasure,
+            "integrated gradients": ig,
+        }
+    )
+    return metrics, {"contributions + skip": t1 - t0, "erasure": t2 - t1, "integrated gradients": t3 - t2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n-texts", type=int, default=3)
+    parser.add_argument("--ig-steps", type=int, default=16)
+    parser.add_argument("--ig-batch-size", type=int, default=16)
+    parser.add_argument("--skip-timing", action="store_true", help="exactness only")
+    parser.add_argument("--record", action="store_true", help="append the tables to RESULTS.md")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lmprobe_jax_extract as extract
+
+    torch.set_num_threads(1)
+    path = extract.smollm2_directory()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = [line.strip() for line in (HERE / "depth_texts.txt").read_text().splitlines() if line.strip()]
+    texts = texts[: args.n_texts]
+
+    results, times = {}, {}
+    results["hooks"], times["lmprobe-jax (hooks)"] = ours((model, tok), texts, args, "local")
+    results["nnsight"], times["lmprobe-jax (nnsight)"] = ours((model, tok), texts, args, "nnsight")
+    if not args.skip_timing:
+        results["notebook"], times["notebook (nnsight, one trace each)"] = notebook(model, tok, texts, args)
+    t0 = time.perf_counter()
+    want = reference_metrics(model, tok, texts, args)
+    times["reference (hooks, one forward each)"] = {"all": time.perf_counter() - t0}
+
+    lines = [
+        "| metric (every layer) | hooks vs reference: max rel / abs | nnsight vs hooks: max rel / abs |"
+        + (" notebook vs reference: max rel / abs |" if "notebook" in results else ""),
+        "|---|---|---|" + ("---|" if "notebook" in results else ""),
+    ]
+    for name, expected in want.items():
+        cells = [
+            compare(results["hooks"][name], expected),
+            compare(results["nnsight"][name], results["hooks"][name]),
+        ]
+        if "notebook" in results:
+            cells.append(
+                compare(results["notebook"][name], expected) if name in results["notebook"] else None
+            )
+        lines.append(
+            f"| {name} | "
+            + " | ".join("-" if cell is None else f"{cell[0]:.1e} / {cell[1]:.1e}" for cell in cells)
+            + " |"
+        )
+    parts = ("contributions + skip", "erasure", "integrated gradients")
+    lines += [
+        "",
+        "| contender (one thread, one core) | " + " | ".join(parts) + " | total |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, parts_time in times.items():
+        if "all" in parts_time:
+            lines.append(f"| {name} | | | | {parts_time['all']:.1f} s |")
+            continue
+        total = sum(parts_time.values())
+        lines.append(
+            f"| {name} | " + " | ".join(f"{parts_time[p]:.1f} s" for p in parts) + f" | {total:.1f} s |"
+        )
+    if "notebook" in results:
+        ratio = sum(times["notebook (nnsight, one trace each)"].values()) / sum(
+            times["lmprobe-jax (hooks)"].values()
+        )
+        lines.append(f"\nnotebook / lmprobe-jax (hooks), whole analysis: {ratio:.2f}x")
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    header = (
+        f"SmolLM2-135M-Instruct, {len(texts)} texts ({sum(lengths)} tokens, {min(lengths)}-{max(lengths)} each), "
+        f"every split point, erasure + gradients on {QUESTION!r} -> {ANSWER!r}, {args.ig_steps} steps in "
+        f"batches of {args.ig_batch_size}; load {os.getloadavg()[0]:.1f}"
+    )
+    table = header + "\n\n" + "\n".join(lines)
+    print(table)
+    if args.record:
+        from recording import record
+
+        record("depth analyses on SmolLM2", f"{platform.machine()}, one pinned core, torch 1 thread", table)
+
+
+if __name__ == "__main__":
+    main()
