@@ -163,9 +163,12 @@ def main() -> None:
 
     results, times = {}, {}
     results["hooks"], times["lmprobe-jax (hooks)"] = ours((model, tok), texts, args, "local")
+    print("lmprobe-jax (hooks):", times["lmprobe-jax (hooks)"], file=sys.stderr)
     results["nnsight"], times["lmprobe-jax (nnsight)"] = ours((model, tok), texts, args, "nnsight")
+    print("lmprobe-jax (nnsight):", times["lmprobe-jax (nnsight)"], file=sys.stderr)
     if not args.skip_timing:
         results["notebook"], times["notebook (nnsight, one trace each)"] = notebook(model, tok, texts, args)
+        print("notebook:", times["notebook (nnsight, one trace each)"], file=sys.stderr)
     t0 = time.perf_counter()
     want = reference_metrics(model, tok, texts, args)
     times["reference (hooks, one forward each)"] = {"all": time.perf_counter() - t0}

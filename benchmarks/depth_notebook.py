@@ -75,7 +75,11 @@ def test_effect(llm, prompt, positions, no_skip_front=1):
     n_layers = len(_layers(llm))
     with torch.no_grad():
         with llm.trace(_inputs(prompt)):
-            log = torch.cat([(layer.output - layer.inputs[0][0]) for layer in _layers(llm)]).save()
+            log = []
+            for layer in _layers(llm):
+                h = layer.inputs[0][0]  # nnsight 0.8 reads modules in execution order: the input first
+                log.append(layer.output - h)
+            log = torch.cat(log).save()
             outputs = llm.output.logits.float().softmax(dim=-1).save()
         dall, dall_out = torch.zeros(1), torch.zeros(1)
         for t in positions:
