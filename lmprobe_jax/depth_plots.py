@@ -34,7 +34,19 @@ def _overlaid_bars(ax, series: dict[str, np.ndarray]) -> None:
             bar.set_zorder(len(group) - z)
     ax.set_xlim(-0.5, len(next(iter(series.values()))) - 0.5)
     ax.set_xlabel("layer (decoder block)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+RATIO_AXIS_TOP = 1.5  # the notebook's ylim: a block writing many times its input (layer 0) is labelled
+
+
+def _clip_bars(ax, heights: np.ndarray, top: float) -> None:
+    """Cut the y axis at ``top`` (when a bar passes it) and print the clipped bars' heights above them."""
+    if heights.max() <= top:
+        return
+    ax.set_ylim(0, top)
+    for x in np.flatnonzero(heights > top):
+        ax.text(x, 0.97 * top, f"{heights[x]:.1f}", ha="center", va="top", fontsize=7, rotation=90)
 
 
 def plot_contributions(report: dict, path: Path) -> None:
@@ -56,6 +68,8 @@ def plot_contributions(report: dict, path: Path) -> None:
         ax.set_ylabel(label)
         if kind == "cos":
             ax.axhline(0, color="black", lw=0.6)
+        else:
+            _clip_bars(ax, np.asarray(report["rel_contrib_layer"]), top=RATIO_AXIS_TOP)
     first = report["skip_first"]
     fig.suptitle(
         f"{report['model_name']}: what each block writes to the residual stream "
@@ -112,7 +126,7 @@ def plot_token_map(
     at the bottom; a diverging map is symmetric about 0 and scaled without the first token."""
     plt = _pyplot()
     values = np.asarray(values)[:, :-1]
-    tokens = [repr(t)[1:-1] for t in tokens[:-1]]
+    tokens = [repr(t)[1:-1].replace(" ", "\u2423") for t in tokens[:-1]]  # spaces shown as a visible mark
     fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(tokens) + 2), 5.5), dpi=130)
     if diverging:
         r = float(np.abs(values[:, 1:]).max()) if values.shape[1] > 1 else float(np.abs(values).max())
