@@ -49,10 +49,9 @@ def analyze_norms(llm, prompts):  # prompts: lists of token ids
                             ]
                         )[:, 0]
                     )
-                    if len(rows) == 1:
-                        count += h.shape[1]  # tokens (the notebook's shape[1] is the hidden size today)
                 stacked = torch.stack(rows).save()
             totals = totals + stacked
+            count += len(prompt)  # tokens (the notebook's layer.output[0].shape[1] is the hidden size today)
     return (totals / count).T.numpy()
 
 

@@ -21,7 +21,9 @@ block 0 for ``l = 0`` (the embeddings) and leaving block ``l - 1`` otherwise.
 
 Batched: each (stream, position) erasure and each (block, step) interpolation is one row of a batch of
 copies of the input, so one forward (and, for the gradients, one backward) serves many of the notebook's
-traces. Rows are cut to ``max_batch_bytes`` (erasure) or ``batch_size`` (gradient steps).
+traces. Rows are cut to ``max_batch_bytes`` (erasure) or ``batch_size`` (gradient steps), in stream /
+block order, and the blocks before a chunk's first intervention return their clean outputs instead of
+running again (hooks backend).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._intervene import BlockView, Intervention, Loaded, load, rows_per_chunk, run, tokenize_texts
+from ._intervene import BlockView, Intervention, Loaded, load, reusable, rows_per_chunk, run, tokenize_texts
 
 
 class Erasure(NamedTuple):
@@ -77,6 +79,7 @@ class _Streams(Intervention):
 
     def __init__(self):
         self.streams: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []  # the blocks' outputs as they are (dtype kept)
         self.probs: torch.Tensor | None = None
 
     def block_input(self, index: int, hidden: torch.Tensor) -> None:
@@ -85,6 +88,7 @@ class _Streams(Intervention):
 
     def block_output(self, view: BlockView) -> None:
         self.streams.append(view.output[0].float().detach())
+        self.outputs.append(view.output.detach())
 
     def final(self, logits: torch.Tensor) -> None:
         self.probs = logits[0].float().softmax(-1).detach()
@@ -163,7 +167,15 @@ def residual_erasure(
     for start in tqdm(range(0, len(stream), chunk), desc="erasure", disable=not progress):
         rows = slice(start, start + chunk)
         erase = _EraseRows(stream[rows].to(device_), position[rows].to(device_), baseline, clean.probs)
-        run(loaded, torch.tensor([ids] * len(stream[rows])), erase, logits_to_keep=keep)
+        start = reusable(clean, int(stream[rows].min()))  # stream l >= 1 is block l-1's output: clean before
+        run(
+            loaded,
+            torch.tensor([ids] * len(stream[rows])),
+            erase,
+            logits_to_keep=keep,
+            clean_outputs=clean.outputs,
+            start=start,
+        )
         effect[rows] = erase.effect
     return Erasure(
         effect.reshape(n_streams, n_tokens).numpy().astype(np.float64),
@@ -244,10 +256,21 @@ def integrated_gradients(
     from tqdm.auto import tqdm
 
     with _frozen(loaded.model):
-        for start in tqdm(range(0, len(layer), batch_size), desc="integrated gradients", disable=not progress):
+        for start in tqdm(
+            range(0, len(layer), batch_size), desc="integrated gradients", disable=not progress
+        ):
             rows = slice(start, start + batch_size)
             step = _Interpolate(layer[rows], alpha[rows], outputs, baselines, answer_ids)
-            run(loaded, torch.tensor([ids] * len(layer[rows])), step, grad=True, logits_to_keep=n_answer + 1)
+            start = reusable(clean, int(layer[rows].min()) + 1)  # up to the first replaced block: clean
+            run(
+                loaded,
+                torch.tensor([ids] * len(layer[rows])),
+                step,
+                grad=True,
+                logits_to_keep=n_answer + 1,
+                clean_outputs=clean.outputs,
+                start=start,
+            )
             blocks = sorted(step.leaves)
             grads = torch.autograd.grad(step.objective, [step.leaves[b][1] for b in blocks])
             for block, grad in zip(blocks, grads, strict=True):

@@ -15,6 +15,8 @@ Rows of a batch are independent runs of one text (no padding: the analyses repli
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -48,6 +50,7 @@ class Intervention:
     """
 
     wants_submodules = False
+    tensor_blocks: bool | None = None  # set by the run: whether the blocks return a tensor (not a tuple)
 
     def block_input(self, index: int, hidden: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -99,7 +102,9 @@ def tokenize_texts(tokenizer: Any, texts: Any, what: str = "texts") -> list[list
     ids = [list(tokenizer(text)["input_ids"]) for text in texts]
     empty = [i for i, row in enumerate(ids) if not row]
     if empty:
-        raise ValueError(f"{what}[{empty[0]}] ({texts[empty[0]]!r}) tokenises to nothing: remove empty texts.")
+        raise ValueError(
+            f"{what}[{empty[0]}] ({texts[empty[0]]!r}) tokenises to nothing: remove empty texts."
+        )
     return ids
 
 
@@ -127,12 +132,20 @@ def run(
     layout: BlockLayout | None = None,
     grad: bool = False,
     logits_to_keep: int | None = None,
+    clean_outputs: list[torch.Tensor] | None = None,
+    start: int = 0,
 ) -> None:
     """One forward of the ``(R, T)`` rows ``input_ids`` (no padding) with ``intervention`` on every block.
 
     ``logits_to_keep``: only the last that many positions' logits reach ``intervention.final`` (the LM
     head runs on those alone where the model supports it). ``grad``: build the autograd graph (for
     gradients with respect to replaced tensors); otherwise the pass runs under ``torch.no_grad``.
+
+    ``clean_outputs`` (the ``(1, T, D)`` outputs of every block on the same text without intervention)
+    and ``start``: blocks before ``start`` are not run, they return their clean output (every row of the
+    batch must be unchanged before block ``start``; the intervention still sees their input and output).
+    Only the local backend skips them, and only blocks that return a tensor (see :func:`reusable`);
+    nnsight runs every block.
     """
     net = loaded.model
     ids = input_ids.to(next(net.parameters()).device)
@@ -144,10 +157,41 @@ def run(
         if loaded.backend == "nnsight":
             logits = _run_nnsight(loaded, inputs, intervention, layout)
         else:
-            logits = _run_local(loaded, inputs, intervention, layout)
+            with _clean_prefix(loaded.blocks, clean_outputs, start, len(ids)):
+                logits = _run_local(loaded, inputs, intervention, layout)
         if logits_to_keep is not None and logits.shape[1] != logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         intervention.final(logits)
+
+
+def reusable(clean: Intervention, start: int) -> int:
+    """``start`` for :func:`run` after ``clean`` ran without intervention: 0 where the blocks return tuples
+    (their cached output would have to rebuild the tuple)."""
+    return start if clean.tensor_blocks else 0
+
+
+@contextmanager
+def _clean_prefix(blocks, clean_outputs, start: int, rows: int) -> Iterator[None]:
+    """Blocks ``< start`` return ``clean_outputs`` (expanded to ``rows``) instead of computing: the rows of a
+    batch that intervene from block ``start`` on share the clean run before it, so it is not recomputed."""
+    if not start:
+        yield
+        return
+    if clean_outputs is None:
+        raise ValueError("start > 0 needs the blocks' clean outputs.")
+    # A wrapper (nnsight) may have set its own instance-level forward: it is put back afterwards.
+    saved = {index: blocks[index].__dict__.get("forward") for index in range(start)}
+    try:
+        for index in range(start):
+            cached = clean_outputs[index]
+            blocks[index].forward = lambda *args, cached=cached, **kwargs: cached.expand(rows, -1, -1).clone()
+        yield
+    finally:
+        for index, forward in saved.items():
+            if forward is None:
+                del blocks[index].forward
+            else:
+                blocks[index].forward = forward
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -171,6 +215,7 @@ def _run_local(loaded: Loaded, inputs: dict, intervention: Intervention, layout)
 
     def post_hook(index):
         def hook(module, args, kwargs, output):
+            intervention.tensor_blocks = torch.is_tensor(output)
             view = BlockView(
                 index,
                 _hidden_arg(args, kwargs),
@@ -231,6 +276,7 @@ def _run_nnsight(loaded: Loaded, inputs: dict, intervention: Intervention, layou
                 attention = first_output(_envoy(block, layout.attention).output).clone()
                 mlp = first_output(_envoy(block, layout.mlp).output).clone()
             output = block.output
+            intervention.tensor_blocks = torch.is_tensor(output)
             new = intervention.block_output(BlockView(index, hidden, first_output(output), attention, mlp))
             if new is not None:
                 block.output = new if torch.is_tensor(output) else (new, *output[1:])

@@ -322,3 +322,16 @@ def test_cli_depth_bad_input_writes_nothing(tiny_models, tmp_path, capsys):
     assert main([*argv, "--analyses", "skip,lens"]) == 1
     assert "unknown ['lens']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_skip_rows_do_not_rerun_the_blocks_before_the_skipped_one(tiny_models):
+    """Rows skipping block s share the clean run up to s: those blocks return their clean outputs instead of
+    running (one row per chunk here, so each chunk starts right after its skipped block)."""
+    model, tok = load(tiny_models["llama"])
+    calls = [0] * 4
+    for i, block in enumerate(model.model.layers):
+        block.mlp.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+    extract.depth_analysis(
+        (model, tok), TEXTS[:1], contributions=False, later_tokens=False, max_batch_bytes=1, progress=False
+    )
+    assert calls == [1, 2, 3, 4]  # the clean pass, then the rows skipping an earlier block
