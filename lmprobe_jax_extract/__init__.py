@@ -6,6 +6,9 @@ exactly what produced it.
   or in memory).
 * :func:`extract_token_streams` -- model + texts -> a token-level store: every token's stream, token
   and next-token ids, and the model's readout (final norm + unembedding), for lenses.
+* :func:`depth_analysis`, :func:`residual_erasure`, :func:`integrated_gradients` -- how each block writes
+  to the residual stream and what skipping or erasing it does (Csordas et al.'s depth-efficiency
+  measures), batched interventions on the model.
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
   entering block 0 is :data:`~lmprobe_jax_store.EMBEDDINGS`. Poolings: :data:`~lmprobe_jax_store.POOLINGS`.
 
@@ -14,8 +17,11 @@ This package never imports jax: the JAX side reads its stores as numpy arrays.
 
 from lmprobe_jax_store import EMBEDDINGS, POOLINGS, ActivationStore, library_version, resolve_layers
 
+from ._attribution import Erasure, IntegratedGradients, integrated_gradients, residual_erasure
 from ._blocks import find_decoder_layers
+from ._depth import Contributions, DepthAnalysis, SkipEffects, depth_analysis
 from ._extract import BACKENDS, check_prompts, extract_activations
+from ._layout import SUPPORTED_MODEL_TYPES, BlockLayout, block_layout
 from ._pooling import pool
 from ._readout import check_readout, export_readout
 from ._source import gguf_to_directory, model_layer_count, smollm2_directory
@@ -27,16 +33,27 @@ __all__ = [
     "BACKENDS",
     "EMBEDDINGS",
     "POOLINGS",
+    "SUPPORTED_MODEL_TYPES",
     "ActivationStore",
+    "BlockLayout",
+    "Contributions",
+    "DepthAnalysis",
+    "Erasure",
+    "IntegratedGradients",
+    "SkipEffects",
+    "block_layout",
     "check_prompts",
     "check_readout",
+    "depth_analysis",
     "export_readout",
     "extract_activations",
     "extract_token_streams",
     "find_decoder_layers",
     "gguf_to_directory",
+    "integrated_gradients",
     "model_layer_count",
     "pool",
+    "residual_erasure",
     "resolve_layers",
     "smollm2_directory",
 ]

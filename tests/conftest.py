@@ -56,25 +56,27 @@ def _tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Random 4-layer, hidden-64 Llama and GPT-2 causal LMs with a byte-level BPE tokenizer, saved to
-    disk offline: ``{"llama": dir, "gpt2": dir}``. Skips when the extract extra is not installed."""
+    """Random 4-layer, hidden-64 Llama, GPT-2 and GPT-NeoX causal LMs with a byte-level BPE tokenizer,
+    saved to disk offline: ``{"llama": dir, "gpt2": dir, "gpt_neox": dir}``. The GPT-NeoX blocks are
+    parallel (``use_parallel_residual=True``: attention and MLP both read the block's input). Skips when
+    the extract extra is not installed."""
     pytest.importorskip("transformers")
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     tokenizer = _tiny_tokenizer()
     common = {"vocab_size": len(tokenizer), "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    sizes = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 256,
+    }
     configs = {
-        "llama": LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        ),
+        "llama": LlamaConfig(num_key_value_heads=2, **sizes, **common),
         "gpt2": GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=256, **common),
+        "gpt_neox": GPTNeoXConfig(use_parallel_residual=True, **sizes, **common),
     }
     root = tmp_path_factory.mktemp("tiny_models")
     paths = {}
