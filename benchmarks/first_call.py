@@ -14,12 +14,13 @@ Workloads:
   statements x 576 features, 5 folds grouped by city x 4 ``C``), from the demo's activation store
   (extracted once with the model, then read from the cache);
 * ``sizes``: ``fit_logistic`` on 2-D data of ``N`` = 1000, 1001, ..., and ``cross_validate_logistic`` on a
-  few sizes, in one process: compiles and new memory maps per new size (the ``vm.max_map_count`` budget).
+  few sizes, in one process: compiles and new memory maps per new size (the ``vm.max_map_count`` budget);
+* ``many``: ``fit_logistic`` on 32 row counts in new buckets, in one process: whether the maps stay bounded.
 
 Compiles are counted with ``jax.monitoring`` (backend compile events; persistent-cache hits apart).
 Prints a table; ``--record`` appends it to RESULTS.md.
 
-Usage: python benchmarks/first_call.py [--only demo sizes] [--repeats 3] [--record]
+Usage: python benchmarks/first_call.py [--only demo sizes many] [--repeats 3] [--record]
 """
 
 from __future__ import annotations
@@ -151,16 +152,34 @@ def child_sizes(repeats: int) -> dict:
     return out
 
 
+def child_many(repeats: int) -> dict:
+    """fit_logistic on 32 row counts from 100 to ~8000 (each in a new bucket): memory maps as they grow."""
+    import numpy as np
+
+    import lmprobe_jax.functional as F
+
+    del repeats
+    rng = np.random.default_rng(0)
+    maps0, out = _maps(), []
+    for i, n in enumerate(np.unique(np.geomspace(100, 8000, 32).astype(int))):
+        X = rng.normal(size=(n, 32)).astype(np.float32)
+        np.asarray(F.fit_logistic(X, (X[:, 0] > 0).astype(int), 1.0).coef)
+        out.append({"fits": i + 1, "n": int(n), "maps": _maps() - maps0})
+    return {"many": out}
+
+
 def run_child(workload: str, cache: str, cache_dir: str, data_path: str, repeats: int) -> dict:
     env = dict(os.environ, FIRST_CALL_DATA=data_path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                MKL_NUM_THREADS="1", XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
-    if cache == "off":
-        env["LMPROBE_JAX_COMPILATION_CACHE"] = "0"
-    else:
-        env["LMPROBE_JAX_COMPILATION_CACHE"] = cache_dir
+    # The library's default cache (and its ahead-of-time programs) under a fresh root per run of this
+    # script; versions without a default turn JAX's cache on explicitly, as the CLI did.
+    env["LMPROBE_JAX_CACHE"] = cache_dir
+    env["LMPROBE_JAX_COMPILATION_CACHE"] = "0" if cache == "off" else ""
+    explicit = ("import lmprobe_jax.compilation as c; hasattr(c, 'default_compilation_cache') or "
+                f"c.enable_compilation_cache({cache_dir!r} + '/jax'); ")
     code = (f"import os, json, sys; os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}}); "
             f"sys.path.insert(0, {HERE!r}); import first_call; "
-            + ("" if cache == "off" else f"import lmprobe_jax; lmprobe_jax.enable_compilation_cache({cache_dir!r}); ")
+            + ("" if cache == "off" else explicit)
             +
             f"print('RESULT', json.dumps(first_call.child_{workload}({repeats})))")
     t0 = time.perf_counter()
@@ -208,6 +227,13 @@ def main() -> None:
             for kind, label in (("fit", "fit_logistic (N, 64), C=1"), ("cv", "cross_validate_logistic (2, N, 64), 3 C x 5 folds")):
                 for row in r[kind]:
                     lines.append(f"| {label} | {row['n']} | {row['s']:.2f} | {row['compiles']} | {row['maps']} |")
+        if "many" in args.only:
+            for cache in ("off", "disk-cold"):
+                r = run_child("many", cache, os.path.join(cache_dir, "many"), data_path, args.repeats)
+                rows = [row for row in r["many"] if row["fits"] % 8 == 0]
+                lines += ["", f"32 row buckets in one process, fit_logistic (N, 32), persistent cache {cache}: new memory "
+                          "maps after " + ", ".join(f"{row['fits']} fits: {row['maps']}" for row in rows)]
+                print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
     if args.record:

@@ -249,6 +249,31 @@ def test_persistent_cache_on_by_default(tmp_path):
     assert oct(cache.stat().st_mode & 0o777) == oct(0o700)
 
 
+TRACED = """
+import numpy as np, jax, jax.monitoring, lmprobe_jax.functional as F
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
+X = np.random.default_rng(0).normal(size=(2, 64, 4)).astype(np.float32)
+res = F.cross_validate_logistic(X, (X[0, :, 0] > 0).astype(int), [0.1, 1.0], folds=3)
+print("TRACED", sorted(set(traced)))
+print("COEF", np.asarray(res.fit.coef).ravel().tolist())
+"""
+
+
+def test_a_new_process_loads_the_exported_solvers(tmp_path):
+    """With the cache on, the second process runs the solvers' exported programs: the same result, and
+    solve_layers / layer_preconditioners / the fold scoring are not traced again."""
+    env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
+    first, second = _run(TRACED, env), _run(TRACED, env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    for name in ("solve_layers", "layer_preconditioners", "_score_fold_fits"):
+        assert name in first.stdout.split("TRACED")[1].split("\n")[0]
+        assert name not in second.stdout.split("TRACED")[1].split("\n")[0]
+    assert first.stdout.split("COEF")[1] == second.stdout.split("COEF")[1]
+    assert any((tmp_path / "jax-exported").iterdir())
+
+
 def test_persistent_cache_opt_out_and_the_users_choice_win(tmp_path):
     proc = _run(FIT, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "0"})
     assert proc.returncode == 0 and "DIR None" in proc.stdout and not (tmp_path / "jax").exists()

@@ -33,6 +33,7 @@ from ._selection import (
     resolve_candidates,
 )
 
+_aot.register_types(_newton_cg.NewtonCGResult, _newton_cg.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
 _register(_newton_cg.solve_layers, _newton_cg.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
           _cv._score_fold_fits, _cv._fold_mean_at, _cv._with_refit, _metrics._fold_scores, _checks._sum_is_finite)
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from . import _checks, _metrics
+from . import _aot, _checks, _metrics
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
@@ -161,28 +161,30 @@ def cross_validate_logistic(
     # One preconditioner per layer for the folds and the refit alike (computed and compiled once).
     precond = None
     if options["precondition_rank"]:
-        precond = layer_preconditioners(
-            X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
+        precond = _aot.call(
+            layer_preconditioners, X=X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
             layer_batch_size=options["layer_batch_size"],
         )
-    folds_res = solve_layers(
-        loss, X3, y_solver, jnp.asarray(train), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),
-        gap_tol=float("inf"), precond=precond, **options,
+    folds_res = _aot.call(
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(train), Cs=jnp.asarray(Cs),
+        tol=_checks.check_tol(cv_tol), gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
     held_out = held_out_rows(fold_ids)
     held_out = HeldOut(*(_checks.pad_rows(a, _checks.bucket_rows(a.shape[1])) for a in held_out))
     held_out = held_out._replace(weight=held_out.weight * sw[held_out.index])  # padding keeps weight 0
-    acc, ll, auc = _score_fold_fits(
-        folds_res.as_fit(fit_type), X3, jnp.asarray(codes_rows), held_out, softmax=softmax
+    acc, ll, auc = _aot.call(
+        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=jnp.asarray(codes_rows), held_out=held_out,
+        softmax=softmax,
     )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
     best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
     best = np.asarray(best) if _checks.is_concrete(best) else best  # traced under a caller's jit
     best_value = Cs[best] if isinstance(best, np.ndarray) and isinstance(Cs, np.ndarray) else jnp.asarray(Cs)[best]
-    refit_res = solve_layers(
-        loss, X3, y_solver, jnp.asarray(_checks.pad_rows(sw, rows)[None]), jnp.asarray(best_value)[:, None],
-        tol=_checks.check_tol(tol), precond=precond, init=_fold_mean_at(folds_res, best), **options,
+    refit_res = _aot.call(
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(_checks.pad_rows(sw, rows)[None]),
+        Cs=jnp.asarray(best_value)[:, None], tol=_checks.check_tol(tol), precond=precond,
+        init=_fold_mean_at(folds_res, best), **options,
     )  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(

@@ -38,9 +38,9 @@ noise). A failed line search otherwise also stops the loop, unconverged.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import functools
-from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
