@@ -19,8 +19,9 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
@@ -95,7 +96,7 @@ def call(jitted: Callable, **kwargs: Any) -> Any:
         if path.exists():
             try:
                 exported = jax.export.deserialize(bytearray(path.read_bytes()))
-            except Exception:  # a damaged or foreign file: export anew over it
+            except Exception:  # noqa: BLE001 -- a damaged file fails in flatbuffers or MLIR parsing: export anew
                 exported = None
         if exported is None:
             exported = jax.export.export(jitted)(**kwargs)

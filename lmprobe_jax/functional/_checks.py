@@ -256,6 +256,8 @@ def check_grid(value: Any, name: str) -> tuple[np.ndarray, bool]:
         if value.ndim > 1:
             raise ValueError(f"{name} has shape {value.shape}; give a scalar or a 1-D grid of values.")
         return value.reshape(-1), value.ndim == 1
+    if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a number or a 1-D grid of numbers; got {value!r} ({type(value).__name__}).")
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"{name} has shape {arr.shape}; give a scalar or a 1-D grid of values.")

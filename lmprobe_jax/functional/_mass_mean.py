@@ -120,9 +120,14 @@ def fit_mass_mean(
     X3, was_2d, n = _checks.check_bucketed_activations(X)
     y01, classes = _checks.check_binary_labels(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
-    if not (0 <= float(shrinkage) < float("inf")):
-        raise ValueError(f"shrinkage must be a finite float >= 0; got {shrinkage!r}.")
-    if _checks.check_grid(calibration_C, "calibration_C")[1]:
+    if _checks.is_concrete(shrinkage):
+        if isinstance(shrinkage, (str, bytes)) or np.asarray(shrinkage).dtype.kind not in "biuf" or np.ndim(
+            shrinkage
+        ) or not 0 <= float(shrinkage) < float("inf"):
+            raise ValueError(f"shrinkage must be a finite float >= 0; got {shrinkage!r}.")
+        shrinkage = float(shrinkage)
+    calibration, is_grid = _checks.check_grid(calibration_C, "calibration_C")
+    if is_grid:
         raise ValueError(f"calibration_C must be a single value > 0; got a grid {calibration_C!r}.")
     if _checks.is_concrete(y01, sw):
         empty = [label for label, code in zip(classes, (0, 1)) if not np.any(sw[y01 == code] > 0)]
@@ -134,6 +139,6 @@ def fit_mass_mean(
     rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = mass_mean_solve(
         X3, jnp.asarray(_checks.pad_rows(y01, rows)), jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
-        jnp.asarray(calibration_C), iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+        jnp.asarray(calibration[0]), iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
     return MassMeanFit(*(a[0] for a in fit)) if was_2d else fit

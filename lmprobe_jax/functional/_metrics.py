@@ -52,11 +52,14 @@ def _checked(y: Any, scores: Any, sample_weight: Any, *, n_classes: int | None =
                          f"scores (..., N{', K' if n_classes is not None else ''}).")
     if sample_weight is not None:
         w = np.asarray(sample_weight, np.float64)
+        target = jnp.shape(scores)[: scores.ndim - (n_classes is not None)]
         try:
-            np.broadcast_shapes(w.shape, jnp.shape(scores)[: scores.ndim - (n_classes is not None)])
+            fits = np.broadcast_shapes(w.shape, target) == target
         except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(f"sample_weight has shape {w.shape}; expected (N,) = ({y.shape[0]},), one weight "
-                             f"per sample.") from None
+                             f"per sample.")
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise ValueError("sample_weight must be finite and non-negative.")
         if not (w > 0).any():
