@@ -30,5 +30,6 @@ def limit_compiled_programs() -> None:
     """Clear every registered function that holds more than :data:`MAX_PROGRAMS` programs (called at the
     public boundary, before a solve: never while a program runs)."""
     for fn in _REGISTERED:
-        if fn._cache_size() > MAX_PROGRAMS:
+        size = getattr(fn, "_cache_size", None)  # jax.jit functions' count of compiled programs (jax 0.10)
+        if size is not None and size() > MAX_PROGRAMS:
             fn.clear_cache()
