@@ -21,7 +21,7 @@ import numpy as np
 
 from lmprobe_jax_store import cache_root
 
-from .compilation import enable_compilation_cache
+from .compilation import default_compilation_cache
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
 
@@ -684,8 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Compiling the solvers is most of a small sweep's time: keep the programs between runs.
-    enable_compilation_cache(cache_root() / "jax")
+    # Compiling the solvers is most of a small sweep's time: keep the programs between runs (where safe,
+    # and unless LMPROBE_JAX_COMPILATION_CACHE=0; the library's first solver call would do it anyway).
+    default_compilation_cache()
     try:
         return args.run(args)
     except (CLIError, ValueError, TypeError, ImportError, FileNotFoundError) as err:

@@ -14,6 +14,7 @@ probe per layer in a single batched solve; fitted attributes then gain a leading
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,7 +51,9 @@ def _fit_data(
     """Validate ``(X, y, sample_weight)`` for fit; returns them and ``layered``. 3-D ``X`` skips
     scikit-learn's 2-D checks (the functional layer validates it)."""
     if _is_layers(X):
-        X3, _ = F._checks.check_activations(X)
+        X = X if isinstance(X, (np.ndarray, jax.Array)) else np.asarray(X)
+        with jax.enable_x64(X.dtype == np.float64):  # keep float64 activations float64
+            X3, _ = F._checks.check_activations(X)
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != X3.shape[1]:
             raise ValueError(f"y has shape {y.shape}; expected ({X3.shape[1]},), one entry per row of each layer.")
@@ -63,6 +66,13 @@ def _fit_data(
     if hasattr(est, "n_layers_"):
         del est.n_layers_
     return X, y, sample_weight, False
+
+
+def _solve(X: np.ndarray, solver: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``solver(X, *args, **kwargs)`` with its arrays as numpy: float64 ``X`` is solved in float64 (JAX's
+    x64 turned on for this call only, so the process's setting is left alone), anything else in float32."""
+    with jax.enable_x64(X.dtype == np.float64):
+        return jax.tree.map(np.asarray, solver(X, *args, **kwargs))
 
 
 def _predict_data(est: BaseEstimator, X: Any) -> np.ndarray:
@@ -215,10 +225,10 @@ class LogisticProbe(_LinearClassifier):
         self._set_classes(y)
         opts = dict(sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter)
         if self.classes_.size == 2:
-            fit = F.fit_logistic(X, y, self.C, **opts)
+            fit = _solve(X, F.fit_logistic, y, self.C, **opts)
             coef, intercept = np.asarray(fit.coef)[..., None, :], np.asarray(fit.intercept)[..., None]
         else:
-            fit = F.fit_multinomial(X, y, self.C, **opts)
+            fit = _solve(X, F.fit_multinomial, y, self.C, **opts)
             coef, intercept = np.asarray(fit.coef), np.asarray(fit.intercept)
         self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)
         self.n_iter_, self.converged_ = np.asarray(fit.n_iter), np.asarray(fit.converged)
@@ -247,7 +257,7 @@ class RidgeProbe(_LinearClassifier):
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
         self._set_classes(y)
         codes = np.searchsorted(self.classes_, y).astype(np.int32)  # 0..K-1 in the order of classes_
-        fit = F.fit_ridge(X, codes, self.alpha, sample_weight=sample_weight, fit_intercept=self.fit_intercept)
+        fit = _solve(X, F.fit_ridge, codes, self.alpha, sample_weight=sample_weight, fit_intercept=self.fit_intercept)
         coef, intercept = np.asarray(fit.coef, X.dtype), np.asarray(fit.intercept, X.dtype)
         if self.classes_.size == 2:
             coef, intercept = coef[..., None, :], intercept[..., None]
@@ -271,7 +281,7 @@ class MassMeanProbe(_BinaryLinearClassifier):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MassMeanProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
-        fit = F.fit_mass_mean(X, self._binary_targets(y), iid=self.iid, sample_weight=sample_weight,
+        fit = _solve(X, F.fit_mass_mean, self._binary_targets(y), iid=self.iid, sample_weight=sample_weight,
                               shrinkage=self.shrinkage, calibration_C=self.calibration_C)
         self.coef_ = np.asarray(fit.coef, X.dtype)[..., None, :]
         self.intercept_ = np.asarray(fit.intercept, X.dtype)[..., None]
@@ -304,7 +314,7 @@ class GroupLassoProbe(_BinaryLinearClassifier):
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
         y01 = self._binary_targets(y)
         groups = None if layered else (np.arange(X.shape[1]) if self.groups is None else self.groups)
-        fit = F.fit_group_lasso(X, y01, self.alpha, groups=groups,
+        fit = _solve(X, F.fit_group_lasso, y01, self.alpha, groups=groups,
                                 sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol,
                                 max_iter=self.max_iter)
         coef = np.asarray(fit.coef, X.dtype)
@@ -348,7 +358,8 @@ class LogisticCVProbe(_LinearClassifier):
 
     Parameters:
       Cs: an int (that many values on ``logspace(-4, 4)``, scikit-learn's default grid) or a 1-D grid.
-      cv: number of stratified folds (shuffled with ``random_state``).
+      cv: number of stratified folds (shuffled with ``random_state``), or a scikit-learn splitter / list
+        of ``(train, test)`` pairs whose test sets partition the rows (each trains on the rest).
       scoring: ``"accuracy"``, ``"log_loss"`` or ``"roc_auc"`` (binary): how ``C`` is chosen.
       random_state: seed of the fold assignment.
       fit_intercept, tol, max_iter: as :class:`LogisticProbe`.
@@ -376,8 +387,8 @@ class LogisticCVProbe(_LinearClassifier):
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=True)
         self._set_classes(y)
         grid = np.logspace(-4, 4, self.Cs) if isinstance(self.Cs, (int, np.integer)) else self.Cs
-        res = F.cross_validate_logistic(
-            X, y, grid, folds=self.cv, groups=groups, random_state=self.random_state, scoring=self.scoring,
+        res = _solve(
+            X, F.cross_validate_logistic, y, grid, folds=_folds(self.cv, X, y, groups), groups=groups, random_state=self.random_state, scoring=self.scoring,
             sample_weight=sample_weight, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter,
         )
         coef, intercept = np.asarray(res.fit.coef), np.asarray(res.fit.intercept)
@@ -399,6 +410,32 @@ class LogisticCVProbe(_LinearClassifier):
         return self
 
 
+def _folds(cv: Any, X: Any, y: np.ndarray, groups: Any) -> Any:
+    """``cv`` as :func:`~lmprobe_jax.functional.cross_validate_logistic` takes it: an int stays one; a
+    scikit-learn splitter (``split``) or an iterable of ``(train, test)`` index pairs becomes fold ids. The
+    folds are solved as weight masks over all rows, so each split must train on exactly the rows it does
+    not test, and the test sets must cover every row once (KFold, StratifiedKFold, GroupKFold,
+    LeaveOneGroupOut, PredefinedSplit without -1 entries do)."""
+    if isinstance(cv, (int, np.integer)) and not isinstance(cv, bool):
+        return int(cv)
+    n = len(y)
+    splits = list(cv.split(X[0] if X.ndim == 3 else X, y, groups)) if hasattr(cv, "split") else list(cv)
+    ids = np.full(n, -1, np.int64)
+    for f, (train, test) in enumerate(splits):
+        test = np.asarray(test).reshape(-1)
+        rest = np.setdiff1d(np.arange(n), test)
+        if np.any(ids[test] >= 0) or not np.array_equal(np.unique(np.asarray(train)), rest):
+            raise ValueError(
+                f"cv split {f} does not train on exactly the rows it leaves out of its test set, or tests a "
+                f"row another split already tests; LogisticCVProbe needs a partition of the rows into test "
+                f"folds (e.g. KFold, GroupKFold, LeaveOneGroupOut), or an int."
+            )
+        ids[test] = f
+    if np.any(ids < 0):
+        raise ValueError(f"cv's test sets leave {int(np.sum(ids < 0))} rows untested; every row needs one test fold.")
+    return ids
+
+
 class RidgeRegressionProbe(_PerLayer, RegressorMixin, BaseEstimator):
     """Ridge regression, ``sklearn.linear_model.Ridge``'s solution, for continuous targets.
 
@@ -412,7 +449,7 @@ class RidgeRegressionProbe(_PerLayer, RegressorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RidgeRegressionProbe:
         X, y, sample_weight, layered = _fit_data(self, X, y, sample_weight, classifier=False)
-        fit = F.fit_ridge(X, np.asarray(y, np.float64), self.alpha, sample_weight=sample_weight,
+        fit = _solve(X, F.fit_ridge, np.asarray(y, np.float64), self.alpha, sample_weight=sample_weight,
                           fit_intercept=self.fit_intercept)
         self.coef_ = np.asarray(fit.coef, X.dtype)
         self.intercept_ = np.asarray(fit.intercept, X.dtype)

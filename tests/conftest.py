@@ -1,4 +1,9 @@
 import gc
+import os
+
+# The library turns JAX's persistent compilation cache on at its first solver call; the suite leaves it
+# off (one process, programs compiled here only), except where a test turns it on in a subprocess.
+os.environ.setdefault("LMPROBE_JAX_COMPILATION_CACHE", "0")
 
 import jax
 import numpy as np

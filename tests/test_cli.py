@@ -28,7 +28,7 @@ def prompts_csv(tmp_path):
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))
     # JAX's compilation-cache setting is process-wide: leave the rest of the suite's JAX untouched.
-    monkeypatch.setattr(cli, "enable_compilation_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "default_compilation_cache", lambda *args, **kwargs: None)
 
 
 def test_extract_info_sweep_select(tiny_models, prompts_csv, tmp_path, capsys):

@@ -182,8 +182,8 @@ def test_ridge_methods_agree_with_the_closed_form(shape, fit_intercept):
     sw = rng.uniform(0.3, 2.0, N)
     alphas = np.array([0.05, 2.0, 40.0])
     for method in ("eigh", "cholesky"):
-        fit, _ = ridge_solve(X.astype(np.float32), y[None].astype(np.float32), sw.astype(np.float32), alphas,
-                             fit_intercept=fit_intercept, loo=False, layer_batch_size=1, method=method)
+        fit = ridge_solve(X.astype(np.float32), y[None].astype(np.float32), sw.astype(np.float32), alphas,
+                          fit_intercept=fit_intercept, loo=False, layer_batch_size=1, method=method)[0]
         for l in range(2):
             for g, a in enumerate(alphas):
                 ref = Ridge(alpha=a, fit_intercept=fit_intercept, solver="cholesky").fit(X[l], y, sample_weight=sw)

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ..compilation import default_compilation_cache
+from ._programs import limit_compiled_programs
+
 _FLOAT_STORAGE = (np.float16, np.float32, np.float64, jnp.bfloat16)
 
 
@@ -30,6 +33,29 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64 else jnp.float32
 
 
+def bucket_rows(n: int) -> int:
+    """The row count a solver is compiled for: the smallest ``m * 2**k >= n`` with ``16 <= m < 32``
+    (at least 16).
+
+    Rows are padded to it with zero sample weight (:func:`check_activations` with ``bucket=True``), so
+    ``N = 1000`` and ``N = 1001`` share one compiled program (both 1024): 16 sizes per octave, each at
+    most 1/16 (6.25%) larger than ``n``. Every objective here is a weighted sum over samples, so a row of
+    weight zero changes no solution, score or leave-one-out prediction of the other rows.
+    """
+    step = 1 << max(0, int(n).bit_length() - 5)
+    return max(16, -(-int(n) // step) * step)
+
+
+def pad_rows(a: Any, size: int, axis: int = -1) -> Any:
+    """``a`` with zeros appended along ``axis`` up to ``size`` entries (numpy stays numpy, on the host)."""
+    extra = size - a.shape[axis]
+    if extra == 0:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return np.pad(a, widths) if isinstance(a, np.ndarray) else jnp.pad(a, widths)
+
+
 def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> tuple[Array, bool]:
     """Return ``(X as a 3-D array (L, N, D), was_2d)``.
 
@@ -37,6 +63,20 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
     The storage dtype is kept (solvers upcast inside ``jit``, so half-precision caches are not copied
     on the host).
     """
+    X3, was_2d, _ = _activations(X, name, check_values, bucket=False)
+    return X3, was_2d
+
+
+def check_bucketed_activations(X: Any, *, name: str = "X") -> tuple[Array, bool, int]:
+    """:func:`check_activations` with the row axis padded with zero rows to :func:`bucket_rows` of ``N``
+    (on the host, in the one copy a numpy ``X`` needs anyway). Returns ``(X3 (L, bucket, D), was_2d, N)``;
+    the caller pads its per-row arrays alike (:func:`pad_rows`) and gives the padding zero weight."""
+    return _activations(X, name, True, bucket=True)
+
+
+def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tuple[Array, bool, int]:
+    default_compilation_cache()
+    limit_compiled_programs()
     if not hasattr(X, "dtype"):
         X = np.asarray(X)
     if X.dtype not in _FLOAT_STORAGE:
@@ -56,9 +96,13 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
     if min(X.shape) == 0:
         raise ValueError(f"{name} has shape {tuple(X.shape)}; every axis needs at least one entry.")
     was_2d = X.ndim == 2
+    X = X[None] if was_2d else X  # numpy stays numpy: no device program per input shape
+    n = X.shape[1]
+    if bucket:
+        X = pad_rows(X, bucket_rows(X.shape[1]), axis=1)
+        if isinstance(X, np.ndarray) and X.base is None:
+            X.flags.writeable = False  # our own padded copy: device_put may use it in place
     X = as_jax_array(X)
-    if was_2d:
-        X = X[None]
     if check_values and is_concrete(X) and not _all_finite(X):
         bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()
         where = f"at index {tuple(bad[1:])}" if was_2d else f"at (layer, row, col) {tuple(bad)}"
@@ -66,7 +110,7 @@ def check_activations(X: Any, *, name: str = "X", check_values: bool = True) -> 
             f"{name} contains NaN or infinity (first {where}). Drop or impute those rows; in float16 "
             f"caches, overflow (|x| > 65504) also shows up as infinity."
         )
-    return X, was_2d
+    return X, was_2d, n
 
 
 def as_jax_array(X: Any) -> Array:
@@ -82,7 +126,8 @@ def _to_device(X: np.ndarray) -> Array:
     on one core: 48-54 vs 81-104 ms). But on the CPU it shares the buffer of a 64-byte aligned array
     instead of copying it (jax 0.10, even with ``may_alias=False``: jax-ml/jax#37830), and the solvers run
     asynchronously, after this call has returned. A read-only array is used in place (no copy at all); a
-    writeable one that was shared is copied.
+    writeable one that was shared is copied. Inside a caller's ``jit`` (a numpy ``X`` closed over),
+    ``device_put`` returns a tracer, which has no buffer: the traced program holds its own constant.
 
     Copying with numpy into an aligned buffer for ``device_put`` to share measured 13 ms instead of 48 in
     a loop that frees each copy, but 300-400 ms per copy while earlier ones stay alive (numpy asks for
@@ -90,6 +135,8 @@ def _to_device(X: np.ndarray) -> Array:
     machines; an anonymous ``mmap`` without them, 69 ms), where ``device_put``'s own copy stays at 46 ms.
     """
     out = jax.device_put(X)
+    if isinstance(out, jax.core.Tracer):
+        return out
     if X.flags.writeable and out.unsafe_buffer_pointer() == X.ctypes.data:
         return jnp.array(out, copy=True)
     return out
@@ -154,9 +201,22 @@ def check_binary_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (y == classes[1]).astype(np.int32), classes
 
 
-def check_class_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Map K >= 2 distinct labels to ``0..K-1`` in sorted order. Returns ``(codes int32 (n,), classes (K,))``."""
+def check_class_labels(y: Any, n: int, *, n_classes: int | None = None) -> tuple[Any, np.ndarray]:
+    """Map K >= 2 distinct labels to ``0..K-1`` in sorted order. Returns ``(codes int32 (n,), classes (K,))``.
+
+    Labels traced by a transformation (``vmap`` over label sets) have no values to sort: they must be
+    codes ``0..n_classes-1``, and ``n_classes`` says how many (``classes`` is then ``arange(n_classes)``).
+    """
     y = check_n_samples(n, y, "y")
+    if not is_concrete(y):
+        if n_classes is None or check_positive_int(n_classes, "n_classes") < 2:
+            raise ValueError(
+                "y is traced (under jit/vmap), so its classes cannot be counted; give n_classes (>= 2) and "
+                "labels coded 0 .. n_classes - 1."
+            )
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f"traced y has dtype {y.dtype}; give integer codes 0 .. n_classes - 1.")
+        return y.astype(jnp.int32), np.arange(n_classes)
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         raise ValueError(
             "y holds non-integer floats; a classifier needs class labels. For a continuous target use "
@@ -165,21 +225,29 @@ def check_class_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     classes, codes = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise ValueError(f"y has a single class ({classes.tolist()}); a classifier needs at least two.")
+    if n_classes is not None and classes.size > n_classes:
+        raise ValueError(f"y has {classes.size} classes but n_classes={n_classes}.")
     return codes.astype(np.int32), classes
 
 
 def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray:
-    """``(n,)`` float weights: ones when None; finite, non-negative, not all zero."""
+    """``(n,)`` float weights: ones when None; finite, non-negative, not all zero. float32, or float64
+    under ``jax_enable_x64`` (so float64 solves see the weights unrounded)."""
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     if sample_weight is None:
-        return np.ones(n, dtype=np.float32)
+        return np.ones(n, dtype=dtype)
     if not is_concrete(sample_weight):
-        return check_n_samples(n, sample_weight, "sample_weight").astype(jnp.float32)
+        return check_n_samples(n, sample_weight, "sample_weight").astype(dtype)
     sw = check_n_samples(n, sample_weight, "sample_weight").astype(np.float64)
     if not np.all(np.isfinite(sw)) or np.any(sw < 0):
-        raise ValueError("sample_weight must be finite and non-negative.")
+        bad = np.flatnonzero(~np.isfinite(sw) | (sw < 0))
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; entry {int(bad[0])} is {sw[bad[0]]!r} "
+            f"({bad.size} such entries). Drop those rows or give them weight 0."
+        )
     if not np.any(sw > 0):
         raise ValueError("sample_weight is zero everywhere; at least one sample needs a positive weight.")
-    return sw.astype(np.float32)
+    return sw.astype(dtype)
 
 
 def check_grid(value: Any, name: str) -> tuple[np.ndarray, bool]:
@@ -188,6 +256,8 @@ def check_grid(value: Any, name: str) -> tuple[np.ndarray, bool]:
         if value.ndim > 1:
             raise ValueError(f"{name} has shape {value.shape}; give a scalar or a 1-D grid of values.")
         return value.reshape(-1), value.ndim == 1
+    if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a number or a 1-D grid of numbers; got {value!r} ({type(value).__name__}).")
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"{name} has shape {arr.shape}; give a scalar or a 1-D grid of values.")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from . import _checks, _metrics
+from . import _aot, _checks, _metrics
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
@@ -25,7 +25,7 @@ from ._multinomial import SOFTMAX, MultinomialFit
 from ._newton_cg import NewtonCGResult, layer_preconditioners, solve_layers, solver_options
 from ._precision import einsum
 from ._predict import decision_function
-from ._ridge import ridge_loo
+from ._ridge import validated_solve
 
 _HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mse": False}
 
@@ -69,6 +69,11 @@ def _best(scores: Array, scoring: str) -> Array:
 
 def _fold_ids(y: np.ndarray, folds: Any, groups: Any, random_state: int | None) -> np.ndarray:
     if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+        if not _checks.is_concrete(y):
+            raise ValueError(
+                "folds is a number of stratified folds, which needs the labels' values, but y is traced (under "
+                "jit/vmap); give folds as (N,) fold ids, e.g. stratified_folds(y_example, 5)."
+            )
         return stratified_folds(y, int(folds), groups=groups, random_state=random_state)
     if groups is not None:
         raise ValueError(
@@ -99,6 +104,7 @@ def cross_validate_logistic(
     max_cg_iter: int | None = None,
     precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
+    n_classes: int | None = None,
 ) -> CVResult:
     """K-fold cross-validated L2 logistic regression on every layer over a ``C`` grid, with refit.
 
@@ -119,13 +125,18 @@ def cross_validate_logistic(
         criterion alone (no objective-gap bound), as in ``LogisticRegressionCV``.
       sample_weight, fit_intercept, max_iter, max_cg_iter, precondition_rank, layer_batch_size: as in
         :func:`fit_logistic`.
+      n_classes: only for labels traced by a transformation of yours (say ``vmap`` over label sets),
+        which must then be codes ``0 .. n_classes - 1``, with ``folds`` given as fold ids.
+
+    Under your own ``jit`` / ``vmap``, ``X``, ``C``, ``y`` (with ``n_classes``) and ``sample_weight`` may be
+    traced; ``folds`` and ``groups`` must be concrete (fold assignment is data preparation on the host).
+    ``best_value`` is then a JAX array.
 
     Returns:
       A :class:`CVResult` whose ``fit`` is a :class:`LogisticFit` (or :class:`MultinomialFit`).
     """
-    X3, _ = _checks.check_activations(X)
-    n = X3.shape[1]
-    codes, classes = _checks.check_class_labels(y, n)
+    X3, _, n = _checks.check_bucketed_activations(X)
+    codes, classes = _checks.check_class_labels(y, n, n_classes=n_classes)
     softmax = classes.size > 2 if multinomial is None else bool(multinomial)
     if not softmax and classes.size != 2:
         _checks.check_binary_labels(y, n)  # raises the binary message
@@ -136,38 +147,49 @@ def cross_validate_logistic(
     Cs, _ = _checks.check_grid(C, "C")
     fold_ids = _fold_ids(codes, folds, groups, random_state)
     n_folds = int(fold_ids.max()) + 1
+    rows = X3.shape[1]  # padded rows weigh nothing in any fold (see _checks.bucket_rows)
     test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
+    train = _checks.pad_rows((1.0 - test) * sw, rows)
+    codes_rows = _checks.pad_rows(codes, rows)
     loss = SOFTMAX if softmax else BINARY_LOGISTIC
-    y_solver = jnp.asarray(codes if softmax else codes.astype(np.float32))
+    y_solver = jnp.asarray(codes_rows if softmax else codes_rows.astype(np.float32))
     options = solver_options(
-        X3.shape, int(classes.size) if softmax else None, fit_intercept=fit_intercept, max_iter=max_iter,
-        max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
+        (X3.shape[0], n, X3.shape[2]), int(classes.size) if softmax else None, fit_intercept=fit_intercept,
+        max_iter=max_iter, max_cg_iter=max_cg_iter, precondition_rank=precondition_rank,
+        layer_batch_size=layer_batch_size,
     )
     # One preconditioner per layer for the folds and the refit alike (computed and compiled once).
     precond = None
     if options["precondition_rank"]:
-        precond = layer_preconditioners(
-            X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
+        precond = _aot.call(
+            layer_preconditioners, X=X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
             layer_batch_size=options["layer_batch_size"],
         )
-    folds_res = solve_layers(
-        loss, X3, y_solver, jnp.asarray((1.0 - test) * sw), jnp.asarray(Cs), tol=_checks.check_tol(cv_tol),
-        gap_tol=float("inf"), precond=precond, **options,
+    folds_res = _aot.call(
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(train), Cs=jnp.asarray(Cs),
+        tol=_checks.check_tol(cv_tol), gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    acc, ll, auc = _score_fold_fits(
-        folds_res.as_fit(fit_type), X3, jnp.asarray(codes), held_out_rows(fold_ids, sw), softmax=softmax
+    held_out = held_out_rows(fold_ids)
+    held_out = HeldOut(*(_checks.pad_rows(a, _checks.bucket_rows(a.shape[1])) for a in held_out))
+    held_out = held_out._replace(weight=held_out.weight * sw[held_out.index])  # padding keeps weight 0
+    acc, ll, auc = _aot.call(
+        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=jnp.asarray(codes_rows), held_out=held_out,
+        softmax=softmax,
     )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
-    best = np.asarray(_best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring))
-    refit_res = solve_layers(
-        loss, X3, y_solver, jnp.asarray(sw)[None], jnp.asarray(Cs[best])[:, None], tol=_checks.check_tol(tol),
-        precond=precond, init=_fold_mean_at(folds_res, best), **options,
+    best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
+    best = np.asarray(best) if _checks.is_concrete(best) else best  # traced under a caller's jit
+    best_value = Cs[best] if isinstance(best, np.ndarray) and isinstance(Cs, np.ndarray) else jnp.asarray(Cs)[best]
+    refit_res = _aot.call(
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(_checks.pad_rows(sw, rows)[None]),
+        Cs=jnp.asarray(best_value)[:, None], tol=_checks.check_tol(tol), precond=precond,
+        init=_fold_mean_at(folds_res, best), **options,
     )  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
     return CVResult(
         grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=jnp.asarray(best),
-        best_value=Cs[best], fit=refit.as_fit(fit_type), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
+        best_value=best_value, fit=refit.as_fit(fit_type), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
     )
 
 
@@ -225,7 +247,6 @@ def cross_validate_ridge(
       A :class:`CVResult` with ``F = 1`` (the LOO fold) and ``fit`` a :class:`RidgeFit` ``(L, D)`` (a
       :class:`MulticlassRidgeFit` ``(L, K, D)`` for more than two classes).
     """
-    X3, _ = _checks.check_activations(X)
     alphas, _ = _checks.check_grid(alpha, "alpha")
     y_arr = np.asarray(y)
     classify = y_arr.dtype.kind in "iub"
@@ -234,9 +255,9 @@ def cross_validate_ridge(
     if scoring not in allowed:
         raise ValueError(f"scoring={scoring!r} is not available for these targets; use " + " or ".join(
             repr(name) for name in allowed) + ".")
-    loo = ridge_loo(X3, y, alphas, sample_weight=sample_weight, fit_intercept=fit_intercept,
-                    layer_batch_size=layer_batch_size)
-    sw = jnp.asarray(_checks.check_sample_weight(sample_weight, X3.shape[1]))
+    # Over the bucket's rows: padded rows have zero weight, so every score below ignores them.
+    loo, sw, n = validated_solve(X, y, alphas, sample_weight, fit_intercept, layer_batch_size, loo=True,
+                                 keep_layer_axis=True)
     pred, target = loo.predictions, loo.targets  # (L, G, [K,] N), ([K,] N)
     mse = jnp.sum(sw * (pred - target) ** 2, axis=-1) / jnp.sum(sw)
     mse = (jnp.mean(mse, axis=-1) if multiclass else mse)[..., None]  # (L, G, 1)
@@ -251,12 +272,13 @@ def cross_validate_ridge(
     else:
         acc = auc = nan
     best = _best({"mse": mse, "accuracy": acc, "roc_auc": auc}[scoring], scoring)
-    layers = jnp.arange(X3.shape[0])
+    layers = jnp.arange(mse.shape[0])
     zeros = jnp.zeros(mse.shape[:2] + (2,), jnp.int32)
     return CVResult(
         grid=alphas, accuracy=acc, log_loss=nan, roc_auc=auc, mse=mse, best_index=best,
-        best_value=alphas[np.asarray(best)], fit=type(loo.fit)(*(a[layers, best] for a in loo.fit)),
-        fold_ids=np.full(X3.shape[1], -1, np.int32), n_iter=zeros, converged=zeros == 0,
+        best_value=alphas[np.asarray(best)] if _checks.is_concrete(best, alphas) else jnp.asarray(alphas)[best],
+        fit=type(loo.fit)(*(a[layers, best] for a in loo.fit)),
+        fold_ids=np.full(n, -1, np.int32), n_iter=zeros, converged=zeros == 0,
     )
 
 

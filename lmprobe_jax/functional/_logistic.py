@@ -16,11 +16,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from . import _checks
 from ._batching import squeeze_axes
-from ._newton_cg import GLMLoss, solve_layers, solver_options
+from ._implicit import solve_problems
+from ._newton_cg import GLMLoss, solver_options
 
 
 def _binary_value(z: Array, y: Array) -> Array:
@@ -128,17 +130,17 @@ def fit_logistic(
       >>> fit.coef.shape, bool(fit.converged.all())
       ((3, 2, 5), True)
     """
-    X3, was_2d = _checks.check_activations(X)
-    n = X3.shape[1]
+    X3, was_2d, n = _checks.check_bucketed_activations(X)
     y01, _ = _checks.check_binary_labels(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
     Cs, is_grid = _checks.check_grid(C, "C")
     options = solver_options(
-        X3.shape, None, fit_intercept=fit_intercept, max_iter=max_iter, max_cg_iter=max_cg_iter,
-        precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
+        (X3.shape[0], n, X3.shape[2]), None, fit_intercept=fit_intercept, max_iter=max_iter,
+        max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
-    fit = solve_layers(
-        BINARY_LOGISTIC, X3, jnp.asarray(y01, jnp.float32), jnp.asarray(sw)[None], jnp.asarray(Cs),
-        tol=_checks.check_tol(tol), **options,
+    rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
+    fit = solve_problems(
+        BINARY_LOGISTIC, X3, jnp.asarray(_checks.pad_rows(y01.astype(np.float32), rows)),
+        jnp.asarray(_checks.pad_rows(sw, rows)[None]), jnp.asarray(Cs), tol=_checks.check_tol(tol), **options,
     )
     return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(LogisticFit)

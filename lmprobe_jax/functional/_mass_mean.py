@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from . import _checks
-from ._batching import default_layer_batch_size, over_layers
+from ._batching import any_across_batch, default_layer_batch_size, over_layers
 from ._logistic import BINARY_LOGISTIC
 from ._newton_cg import newton_cg
 from ._precision import matmul
@@ -41,6 +42,21 @@ class MassMeanFit(NamedTuple):
     coef: Array
     intercept: Array
     direction: Array
+
+
+def _whiten(cov: Array, delta: Array) -> Array:
+    """``cov^-1 delta`` by Cholesky; where ``cov`` is singular (``shrinkage=0`` with ``D > N``, or collinear
+    features: the Cholesky gives NaN), the minimum-norm ``cov^+ delta`` through an eigendecomposition,
+    eigenvalues below ``D * eps * max`` dropped, as a least-squares solver would."""
+    solved = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(cov), delta)
+
+    def pseudo_inverse() -> Array:
+        eig, basis = jnp.linalg.eigh(cov)
+        keep = eig > cov.shape[0] * jnp.finfo(cov.dtype).eps * jnp.max(eig)
+        return matmul(basis, jnp.where(keep, matmul(delta, basis) / jnp.where(keep, eig, 1.0), 0.0))
+
+    # One decision for a vmapped batch of layers, so the eigendecomposition stays a branch that rarely runs.
+    return jax.lax.cond(any_across_batch(~jnp.all(jnp.isfinite(solved))), pseudo_inverse, lambda: solved)
 
 
 @functools.partial(jax.jit, static_argnames=("iid", "layer_batch_size"))
@@ -61,8 +77,7 @@ def mass_mean_solve(
             cov = matmul((centred * s[:, None]).T, centred) / jnp.sum(s)
             # Shrinkage relative to the average variance keeps the solve well posed when D > N.
             ridge = shrinkage * jnp.trace(cov) / cov.shape[0]
-            factor = jax.scipy.linalg.cho_factor(cov + ridge * jnp.eye(cov.shape[0], dtype=dtype))
-            theta = jax.scipy.linalg.cho_solve(factor, theta)
+            theta = _whiten(cov + ridge * jnp.eye(cov.shape[0], dtype=dtype), theta)
         projection = matmul(x, theta)[:, None]
         # Scale the 1-D feature to unit spread so calibration_C means the same for every layer.
         centre = jnp.sum(s * projection[:, 0]) / jnp.sum(s)
@@ -102,15 +117,28 @@ def fit_mass_mean(
     Returns:
       A :class:`MassMeanFit`.
     """
-    X3, was_2d = _checks.check_activations(X)
-    n = X3.shape[1]
-    y01, _ = _checks.check_binary_labels(y, n)
+    X3, was_2d, n = _checks.check_bucketed_activations(X)
+    y01, classes = _checks.check_binary_labels(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
-    if not (0 <= float(shrinkage) < float("inf")):
-        raise ValueError(f"shrinkage must be a finite float >= 0; got {shrinkage!r}.")
-    _checks.check_grid(calibration_C, "calibration_C")
+    if _checks.is_concrete(shrinkage):
+        if isinstance(shrinkage, (str, bytes)) or np.asarray(shrinkage).dtype.kind not in "biuf" or np.ndim(
+            shrinkage
+        ) or not 0 <= float(shrinkage) < float("inf"):
+            raise ValueError(f"shrinkage must be a finite float >= 0; got {shrinkage!r}.")
+        shrinkage = float(shrinkage)
+    calibration, is_grid = _checks.check_grid(calibration_C, "calibration_C")
+    if is_grid:
+        raise ValueError(f"calibration_C must be a single value > 0; got a grid {calibration_C!r}.")
+    if _checks.is_concrete(y01, sw):
+        empty = [label for label, code in zip(classes, (0, 1)) if not np.any(sw[y01 == code] > 0)]
+        if empty:
+            raise ValueError(
+                f"class {empty[0].tolist()!r} has zero total sample_weight; a class mean needs weight on at least one "
+                f"of its rows. Give it positive weights, or drop the class."
+            )
+    rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = mass_mean_solve(
-        X3, jnp.asarray(y01), jnp.asarray(sw), jnp.asarray(shrinkage), jnp.asarray(calibration_C),
-        iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
+        X3, jnp.asarray(_checks.pad_rows(y01, rows)), jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
+        jnp.asarray(calibration[0]), iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
     return MassMeanFit(*(a[0] for a in fit)) if was_2d else fit

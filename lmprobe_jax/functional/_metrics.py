@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 
@@ -28,16 +29,54 @@ def _weights(scores: Array, sample_weight: Any) -> Array:
     return jnp.broadcast_to(jnp.asarray(weight, _sum_dtype(scores)), scores.shape)
 
 
+def _checked(y: Any, scores: Any, sample_weight: Any, *, n_classes: int | None = None) -> tuple[Array, Array]:
+    """``(y, scores)`` as arrays, after checking concrete values (traced ones pass unchecked): binary
+    labels in {0, 1} (``n_classes`` None) or codes ``0..K-1`` with ``K = n_classes``, finite scores, finite
+    non-negative weights. A label 2 would otherwise count as positive, a NaN score as a negative one."""
+    from ._checks import is_concrete
+
+    y, scores = jnp.asarray(y), jnp.asarray(scores)
+    if not is_concrete(y, scores, sample_weight):
+        return y, scores
+    labels = np.unique(np.asarray(y))
+    allowed = np.arange(2 if n_classes is None else n_classes)
+    if not np.isin(labels, allowed).all():
+        what = "binary metrics take labels coded 0/1 (1 = positive), e.g. y == positive_label" if n_classes is None \
+            else f"multi-class metrics take class codes 0..{n_classes - 1} (the logits' last axis)"
+        raise ValueError(f"y holds labels {labels[~np.isin(labels, allowed)][:5].tolist()}; {what}.")
+    if not np.isfinite(np.asarray(scores, np.float32)).all():
+        raise ValueError("scores contain NaN or infinity; a metric of them would be meaningless. Check the fit "
+                         "that produced them (converged? finite inputs?).")
+    if y.ndim != 1 or jnp.shape(scores)[-2 if n_classes is not None else -1] != y.shape[0]:
+        raise ValueError(f"y has shape {tuple(y.shape)} and scores {tuple(jnp.shape(scores))}; expected y (N,) and "
+                         f"scores (..., N{', K' if n_classes is not None else ''}).")
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, np.float64)
+        target = jnp.shape(scores)[: scores.ndim - (n_classes is not None)]
+        try:
+            fits = np.broadcast_shapes(w.shape, target) == target
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"sample_weight has shape {w.shape}; expected (N,) = ({y.shape[0]},), one weight "
+                             f"per sample.")
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError("sample_weight must be finite and non-negative.")
+        if not (w > 0).any():
+            raise ValueError("sample_weight is zero everywhere; a metric needs at least one weighted sample.")
+    return y, scores
+
+
 def binary_accuracy(y: Array, decision: Array, sample_weight: Any = None) -> Array:
     """Weighted fraction of ``(decision > 0) == y``; ``y`` in {0, 1} ``(N,)``, ``decision`` ``(..., N)``."""
-    y, decision = jnp.asarray(y), jnp.asarray(decision)
+    y, decision = _checked(y, decision, sample_weight)
     w = _weights(decision, sample_weight)
     return jnp.sum(w * ((decision > 0) == (y > 0)), axis=-1) / jnp.sum(w, axis=-1)
 
 
 def binary_log_loss(y: Array, decision: Array, sample_weight: Any = None) -> Array:
     """Weighted mean of ``log(1 + exp(-(2y-1) z))`` from logits ``z`` ``(..., N)``."""
-    y, decision = jnp.asarray(y), jnp.asarray(decision)
+    y, decision = _checked(y, decision, sample_weight)
     w = _weights(decision, sample_weight)
     z = decision.astype(w.dtype)
     losses = jax.nn.softplus(-(2 * y.astype(w.dtype) - 1) * z)
@@ -79,7 +118,7 @@ def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
     0.45 s against 0.50 s (``python benchmarks/solver_choices.py auroc``). NaN where the weights leave
     only one class.
     """
-    y, scores = jnp.asarray(y), jnp.asarray(scores)
+    y, scores = _checked(y, scores, sample_weight)
     w = _weights(scores, sample_weight)  # ranks come from the scores' own dtype, sums from the weights'
     dtype = w.dtype
     pos = (y > 0).astype(dtype)
@@ -99,14 +138,14 @@ def roc_auc(y: Array, scores: Array, sample_weight: Any = None) -> Array:
 
 def multiclass_accuracy(y: Array, logits: Array, sample_weight: Any = None) -> Array:
     """Weighted accuracy of ``argmax`` over the last axis; ``y`` codes ``(N,)``, ``logits`` ``(..., N, K)``."""
-    y, logits = jnp.asarray(y), jnp.asarray(logits)
+    y, logits = _checked(y, logits, sample_weight, n_classes=jnp.shape(logits)[-1])
     w = _weights(logits[..., 0], sample_weight)
     return jnp.sum(w * (jnp.argmax(logits, axis=-1) == y), axis=-1) / jnp.sum(w, axis=-1)
 
 
 def multiclass_log_loss(y: Array, logits: Array, sample_weight: Any = None) -> Array:
     """Weighted mean cross-entropy from logits ``(..., N, K)``."""
-    y, logits = jnp.asarray(y), jnp.asarray(logits)
+    y, logits = _checked(y, logits, sample_weight, n_classes=jnp.shape(logits)[-1])
     w = _weights(logits[..., 0], sample_weight)
     logits = logits.astype(w.dtype)
     picked = jnp.take_along_axis(logits, jnp.broadcast_to(y[:, None], logits.shape[:-1] + (1,)), axis=-1)
@@ -143,8 +182,7 @@ def fold_scores(z: Any, y: Any, held_out: Any, *, softmax: bool = False) -> tupl
       ``(accuracy, log_loss, roc_auc)``, each ``(F, ...)``; AUROC is NaN for softmax. Op by op, these
       hundred small operations would each compile on first use (~2 s); jitted together, once.
     """
-    z = jnp.asarray(z)
-    y = jnp.asarray(y)
+    z, y = jnp.asarray(z), jnp.asarray(y)
     index, weight = (jnp.asarray(a) for a in held_out)
     n_axis = -2 if softmax else -1
     if z.ndim < (3 if softmax else 2) or z.shape[0] != index.shape[0] or z.shape[n_axis] != y.shape[0]:
@@ -152,4 +190,5 @@ def fold_scores(z: Any, y: Any, held_out: Any, *, softmax: bool = False) -> tupl
             f"z has shape {tuple(z.shape)}; expected (F={index.shape[0]}, ..., N={y.shape[0]}"
             + (", K)" if softmax else ")") + " for these labels and folds."
         )
+    y, z = _checked(y, z, None, n_classes=z.shape[-1] if softmax else None)
     return _fold_scores(z, y, index, weight, softmax=softmax)

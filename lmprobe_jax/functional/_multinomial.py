@@ -24,7 +24,8 @@ from jax import Array
 
 from . import _checks
 from ._batching import squeeze_axes
-from ._newton_cg import GLMLoss, solve_layers, solver_options
+from ._implicit import solve_problems
+from ._newton_cg import GLMLoss, solver_options
 
 
 def _softmax_value(z: Array, y: Array) -> Array:
@@ -87,6 +88,7 @@ def fit_multinomial(
     max_cg_iter: int | None = None,
     precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
+    n_classes: int | None = None,
 ) -> MultinomialFit:
     """Fit K-class softmax regression on every layer (and every ``C``) in one compiled solve.
 
@@ -99,6 +101,8 @@ def fit_multinomial(
       y: ``(N,)`` class labels (any sortable values); classes are the sorted distinct labels.
       C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, precondition_rank,
         layer_batch_size: as in :func:`fit_logistic`.
+      n_classes: only for labels traced by a transformation of yours (say ``vmap`` over label sets),
+        which must then be codes ``0 .. n_classes - 1`` (the number of classes sets the program's shapes).
 
     Returns:
       A :class:`MultinomialFit`.
@@ -110,17 +114,17 @@ def fit_multinomial(
       >>> fit_multinomial(X, y, C=1.0).coef.shape
       (2, 3, 4)
     """
-    X3, was_2d = _checks.check_activations(X)
-    n = X3.shape[1]
-    codes, classes = _checks.check_class_labels(y, n)
+    X3, was_2d, n = _checks.check_bucketed_activations(X)
+    codes, classes = _checks.check_class_labels(y, n, n_classes=n_classes)
     sw = _checks.check_sample_weight(sample_weight, n)
     Cs, is_grid = _checks.check_grid(C, "C")
     options = solver_options(
-        X3.shape, int(classes.size), fit_intercept=fit_intercept, max_iter=max_iter, max_cg_iter=max_cg_iter,
-        precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
+        (X3.shape[0], n, X3.shape[2]), int(classes.size), fit_intercept=fit_intercept, max_iter=max_iter,
+        max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
     )
-    fit = solve_layers(
-        SOFTMAX, X3, jnp.asarray(codes), jnp.asarray(sw)[None], jnp.asarray(Cs), tol=_checks.check_tol(tol),
-        **options,
+    rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
+    fit = solve_problems(
+        SOFTMAX, X3, jnp.asarray(_checks.pad_rows(codes, rows)), jnp.asarray(_checks.pad_rows(sw, rows)[None]),
+        jnp.asarray(Cs), tol=_checks.check_tol(tol), **options,
     )
     return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(MultinomialFit)

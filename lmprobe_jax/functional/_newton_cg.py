@@ -180,11 +180,11 @@ def newton_cg(
       C: ``()`` inverse regularisation strength, ``> 0``.
       coef0: ``(D,)`` or ``(K, D)`` starting point; ``intercept0`` ``()`` or ``(K,)``.
       fit_intercept: whether ``b`` is optimised (static).
-      tol: stop when ``max |grad F| / (C sum s) <= tol`` (static).
-      max_iter: most Newton iterations (static).
+      tol: stop when ``max |grad F| / (C sum s) <= tol`` (traced: a new value does not recompile).
+      max_iter: most Newton iterations (traced).
       max_cg_iter: most CG iterations per Newton step (static).
       precond: a Nyström approximation of ``[X, 1]^T [X, 1]`` to precondition CG with, or None.
-      gap_tol: bound on the relative objective-gap estimate (static; default ``tol``; ``inf`` keeps
+      gap_tol: bound on the relative objective-gap estimate (traced; default ``tol``; ``inf`` keeps
         scikit-learn's gradient criterion alone, as cross-validation folds do).
       lagged: for a scalar predictor, an inverse Hessian from earlier on a path; once ``lagged.active``,
         CG is preconditioned with it instead of ``precond`` (see :mod:`._hessian_inverse`).
@@ -521,8 +521,8 @@ def _preconditioner(x: Array, rank: int, fit_intercept: bool) -> NystromApprox:
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
-        "layer_batch_size", "woodbury", "hessian_refresh",
+        "loss", "n_outputs", "fit_intercept", "max_cg_iter", "precondition_rank", "layer_batch_size", "woodbury",
+        "hessian_refresh",
     ),
 )
 def solve_layers(

@@ -33,7 +33,8 @@ The same factorisation gives exact leave-one-out predictions (the hat-matrix ide
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -185,19 +186,32 @@ def _cholesky_solver(c: _Centred, alpha: Array) -> Callable[[Array], Array]:
     return lambda rhs: cho_solve((lower, True), rhs.T).T
 
 
-def _coef(c: _Centred, solve: Callable[[Array], Array], alpha: Array) -> tuple[Array, Array]:
-    """``(T, D)`` ridge weights at one ``alpha`` (one step of iterative refinement), and the weighted
-    training residuals ``sqrt(s) (y - yhat)`` ``(T, N)``. ``solve`` applies ``(Gram + alpha I)^-1`` to rows:
-    ``Xs^T Xs`` (primal) or ``Xs Xs^T`` (dual)."""
+def _coef(c: _Centred, solve: Callable[[Array], Array], alpha: Array) -> tuple[Array, Array, Array]:
+    """``(T, D)`` ridge weights at one ``alpha`` (two steps of iterative refinement), the weighted training
+    residuals ``sqrt(s) (y - yhat)`` ``(T, N)``, and the drift ``(T,)``: the last refinement step's size
+    relative to the weights. ``solve`` applies ``(Gram + alpha I)^-1`` to rows: ``Xs^T Xs`` (primal) or
+    ``Xs Xs^T`` (dual).
+
+    Refinement converges (each step shrinks the error by about ``eps * cond``) while ``eps * cond < 1``;
+    a drift that stays large says the working precision cannot solve this system (float32 from
+    ``cond ~ 1e7``), and :func:`validated_solve` solves that layer again in float64."""
     n, d = c.xs.shape
+
+    def drift(step: Array, total: Array) -> Array:
+        return jnp.linalg.norm(step, axis=-1) / jnp.maximum(jnp.linalg.norm(total, axis=-1), jnp.finfo(total.dtype).tiny)
+
     if n >= d:
         coef = solve(matmul(c.ys, c.xs))
         coef = coef + solve(matmul(c.ys - matmul(coef, c.xs.T), c.xs) - alpha * coef)
-        return coef, c.ys - matmul(coef, c.xs.T)
+        step = solve(matmul(c.ys - matmul(coef, c.xs.T), c.xs) - alpha * coef)
+        coef = coef + step
+        return coef, c.ys - matmul(coef, c.xs.T), drift(step, coef)
     beta = solve(c.ys)
     beta = beta + solve(c.ys - matmul(matmul(beta, c.xs), c.xs.T) - alpha * beta)
+    step = solve(c.ys - matmul(matmul(beta, c.xs), c.xs.T) - alpha * beta)
+    beta = beta + step
     # In the dual, ys - Xs w = alpha * beta exactly: no cancellation when the fit nearly interpolates.
-    return matmul(beta, c.xs), alpha * beta
+    return matmul(beta, c.xs), alpha * beta, drift(step, beta)
 
 
 def _one_minus_hat(c: _Centred, sp: _Spectral, s: Array, alpha: Array, fit_intercept: bool) -> Array:
@@ -227,64 +241,101 @@ def ridge_method(n_alphas: int, loo: bool) -> str:
 def ridge_solve(
     X: Array, Y: Array, s: Array, alphas: Array, *, fit_intercept: bool, loo: bool, layer_batch_size: int,
     method: str = "eigh",
-) -> tuple[RidgeFit, Array | None]:
+) -> tuple[RidgeFit, Array | None, Array]:
     """Jitted core: ``X (L, N, D)``, ``Y (T, N)``, ``s (N,)``, ``alphas (G,)``.
 
     ``method`` (static): ``"eigh"``, or ``"cholesky"`` (without ``loo`` only; a layer where any alpha's
     factorisation breaks down is solved by ``"eigh"``); :func:`ridge_method` chooses.
 
-    Returns ``RidgeFit`` with ``coef (L, G, T, D)`` and, when ``loo``, LOO predictions ``(L, G, T, N)``.
+    Returns ``RidgeFit`` with ``coef (L, G, T, D)``, when ``loo`` LOO predictions ``(L, G, T, N)`` (else
+    None), and the refinement drift ``(L, G, T)`` (see :func:`_coef`).
     """
     if method not in ("eigh", "cholesky") or (method == "cholesky" and loo):
         raise ValueError(f"method must be 'eigh', or 'cholesky' without loo; got {method!r} (loo={loo}).")
     dtype = _checks.compute_dtype(X.dtype)
     X, Y, s, alphas = X.astype(dtype), Y.astype(dtype), s.astype(dtype), alphas.astype(dtype)
 
-    def fit_at(c: _Centred, solve: Callable[[Array], Array], alpha: Array) -> tuple[RidgeFit, Array]:
-        coef, scaled_residual = _coef(c, solve, alpha)
-        return RidgeFit(coef, c.ybar - matmul(coef, c.xbar)), scaled_residual
+    def fit_at(c: _Centred, solve: Callable[[Array], Array], alpha: Array) -> tuple[RidgeFit, Array, Array]:
+        coef, scaled_residual, drift = _coef(c, solve, alpha)
+        return RidgeFit(coef, c.ybar - matmul(coef, c.xbar)), scaled_residual, drift
 
-    def by_eigh(c: _Centred, x: Array) -> tuple[RidgeFit, Array | None]:
+    def by_eigh(c: _Centred, x: Array) -> tuple[RidgeFit, Array | None, Array]:
         sp = _eigendecompose(c, s, fit_intercept)
 
-        def at(alpha: Array) -> tuple[RidgeFit, Array | None]:
-            fit, scaled_residual = fit_at(c, _spectral_solver(sp, alpha), alpha)
+        def at(alpha: Array) -> tuple[RidgeFit, Array | None, Array]:
+            fit, scaled_residual, drift = fit_at(c, _spectral_solver(sp, alpha), alpha)
             if not loo:
-                return fit, None
+                return fit, None, drift
             direct = Y - (matmul(fit.coef, x.T) + fit.intercept[:, None])  # zero-weight rows: no scaled residual
             residual = jnp.where(s > 0, scaled_residual / jnp.sqrt(jnp.where(s > 0, s, 1.0)), direct)
-            return fit, Y - residual / _one_minus_hat(c, sp, s, alpha, fit_intercept)
+            return fit, Y - residual / _one_minus_hat(c, sp, s, alpha, fit_intercept), drift
 
         return jax.vmap(at)(alphas)
 
-    def layer(x: Array) -> tuple[RidgeFit, Array | None]:
+    def layer(x: Array) -> tuple[RidgeFit, Array | None, Array]:
         c = _centre(x, Y, s, fit_intercept)
         if method == "eigh":
             return by_eigh(c, x)
+
+        def cholesky_at(alpha: Array) -> tuple[RidgeFit, Array]:
+            fit, _, drift = fit_at(c, _cholesky_solver(c, alpha), alpha)
+            return fit, drift
+
         # One factor at a time (lax.map, not vmap): an (m, m) factor per layer in memory, not one per alpha.
-        fits = jax.lax.map(lambda alpha: fit_at(c, _cholesky_solver(c, alpha), alpha)[0], alphas)
+        fits, drift = jax.lax.map(cholesky_at, alphas)
         broke = ~jnp.all(jnp.isfinite(fits.coef))
         # One decision for a vmapped batch of layers, so the fallback stays a branch that rarely runs.
-        return jax.lax.cond(any_across_batch(broke), lambda: by_eigh(c, x)[0], lambda: fits), None
+        fits, drift = jax.lax.cond(any_across_batch(broke), lambda: by_eigh(c, x)[::2], lambda: (fits, drift))
+        return fits, None, drift
 
     return over_layers(layer, X, layer_batch_size=layer_batch_size)
 
 
-def _validated_solve(
-    X: Any, y: Any, alpha: Any, sample_weight: Any, fit_intercept: bool, layer_batch_size: int | None, *, loo: bool
-) -> RidgeLOO:
+# Largest refinement drift (see _coef) a float32 layer keeps; above it the layer is solved in float64. At
+# eps * cond ~ 1 refinement stops converging: on a near-low-rank panel layer (cond 8e8) float32 weights
+# were off by 390x their norm (drift ~1), where a cond-1e8 layer (drift ~1e-2) ended 1.6e-5 from float64.
+_MAX_DRIFT = 1e-3
+
+
+def _float64_where_needed(X3: Array, args: tuple, options: dict, fit: RidgeFit, pred: Array | None, drift: Array):
+    """Solve again, in float64 (JAX's x64 on for this call only), the layers whose float32 refinement did
+    not converge (:data:`_MAX_DRIFT`); their results replace the float32 ones, cast back."""
+    bad = np.flatnonzero(np.nanmax(np.where(np.isfinite(np.asarray(drift)), np.asarray(drift), np.inf), axis=(1, 2))
+                         > _MAX_DRIFT)
+    if bad.size == 0:
+        return fit, pred
+    with jax.enable_x64(True):
+        exact = ridge_solve(X3[bad].astype(jnp.float64), *(a.astype(jnp.float64) for a in args),
+                            **{**options, "layer_batch_size": min(options["layer_batch_size"], bad.size)})
+        fit = RidgeFit(*(a.at[bad].set(b.astype(a.dtype)) for a, b in zip(fit, exact[0])))
+        pred = None if pred is None else pred.at[bad].set(exact[1].astype(pred.dtype))
+    return fit, pred
+
+
+def validated_solve(
+    X: Any, y: Any, alpha: Any, sample_weight: Any, fit_intercept: bool, layer_batch_size: int | None, *, loo: bool,
+    keep_layer_axis: bool = False,
+) -> tuple[RidgeLOO, Array, int]:
     """Validate at the boundary, solve, and drop the axes the caller did not ask for (``predictions`` is
-    None unless ``loo``). The one path behind :func:`fit_ridge` and :func:`ridge_loo`."""
-    X3, was_2d = _checks.check_activations(X)
-    n = X3.shape[1]
+    None unless ``loo``). The one path behind :func:`fit_ridge`, :func:`ridge_loo` and the ridge CV.
+
+    Rows are padded to :func:`._checks.bucket_rows` with zero weight (one compiled program per bucket):
+    returns ``(RidgeLOO with predictions and targets over the padded rows, sample weights (rows,) with
+    zeros on the padding, N)``. ``keep_layer_axis`` keeps the layer axis of a 2-D ``X`` (``L = 1``).
+    """
+    X3, was_2d, n = _checks.check_bucketed_activations(X)
+    was_2d = was_2d and not keep_layer_axis
     Y, _ = ridge_targets(y, n)
     sw = _checks.check_sample_weight(sample_weight, n)
     alphas, is_grid = _checks.check_grid(alpha, "alpha")
-    fit, pred = ridge_solve(
-        X3, jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas), fit_intercept=bool(fit_intercept),
-        loo=loo, layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
-        method=ridge_method(alphas.size, loo),
-    )
+    rows = X3.shape[1]
+    Y, sw = _checks.pad_rows(Y, rows), _checks.pad_rows(sw, rows)
+    args = (jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas))
+    options = {"fit_intercept": bool(fit_intercept), "loo": loo, "method": ridge_method(alphas.size, loo),
+               "layer_batch_size": default_layer_batch_size(X3.shape[0], layer_batch_size)}
+    fit, pred, drift = ridge_solve(X3, *args, **options)
+    if _checks.is_concrete(drift) and _checks.compute_dtype(X3.dtype) != jnp.float64:
+        fit, pred = _float64_where_needed(X3, args, options, fit, pred, drift)
 
     one_target = Y.shape[0] == 1
 
@@ -293,11 +344,12 @@ def _validated_solve(
         return jnp.squeeze(a, axis=axes)
 
     fit_type = RidgeFit if one_target else MulticlassRidgeFit
-    return RidgeLOO(
+    loo_result = RidgeLOO(
         fit=fit_type(*(squeeze(a) for a in fit)),
         predictions=None if pred is None else squeeze(pred),
         targets=jnp.asarray(Y[0] if one_target else Y),
     )
+    return loo_result, jnp.asarray(sw), n
 
 
 def fit_ridge(
@@ -334,7 +386,7 @@ def fit_ridge(
       >>> fit_ridge(X, X[0, :, 0] * 2.0, alpha=[0.1, 1.0, 10.0]).coef.shape
       (4, 3, 6)
     """
-    return _validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=False).fit
+    return validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=False)[0].fit
 
 
 def ridge_loo(
@@ -355,4 +407,5 @@ def ridge_loo(
 
     Arguments are those of :func:`fit_ridge`.
     """
-    return _validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=True)
+    res, _, n = validated_solve(X, y, alpha, sample_weight, fit_intercept, layer_batch_size, loo=True)
+    return res._replace(predictions=res.predictions[..., :n], targets=res.targets[..., :n])

@@ -1,0 +1,289 @@
+"""Fuzzing the functional layer's public inputs: every case gives a clear error or a correct result.
+
+Hypothesis draws inputs per class (activation shapes and dtypes, label encodings, sample weights,
+regularisation values, metric inputs), mixing valid and invalid ones. Each case ends in one of:
+
+* a clear error: ``ValueError`` / ``TypeError`` whose message names the argument at fault;
+* a result checked against a float64 reference (scikit-learn or the closed form / optimality condition);
+* a result its diagnostics flag (``converged`` False), not compared;
+* anything else fails the test (silent wrong: a result that is not right, or an unclear exception).
+
+Shapes stay within a few row buckets and widths, so the solvers compile a handful of programs. The counts
+per class (cases, clear errors, checked results) are written to ``$LMPROBE_JAX_FUZZ_COUNTS`` when set.
+"""
+
+import json
+import os
+import re
+from collections import Counter
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
+import lmprobe_jax.functional as F
+
+COUNTS: dict[str, Counter] = {}
+SETTINGS = settings(max_examples=int(os.environ.get("LMPROBE_JAX_FUZZ_EXAMPLES", "25")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True)
+ARGUMENT = re.compile(r"\b(X|y|C|alpha|sample_weight|scores|shrinkage|calibration_C|folds|n_classes|labels?|classes?)\b")
+
+
+def outcome(kind: str, run, check) -> None:
+    """Run ``run()``; a ValueError/TypeError naming an argument counts as a clear error, a result must pass
+    ``check(result)`` (its assertions), anything else propagates."""
+    counts = COUNTS.setdefault(kind, Counter())
+    counts["cases"] += 1
+    try:
+        result = run()
+    except (ValueError, TypeError) as err:
+        assert ARGUMENT.search(str(err)), f"unclear error for {kind}: {err!r}"
+        counts["clear errors"] += 1
+        return
+    counts["flagged unconverged" if check(result) == "flagged" else "checked results"] += 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_counts():
+    yield
+    path = os.environ.get("LMPROBE_JAX_FUZZ_COUNTS")
+    if path:
+        with open(path, "w") as handle:
+            json.dump({k: dict(v) for k, v in COUNTS.items()}, handle, indent=1)
+
+
+def logistic_objective(X, y01, w, b, C, sw):
+    m = (2 * y01 - 1) * (X @ w + b)
+    return C * np.sum(sw * np.logaddexp(0, -m)) + 0.5 * w @ w
+
+
+# --- activations: shapes, dtypes, values ----------------------------------------------------------------
+DTYPES = ["float32", "float32", "float64", "float16", "bfloat16", "int32", "bool", "complex64", "object"]
+
+
+@st.composite
+def activations(draw):
+    # Valid choices drawn more often than invalid ones, so both kinds of outcome get cases.
+    ndim = draw(st.sampled_from([2, 2, 3, 3, 1, 4]))
+    n = draw(st.sampled_from([30, 48, 48, 1, 0]))
+    d = draw(st.sampled_from([3, 5, 5, 0]))
+    shape = {1: (n,), 2: (n, d), 3: (2, n, d), 4: (1, 2, n, d)}[ndim]
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    X = rng.normal(size=shape)
+    poison = draw(st.sampled_from([None, None, None, np.nan, np.inf, 1e3]))
+    if poison is not None and X.size:
+        X.flat[draw(st.integers(0, X.size - 1))] = poison
+    if dtype == "bfloat16":
+        return X.astype(jax.numpy.bfloat16)
+    if dtype == "object":
+        return X.astype(object)
+    return X.astype(dtype)
+
+
+@SETTINGS
+@given(X=activations(), seed=st.integers(0, 2**16))
+def test_fit_logistic_activations(X, seed):
+    rng = np.random.default_rng(seed)
+    n = X.shape[-2] if X.ndim >= 2 else 0
+    y = rng.integers(0, 2, size=max(n, 1))[:n] if n else np.zeros(0, int)
+    if n >= 2:
+        y[:2] = [0, 1]
+
+    def check(fit):
+        if not np.all(fit.converged):
+            return "flagged"
+        X64 = np.asarray(X, np.float64).reshape((-1,) + X.shape[-2:])
+        assert np.all(np.isfinite(fit.coef)) and fit.coef.shape[-1] == X.shape[-1]
+        coef = np.asarray(fit.coef, np.float64).reshape(X64.shape[0], -1)
+        intercept = np.asarray(fit.intercept, np.float64).reshape(-1)
+        for layer in range(X64.shape[0]):  # the optimum: no worse than scikit-learn's float64 one
+            ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(X64[layer], y)
+            ours = logistic_objective(X64[layer], y, coef[layer], intercept[layer], 1.0, np.ones(n))
+            best = logistic_objective(X64[layer], y, ref.coef_[0], ref.intercept_[0], 1.0, np.ones(n))
+            assert ours <= best * (1 + 1e-5) + 1e-5, (ours, best)
+
+    outcome("activations (shape, dtype, NaN/inf)", lambda: F.fit_logistic(X, y, 1.0), check)
+
+
+# --- labels: encodings ---------------------------------------------------------------------------------
+@st.composite
+def labels(draw, n):
+    kind = draw(st.sampled_from(["int01", "int_pm1", "int_big", "str", "bool", "float_int", "float_frac",
+                                 "one_class", "three_class", "wrong_length", "two_d", "nan"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    base = rng.integers(0, 2, size=n)
+    base[:2] = [0, 1]
+    return kind, {
+        "int01": base, "int_pm1": 2 * base - 1, "int_big": base * 1000 + 7, "str": np.where(base, "yes", "no"),
+        "bool": base.astype(bool), "float_int": base.astype(float), "float_frac": base + 0.5,
+        "one_class": np.zeros(n, int), "three_class": np.arange(n) % 3, "wrong_length": base[:-1],
+        "two_d": base[:, None], "nan": np.where(base, np.nan, 0.0),
+    }[kind]
+
+
+@pytest.fixture(scope="module")
+def layer():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(48, 4)) * np.array([0.5, 1.0, 2.0, 1.0])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_label_encodings(layer, data):
+    kind, y = data.draw(labels(48))
+    positive = {"int01": 1, "int_pm1": 1, "int_big": 1007, "str": "yes", "bool": True, "float_int": 1.0}.get(kind)
+
+    def check_binary(fit):
+        assert positive is not None, f"{kind} labels were accepted as binary"
+        if not np.all(fit.converged):
+            return "flagged"
+        y01 = (np.asarray(y) == positive).astype(float)
+        ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(layer, y01)
+        ours = logistic_objective(layer, y01, np.asarray(fit.coef, float), float(fit.intercept), 1.0, np.ones(48))
+        best = logistic_objective(layer, y01, ref.coef_[0], ref.intercept_[0], 1.0, np.ones(48))
+        assert ours <= best * (1 + 1e-5) + 1e-5
+
+    outcome("labels, binary logistic", lambda: F.fit_logistic(layer.astype(np.float32), y, 1.0), check_binary)
+
+    def check_multi(fit):
+        classes = np.unique(y)
+        assert kind in ("int01", "int_pm1", "int_big", "str", "bool", "float_int", "three_class")
+        # Two classes: the symmetric two-row model at C is scikit-learn's binary one at 2 C (see its docstring).
+        C = 1.0 if classes.size > 2 else 2.0
+        ref = LogisticRegression(C=C, tol=1e-12, max_iter=10000).fit(layer, y)
+        proba = np.asarray(F.predict_proba(fit, layer.astype(np.float32)))
+        np.testing.assert_allclose(proba, ref.predict_proba(layer), atol=2e-4)
+
+    outcome("labels, multinomial", lambda: F.fit_multinomial(layer.astype(np.float32), y, 1.0), check_multi)
+
+    def check_ridge(fit):
+        assert kind not in ("one_class", "wrong_length", "two_d", "nan", "str")
+        if kind in ("float_int", "float_frac"):  # float targets: regression
+            ref = Ridge(alpha=1.0).fit(layer, y)
+            np.testing.assert_allclose(fit.coef, ref.coef_, rtol=1e-4, atol=1e-5)
+        elif np.unique(y).size == 2:
+            ref = Ridge(alpha=1.0).fit(layer, np.where(np.asarray(y) == np.unique(y)[1], 1.0, -1.0))
+            np.testing.assert_allclose(fit.coef, ref.coef_, rtol=1e-4, atol=1e-5)
+        else:  # one-vs-all targets
+            targets = np.where(np.asarray(y)[:, None] == np.unique(y)[None], 1.0, -1.0)
+            np.testing.assert_allclose(fit.coef, Ridge(alpha=1.0).fit(layer, targets).coef_, rtol=1e-4, atol=1e-5)
+
+    outcome("labels, ridge", lambda: F.fit_ridge(layer.astype(np.float32), y, 1.0), check_ridge)
+
+
+# --- sample weights and regularisation values -----------------------------------------------------------
+WEIGHTS = st.sampled_from(["none", "ones", "ints", "uniform", "some_zero", "all_zero", "negative", "nan",
+                           "inf", "short", "two_d"])
+REG = st.one_of(
+    st.floats(min_value=1e-4, max_value=1e4),
+    st.sampled_from([0.0, -1.0, float("nan"), float("inf"), "grid", "grid_bad", "empty", "two_d", "string"]),
+)
+
+
+def make_weights(kind, rng, n):
+    return {
+        "none": None, "ones": np.ones(n), "ints": rng.integers(1, 4, n), "uniform": rng.uniform(0.1, 3, n),
+        "some_zero": np.where(np.arange(n) % 4 == 0, 0.0, 1.0), "all_zero": np.zeros(n),
+        "negative": -np.ones(n), "nan": np.full(n, np.nan), "inf": np.full(n, np.inf), "short": np.ones(n - 1),
+        "two_d": np.ones((n, 1)),
+    }[kind]
+
+
+def make_reg(value):
+    return {"grid": [0.01, 1.0, 100.0], "grid_bad": [1.0, -1.0], "empty": [], "two_d": [[1.0]],
+            "string": "1.0"}.get(value, value) if isinstance(value, str) else value
+
+
+@SETTINGS
+@given(weights=WEIGHTS, reg=REG, seed=st.integers(0, 2**16))
+def test_weights_and_regularisation(layer, weights, reg, seed):
+    rng = np.random.default_rng(seed)
+    y = (layer[:, 0] + rng.normal(size=48) > 0).astype(int)
+    sw = make_weights(weights, rng, 48)
+    C = make_reg(reg)
+    X32 = layer.astype(np.float32)
+
+    def check_logistic(fit):
+        if not np.all(fit.converged):
+            return "flagged"
+        swv = np.ones(48) if sw is None else np.asarray(sw, float)
+        grid = np.atleast_1d(np.asarray(C, float))
+        coef = np.asarray(fit.coef, float).reshape(grid.size, -1)
+        intercept = np.asarray(fit.intercept, float).reshape(-1)
+        for i, c in enumerate(grid):
+            ref = LogisticRegression(C=c, tol=1e-12, max_iter=100000).fit(layer, y, sample_weight=swv)
+            ours = logistic_objective(layer, y, coef[i], intercept[i], c, swv)
+            best = logistic_objective(layer, y, ref.coef_[0], ref.intercept_[0], c, swv)
+            assert ours <= best * (1 + 1e-5) + 1e-5, (c, ours, best)
+
+    outcome("sample_weight x C, logistic", lambda: F.fit_logistic(X32, y, C, sample_weight=sw), check_logistic)
+
+    def check_ridge(fit):
+        swv = np.ones(48) if sw is None else np.asarray(sw, float)
+        grid = np.atleast_1d(np.asarray(C, float))
+        coef = np.asarray(fit.coef, float).reshape(grid.size, -1)
+        for i, a in enumerate(grid):
+            ref = Ridge(alpha=a).fit(layer, 2.0 * y - 1, sample_weight=swv)
+            np.testing.assert_allclose(coef[i], ref.coef_, rtol=2e-4, atol=2e-5 * max(1, np.abs(ref.coef_).max()))
+
+    outcome("sample_weight x alpha, ridge", lambda: F.fit_ridge(X32, y, C, sample_weight=sw), check_ridge)
+
+    def check_mass_mean(fit):
+        swv = np.ones(48) if sw is None else np.asarray(sw, float)
+        direction = np.average(layer[y == 1], 0, swv[y == 1]) - np.average(layer[y == 0], 0, swv[y == 0])
+        np.testing.assert_allclose(fit.direction, direction, rtol=1e-4, atol=1e-5)
+        assert np.all(np.isfinite(fit.coef))
+
+    outcome("sample_weight x calibration_C, mass-mean",
+            lambda: F.fit_mass_mean(X32, y, sample_weight=sw, calibration_C=C), check_mass_mean)
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(label_kind=st.sampled_from(["01", "01", "bool", "float01", "pm1", "012"]),
+       score_kind=st.sampled_from(["finite", "finite", "ties", "half", "nan", "inf"]),
+       weights=st.one_of(st.just("none"), st.just("uniform"), WEIGHTS), seed=st.integers(0, 2**16))
+def test_metrics(label_kind, score_kind, weights, seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    base = rng.integers(0, 2, n)
+    base[:2] = [0, 1]
+    y = {"01": base, "bool": base.astype(bool), "pm1": 2 * base - 1, "012": np.arange(n) % 3,
+         "float01": base.astype(float)}[label_kind]
+    scores = rng.normal(size=n)
+    if score_kind == "ties":
+        scores = np.round(scores)
+    elif score_kind in ("nan", "inf"):
+        scores[3] = np.nan if score_kind == "nan" else np.inf
+    elif score_kind == "half":
+        scores = scores.astype(np.float16)
+    sw = make_weights(weights, rng, n)
+    swv = None if sw is None else np.asarray(sw, float)
+
+    def check(reference):
+        def run_check(result):
+            assert label_kind in ("01", "bool", "float01") and score_kind not in ("nan", "inf")
+            assert swv is None or (swv.shape == (n,) and np.isfinite(swv).all() and (swv >= 0).all()
+                                   and (swv > 0).any())
+            try:
+                expected = reference()
+            except ValueError:  # undefined for scikit-learn (the weights leave one class): ours is NaN
+                assert np.isnan(float(result))
+                return
+            np.testing.assert_allclose(float(result), expected, rtol=2e-6 if score_kind != "half" else 1e-3,
+                                       atol=1e-6)
+
+        return run_check
+
+    y01 = np.asarray(y, float)
+    outcome("metrics, accuracy", lambda: F.binary_accuracy(y, scores, sw),
+            check(lambda: accuracy_score(y01, scores.astype(float) > 0, sample_weight=swv)))
+    outcome("metrics, log-loss", lambda: F.binary_log_loss(y, scores, sw),
+            check(lambda: log_loss(y01, 1 / (1 + np.exp(-scores.astype(float))), sample_weight=swv, labels=[0, 1])))
+    outcome("metrics, AUROC", lambda: F.roc_auc(y, scores, sw),
+            check(lambda: roc_auc_score(y01, scores.astype(float), sample_weight=swv)))

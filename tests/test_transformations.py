@@ -1,0 +1,295 @@
+"""The README's claims about compilation and JAX transformations, one test per claim.
+
+* the functions run under your own ``jax.jit`` (numpy ``X`` closed over, or traced) and ``jax.vmap``
+  (say over label sets), and give the eager results;
+* ``jax.grad`` through ``fit_logistic`` / ``fit_multinomial`` gives the derivative of the optimum
+  (implicit differentiation), checked against central differences in float64;
+* a new ``tol``, ``max_iter``, ``C`` or a row count in the same bucket compiles nothing new; rows padded to
+  the bucket (zero weight) change no result, and zero-weight rows are absent from every solver and score;
+* the persistent compilation cache is on by default where safe, and off when asked or when the user chose.
+"""
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lmprobe_jax.functional as F
+from lmprobe_jax.functional._checks import bucket_rows
+
+
+@contextlib.contextmanager
+def compiled_names():
+    """The names of the programs XLA compiles inside the block (``jax_log_compiles`` records)."""
+    names = []
+    handler = logging.Handler()
+    handler.emit = lambda record: names.append(record.getMessage())
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield names
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 90, 5)).astype(np.float32)
+    y = (X[0, :, 0] + rng.normal(size=90) > 0).astype(int)
+    y3 = np.digitize(X[1, :, 2], [-0.5, 0.5])
+    return X, y, y3
+
+
+SOLVERS = {
+    "fit_logistic": lambda X, y, y3, C: F.fit_logistic(X, y, C).coef,
+    "fit_multinomial": lambda X, y, y3, C: F.fit_multinomial(X, y3, C).coef,
+    "fit_ridge": lambda X, y, y3, C: F.fit_ridge(X, y, C).coef,
+    "fit_mass_mean": lambda X, y, y3, C: F.fit_mass_mean(X, y, calibration_C=C).coef,
+    "cross_validate_logistic": lambda X, y, y3, C: F.cross_validate_logistic(X, y, jnp.stack([C, 2 * C]), folds=3).fit.coef,
+    "cross_validate_ridge": lambda X, y, y3, C: F.cross_validate_ridge(X, y, jnp.stack([C, 2 * C])).fit.coef,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_jit_with_numpy_x_closed_over(data, name):
+    # A numpy X closed over by the caller's jit: device_put gives a tracer there, which has no buffer.
+    X, y, y3 = data
+    solve = SOLVERS[name]
+    jitted = jax.jit(lambda C: solve(X, y, y3, C))(1.0)
+    np.testing.assert_allclose(jitted, solve(X, y, y3, jnp.float32(1.0)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_jit_with_traced_x(data, name):
+    X, y, y3 = data
+    solve = SOLVERS[name]
+    jitted = jax.jit(lambda X: solve(X, y, y3, jnp.float32(1.0)))(X)
+    np.testing.assert_allclose(jitted, solve(X, y, y3, jnp.float32(1.0)), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_validate_logistic_under_jit_picks_the_same_c(data):
+    X, y, _ = data
+    eager = F.cross_validate_logistic(X, y, [0.01, 1.0, 100.0], folds=3)
+    traced = jax.jit(lambda X: F.cross_validate_logistic(X, y, [0.01, 1.0, 100.0], folds=3))(X)
+    np.testing.assert_array_equal(traced.best_index, eager.best_index)
+    np.testing.assert_allclose(traced.best_value, eager.best_value, rtol=1e-7)  # float32 under jit
+    np.testing.assert_allclose(traced.accuracy, eager.accuracy)
+
+
+def test_vmap_over_label_sets(data):
+    X, y, y3 = data
+    ys = np.stack([y, (X[1, :, 1] > 0).astype(int)])
+    y3s = np.stack([y3, np.digitize(X[0, :, 3], [-0.3, 0.6])])
+    multi = jax.vmap(lambda labels: F.fit_multinomial(X, labels, 1.0, n_classes=3).coef)(jnp.asarray(y3s))
+    np.testing.assert_allclose(multi, np.stack([F.fit_multinomial(X, labels, 1.0).coef for labels in y3s]),
+                               rtol=1e-5, atol=1e-6)
+    folds = F.stratified_folds(y, 3)
+    cv = jax.vmap(lambda labels: F.cross_validate_logistic(X, labels, [0.1, 1.0], folds=folds, n_classes=2))(
+        jnp.asarray(ys))
+    for i, labels in enumerate(ys):
+        eager = F.cross_validate_logistic(X, labels, [0.1, 1.0], folds=folds)
+        np.testing.assert_allclose(cv.accuracy[i], eager.accuracy)
+        np.testing.assert_allclose(cv.fit.coef[i], eager.fit.coef, rtol=1e-5, atol=1e-6)
+
+
+def test_traced_labels_need_their_class_count_and_fold_ids(data):
+    X, y, y3 = data
+    with pytest.raises(ValueError, match="give n_classes"):
+        jax.vmap(lambda labels: F.fit_multinomial(X, labels, 1.0).coef)(jnp.asarray(y3[None]))
+    with pytest.raises(ValueError, match="give folds as \\(N,\\) fold ids"):
+        jax.vmap(lambda labels: F.cross_validate_logistic(X, labels, [1.0], n_classes=2).accuracy)(jnp.asarray(y[None]))
+
+
+def _central_difference(f, x, direction, eps=1e-5):
+    return (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
+
+
+def test_grad_of_the_optimum_matches_finite_differences(data):
+    """Reverse mode through the solvers by implicit differentiation: against central differences of the
+    solver's own output in float64 (solved to tol 1e-12, so the difference quotient is exact to ~1e-8)."""
+    X, y, y3 = data
+    X = X.astype(np.float64)
+    with jax.enable_x64(True):
+        def by_c(C):
+            return jnp.sum(F.fit_logistic(X, y, C, tol=1e-12).coef ** 2)
+
+        np.testing.assert_allclose(jax.grad(by_c)(1.0), _central_difference(by_c, 1.0, 1.0), rtol=1e-6)
+
+        def by_x(Xv):
+            return jnp.sum(F.fit_logistic(Xv, y, 0.5, tol=1e-12).coef[:, 1])
+
+        E = np.zeros_like(X)
+        E[1, 3, 2] = 1.0
+        np.testing.assert_allclose(jax.grad(by_x)(X)[1, 3, 2], _central_difference(by_x, X, E), rtol=1e-5)
+
+        def by_weight(w):
+            fit = F.fit_logistic(X[0], y, 1.0, sample_weight=w, tol=1e-12, fit_intercept=False)
+            return jnp.sum(fit.coef) + jnp.sum(fit.intercept)
+
+        w, E = np.ones(90), np.eye(90)[7]
+        np.testing.assert_allclose(jax.grad(by_weight)(w)[7], _central_difference(by_weight, w, E), rtol=1e-6)
+
+        def softmax_by_c(C):
+            return jnp.sum(F.fit_multinomial(X, y3, C, tol=1e-12).coef[..., 0] ** 2)
+
+        np.testing.assert_allclose(jax.grad(softmax_by_c)(2.0), _central_difference(softmax_by_c, 2.0, 1.0),
+                                   rtol=1e-6)
+
+        def ridge_by_alpha(alpha):  # closed form: JAX differentiates the factorisation itself
+            return jnp.sum(F.fit_ridge(X, y, alpha).coef ** 2)
+
+        np.testing.assert_allclose(jax.grad(ridge_by_alpha)(3.0), _central_difference(ridge_by_alpha, 3.0, 1.0),
+                                   rtol=1e-6)
+
+
+def test_new_tol_and_max_iter_do_not_recompile(data):
+    X, y, _ = data
+    F.fit_logistic(X, y, 1.0, tol=1e-6, max_iter=50)
+    with compiled_names() as names:
+        fit = F.fit_logistic(X, y, 1.0, tol=1e-4, max_iter=7)
+    assert [n for n in names if "solve_layers" in n] == []
+    assert int(np.max(fit.n_iter)) <= 7
+
+
+def test_bucket_rows():
+    sizes = np.arange(1, 20000)
+    buckets = np.array([bucket_rows(int(n)) for n in sizes])
+    assert (buckets >= sizes).all() and (buckets <= np.maximum(16, sizes * 17 // 16)).all()
+    assert bucket_rows(1000) == bucket_rows(1001) == 1024
+    assert len(set(buckets[(sizes > 1024) & (sizes <= 2048)])) == 16  # 16 sizes per octave
+
+
+def test_rows_in_one_bucket_compile_once():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1001, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    F.fit_logistic(X[:1000], y[:1000], 1.0)
+    F.cross_validate_logistic(X[:1000], y[:1000], [0.1, 1.0], folds=3)
+    with compiled_names() as names:
+        F.fit_logistic(X, y, 1.0)
+        F.cross_validate_logistic(X, y, [0.1, 1.0], folds=3)
+    assert names == []
+
+
+ZERO_WEIGHT_CASES = {
+    # Iterative solvers to a tolerance far below the comparison's: the rows change the preconditioner, so
+    # the two solves take different paths to the same optimum.
+    "fit_logistic": lambda X, y, y3, sw: F.fit_logistic(X, y, [0.1, 10.0], sample_weight=sw, tol=1e-12).coef,
+    "fit_multinomial": lambda X, y, y3, sw: F.fit_multinomial(X, y3, 1.0, sample_weight=sw, tol=1e-12).coef,
+    "fit_ridge": lambda X, y, y3, sw: F.fit_ridge(X, y, [0.1, 10.0], sample_weight=sw).coef,
+    "fit_ridge (K=3)": lambda X, y, y3, sw: F.fit_ridge(X, y3, 1.0, sample_weight=sw).coef,
+    "fit_mass_mean": lambda X, y, y3, sw: F.fit_mass_mean(X, y, iid=True, sample_weight=sw).coef,
+    "cross_validate_ridge": lambda X, y, y3, sw: F.cross_validate_ridge(X, y, [0.1, 10.0], scoring="roc_auc",
+                                                                       sample_weight=sw).roc_auc,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_WEIGHT_CASES))
+@pytest.mark.parametrize("wide", [False, True])
+def test_zero_weight_rows_are_absent(name, wide):
+    """A row of weight zero is the row removed: what padding to a bucket relies on (the wide case takes
+    ridge's dual, N < D)."""
+    rng = np.random.default_rng(2)
+    n, d = (40, 60) if wide else (150, 6)
+    X = rng.normal(size=(2, n, d))
+    y = (X[0, :, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
+    y3 = np.digitize(X[1, :, 1], [-0.5, 0.5])
+    sw = rng.uniform(0.5, 2.0, size=n)
+    sw[::5] = 0.0
+    keep = sw > 0
+    with jax.enable_x64(True):
+        solve = ZERO_WEIGHT_CASES[name]
+        weighted = solve(X, y, y3, sw)
+        removed = solve(X[:, keep], y[keep], y3[keep], sw[keep])
+    np.testing.assert_allclose(weighted, removed, rtol=1e-6, atol=1e-8)
+
+
+def test_ridge_loo_predictions_ignore_the_padding():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2, 37, 4))
+    y = X[0, :, 0] + 0.1 * rng.normal(size=37)
+    with jax.enable_x64(True):
+        loo = F.ridge_loo(X, y, [0.5, 5.0])
+        assert loo.predictions.shape == (2, 2, 37) and loo.targets.shape == (37,)
+        for i in (0, 17, 36):  # brute force: refit without row i
+            keep = np.arange(37) != i
+            fit = F.fit_ridge(X[:, keep], y[keep], [0.5, 5.0])
+            expected = np.einsum("lgd,ld->lg", fit.coef, X[:, i]) + fit.intercept
+            np.testing.assert_allclose(loo.predictions[..., i], expected, rtol=1e-8)
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    full = dict(os.environ, **env, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True, text=True,
+                          check=False, timeout=300)
+
+
+FIT = """
+import numpy as np, jax, lmprobe_jax.functional as F
+X = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+F.fit_logistic(X, (X[:, 0] > 0).astype(int), 1.0)
+print("DIR", jax.config.jax_compilation_cache_dir)
+"""
+
+
+def test_persistent_cache_on_by_default(tmp_path):
+    proc = _run(FIT, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""})
+    assert proc.returncode == 0, proc.stderr
+    cache = tmp_path / "jax"
+    assert f"DIR {cache}" in proc.stdout and any(cache.iterdir())
+    assert oct(cache.stat().st_mode & 0o777) == oct(0o700)
+
+
+TRACED = """
+import numpy as np, jax, jax.monitoring, lmprobe_jax.functional as F
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
+X = np.random.default_rng(0).normal(size=(2, 64, 4)).astype(np.float32)
+res = F.cross_validate_logistic(X, (X[0, :, 0] > 0).astype(int), [0.1, 1.0], folds=3)
+print("TRACED", sorted(set(traced)))
+print("COEF", np.asarray(res.fit.coef).ravel().tolist())
+"""
+
+
+def test_a_new_process_loads_the_exported_solvers(tmp_path):
+    """With the cache on, the second process runs the solvers' exported programs: the same result, and
+    solve_layers / layer_preconditioners / the fold scoring are not traced again."""
+    env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
+    first, second = _run(TRACED, env), _run(TRACED, env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    for name in ("solve_layers", "layer_preconditioners", "_score_fold_fits"):
+        assert name in first.stdout.split("TRACED")[1].split("\n")[0]
+        assert name not in second.stdout.split("TRACED")[1].split("\n")[0]
+    assert first.stdout.split("COEF")[1] == second.stdout.split("COEF")[1]
+    assert any((tmp_path / "jax-exported").iterdir())
+
+
+def test_persistent_cache_opt_out_and_the_users_choice_win(tmp_path):
+    proc = _run(FIT, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "0"})
+    assert proc.returncode == 0 and "DIR None" in proc.stdout and not (tmp_path / "jax").exists()
+    mine = tmp_path / "mine"
+    proc = _run(FIT, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "",
+                      "JAX_COMPILATION_CACHE_DIR": str(mine)})
+    assert proc.returncode == 0 and f"DIR {mine}" in proc.stdout and not (tmp_path / "jax").exists()
+    moved = tmp_path / "elsewhere"
+    proc = _run(FIT, {"LMPROBE_JAX_COMPILATION_CACHE": str(moved)})
+    assert proc.returncode == 0 and f"DIR {moved}" in proc.stdout and any(moved.iterdir())
+
+
+def test_persistent_cache_refuses_a_directory_others_can_write(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    proc = _run(FIT, {"LMPROBE_JAX_COMPILATION_CACHE": str(shared)})
+    assert proc.returncode == 0 and "DIR None" in proc.stdout
+    assert "not a directory that only you can write to" in proc.stderr and not any(shared.iterdir())
