@@ -39,30 +39,8 @@ from lmprobe_jax_store import cache_root
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lens_exactness import texts_for
+from lens_anchors import torch_loop
 from recording import record
-
-
-def torch_loop(streams, final, next_ids, norm, weight, k=5) -> np.ndarray:
-    """Per-layer means of the six metrics, one layer at a time with (T, V) logits (the anchors' way)."""
-    out = []
-    with torch.no_grad():
-        final_lp = torch.log_softmax(norm(final) @ weight.T, -1)
-        p = final_lp.exp()
-        final_top = final_lp.topk(k, -1).indices
-        has = next_ids >= 0
-        nxt = next_ids.clamp(min=0)
-        for h in streams:
-            lp = torch.log_softmax(norm(h) @ weight.T, -1)
-            q = lp.exp()
-            kl_pq = (p * (final_lp - lp)).sum(-1).mean()
-            kl_qp = (q * (lp - final_lp)).sum(-1).mean()
-            entropy = -(q * lp).sum(-1).mean()
-            ce = -lp.gather(1, nxt[:, None])[:, 0][has].mean()
-            top1 = (lp.argmax(-1) == final_lp.argmax(-1)).float().mean()
-            top = lp.topk(k, -1).indices
-            overlap = (top[:, :, None] == final_top[:, None, :]).sum((-2, -1)).float().mean() / k
-            out.append(torch.stack([kl_pq, kl_qp, ce, entropy, top1, overlap]).numpy())
-    return np.array(out)
 
 
 def speed(args) -> str:
