@@ -106,7 +106,9 @@ def metrics_section(maps, final, next_ids, readout, t_norm, t_weight, device, re
     for token_chunk, vocab_chunk in ((128, 2048), (1024, 8192), (4096, 8192)):
 
         def ours(token_chunk=token_chunk, vocab_chunk=vocab_chunk):
-            m = logit_lens_metrics(maps, final, next_ids, readout, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
+            m = logit_lens_metrics(
+                maps, final, next_ids, readout, token_chunk=token_chunk, vocab_chunk=vocab_chunk
+            )
             return np.stack([np.asarray(getattr(m, name)) for name in METRICS], 1)
 
         cold, warm, result = timed(ours, repeats)
@@ -188,12 +190,15 @@ def training_section(maps, final, readout, t_norm, t_weight, device, steps, batc
         )
     return (
         f"{len(maps)} translators, {batch_tokens} tokens per step, {steps} steps:\n\n"
-        "| contender | median ms per step | total s | first step s |\n|---|---:|---:|---:|\n" + "\n".join(lines)
+        "| contender | median ms per step | total s | first step s |\n|---|---:|---:|---:|\n"
+        + "\n".join(lines)
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=20000)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)

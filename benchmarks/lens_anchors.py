@@ -61,7 +61,9 @@ def tuned_lens_steps(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / max_steps)
     for step, rows in zip(range(max_steps), batches, strict=False):
         index = torch.as_tensor(rows, device=streams.device)
-        with torch.autocast(streams.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        with torch.autocast(
+            streams.device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+        ):
             with torch.no_grad():
                 target = torch.log_softmax(norm(final[index]) @ weight.T, -1).float()
             for layer, translator in enumerate(translators):

@@ -38,8 +38,8 @@ from lmprobe_jax_extract import extract_token_streams, smollm2_directory
 from lmprobe_jax_store import cache_root
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lens_exactness import texts_for
 from lens_anchors import torch_loop
+from lens_exactness import texts_for
 from recording import record
 
 
