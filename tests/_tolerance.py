@@ -7,12 +7,18 @@ that region is promised. These helpers compute the region in float64 from the pr
 asserts what the solver guarantees, on any CPU, and still fails on a real bug (another layer's probe,
 another ``C``'s, a fold trained on its held-out rows: each lies far outside).
 
-**Rounding model.** A float32 inner product of length ``n`` is within
-``lambda sqrt(n) u sum_i |a_i b_i|`` of the exact one, ``u = 2^-24`` the unit roundoff (Higham & Mary,
-"A new approach to probabilistic rounding error analysis", SIAM J. Sci. Comput. 41(5), 2019, Thm 3.1:
-for any summation order, with probability at least ``1 - 2n exp(-lambda^2 (1 - u)^2 / 2)``; with
-``lambda = 8`` that is ``1 - 3e-14 n``). Casting float64 data to float32 moves each entry by at most
-``u |x|``. Elementwise functions (sigmoid, softmax, softplus) are good to a few ulps.
+**Rounding model.** Rounding errors are independent, mean zero and at most ``u = 2^-24`` relative (the
+model of Higham & Mary, "A new approach to probabilistic rounding error analysis", SIAM J. Sci. Comput.
+41(5), 2019, where it gives ``lambda sqrt(n) u sum_i |t_i|`` for an ``n``-term sum, for any summation
+order, with probability at least ``1 - 2n exp(-lambda^2 (1 - u)^2 / 2)``: ``1 - 3e-14 n`` at
+``lambda = 8``). With data that is itself random (the tests' rows are i.i.d. draws), the partial sums
+of a sum whose terms nearly cancel stay small and the bound sharpens to
+``lambda u (sqrt(n) |sum_i t_i| + sum_i |t_i|)`` (Higham & Mary, "Sharper probabilistic backward error
+analysis for basic linear algebra kernels with random data", SIAM J. Sci. Comput. 42(5), 2020: backward
+error ``~ (|mean| sqrt(n) + 1) u``): :func:`dot_error`. Sums of non-negative terms (metrics) keep the
+2019 form (:func:`sum_rounding`). Independent errors that enter a sum (one per sample: its linear
+predictor's rounding, the cast of its data to float32, its sigmoid's few ulps) add up like a random walk,
+``lambda sqrt(sum_i e_i^2)`` (Azuma-Hoeffding): :func:`independent_sum`.
 
 **Logistic / softmax (Newton-CG).** The solver (``lmprobe_jax.functional._newton_cg``) stops when the
 max-abs entry of its float32 gradient of ``F = C sum_i s_i loss_i + ||W||^2 / 2`` is at most
@@ -53,8 +59,22 @@ def unit_roundoff(precision: str) -> float:
 
 
 def sum_rounding(n: int, unit: float = U32) -> float:
-    """Bound on an ``n``-term inner product's rounding error, per unit of ``sum |terms|``."""
+    """Bound on an ``n``-term sum's rounding error, per unit of ``sum |terms|`` (any data; sums of
+    non-negative terms)."""
     return LAMBDA * np.sqrt(n) * unit
+
+
+def dot_error(terms, axis: int = -1, unit: float = U32) -> np.ndarray:
+    """Bound on the rounding error of ``terms.sum(axis)`` for random data (see the module docstring):
+    ``lambda u (sqrt(n) |sum t| + sum |t|)``."""
+    terms = np.asarray(terms, np.float64)
+    n = terms.shape[axis]
+    return LAMBDA * unit * (np.sqrt(n) * np.abs(terms.sum(axis)) + np.abs(terms).sum(axis))
+
+
+def independent_sum(bounds, axis: int = -1) -> np.ndarray:
+    """Bound on a sum of independent, mean-zero errors each at most ``bounds``: ``lambda ||bounds||_2``."""
+    return LAMBDA * np.sqrt(np.sum(np.square(bounds), axis=axis))
 
 
 def mean_rounding(n: int, unit: float = U32) -> float:
@@ -228,25 +248,32 @@ def strong_convexity(p: Problem, theta) -> float:
 
 
 def gradient_rounding(p: Problem, theta, *, unit: float = U32, data: bool = True) -> np.ndarray:
-    """``(K, D + 1)`` bound on a float32 evaluation's error of :func:`gradient` at ``theta``.
+    """``(K, D + 1)`` bound on a float32 evaluation's error of :func:`gradient` at ``theta``: the products
+    ``C A^T (s * R)`` (:func:`dot_error`), each sample's residual error (its linear predictor's rounding
+    through the loss's curvature, and the sigmoid's or softmax's few ulps) summed over samples
+    (:func:`independent_sum`), the penalty term's ulp.
 
-    ``data``: also count the cast of float64 ``X`` to float32 (the float32 data's optimum is then this
-    far, through ``1 / mu``, from the float64 data's). See the module docstring."""
+    ``data``: also count the cast of float64 ``X`` and sample weights to float32 (the float32 data's
+    optimum is then this far, through ``1 / mu``, from the float64 data's). See the module docstring."""
     theta = _theta(p, theta)
-    N, D1 = p.A.shape
-    Z = p.A @ theta.T
-    P = _probabilities(p, Z)
-    R = P - p.Y
-    absA = np.abs(p.A)
-    cast = unit if data else 0.0
-    dz = (sum_rounding(D1, unit) + cast) * (absA @ np.abs(theta).T)  # (N, K)
+    A = p.A
+    P = _probabilities(p, A @ theta.T)
+    R = P - p.Y  # (N, K)
+    z_terms = A[:, None, :] * theta[None, :, :]  # (N, K, D + 1)
+    dz = dot_error(z_terms, axis=-1, unit=unit)  # (N, K)
+    if data:
+        dz = dz + LAMBDA * unit * np.linalg.norm(z_terms, axis=-1)
     if p.softmax:  # d r_k / d z_l = p_k (delta_kl - p_l)
         dR = P * (1 - P) * dz + P * ((P * dz).sum(axis=1, keepdims=True) - P * dz)
     else:
         dR = P * (1 - P) * dz
     dR = dR + 4 * unit * P  # the sigmoid / softmax themselves, a few ulps
-    products = (sum_rounding(N, unit) + cast) * (np.abs(R) * p.s[:, None]).T @ absA
-    return p.C * (products + (dR * p.s[:, None]).T @ absA) + 2 * unit * np.abs(theta) * p.penalty
+    g_terms = p.C * (p.s[:, None] * R)[:, :, None] * A[:, None, :]  # (N, K, D + 1)
+    products = dot_error(g_terms, axis=0, unit=unit)
+    if data:  # X's and s's casts, one ulp of each term, independent
+        products = products + 2 * LAMBDA * unit * np.linalg.norm(g_terms, axis=0)
+    propagated = independent_sum(p.C * (p.s[:, None] * dR)[:, :, None] * np.abs(A)[:, None, :], axis=0)
+    return products + propagated + 2 * unit * np.abs(theta) * p.penalty
 
 
 class Region(NamedTuple):
@@ -346,8 +373,11 @@ def decision_error(X, theta, radius: float, unit: float = U32) -> np.ndarray:
     ``[x, 1] . theta`` for any ``theta'`` within ``radius`` of ``theta``."""
     A = np.hstack([np.asarray(X, np.float64), np.ones((len(X), 1))])
     theta = np.atleast_2d(theta)
-    rounding = (sum_rounding(A.shape[1], unit) + unit) * (np.abs(A) @ (np.abs(theta).T + radius))
-    return np.linalg.norm(A, axis=1)[:, None] * radius + rounding
+    z = A @ theta.T
+    reach = np.linalg.norm(A, axis=1)[:, None] * radius
+    # the float32 product's rounding (for theta' within reach: |z'| <= |z| + reach), and X's cast
+    rounding = LAMBDA * unit * (np.sqrt(A.shape[1]) * (np.abs(z) + reach) + np.abs(A) @ (np.abs(theta).T + radius))
+    return reach + rounding
 
 
 def unsure(X, theta, radius: float) -> np.ndarray:
@@ -386,6 +416,9 @@ class RidgeRegion(NamedTuple):
       radius: ``(T,)`` 2-norm bounds on the coefficient error.
       intercept_error: ``(T,)`` bounds on the intercept error.
       kappa: condition number of ``Xc^T S Xc + alpha I`` on the row space of ``Xc``.
+      xbar: ``(D,)`` the weighted feature means (the intercept is ``ybar - w . xbar``).
+      residual_error: ``(T, N)`` bounds on the error of each training residual ``e_i = yc_i - xc_i . w`` as
+        the solver forms it (primal: from ``w``; dual: as ``alpha beta_i / sqrt(s_i)``, no cancellation).
     """
 
     coef: np.ndarray
@@ -393,6 +426,17 @@ class RidgeRegion(NamedTuple):
     radius: np.ndarray
     intercept_error: np.ndarray
     kappa: float
+    xbar: np.ndarray
+    residual_error: np.ndarray
+
+    def theta(self) -> np.ndarray:
+        """``(T, D + 1)`` ``[coef, intercept]``."""
+        return np.hstack([self.coef, self.intercept[:, None]])
+
+    @property
+    def reach(self) -> float:
+        """2-norm bound on ``[coef, intercept]``'s error, the largest over targets."""
+        return float(np.max(self.radius + self.intercept_error))
 
 
 def ridge_region(X, Y, alpha, *, sample_weight=None, fit_intercept=True, data=True) -> RidgeRegion:
@@ -400,8 +444,11 @@ def ridge_region(X, Y, alpha, *, sample_weight=None, fit_intercept=True, data=Tr
     ``(T, N)``) and a float32 solve's error bounds (see the module docstring).
 
     In the primal (``N >= D``) the refinement's residual is ``Xc^T S (yc - Xc w) - alpha w``; in the dual it
-    is ``ys - (K + alpha) beta`` with ``w = Xs^T beta``, which maps to the primal's through ``Xs^T``, so
-    the same bound holds with the dual residual's rounding carried through ``||Xs^T (K + alpha)^-1||``.
+    is ``ys - Xs (Xs^T beta) - alpha beta`` with ``w = Xs^T beta``, which maps to the primal's through
+    ``Xs^T``: its rounding is carried through ``||Xs^T (K + alpha)^-1|| = max_j sigma_j / (sigma_j^2 +
+    alpha)``. Centring's rounding shifts every row by the same ``delta xbar``, which the centred normal
+    equations do not see to first order (``sum_i s_i xc_i = 0``, ``sum_i s_i e_i = 0``); the subtraction's
+    own ulps are counted with the data's cast.
     """
     X = np.asarray(X, np.float64)
     Y = np.atleast_2d(np.asarray(Y, np.float64))
@@ -421,34 +468,58 @@ def ridge_region(X, Y, alpha, *, sample_weight=None, fit_intercept=True, data=Tr
     b = ybar - W @ xbar
     m = max(n, d)
     first = (sum_rounding(m) + m * U32) * kappa  # the unrefined solve's relative error (Gram + factorisation)
-    mag = np.abs(X) + np.abs(xbar)  # centring rounds against |x| + |xbar|
+    mag = np.abs(X) + np.abs(xbar)  # a centred entry's cast and subtraction round against |x| + |xbar|
     dual = n < d
-    if dual:  # ||Xs^T (K + alpha)^-1||_2 = max_j sigma_j / (sigma_j^2 + alpha)
-        gain_dual = float(np.max(sv / (sv**2 + alpha))) if sv.size else 0.0
-    radii, ierr = [], []
-    for w, yc, y_ in zip(W, Yc, Y, strict=True):
-        e = yc - Xc @ w  # residual
-        xw = np.abs(Xc) @ np.abs(w)
+    gain_dual = float(np.max(sv / (sv**2 + alpha))) if (dual and sv.size) else 0.0
+    if dual:  # (K + alpha)'s smallest eigenvalue, with the centred kernel's null vector moved as the solver does
+        kernel = Xs @ Xs.T
+        if fit_intercept:
+            q = root / np.linalg.norm(root)
+            kernel = kernel + (np.trace(kernel) + 1.0) * np.outer(q, q)
+        kernel_min = float(np.linalg.eigvalsh(kernel)[0]) + alpha
+    radii, ierr, rerr = [], [], []
+    for t in range(len(Y)):
+        w, yc, y_ = W[t], Yc[t], Y[t]
+        e = yc - Xc @ w  # the training residual
+        xw_terms = Xc * w  # (N, D)
+        d_xw = dot_error(xw_terms, axis=1)  # each sample's Xc w
+        if data:  # X's (and the centring's) and y's casts
+            d_xw = d_xw + LAMBDA * U32 * np.linalg.norm(mag * w, axis=1) + U32 * (np.abs(y_) + np.abs(ybar[t]))
         if dual:
-            beta = root * e / alpha  # ys - Xs w = alpha beta
-            # ys - Xs (Xs^T beta) - alpha beta: two products (over N, then D), then the subtraction
-            res = (sum_rounding(n) * (np.abs(Xs).T @ np.abs(beta)) @ np.abs(Xs).T
-                   + sum_rounding(d) * root * xw + U32 * (root * (np.abs(yc) + xw) + alpha * np.abs(beta)))
-            if data:
-                res = res + U32 * root * (mag @ np.abs(w) + np.abs(y_) + np.abs(ybar))
-            r = gain_dual * np.linalg.norm(res) + sum_rounding(n) * np.linalg.norm(np.abs(beta) @ np.abs(Xs))
+            beta = root * e / alpha  # ys - Xs w = alpha beta at the solution
+            w_terms = beta[:, None] * Xs  # (N, D): w = Xs^T beta, summed over samples
+            d_w = dot_error(w_terms, axis=0)
+            # ys - Xs w' - alpha beta per sample: w's rounding through Xs (independent over features),
+            # the product's own, the subtraction's
+            res = (independent_sum(np.abs(Xs) * d_w, axis=1) + root * d_xw
+                   + U32 * (root * (np.abs(yc) + np.abs(Xc @ w)) + alpha * np.abs(beta)))
+            r = gain_dual * np.linalg.norm(res) + np.linalg.norm(d_w)
+            rerr.append(alpha * np.linalg.norm(res) / kernel_min / np.maximum(root, 1e-300) + U32 * np.abs(e))
         else:
-            res = (sum_rounding(n) * (s * np.abs(e)) @ np.abs(Xc) + sum_rounding(d) * (s * xw) @ np.abs(Xc)
-                   + U32 * alpha * np.abs(w))
-            if data:
-                res = res + U32 * ((s * np.abs(e)) @ mag + (s * (mag @ np.abs(w) + np.abs(y_) + np.abs(ybar))) @ np.abs(Xc))
+            terms = (s * e)[:, None] * Xc  # (N, D): Xc^T S e, which equals alpha w at the solution
+            res = dot_error(terms, axis=0) + independent_sum(s[:, None] * np.abs(Xc) * d_xw[:, None], axis=0)
+            res = res + U32 * alpha * np.abs(w)
+            if data:  # X's and the weights' casts in the products
+                res = res + LAMBDA * U32 * (np.linalg.norm((s * e)[:, None] * mag, axis=0) + np.linalg.norm(terms, axis=0))
             r = np.linalg.norm(res) / lam_min
         r = r + first**2 * np.linalg.norm(w)
+        if not dual:
+            rerr.append(np.linalg.norm(Xc, axis=1) * r + d_xw + U32 * (np.abs(yc) + np.abs(e)))
         radii.append(r)
-        # b = ybar - w . xbar: the coefficients' error through xbar, and the means' own rounding
-        ierr.append(r * np.linalg.norm(xbar) + (sum_rounding(d) + U32) * (np.abs(w) @ np.abs(xbar) + abs(yc.mean()))
-                    + mean_rounding(n) * (np.abs(y_) @ s / s.sum() + np.abs(w) @ (np.abs(X).T @ s) / s.sum()))
-    return RidgeRegion(W, b, np.array(radii), np.array(ierr), float(kappa))
+        # b = ybar - w . xbar: the coefficients' error through xbar, the product's, and the means' own
+        means = mean_rounding(n) * (np.abs(y_) @ s / s.sum() + np.abs(w) @ (np.abs(X).T @ s) / s.sum())
+        ierr.append(r * np.linalg.norm(xbar) + (sum_rounding(d) + U32) * (np.abs(w) @ np.abs(xbar) + abs(ybar[t])) + means)
+    return RidgeRegion(W, b, np.array(radii), np.array(ierr), float(kappa), xbar, np.array(rerr))
+
+
+def ridge_reference_error(region: RidgeRegion, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(coef, intercept)`` error bounds ``(T,)`` of a float64 direct solve (scikit-learn's ``Ridge``):
+    its Gram's and its factorisation's relative backward error times ``kappa``, on ``||w||``; the
+    intercept gets it through ``xbar``, and float64 rounding of the means."""
+    m = max(n, region.coef.shape[1])
+    coef = (sum_rounding(m, U64) + m * U64) * region.kappa * np.linalg.norm(region.coef, axis=1)
+    scale = np.abs(region.intercept) + np.abs(region.coef) @ np.abs(region.xbar) + 1.0
+    return coef, coef * np.linalg.norm(region.xbar) + mean_rounding(n, U64) * scale
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -479,8 +550,10 @@ def group_lasso_radius(X, y, coef, intercept, alpha, *, tol, n_groups, loss="log
     total = s.sum()
     mu = float(np.linalg.eigvalsh((A * (s * curv)[:, None]).T @ A / total)[0])
     assert mu > 0, "the smooth part is not strongly convex here: no distance bound from the KKT violation"
-    dz = (sum_rounding(A.shape[1]) + U32) * (np.abs(A) @ np.abs(theta))
-    rounding = ((sum_rounding(n) + U32) * (s * np.abs(r)) @ np.abs(A) + (s * curv * dz) @ np.abs(A)) / total
+    dz = dot_error(A * theta, axis=1) + LAMBDA * U32 * np.linalg.norm(A * theta, axis=1)  # with X's cast
+    terms = (s * r)[:, None] * A
+    rounding = (dot_error(terms, axis=0) + 2 * LAMBDA * U32 * np.linalg.norm(terms, axis=0)
+                + independent_sum((s * (curv * dz + 4 * U32))[:, None] * np.abs(A), axis=0)) / total
     return (np.sqrt(n_groups + 1) * tol * alpha + np.linalg.norm(rounding)) / mu
 
 
@@ -521,13 +594,14 @@ def ridge_loo_error(X, y, alpha, *, sample_weight=None, fit_intercept=True, data
         # 1 - h_ii = alpha [(K + alpha)^-1]_ii, less the null vector's share (q_i^2 = lever_i) of it
         h = 1.0 - (np.diag(V) * np.sqrt(alpha) - lever * alpha / (shift + alpha))
         m = n
-    E = (sum_rounding(max(n, d)) + m * U32) * np.linalg.norm(np.abs(Xs).T @ np.abs(Xs), 2)
-    if n < d and fit_intercept:
-        E = E + m * U32 * (np.trace(gram))  # the shift is part of the kernel eigh sees
+    # The Gram's (or kernel's) formation, entry by entry (Frobenius bounds the 2-norm), and eigh's
+    # backward error (m u ||Gram||, a backward stable eigensolver).
+    pairs = Xs[:, :, None] * Xs[:, None, :] if n >= d else Xs[:, None, :] * Xs[None, :, :]  # terms of each entry
+    E = np.linalg.norm(dot_error(pairs, axis=0 if n >= d else -1)) + m * U32 * np.linalg.norm(gram, 2)
     one_minus_h = 1.0 - h
+    # h_ii's own sum of m terms (each an ulp), and 1 - h's subtraction
     dh = E * np.sum(V * V, axis=0) + (sum_rounding(m) + 4 * U32) * np.maximum(h, one_minus_h) + 2 * U32
     e = y - X @ w - b
-    de = (np.linalg.norm(X - xbar, axis=1) * reg.radius[0] + reg.intercept_error[0]
-          + (sum_rounding(d) + U32) * (np.abs(X) @ np.abs(w) + abs(b) + np.abs(y)))
+    de = reg.residual_error[0]
     assert np.all(dh < 0.5 * one_minus_h), "1 - h_ii is not resolved in float32 here: no first-order bound"
     return de / one_minus_h + np.abs(e) * dh / (one_minus_h * (one_minus_h - dh)) + 2 * U32 * (np.abs(y) + np.abs(e / one_minus_h))
