@@ -72,6 +72,19 @@ def dot_error(terms, axis: int = -1, unit: float = U32) -> np.ndarray:
     return LAMBDA * unit * (np.sqrt(n) * np.abs(terms.sum(axis)) + np.abs(terms).sum(axis))
 
 
+def gram_error(A, weights=None, *, cast: bool = True, unit: float = U32) -> np.ndarray:
+    """Entrywise bound ``(m, m)`` on a float32 ``A^T diag(weights) A``'s rounding (:func:`dot_error` of each
+    entry's ``n`` products, without forming them; with ``cast``, also the inputs' casts). Its 2-norm bounds
+    the error's 2-norm (``||E|| <= || |E| ||`` and ``|E| <= B`` entrywise give ``||E|| <= ||B||``)."""
+    A = np.asarray(A, np.float64)
+    w = np.ones(len(A)) if weights is None else np.asarray(weights, np.float64)
+    G = (A * w[:, None]).T @ A
+    bound = LAMBDA * unit * (np.sqrt(len(A)) * np.abs(G) + (np.abs(A) * np.abs(w)[:, None]).T @ np.abs(A))
+    if cast:
+        bound = bound + 2 * LAMBDA * unit * np.sqrt(((A * w[:, None]) ** 2).T @ (A**2))
+    return bound
+
+
 def independent_sum(bounds, axis: int = -1) -> np.ndarray:
     """Bound on a sum of independent, mean-zero errors each at most ``bounds``: ``lambda ||bounds||_2``."""
     return LAMBDA * np.sqrt(np.sum(np.square(bounds), axis=axis))
@@ -247,6 +260,43 @@ def strong_convexity(p: Problem, theta) -> float:
     return mu if p.basis is None else min(mu, 1.0)  # the basis's complement: penalty only
 
 
+class _Rounding(NamedTuple):
+    """The pieces of a float32 gradient evaluation's error at ``theta`` (see :func:`gradient_rounding`)."""
+
+    products: np.ndarray  # (K, D + 1) bound on each entry's own sum's rounding (and the casts in it)
+    vectors: np.ndarray  # (M, K (D + 1)) directions of the per-sample errors (C s_i d r_i / d z_il [x_i, 1])
+    sizes: np.ndarray  # (M,) bound on each per-sample error along its direction
+    penalty: np.ndarray  # (K, D + 1) the penalty term's ulp
+
+
+def _rounding_parts(p: Problem, theta, *, unit: float, data: bool) -> _Rounding:
+    theta = _theta(p, theta)
+    A = p.A
+    N, D1 = A.shape
+    P = _probabilities(p, A @ theta.T)
+    R = P - p.Y  # (N, K)
+    K = R.shape[1]
+    z_terms = A[:, None, :] * theta[None, :, :]  # (N, K, D + 1)
+    dz = dot_error(z_terms, axis=-1, unit=unit)  # (N, K): each linear predictor's rounding
+    if data:
+        dz = dz + LAMBDA * unit * np.linalg.norm(z_terms, axis=-1)
+    if p.softmax:  # J[i, k, l] = d r_ik / d z_il = p_ik (delta_kl - p_il)
+        J = np.einsum("nk,kl->nkl", P, np.eye(K)) - P[:, :, None] * P[:, None, :]
+    else:
+        J = (P * (1 - P))[:, :, None]
+    # per (sample, class l): the predictor's error through the curvature; per (sample, class k): the
+    # sigmoid's / softmax's few ulps
+    through_z = p.C * p.s[:, None, None, None] * J.transpose(0, 2, 1)[:, :, :, None] * A[:, None, None, :]  # (N, l, k, D1)
+    own = p.C * p.s[:, None, None, None] * np.eye(K)[None, :, :, None] * A[:, None, None, :]  # (N, k, k', D1)
+    vectors = np.concatenate([through_z.reshape(N * K, K * D1), own.reshape(N * K, K * D1)])
+    sizes = np.concatenate([dz.ravel(), (4 * unit * P).ravel()])
+    g_terms = p.C * (p.s[:, None] * R)[:, :, None] * A[:, None, :]  # (N, K, D + 1)
+    products = dot_error(g_terms, axis=0, unit=unit)
+    if data:  # X's and s's casts, one ulp of each term, independent
+        products = products + 2 * LAMBDA * unit * np.linalg.norm(g_terms, axis=0)
+    return _Rounding(products, vectors, sizes, 2 * unit * np.abs(theta) * p.penalty)
+
+
 def gradient_rounding(p: Problem, theta, *, unit: float = U32, data: bool = True) -> np.ndarray:
     """``(K, D + 1)`` bound on a float32 evaluation's error of :func:`gradient` at ``theta``: the products
     ``C A^T (s * R)`` (:func:`dot_error`), each sample's residual error (its linear predictor's rounding
@@ -255,25 +305,10 @@ def gradient_rounding(p: Problem, theta, *, unit: float = U32, data: bool = True
 
     ``data``: also count the cast of float64 ``X`` and sample weights to float32 (the float32 data's
     optimum is then this far, through ``1 / mu``, from the float64 data's). See the module docstring."""
-    theta = _theta(p, theta)
-    A = p.A
-    P = _probabilities(p, A @ theta.T)
-    R = P - p.Y  # (N, K)
-    z_terms = A[:, None, :] * theta[None, :, :]  # (N, K, D + 1)
-    dz = dot_error(z_terms, axis=-1, unit=unit)  # (N, K)
-    if data:
-        dz = dz + LAMBDA * unit * np.linalg.norm(z_terms, axis=-1)
-    if p.softmax:  # d r_k / d z_l = p_k (delta_kl - p_l)
-        dR = P * (1 - P) * dz + P * ((P * dz).sum(axis=1, keepdims=True) - P * dz)
-    else:
-        dR = P * (1 - P) * dz
-    dR = dR + 4 * unit * P  # the sigmoid / softmax themselves, a few ulps
-    g_terms = p.C * (p.s[:, None] * R)[:, :, None] * A[:, None, :]  # (N, K, D + 1)
-    products = dot_error(g_terms, axis=0, unit=unit)
-    if data:  # X's and s's casts, one ulp of each term, independent
-        products = products + 2 * LAMBDA * unit * np.linalg.norm(g_terms, axis=0)
-    propagated = independent_sum(p.C * (p.s[:, None] * dR)[:, :, None] * np.abs(A)[:, None, :], axis=0)
-    return products + propagated + 2 * unit * np.abs(theta) * p.penalty
+    parts = _rounding_parts(p, _theta(p, theta), unit=unit, data=data)
+    K, D1 = parts.products.shape
+    propagated = independent_sum(np.abs(parts.vectors) * parts.sizes[:, None], axis=0).reshape(K, D1)
+    return parts.products + propagated + parts.penalty
 
 
 class Region(NamedTuple):
@@ -308,23 +343,63 @@ def glm_region(
 ) -> Region:
     """The :class:`Region` of a Newton-CG solve of scikit-learn's logistic objective stopped at ``tol``.
 
+    A gradient error ``delta`` moves the stopping point by ``H^-1 delta``. Each piece is bounded two ways
+    and the smaller kept: ``||delta|| / mu`` (any direction), or through ``H^-1`` itself, where the
+    errors of badly scaled features meet their large curvature: the stopping test's ``|delta_j| <= t``
+    gives ``t sum_j ||H^-1 e_j||``; independent errors (each sum's rounding, each sample's) add up as a
+    vector random walk, ``lambda sqrt(sum_m b_m^2 ||H^-1 v_m||^2)`` (Pinelis' Hilbert-space Azuma bound).
+
     Args:
-      precision: the arithmetic of the solve (``"float32"``, or ``"float64"`` for scikit-learn's or an
-        x64 fit).
-      data: count the rounding of ``X`` to float32 (True when the fit is compared with the float64
-        problem; False when float32 fits of the same float32 ``X`` are compared with each other).
+      precision: the arithmetic of the solve (``"float32"``, or ``"float64"`` for an x64 fit).
+      data: count the rounding of ``X`` (and the weights) to float32 (True when the fit is compared with
+        the float64 problem; False when float32 fits of the same float32 ``X`` are compared).
     """
     p = problem(X, y, C, sample_weight=sample_weight, fit_intercept=fit_intercept, multinomial=multinomial)
     theta = optimum(p)
     mu = strong_convexity(p, theta)
     K, D1 = theta.shape
-    n_params = K * (D1 - (0 if fit_intercept else 1)) - (1 if (p.softmax and fit_intercept) else 0)
     unit = unit_roundoff(precision)
-    rounding = gradient_rounding(p, theta, unit=unit, data=data and precision == "float32")
+    parts = _rounding_parts(p, theta, unit=unit, data=data and precision == "float32")
+    # The stopping test bounds every free gradient entry by t (not the absent intercept's, nor the
+    # softmax intercepts' common shift, along which F is flat).
+    free = np.ones((K, D1))
     if not fit_intercept:
-        rounding = rounding[:, :-1]
-    g = np.sqrt(n_params) * tol * p.C * p.s.sum() + np.linalg.norm(rounding)
-    return Region(theta, g / mu, g, mu, p)
+        free[:, -1] = 0
+    t = tol * p.C * p.s.sum() * free.ravel()
+    products, penalty = (parts.products * free).ravel(), (parts.penalty * free).ravel()
+    propagated = independent_sum(np.abs(parts.vectors) * parts.sizes[:, None], axis=0)
+    null = _null_directions_full(p)
+    g = np.linalg.norm(t) + np.linalg.norm(products) + np.linalg.norm(propagated) + np.linalg.norm(penalty)
+    by_mu = g / mu
+    if p.basis is None:
+        H = hessian_full(p, theta)
+        if null.shape[1]:
+            H = H + (np.abs(H).sum() + 1) * (null @ null.T)  # errors along the flat direction do not count
+        Hinv = np.linalg.inv(H)
+        columns = np.linalg.norm(Hinv, axis=0)
+        through = (t @ columns + LAMBDA * np.linalg.norm(columns * products)
+                   + LAMBDA * np.linalg.norm(np.linalg.norm(parts.vectors @ Hinv, axis=1) * parts.sizes)
+                   + penalty @ columns)
+        radius = min(by_mu, through)
+    else:
+        radius = by_mu
+    return Region(theta, radius, g, mu, p)
+
+
+def hessian_full(p: Problem, theta) -> np.ndarray:
+    """``(K (D + 1), K (D + 1))`` Hessian of ``F`` in the full coordinates."""
+    theta = _theta(p, theta)
+    K = theta.shape[0]
+    return _data_hessian(p, theta, p.A) + np.kron(np.eye(K), np.diag(p.penalty))
+
+
+def _null_directions_full(p: Problem) -> np.ndarray:
+    K, D1 = p.Y.shape[1], p.A.shape[1]
+    if not (p.softmax and p.fit_intercept):
+        return np.zeros((K * D1, 0))
+    q = np.zeros((K, D1))
+    q[:, -1] = 1 / np.sqrt(K)
+    return q.reshape(-1, 1)
 
 
 def reference_radius(region: Region, coef, intercept) -> float:
@@ -402,6 +477,18 @@ def accuracy_slack(X, theta, radius: float, weights=None) -> float:
     weighted mean. Usually 0 plus rounding: the accuracies must then agree."""
     w = np.ones(len(X)) if weights is None else np.asarray(weights, np.float64)
     return float(w[unsure(X, theta, radius)].sum() / w.sum()) + mean_rounding(len(X))
+
+
+def spd_inverse_error(M, formation: float = 0.0) -> float:
+    """Relative 2-norm error bound of a float32 inverse of the SPD matrix ``M`` (float64 here) by Cholesky
+    and triangular inversion: ``kappa`` times the relative backward errors, the matrix's own (its cast,
+    plus ``formation``, a bound on the 2-norm of its formation's rounding) and the factorisation's and the
+    two triangular steps' (``lambda sqrt(m) u`` each, probabilistically)."""
+    M = np.asarray(M, np.float64)
+    norm = np.linalg.norm(M, 2)
+    kappa = np.linalg.cond(M)
+    backward = U32 + formation / norm + 3 * sum_rounding(M.shape[0])
+    return float(kappa * backward / (1 - kappa * backward))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -526,16 +613,10 @@ def ridge_reference_error(region: RidgeRegion, n: int) -> tuple[np.ndarray, np.n
 # Group lasso (FISTA stopped on the KKT conditions)
 
 
-def group_lasso_radius(X, y, coef, intercept, alpha, *, tol, n_groups, loss="logistic", sample_weight=None) -> float:
-    """2-norm bound on the distance to the optimum of any point whose KKT violation (relative to ``alpha``,
-    as ``lmprobe_jax.functional._group_lasso`` measures it) is at most ``tol`` in float32.
-
-    The violation bounds the distance from 0 to the subdifferential: at most ``tol alpha`` per group and
-    for the intercept, so ``sqrt(G + 1) tol alpha`` in all, plus the float32 gradient's rounding. The
-    smooth part ``(1/n) sum s loss`` is strongly convex when ``[X, 1]`` has full column rank (the group
-    penalty is convex and only adds to monotonicity): ``mu`` is the smallest eigenvalue of its Hessian at
-    ``coef``, a point of the region (the curvature cannot change across so small a region).
-    """
+def group_lasso_rounding(X, y, coef, intercept, *, loss="logistic", sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rounding, curvature)``: bound ``(P + 1,)`` on a float32 evaluation's error of the smooth part's
+    gradient ``(1/sum s) [X, 1]^T (s * r)`` at ``[coef, intercept]`` (the products, each sample's predictor
+    rounding through the loss's curvature, X's cast), and each sample's curvature ``(N,)``."""
     X = np.asarray(X, np.float64)  # (N, P): the groups side by side
     n = X.shape[0]
     s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
@@ -547,13 +628,31 @@ def group_lasso_radius(X, y, coef, intercept, alpha, *, tol, n_groups, loss="log
         curv, r = p * (1 - p), p - np.asarray(y, np.float64)
     else:
         curv, r = np.ones(n), z - np.asarray(y, np.float64)
-    total = s.sum()
-    mu = float(np.linalg.eigvalsh((A * (s * curv)[:, None]).T @ A / total)[0])
-    assert mu > 0, "the smooth part is not strongly convex here: no distance bound from the KKT violation"
     dz = dot_error(A * theta, axis=1) + LAMBDA * U32 * np.linalg.norm(A * theta, axis=1)  # with X's cast
     terms = (s * r)[:, None] * A
     rounding = (dot_error(terms, axis=0) + 2 * LAMBDA * U32 * np.linalg.norm(terms, axis=0)
-                + independent_sum((s * (curv * dz + 4 * U32))[:, None] * np.abs(A), axis=0)) / total
+                + independent_sum((s * (curv * dz + 4 * U32))[:, None] * np.abs(A), axis=0)) / s.sum()
+    return rounding, curv
+
+
+def group_lasso_radius(X, y, coef, intercept, alpha, *, tol, n_groups, loss="logistic", sample_weight=None) -> float:
+    """2-norm bound on the distance to the optimum of any point whose KKT violation (relative to ``alpha``,
+    as ``lmprobe_jax.functional._group_lasso`` measures it) is at most ``tol`` in float32.
+
+    The violation bounds the distance from 0 to the subdifferential: at most ``tol alpha`` per group and
+    for the intercept, so ``sqrt(G + 1) tol alpha`` in all, plus the float32 gradient's rounding
+    (:func:`group_lasso_rounding`). The smooth part ``(1/sum s) sum s loss`` is strongly convex when
+    ``[X, 1]`` has full column rank (the group penalty is convex and only adds to monotonicity): ``mu``
+    is the smallest eigenvalue of its Hessian at ``coef``, a point of the region (the curvature cannot
+    change across so small a region).
+    """
+    X = np.asarray(X, np.float64)
+    n = X.shape[0]
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    rounding, curv = group_lasso_rounding(X, y, coef, intercept, loss=loss, sample_weight=s)
+    A = np.hstack([X, np.ones((n, 1))])
+    mu = float(np.linalg.eigvalsh((A * (s * curv)[:, None]).T @ A / s.sum())[0])
+    assert mu > 0, "the smooth part is not strongly convex here: no distance bound from the KKT violation"
     return (np.sqrt(n_groups + 1) * tol * alpha + np.linalg.norm(rounding)) / mu
 
 
@@ -594,10 +693,9 @@ def ridge_loo_error(X, y, alpha, *, sample_weight=None, fit_intercept=True, data
         # 1 - h_ii = alpha [(K + alpha)^-1]_ii, less the null vector's share (q_i^2 = lever_i) of it
         h = 1.0 - (np.diag(V) * np.sqrt(alpha) - lever * alpha / (shift + alpha))
         m = n
-    # The Gram's (or kernel's) formation, entry by entry (Frobenius bounds the 2-norm), and eigh's
-    # backward error (m u ||Gram||, a backward stable eigensolver).
-    pairs = Xs[:, :, None] * Xs[:, None, :] if n >= d else Xs[:, None, :] * Xs[None, :, :]  # terms of each entry
-    E = np.linalg.norm(dot_error(pairs, axis=0 if n >= d else -1)) + m * U32 * np.linalg.norm(gram, 2)
+    # The Gram's (or kernel's) formation (T.gram_error) and eigh's backward error (m u ||Gram||, a
+    # backward stable eigensolver).
+    E = np.linalg.norm(gram_error(Xs if n >= d else Xs.T), 2) + m * U32 * np.linalg.norm(gram, 2)
     one_minus_h = 1.0 - h
     # h_ii's own sum of m terms (each an ulp), and 1 - h's subtraction
     dh = E * np.sum(V * V, axis=0) + (sum_rounding(m) + 4 * U32) * np.maximum(h, one_minus_h) + 2 * U32
