@@ -1,3 +1,4 @@
+import _tolerance as T
 import jax
 import numpy as np
 import pytest
@@ -5,7 +6,6 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import PredefinedSplit
 
-import _tolerance as T
 import lmprobe_jax.functional as F
 
 

@@ -1,10 +1,10 @@
+import _tolerance as T
 import jax
 import numpy as np
 import pytest
 from conftest import objective
 from sklearn.linear_model import LogisticRegression
 
-import _tolerance as T
 import lmprobe_jax.functional as F
 
 
@@ -118,7 +118,7 @@ def test_half_precision_storage_gives_float32_fit(binary_layers, dtype):
     assert fit.coef.dtype == np.float32
     X16 = np.asarray(Xh.astype(np.float32))  # the same values: half precision is exact in float32
     ref = F.fit_logistic(X16, y, 1.0)
-    expand = lambda f: F.LogisticFit(*(np.asarray(a)[:, None] for a in f))  # noqa: E731  (L,) -> (L, 1)
+    expand = lambda f: F.LogisticFit(*(np.asarray(a)[:, None] for a in f))
     assert_same_optima(expand(fit), expand(ref), X16, y, [1.0])
 
 
@@ -176,7 +176,7 @@ def test_callable_under_jit_and_vmap(binary_layers):
     jitted = jax.jit(lambda X, y, C: F.fit_logistic(X, y, C))(X32, y, jax.numpy.asarray([0.1, 1.0]))
     assert_same_optima(jitted, eager, X32, y, [0.1, 1.0])
     per_layer = jax.vmap(lambda x: F.fit_logistic(x, y, 1.0))(X32)  # vmap over layers, 2-D each
-    expand = lambda f: F.LogisticFit(*(np.asarray(a)[:, None] for a in f))  # noqa: E731  (L,) -> (L, 1)
+    expand = lambda f: F.LogisticFit(*(np.asarray(a)[:, None] for a in f))
     assert_same_optima(expand(per_layer), expand(F.fit_logistic(X32, y, 1.0)), X32, y, [1.0])
     ridge = jax.jit(lambda X, y: F.fit_ridge(X, y, 1.0).coef)(X32, y)
     eager_ridge = F.fit_ridge(X32, y, 1.0).coef
