@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 
 import itertools
 
+import _tolerance as T
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
@@ -87,19 +88,39 @@ def sklearn_logistic(X_train, y, X_test):
     return clf, scaler, clf.predict(scaler.transform(X_test))
 
 
+def logistic_reach(features, y, ref, C=1.0):
+    """(region, reach): our float32 fit's region (T.glm_region, tol 1e-7) on standardised float64 features,
+    and the reach between it and scikit-learn's ``ref`` (its float64 gradient, T.reference_radius)."""
+    region = T.glm_region(features, y, C, tol=1e-7)
+    return region, region.radius + T.reference_radius(region, ref.coef_[0], ref.intercept_[0])
+
+
+def assert_same_predictions(got, want, features, theta, reach):
+    """Predicted labels agree wherever the decision value is farther from zero than two fits within
+    ``reach`` (and float32 rounding) can move it (T.unsure); the accuracies by at most the rest."""
+    sure = ~T.unsure(features, theta, reach)
+    np.testing.assert_array_equal(np.asarray(got)[sure], np.asarray(want)[sure])
+    return 1.0 - sure.mean()
+
+
 def test_reference_example_single_layer(data):
     """Probe(layers=16, pooling="last_token", classifier="logistic_regression") -> fit -> predict."""
     probe = make(data, layers=2, pooling="last_token", classifier="logistic_regression")
     probe.fit(data["train"][:16], data["train"][16:])
     ref, scaler, ref_pred = sklearn_logistic(data["X_train"][2], data["y_train"], data["X_test"][2])
-    np.testing.assert_array_equal(probe.predict(data["test"]), ref_pred)
-    assert abs(probe.score(data["test"], data["y_test"]) - np.mean(ref_pred == data["y_test"])) <= 0.01
-    np.testing.assert_allclose(
-        probe.classifier_.coef_, ref.coef_, rtol=2e-3, atol=2e-3 * np.abs(ref.coef_).max()
-    )
-    np.testing.assert_allclose(probe.scaler_.mean_, scaler.mean_, rtol=1e-6, atol=1e-8)
+    train, test = scaler.transform(data["X_train"][2]), scaler.transform(data["X_test"][2])
+    region, reach = logistic_reach(train, data["y_train"], ref)
+    unsure = assert_same_predictions(probe.predict(data["test"]), ref_pred, test, region.optimum, reach)
+    assert abs(probe.score(data["test"], data["y_test"]) - np.mean(ref_pred == data["y_test"])) <= unsure
+    T.assert_within(T.as_theta(probe.classifier_.coef_, probe.classifier_.intercept_), T.as_theta(ref.coef_, ref.intercept_),
+                    reach)
+    # both float64 means of the same float32 activations: float64 rounding of a mean over N rows
+    np.testing.assert_array_less(np.abs(probe.scaler_.mean_ - scaler.mean_),
+                                 T.mean_rounding(len(train), T.U64) * np.abs(data["X_train"][2]).mean(0) + 1e-300)
     proba = probe.predict_proba(data["test"])
-    np.testing.assert_allclose(proba, ref.predict_proba(scaler.transform(data["X_test"][2])), atol=1e-3)
+    # sigmoid moves by at most a quarter of the decision value's move (plus its own ulps)
+    np.testing.assert_allclose(proba, ref.predict_proba(test), rtol=0,
+                               atol=0.25 * T.decision_error(test, region.optimum, reach).max() + 4 * T.U32)
     assert list(probe.classes_) == [0, 1] and probe.selected_layers_ is None
 
 
@@ -122,7 +143,12 @@ def test_regression_takes_float_targets_not_negative_prompts(data):
     scaler = StandardScaler().fit(data["X_train"][3])
     ref = Ridge(alpha=1.0).fit(scaler.transform(data["X_train"][3]), targets)
     want = ref.predict(scaler.transform(data["X_test"][3]))
-    np.testing.assert_allclose(probe.predict(data["test"]), want, rtol=1e-3, atol=1e-3)
+    # the float32 ridge solve's reach (T.ridge_region) through each test row, plus float32 rounding
+    region = T.ridge_region(scaler.transform(data["X_train"][3]), targets, 1.0)
+    reach = region.reach + float(np.sum(T.ridge_reference_error(region, len(targets))))
+    bound = T.decision_error(scaler.transform(data["X_test"][3]), region.theta(), reach)[:, 0]
+    assert bound.max() < 0.05 * np.abs(want).max()  # informative
+    np.testing.assert_array_less(np.abs(probe.predict(data["test"]) - want), bound)
     with pytest.raises(ValueError, match="classification"):
         probe.predict_proba(data["test"])
 
@@ -131,10 +157,15 @@ def test_layer_importance_example(data):
     """layers="all", classifier="ridge" -> compute_layer_importance(metric="l2"), sums to 1."""
     probe = make(data, layers="all", classifier="ridge").fit(data["train"][:16], data["train"][16:])
     importance = probe.compute_layer_importance(metric="l2")
-    flat = concat(data["X_train"], range(4))
-    ref = RidgeClassifier(alpha=1.0).fit(StandardScaler().fit_transform(flat), data["y_train"])
+    flat = StandardScaler().fit_transform(concat(data["X_train"], range(4)))
+    ref = RidgeClassifier(alpha=1.0).fit(flat, data["y_train"])
     norms = np.linalg.norm(ref.coef_.reshape(4, -1), axis=1)
-    np.testing.assert_allclose(importance, norms / norms.sum(), rtol=1e-3)
+    # each layer's norm moves by at most the solve's coefficient reach (T.ridge_region); the shares of
+    # their sum by at most twice that over the sum
+    region = T.ridge_region(flat, 2.0 * data["y_train"] - 1, 1.0)
+    reach = float(region.radius[0] + T.ridge_reference_error(region, len(flat))[0][0])
+    assert 2 * reach / norms.sum() < 1e-2  # informative
+    np.testing.assert_allclose(importance, norms / norms.sum(), rtol=0, atol=2 * reach / norms.sum() + 8 * T.U32)
     assert probe.candidate_layers_ == [0, 1, 2, 3] and np.isclose(importance.sum(), 1.0)
     assert probe.layer_importances_ is importance
 
@@ -195,12 +226,18 @@ def test_sweep_layers_example(data):
     scores = result.score(data["test"], data["y_test"])
     for layer in range(4):
         scaler = StandardScaler().fit(data["X_train"][layer])
-        ref = RidgeClassifier(alpha=1.0).fit(scaler.transform(data["X_train"][layer]), data["y_train"])
-        want = ref.score(scaler.transform(data["X_test"][layer]), data["y_test"])
-        assert abs(scores[layer] - want) <= 0.01
-        np.testing.assert_allclose(
-            result[layer].classifier_.coef_.ravel(), ref.coef_.ravel(), rtol=1e-3, atol=1e-4
-        )
+        train, test = scaler.transform(data["X_train"][layer]), scaler.transform(data["X_test"][layer])
+        ref = RidgeClassifier(alpha=1.0).fit(train, data["y_train"])
+        want = ref.score(test, data["y_test"])
+        # The sweep standardises in float32 (statistics to T.mean_rounding, relative) and solves in float32
+        # (T.ridge_region): the coefficients move by both; scores only through samples within reach of 0.
+        region = T.ridge_region(train, 2.0 * data["y_train"] - 1, 1.0)
+        coef = region.coef[0]
+        reach = float(region.radius[0] + T.ridge_reference_error(region, 32)[0][0]
+                      + 2 * T.mean_rounding(32) * np.linalg.norm(coef))
+        T.assert_within(result[layer].classifier_.coef_.ravel(), ref.coef_.ravel(), reach, f"layer {layer}")
+        unsure = T.unsure(test, region.theta(), reach + float(region.intercept_error[0])).mean()
+        assert abs(scores[layer] - want) <= unsure
     best = result.best_layer(data["test"], data["y_test"])
     assert scores[best] == max(scores.values())
     np.testing.assert_array_equal(
@@ -233,11 +270,13 @@ def test_evaluate_reports_lmprobe_metrics(data):
 def test_from_activations_round_trip(data):
     X = concat(data["X_train"], [1, 3])
     probe = Probe(layers=[1, 3], random_state=0).fit_from_activations(X, data["y_train"], n_layers=2)
-    _ref, _scaler, ref_pred = sklearn_logistic(X, data["y_train"], concat(data["X_test"], [1, 3]))
-    np.testing.assert_array_equal(probe.predict_from_activations(concat(data["X_test"], [1, 3])), ref_pred)
-    assert probe.score_from_activations(concat(data["X_test"], [1, 3]), data["y_test"]) == np.mean(
-        ref_pred == data["y_test"]
-    )
+    ref, scaler, ref_pred = sklearn_logistic(X, data["y_train"], concat(data["X_test"], [1, 3]))
+    test = scaler.transform(concat(data["X_test"], [1, 3]))
+    region, reach = logistic_reach(scaler.transform(X), data["y_train"], ref)
+    unsure = assert_same_predictions(probe.predict_from_activations(concat(data["X_test"], [1, 3])), ref_pred, test,
+                                     region.optimum, reach)
+    assert abs(probe.score_from_activations(concat(data["X_test"], [1, 3]), data["y_test"])
+               - np.mean(ref_pred == data["y_test"])) <= unsure
     assert probe.predict_proba_from_activations(data["X_test"][[1, 3]]).shape == (12, 2)
     # selection among the blocks handed over
     auto = Probe(layers="fast_auto", fast_auto_top_k=1).fit_from_activations(data["X_train"], data["y_train"])
@@ -262,7 +301,37 @@ def test_preprocessing_and_augmentation_match_sklearn(data):
         return np.hstack([pca.transform(std.transform(Z)), (Z @ direction)[:, None]])
 
     ref = LogisticRegression(tol=1e-10, max_iter=10000).fit(features(a), y)
-    np.testing.assert_array_equal(probe.predict(data["test"]), ref.predict(features(a_test)))
+    # Ours runs the same chain in float32. How far its test decision values can be from these: the
+    # features' error (the cast; the float32 SVD's backward error lambda sqrt(m) u ||M|| turned by
+    # Wedin's theorem into each component's error over its singular-value gap; the float32 class means),
+    # carried through the logistic fit (a data perturbation of its gradient over mu) and the region of
+    # its own solve. Predictions must agree wherever the decision is farther from zero.
+    M = std.transform(a)
+    sv = np.linalg.svd(M - M.mean(0), compute_uv=False)
+    gaps = np.minimum(sv[:5] - sv[1:6], np.r_[np.inf, sv[:4] - sv[1:5]])
+    E = T.LAMBDA * np.sqrt(M.shape[1]) * T.U32 * sv[0] + np.linalg.norm(T.U32 * np.abs(M), 2)
+    angle = np.sqrt(np.sum((E / (gaps - E)) ** 2))
+    assert np.all(gaps > 2 * E) and angle < 1e-2  # each component resolved in float32, informative
+
+    def feature_error(Z):
+        Zs = std.transform(Z)
+        pca_err = np.linalg.norm(Zs - pca.mean_, axis=1) * angle + T.LAMBDA * T.U32 * np.abs(Zs) @ np.abs(pca.components_).T.sum(1)
+        mean_err = 2 * T.mean_rounding(len(a)) * np.abs(a).max(0) / np.linalg.norm(a[y == 1].mean(0) - a[y == 0].mean(0))
+        aug_err = np.linalg.norm(Z, axis=1) * np.linalg.norm(mean_err) * 2 + T.dot_error(Z * direction, axis=1)
+        return np.sqrt(pca_err**2 + aug_err**2)
+
+    train_f, test_f = features(a), features(a_test)
+    region, reach = logistic_reach(train_f, y, ref)
+    p = 1 / (1 + np.exp(-(train_f @ ref.coef_[0] + ref.intercept_[0])))
+    A = np.hstack([train_f, np.ones((len(y), 1))])
+    theta_norm = np.linalg.norm(region.optimum)
+    moved = np.sum((np.abs(p - y) + p * (1 - p) * theta_norm * np.linalg.norm(A, axis=1)) * feature_error(a)) / region.mu
+    z = test_f @ region.optimum[0, :-1] + region.optimum[0, -1]
+    z_reach = (np.linalg.norm(np.hstack([test_f, np.ones((len(test_f), 1))]), axis=1) * (reach + moved)
+               + theta_norm * feature_error(a_test) + T.decision_error(test_f, region.optimum, 0)[:, 0])
+    sure = np.abs(z) > z_reach
+    assert sure.mean() >= 0.5  # informative
+    np.testing.assert_array_equal(probe.predict(data["test"])[sure], ref.predict(test_f)[sure])
 
 
 def test_score_level_max_inference_pooling(data):
@@ -270,9 +339,14 @@ def test_score_level_max_inference_pooling(data):
     probe.fit(data["train"][:16], data["train"][16:])
     store = extract_activations(data["model"], data["test"], layers=[2], pooling="all", progress=False)
     tokens, offsets = np.asarray(store.load(2)), store.offsets()
-    per_token = probe.classifier_.predict_proba(probe.scaler_.transform(tokens))[:, 1]
+    scaled = probe.scaler_.transform(tokens)
+    per_token = probe.classifier_.predict_proba(scaled)[:, 1]
     want = np.array([per_token[a:b].max() for a, b in itertools.pairwise(offsets)])
-    np.testing.assert_allclose(probe.predict_proba(data["test"])[:, 1], want, rtol=1e-5)
+    # The same probe on the same float32 rows, its products perhaps batched differently: the float32
+    # decision values' rounding, a quarter of it on the sigmoid, plus its ulps.
+    theta = T.as_theta(probe.classifier_.coef_, probe.classifier_.intercept_)
+    atol = 0.25 * T.decision_error(scaled, theta, 0).max() + 4 * T.U32
+    np.testing.assert_allclose(probe.predict_proba(data["test"])[:, 1], want, rtol=0, atol=atol)
 
 
 def test_pooling_all_trains_on_real_tokens_only(data):
@@ -285,9 +359,9 @@ def test_pooling_all_trains_on_real_tokens_only(data):
     assert len(tokens) == counts.sum() < len(data["train"]) * counts.max()  # no pad rows
     scaler = StandardScaler().fit(tokens)
     ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(scaler.transform(tokens), y)
-    np.testing.assert_allclose(
-        probe.classifier_.coef_, ref.coef_, rtol=5e-3, atol=5e-3 * np.abs(ref.coef_).max()
-    )
+    _region, reach = logistic_reach(scaler.transform(tokens), y, ref, C=0.5)
+    T.assert_within(T.as_theta(probe.classifier_.coef_, probe.classifier_.intercept_), T.as_theta(ref.coef_, ref.intercept_),
+                    reach)
 
 
 def test_save_and_load_run_no_code(data, tmp_path):
@@ -392,9 +466,9 @@ def test_per_layer_normalisation_matches_a_hand_computation(data):
     for layer in X:
         blocks.append((layer - layer.mean()) / layer.std())  # one mean and one std per layer
     ref = LogisticRegression(tol=1e-10, max_iter=10000).fit(np.hstack(blocks), data["y_train"])
-    np.testing.assert_allclose(
-        probe.classifier_.coef_, ref.coef_, rtol=2e-3, atol=2e-3 * np.abs(ref.coef_).max()
-    )
+    _region, reach = logistic_reach(np.hstack(blocks), data["y_train"], ref)
+    T.assert_within(T.as_theta(probe.classifier_.coef_, probe.classifier_.intercept_), T.as_theta(ref.coef_, ref.intercept_),
+                    reach)
 
 
 @pytest.mark.parametrize(
@@ -415,7 +489,9 @@ def test_sweep_layers_without_cv_fits_the_same_probes(data):
     plain = Probe.sweep_layers(data["model"], data["train"], data["y_train"], **kwargs)
     checked = Probe.sweep_layers(data["model"], data["train"], data["y_train"], cv=True, **kwargs)
     assert plain.sweep is None and checked.sweep.layers == [1, 3]
-    for layer in (1, 3):
-        np.testing.assert_allclose(
-            plain[layer].classifier_.coef_, checked[layer].classifier_.coef_, rtol=1e-4, atol=1e-5
-        )
+    for layer in (1, 3):  # two float32 solves of one problem (the same float32 standardised activations)
+        features = np.asarray(plain[layer].scaler_.transform(data["X_train"][layer]), np.float64)
+        region = T.glm_region(features, data["y_train"], 1.0, tol=1e-7, data=False)
+        T.assert_within(T.as_theta(plain[layer].classifier_.coef_, plain[layer].classifier_.intercept_),
+                        T.as_theta(checked[layer].classifier_.coef_, checked[layer].classifier_.intercept_),
+                        2 * region.radius, f"layer {layer}")

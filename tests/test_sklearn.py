@@ -1,3 +1,4 @@
+import _tolerance as T
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -36,9 +37,9 @@ def test_sklearn_contract(estimator, check):
     check(estimator)
 
 
-@pytest.mark.parametrize("estimator, rtol", [(LogisticProbe(), 1e-4), (RidgeProbe(), 1e-5), (MassMeanProbe(), 1e-4),
-                                             (RidgeRegressionProbe(), 1e-5), (GroupLassoProbe(alpha=0.01), 5e-3)])
-def test_sample_weight_equivalence(estimator, rtol):
+@pytest.mark.parametrize("estimator", [LogisticProbe(), RidgeProbe(), MassMeanProbe(), RidgeRegressionProbe(),
+                                       GroupLassoProbe(alpha=0.01)])
+def test_sample_weight_equivalence(estimator):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 4))
     y = (X[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
@@ -46,8 +47,59 @@ def test_sample_weight_equivalence(estimator, rtol):
         y = X[:, 0] + 0.1 * rng.normal(size=60)
     w = rng.integers(0, 3, size=60)
     weighted = estimator.fit(X, y, sample_weight=w).coef_.copy()
+    weighted_direction = getattr(estimator, "direction_", None)
     repeated = estimator.fit(np.repeat(X, w, axis=0), np.repeat(y, w)).coef_
-    np.testing.assert_allclose(weighted, repeated, rtol=rtol, atol=rtol * np.abs(repeated).max())
+    # One problem, written two ways: each float32 fit within its own derived reach of the optimum.
+    X32 = X.astype(np.float32)
+    reach = [_coef_reach(estimator, X32, y, w), _coef_reach(estimator, np.repeat(X32, w, axis=0), np.repeat(y, w))]
+    if isinstance(estimator, MassMeanProbe):  # the direction (class means) and the calibrated coefficient
+        T.assert_within(weighted_direction, estimator.direction_, reach[0][1] + reach[1][1], "direction")
+        reach = [r[0] for r in reach]
+    T.assert_within(weighted, repeated, sum(reach), type(estimator).__name__)
+
+
+def _coef_reach(estimator, X32, y, w=None, C=None):
+    """2-norm bound on a float32 fit's ``[coef_, intercept_]`` error against the exact solution of its problem
+    (float32 data), from the derived regions of tests/_tolerance.py (``C``: LogisticCVProbe's chosen one)."""
+    if isinstance(estimator, (LogisticProbe, LogisticCVProbe)):
+        C = estimator.C if C is None else C
+        return T.glm_region(X32, y, C, tol=estimator.tol, sample_weight=w, data=False).radius
+    if isinstance(estimator, (RidgeProbe, RidgeRegressionProbe)):
+        targets = 2.0 * y - 1 if isinstance(estimator, RidgeProbe) else y
+        return T.ridge_region(X32, targets, estimator.alpha, sample_weight=w, data=False).reach
+    if isinstance(estimator, GroupLassoProbe):
+        ref = GroupLassoProbe(alpha=estimator.alpha, tol=estimator.tol).fit(X32, y, sample_weight=w)
+        return T.group_lasso_radius(X32, y, ref.coef_, ref.intercept_[0], estimator.alpha, tol=estimator.tol,
+                                    n_groups=X32.shape[1], sample_weight=w)
+    if isinstance(estimator, MassMeanProbe):
+        return _mass_mean_reach(estimator, X32, y, w)
+    raise AssertionError(type(estimator))
+
+
+def _mass_mean_reach(estimator, X32, y, w=None):
+    """``(coef, direction)`` bounds for MassMeanProbe (iid=False): the direction is a difference of
+    weighted class means (T.dot_error each); the coefficient is ``direction * c / spread``, ``c`` the 1-D
+    calibration's slope on the unit-spread feature ``X direction / spread``. Its error: the calibration's
+    region (T.glm_region) plus the feature's own error (the direction's, relative, through ``X``) carried
+    into ``c``, ``spread`` and the direction, each at most that relative error times their size."""
+    X = X32.astype(np.float64)
+    w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
+    err = 0.0
+    for c in (0, 1):
+        sw = w * (y == c)
+        err = err + T.dot_error(sw[:, None] * X, axis=0) / sw.sum() + T.mean_rounding(len(y)) * (sw @ np.abs(X)) / sw.sum()
+    direction = (w * (y == 1)) @ X / (w * (y == 1)).sum() - (w * (y == 0)) @ X / (w * (y == 0)).sum()
+    dir_err = float(np.linalg.norm(err))
+    proj = X @ direction
+    centre = w @ proj / w.sum()
+    spread = np.sqrt(w @ (proj - centre) ** 2 / w.sum())
+    feature = (proj / spread)[:, None]
+    cal = T.glm_region(feature, y, estimator.calibration_C, tol=1e-7, sample_weight=w, data=False)
+    slope = abs(cal.optimum[0, 0])
+    rel_feature = np.abs(X).sum(1).max() * dir_err / spread  # the feature's error (it has unit spread)
+    rel = (cal.radius / slope + 3 * rel_feature + T.mean_rounding(len(y)))
+    coef = float(rel * np.linalg.norm(direction) * slope / spread + dir_err * slope / spread)
+    return coef + cal.radius, dir_err  # and the intercept, the calibration's own
 
 
 @pytest.fixture
@@ -66,27 +118,63 @@ def test_pipeline_grid_search_matches_sklearn(data):
                         cv=cv).fit(X, y)
     ref = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10000)),
                        {"logisticregression__C": grid["clf__C"]}, cv=cv).fit(X, y)
-    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-12)
-    assert ours.best_params_["logisticprobe__C"] == ref.best_params_["logisticregression__C"]
-    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
-    assert (ours.predict(X) == ref.predict(X)).all() and set(ours.classes_) == {"yes", "no"}
+    # Each fold's fit within its derived reach of the fold problem's optimum (ours: the float32 region;
+    # scikit-learn's: its float64 gradient): a held-out prediction may differ only within that reach of
+    # the boundary, so each fold's score by at most those samples' share.
+    codes = (y == "yes").astype(int)
+    slack = np.zeros(len(grid["clf__C"]))
+    for train, test in cv.split(X, y):
+        scaler = StandardScaler().fit(X[train])
+        Xs = scaler.transform(X)
+        for g, C in enumerate(grid["clf__C"]):
+            region = T.glm_region(Xs[train], codes[train], C, tol=1e-7)
+            lr = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(Xs[train], codes[train])
+            reach = region.radius + T.reference_radius(region, lr.coef_[0], lr.intercept_[0])
+            slack[g] += T.accuracy_slack(Xs[test], region.optimum, reach) / cv.get_n_splits()
+    np.testing.assert_array_less(np.abs(ours.cv_results_["mean_test_score"] - ref.cv_results_["mean_test_score"]), slack)
+    assert ours.best_params_["logisticprobe__C"] == ref.best_params_["logisticregression__C"] or np.sort(
+        ref.cv_results_["mean_test_score"])[-1] - np.sort(ref.cv_results_["mean_test_score"])[-2] <= 2 * slack.max()
+    if ours.best_params_["logisticprobe__C"] == ref.best_params_["logisticregression__C"]:
+        C = ours.best_params_["logisticprobe__C"]
+        Xs = StandardScaler().fit_transform(X)
+        region = T.glm_region(Xs, codes, C, tol=1e-7)
+        lr = ref.best_estimator_[-1]
+        reach = region.radius + T.reference_radius(region, lr.coef_[0], lr.intercept_[0])
+        # sigmoid moves by at most a quarter of the decision value's move (plus its own ulps)
+        np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=0,
+                                   atol=0.25 * T.decision_error(Xs, region.optimum, reach).max() + 4 * T.U32)
+        sure = ~T.unsure(Xs, region.optimum, reach)
+        assert (ours.predict(X) == ref.predict(X))[sure].all() and sure.mean() > 0.9
+    assert set(ours.classes_) == {"yes", "no"}
 
 
 def test_coefficients_match_sklearn(data):
+    # Each against scikit-learn's float64 solution, within the float32 fit's derived reach (and the
+    # reference's own: its float64 gradient for lbfgs, kappa eps for a direct solve).
     X, y = data
-    np.testing.assert_allclose(LogisticProbe(C=0.3).fit(X, y).coef_, LogisticRegression(C=0.3, tol=1e-10).fit(X, y).coef_,
-                               rtol=1e-4)
-    np.testing.assert_allclose(RidgeProbe(alpha=2.0).fit(X, y).coef_.ravel(), RidgeClassifier(alpha=2.0).fit(X, y).coef_.ravel(),
-                               rtol=1e-4)
+    codes = (y == "yes").astype(int)
+    for C, labels in ((0.3, codes), (1.0, np.digitize(X[:, 2], [0.0, 2.0]))):
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X, labels)
+        region = T.glm_region(X, labels, C, tol=1e-7)
+        ours = LogisticProbe(C=C).fit(X, labels)
+        T.assert_within(T.as_theta(ours.coef_, ours.intercept_), T.as_theta(ref.coef_, ref.intercept_),
+                        region.radius + T.reference_radius(region, ref.coef_, ref.intercept_), f"logistic C={C}")
     yr = X[:, 0] * 2.0
-    np.testing.assert_allclose(RidgeRegressionProbe(alpha=2.0).fit(X, yr).coef_, Ridge(alpha=2.0).fit(X, yr).coef_, rtol=1e-4)
+    for ours, ref, targets in ((RidgeProbe(alpha=2.0).fit(X, y), RidgeClassifier(alpha=2.0).fit(X, y), 2.0 * codes - 1),
+                               (RidgeRegressionProbe(alpha=2.0).fit(X, yr), Ridge(alpha=2.0).fit(X, yr), yr)):
+        region = T.ridge_region(X, targets, 2.0)
+        T.assert_within(ours.coef_.ravel(), ref.coef_.ravel(), region.radius[0] + T.ridge_reference_error(region, 240)[0][0])
     y3 = np.digitize(X[:, 2], [0.0, 2.0])
-    np.testing.assert_allclose(LogisticProbe().fit(X, y3).coef_, LogisticRegression(tol=1e-10).fit(X, y3).coef_,
-                               rtol=1e-3, atol=1e-5)
     ours, ref = RidgeProbe(alpha=2.0).fit(X, y3), RidgeClassifier(alpha=2.0).fit(X, y3)  # one-vs-all
-    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), rtol=1e-4, atol=1e-5)
-    assert (ours.predict(X) == ref.predict(X)).all()
+    region = T.ridge_region(X, np.where(y3[None] == np.arange(3)[:, None], 1.0, -1.0), 2.0)
+    ref_coef, ref_intercept = T.ridge_reference_error(region, 240)
+    for k in range(3):
+        T.assert_within(ours.coef_[k], ref.coef_[k], region.radius[k] + ref_coef[k], f"class {k}")
+    reach = region.reach + float(np.max(ref_coef + ref_intercept))
+    np.testing.assert_array_less(np.abs(ours.decision_function(X) - ref.decision_function(X)),
+                                 T.decision_error(X, region.theta(), reach))
+    sure = ~T.unsure(X, region.theta(), reach)
+    assert (ours.predict(X) == ref.predict(X))[sure].all() and sure.mean() > 0.9
 
 
 def test_three_d_input_fits_every_layer():
@@ -95,8 +183,11 @@ def test_three_d_input_fits_every_layer():
     y = (X[2, :, 0] > 0).astype(int)
     probe = LogisticProbe().fit(X, y)
     assert probe.coef_.shape == (3, 1, 5) and probe.n_layers_ == 3
-    for l in range(3):
-        np.testing.assert_allclose(probe.coef_[l], LogisticProbe().fit(X[l], y).coef_, rtol=1e-5, atol=1e-6)
+    for l in range(3):  # two float32 solves of one problem: within twice its region's radius
+        single = LogisticProbe().fit(X[l], y)
+        region = T.glm_region(X[l].astype(np.float32), y, 1.0, tol=1e-7, data=False)
+        T.assert_within(T.as_theta(probe.coef_[l], probe.intercept_[l]), T.as_theta(single.coef_, single.intercept_),
+                        2 * region.radius, f"layer {l}")
     assert probe.predict(X).shape == (3, 150) and probe.predict_proba(X).shape == (3, 150, 2)
     scores = probe.score(X, y)
     assert scores.shape == (3,) and scores[2] > 0.9 > scores[0]
@@ -129,10 +220,52 @@ def test_logistic_cv_probe_matches_logistic_regression_cv(binary_layers):
     ours = LogisticCVProbe(Cs=Cs, cv=4, random_state=3).fit(X, y)
     folds = stratified_folds(y, 4, random_state=3)
     ref = LogisticRegressionCV(Cs=Cs, cv=PredefinedSplit(folds), tol=1e-10, max_iter=10000).fit(X, y)
-    assert ours.C_.shape == (1,) and ours.C_[0] == ref.C_[0]
-    np.testing.assert_allclose(ours.scores_.mean(-1), ref.scores_[1].mean(0), atol=1e-12)
-    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-4, atol=1e-5)
+    # Held-out scores: each fold fit (ours at cv_tol = 1e-4, scikit-learn's as its float64 gradient says)
+    # within reach of the fold problem's optimum; predictions can differ only within that reach of the
+    # boundary.
+    slack = np.zeros((len(Cs), 4))
+    for f in range(4):
+        train, test = folds != f, folds == f
+        for g, C in enumerate(Cs):
+            region = T.glm_region(X, y, C, tol=1e-4, sample_weight=train)
+            path = ref.coefs_paths_[1][f, g]
+            reach = region.radius + T.reference_radius(region, path[:-1], path[-1])
+            slack[g, f] = T.accuracy_slack(X[test], region.optimum, reach)
+    np.testing.assert_array_less(np.abs(ours.scores_ - ref.scores_[1].T), slack + 1e-12)  # (G, F)
+    assert ours.C_.shape == (1,)
+    if ours.C_[0] != ref.C_[0]:  # only where a flip could change which C scores best
+        mean = np.sort(ref.scores_[1].mean(0))
+        assert mean[-1] - mean[-2] <= 2 * slack.mean(-1).max()
+        return
+    region = T.glm_region(X, y, ref.C_[0], tol=1e-7)
+    T.assert_within(T.as_theta(ours.coef_, ours.intercept_), T.as_theta(ref.coef_, ref.intercept_),
+                    region.radius + T.reference_radius(region, ref.coef_, ref.intercept_))
+
+
+def _theta(estimator):
+    """``(1, D + 1)`` float64 ``[coef_, intercept_]`` of a binary or regression probe."""
+    coef = np.atleast_2d(np.asarray(estimator.coef_, np.float64))
+    return np.hstack([coef, np.atleast_1d(np.asarray(estimator.intercept_, np.float64))[:, None]])
+
+
+def _same_cv_choice(a, b, X, y):
+    """Whether two LogisticCVProbe fits of one layer chose the same C; if not, assert that their folds'
+    derived regions (cv_tol 1e-4) allowed it: the best two mean scores within the flips' share."""
+    if float(np.ravel(a.C_)[0]) == float(np.ravel(b.C_)[0]):  # select_layer's C_ is a scalar, a fit's (1,)
+        return True
+    from lmprobe_jax.functional import stratified_folds
+
+    folds = stratified_folds(y, b.cv, random_state=b.random_state)
+    grid = np.logspace(-4, 4, b.Cs) if isinstance(b.Cs, int) else np.asarray(b.Cs)
+    slack = np.zeros(len(grid))
+    for f in range(b.cv):
+        train, test = folds != f, folds == f
+        for g, C in enumerate(grid):
+            region = T.glm_region(X, y, C, tol=1e-4, sample_weight=train, data=False)
+            slack[g] += T.accuracy_slack(X[test], region.optimum, region.radius) / b.cv
+    mean = np.sort(np.asarray(b.scores_).mean(-1))
+    assert mean[-1] - mean[-2] <= 2 * slack.max(), (a.C_, b.C_, mean, slack)
+    return False
 
 
 @pytest.mark.parametrize("estimator", [LogisticProbe(), RidgeProbe(), MassMeanProbe(), RidgeRegressionProbe(),
@@ -147,8 +280,26 @@ def test_select_layer_gives_the_single_layer_fit(binary_layers, estimator):
         alone = batched.select_layer(layer)
         single = clone(estimator).fit(X[layer], y)
         assert not hasattr(alone, "n_layers_")
-        np.testing.assert_allclose(alone.predict(X[layer]), single.predict(X[layer]), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(alone.coef_, single.coef_, rtol=1e-3, atol=1e-4)
+        # Two float32 fits of one problem: each within its derived reach of the exact solution
+        # (_coef_reach), so twice that apart; decision values by that through [x, 1], plus rounding.
+        C = None
+        if isinstance(estimator, LogisticCVProbe):  # its folds stop at cv_tol 1e-4: the chosen C may differ
+            if not _same_cv_choice(alone, single, X[layer], y):
+                continue
+            C = float(single.C_[0])
+        reach = _coef_reach(estimator, X[layer], y, C=C)
+        reach = 2 * (reach[0] if isinstance(reach, tuple) else reach)
+        T.assert_within(_theta(alone), _theta(single), reach, f"layer {layer}")
+        z = np.asarray(single.decision_function(X[layer]) if hasattr(single, "decision_function")
+                       else single.predict(X[layer]), np.float64)
+        theta = _theta(single)
+        moved = T.decision_error(X[layer], theta, reach)[:, 0]
+        if isinstance(estimator, RidgeRegressionProbe):
+            np.testing.assert_array_less(np.abs(alone.predict(X[layer]) - single.predict(X[layer])), moved)
+        else:
+            sure = np.abs(z) > moved
+            assert sure.mean() > 0.9
+            np.testing.assert_array_equal(alone.predict(X[layer])[sure], single.predict(X[layer])[sure])
     with pytest.raises(ValueError, match="out of range"):
         batched.select_layer(X.shape[0])
     with pytest.raises(ValueError, match=r"\(L, N, D\)"):
