@@ -42,6 +42,8 @@ _LAZY = {
     "discover_cached": "cache",
     "evict": "cache",
     "load_activations": "cache",
+    "load_layer_across_prompts": "cache",
+    "load_layer_last_token": "cache",
     "set_cache_dtype": "cache",
     "set_cache_limit": "cache",
 }
@@ -68,6 +70,8 @@ __all__ = [
     "evict",
     "functional",
     "load_activations",
+    "load_layer_across_prompts",
+    "load_layer_last_token",
     "parse_layers",
     "set_cache_dtype",
     "set_cache_limit",
