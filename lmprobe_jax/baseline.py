@@ -26,8 +26,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.dummy import DummyClassifier
 
 from .classifiers import build_classifier
+from .exceptions import NotFittedError
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 METHODS = (
     "bow",

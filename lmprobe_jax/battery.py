@@ -26,10 +26,10 @@ from sklearn.base import BaseEstimator
 from .activation_baseline import ActivationBaseline
 from .baseline import BaselineProbe
 from .classifiers import build_classifier, is_batched
+from .exceptions import NotFittedError
 from .probe import Probe
 from .probe._features import layer_blocks
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 TEXT = ("bow", "tfidf", "random", "majority", "sentence_length", "sentence_transformers", "perplexity")
 ACTIVATION = ("random_direction", "pca", "layer_0")

@@ -25,9 +25,9 @@ import numpy as np
 from lmprobe_jax_store import layer_order
 from lmprobe_jax_store._store import write_json
 
+from .exceptions import NotFittedError
 from .probe import Probe
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 
 class ProbeEnsemble:
