@@ -83,7 +83,7 @@ class PromptClassifier(BaseEstimator):
 
     def _new_classifier(self) -> BaseEstimator:
         if isinstance(self.classifier, str):
-            return build_classifier(self.classifier, None, self.random_state)
+            return build_classifier(self.classifier, self.random_state)
         return clone(self.classifier)
 
     def score(self, prompts: list[str], labels: Any) -> float:

@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score,
 from lmprobe_jax_store import layer_order
 
 from .. import functional as F
-from ..classifiers import build_classifier, check_name, linear_fit
+from ..classifiers import COMPUTE_BACKENDS, build_classifier, check_name, linear_fit, validate_classifier
 from ..exceptions import NotFittedError
 from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
@@ -42,7 +42,6 @@ from ._modes import MODES
 
 TASKS = ("classification", "regression")
 DTYPES = ("float32", "float16", "bfloat16")
-COMPUTE_BACKENDS = ("sklearn", "auto", "jax")
 
 
 def default_cache_dir() -> Path | None:
@@ -154,12 +153,11 @@ class Probe(BaseEstimator):
             raise ValueError(f"Unknown task {self.task!r}: choose 'classification' or 'regression'.")
         if isinstance(self.classifier, str):
             check_name(self._classifier_name())
-            build_classifier(self._classifier_name(), self.classifier_kwargs)  # raises on bad kwargs
-        elif not hasattr(self.classifier, "fit") or not hasattr(self.classifier, "predict"):
-            raise TypeError(
-                f"classifier {type(self.classifier).__name__} must have a fit() and a predict() method: pass "
-                "a classifier name or a scikit-learn estimator."
-            )
+            build_classifier(
+                self._classifier_name(), classifier_kwargs=self.classifier_kwargs
+            )  # bad kwargs raise
+        else:
+            validate_classifier(self.classifier)
         parse_preprocessing(self.preprocessing)
         check_preprocessing(self.preprocessing, self.pca_components)
         check_layer_spec(self.layers)
@@ -196,7 +194,7 @@ class Probe(BaseEstimator):
             if self.random_state is not None and "random_state" in est.get_params():
                 est.set_params(random_state=self.random_state)
             return est
-        return build_classifier(self._classifier_name(), self.classifier_kwargs, self.random_state)
+        return build_classifier(self._classifier_name(), self.random_state, self.classifier_kwargs)
 
     @property
     def _classifier_template(self) -> BaseEstimator:
