@@ -27,7 +27,7 @@ from ._extract import BACKENDS, check_prompts, extract_activations
 from ._layout import SUPPORTED_MODEL_TYPES, BlockLayout, block_layout
 from ._pooling import pool
 from ._readout import check_readout, export_readout
-from ._source import gguf_to_directory, model_layer_count, smollm2_directory
+from ._source import clear_model_cache, gguf_to_directory, model_layer_count, smollm2_directory
 from ._tokens import extract_token_streams
 
 __version__ = library_version()
@@ -48,6 +48,7 @@ __all__ = [
     "block_layout",
     "check_prompts",
     "check_readout",
+    "clear_model_cache",
     "depth_analysis",
     "export_readout",
     "extract_activations",
