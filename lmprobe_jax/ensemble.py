@@ -42,7 +42,9 @@ class ProbeEnsemble:
             if len(weights) != len(probes):
                 raise ValueError(f"weights length ({len(weights)}) must match probes length ({len(probes)}).")
             if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError("weights must be non-negative with a positive sum.")
+                raise ValueError(
+                    f"weights must be non-negative and must sum to a positive value; got {list(weights)}."
+                )
         self.probes = list(probes)
         self.weights = weights
         self.voting = voting
