@@ -26,6 +26,17 @@ from lmprobe_jax_store import POOLINGS
 BASE_STRATEGIES = ("last_token", "first_token", "mean", "max", "min")
 """Strategies that may follow ``"score:"`` or ``"activation:"``."""
 
+TRAIN_POOLING_STRATEGIES = frozenset(POOLINGS)
+"""Training poolings (no prefix): every pooling name, ``"all"`` making every token a row (lmprobe's
+set omits ``"max"`` / ``"min"``; ours trains on max- or min-pooled activations too)."""
+
+INFERENCE_POOLING_STRATEGIES = frozenset(POOLINGS)
+"""Bare inference poolings; each ``BASE_STRATEGIES`` name may also take a ``"score:"`` /
+``"activation:"`` prefix."""
+
+SCORE_POOLING_STRATEGIES = frozenset({"max", "min"})
+"""Bare names that pool scores (after the probe) rather than activations."""
+
 
 class ParsedPooling(NamedTuple):
     """A parsed strategy: ``base_strategy`` (a pooling name), ``is_score_pooling`` (reduce per-token
@@ -64,7 +75,19 @@ def parse_pooling_strategy(strategy: str) -> ParsedPooling:
             f"Unknown pooling strategy {strategy!r}: choose from {POOLINGS}, or a 'score:' / 'activation:' "
             "prefixed form."
         )
-    return ParsedPooling(strategy, strategy in ("max", "min"), strategy)
+    return ParsedPooling(strategy, strategy in SCORE_POOLING_STRATEGIES, strategy)
+
+
+def is_valid_inference_strategy(strategy: Any) -> bool:
+    """True when ``strategy`` parses as an inference pooling (a bare name or a prefixed form)."""
+    try:
+        parse_pooling_strategy(strategy)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_is_valid_inference_strategy = is_valid_inference_strategy  # lmprobe's name
 
 
 def check_train_pooling(value: Any, name: str = "train_pooling") -> str:
@@ -192,8 +215,12 @@ def pad_tokens(per_token: np.ndarray, offsets: np.ndarray, fill: float = np.nan)
 
 __all__ = [
     "BASE_STRATEGIES",
+    "INFERENCE_POOLING_STRATEGIES",
+    "SCORE_POOLING_STRATEGIES",
+    "TRAIN_POOLING_STRATEGIES",
     "ParsedPooling",
     "get_pooling_fn",
+    "is_valid_inference_strategy",
     "pad_tokens",
     "parse_pooling_strategy",
     "pool_all",
