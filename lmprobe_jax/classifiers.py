@@ -133,7 +133,8 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         return np.mean([est.predict_proba(X) for est in self.estimators_], axis=0)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+        positive = self.predict_proba(X)[:, 1] > 0.5  # checks fitted before classes_ is read
+        return self.classes_[positive.astype(int)]
 
 
 class Entry(NamedTuple):
@@ -196,6 +197,13 @@ MassMeanClassifier = MassMeanProbe
 
 #: Names whose estimator fits every layer of a sweep in one batched solve (lmprobe_jax.sweep).
 BATCHED = ("logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda")
+
+BUILTIN_CLASSIFIERS = frozenset(REGISTRY)
+"""Every classifier name (lmprobe's constant)."""
+REGRESSION_CLASSIFIERS = frozenset({"ridge_regression"})
+"""The names for ``task="regression"``."""
+CLASSIFICATION_CLASSIFIERS = BUILTIN_CLASSIFIERS - REGRESSION_CLASSIFIERS
+"""The names for ``task="classification"``."""
 
 #: Estimator classes a saved probe may rebuild (by class name): only these are instantiated on load.
 SAVABLE: dict[str, type] = {}

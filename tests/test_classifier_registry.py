@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError as SkNotFittedError
 from sklearn.linear_model import LogisticRegression
 
 from lmprobe_jax import Probe
@@ -78,3 +79,17 @@ def test_every_name_fits_predicts_and_round_trips(name, tmp_path):
         assert name == "svm" and "pickle" in str(err)
         return
     np.testing.assert_array_equal(Probe.load(tmp_path / "p").predict_from_activations(X), pred)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in REGISTRY.items() if e.native is not None))
+def test_our_unfitted_estimators_raise_what_both_kinds_of_caller_catch(name):
+    """lmprobe's estimators raise RuntimeError('... not been fitted') before fit; scikit-learn code
+    catches its NotFittedError. Ours must be both (a bare check_is_fitted raised only the latter)."""
+    est = build_classifier(name)
+    X = np.ones((2, 3), np.float32)
+    for method in ("predict", "decision_function"):
+        if hasattr(est, method):
+            with pytest.raises(RuntimeError, match="not been fitted"):
+                getattr(est, method)(X)
+            with pytest.raises(SkNotFittedError):
+                getattr(est, method)(X)
