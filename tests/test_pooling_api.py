@@ -9,7 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lmprobe_jax.pooling import (
+    INFERENCE_POOLING_STRATEGIES,
     get_pooling_fn,
+    is_valid_inference_strategy,
     parse_pooling_strategy,
     pool_all,
     pool_first_token,
@@ -88,4 +90,7 @@ def test_strategy_grammar():
             parse_pooling_strategy(bad)
     with pytest.raises(ValueError, match="Invalid train_pooling"):
         resolve_pooling(None, "score:mean", None)
+    # the predicate says what parsing says, for every bare name, prefixed forms and non-strings
+    assert all(is_valid_inference_strategy(s) for s in INFERENCE_POOLING_STRATEGIES | {"score:mean", "activation:max"})
+    assert not any(is_valid_inference_strategy(s) for s in ("median", "score:all", "post:mean", None, 3))
     np.testing.assert_array_equal(pool_mean(torch.ones(1, 2, 3)).numpy(), np.ones((1, 3)))  # no mask
