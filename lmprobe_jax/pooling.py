@@ -184,7 +184,7 @@ def reduce_token_scores(per_token: np.ndarray, offsets: np.ndarray, how: str) ->
         return per_token[starts]
     if how == "last_token":
         return per_token[offsets[1:] - 1]
-    raise ValueError(f"Cannot reduce scores by {how!r}: use one of {BASE_STRATEGIES}.")
+    raise ValueError(f"Score reduction does not support strategy {how!r}: use one of {BASE_STRATEGIES}.")
 
 
 def reduce_scores(scores: Any, strategy: str, attention_mask: Any = None) -> Any:

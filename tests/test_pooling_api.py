@@ -93,4 +93,6 @@ def test_strategy_grammar():
     # the predicate says what parsing says, for every bare name, prefixed forms and non-strings
     assert all(is_valid_inference_strategy(s) for s in INFERENCE_POOLING_STRATEGIES | {"score:mean", "activation:max"})
     assert not any(is_valid_inference_strategy(s) for s in ("median", "score:all", "post:mean", None, 3))
+    with pytest.raises(ValueError, match="does not support strategy 'all'"):  # nothing to reduce to
+        reduce_scores(torch.ones(1, 2), "all")
     np.testing.assert_array_equal(pool_mean(torch.ones(1, 2, 3)).numpy(), np.ones((1, 3)))  # no mask
