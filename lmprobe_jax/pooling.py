@@ -108,7 +108,7 @@ def resolve_pooling(
     ``"last_token"``; both validated (training takes no prefix)."""
     train = train_pooling if train_pooling is not None else pooling or "last_token"
     inference = inference_pooling if inference_pooling is not None else pooling or "last_token"
-    check_train_pooling(train)
+    check_train_pooling(train, "train_pooling" if train_pooling is not None else "pooling")
     try:
         parse_pooling_strategy(inference)
     except ValueError as err:
