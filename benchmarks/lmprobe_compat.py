@@ -49,6 +49,7 @@ SNAPSHOT = "0" * 40
 
 API = "Probe-API tests"
 
+_BARE_IMPORT = re.compile(r"^(\s*)import\s+lmprobe\s*$", re.MULTILINE)
 _IMPORT = re.compile(r"^(\s*)(from|import)\s+lmprobe\b", re.MULTILINE)
 _PATCH_PATH = re.compile(r"""(['"])lmprobe\.""")
 
@@ -139,6 +140,7 @@ def prepare_tests(tests: Path, *, mapped: bool) -> None:
         return
     for path in tests.glob("*.py"):
         source = path.read_text()
+        source = _BARE_IMPORT.sub(lambda m: f"{m[1]}import lmprobe_jax as lmprobe", source)  # keeps the name
         source = _IMPORT.sub(lambda m: f"{m[1]}{m[2]} lmprobe_jax", source)
         source = _PATCH_PATH.sub(lambda m: f"{m[1]}lmprobe_jax.", source)
         path.write_text(source)

@@ -14,6 +14,7 @@
 """
 
 import importlib
+import os
 
 from . import functional
 from .compilation import enable_compilation_cache
@@ -42,8 +43,11 @@ _LAZY = {
     "discover_cached": "cache",
     "evict": "cache",
     "load_activations": "cache",
+    "load_layer_across_prompts": "cache",
+    "load_layer_last_token": "cache",
     "set_cache_dtype": "cache",
     "set_cache_limit": "cache",
+    "PerLayerScaler": "scaling",
 }
 
 __all__ = [
@@ -58,21 +62,56 @@ __all__ = [
     "LayerSweepResult",
     "LinearProbe",
     "ModelCacheInfo",
+    "PerLayerScaler",
     "Probe",
     "ProbeEnsemble",
     "SweepResult",
     "__version__",
     "cache_info",
+    "clear_model_cache",
     "discover_cached",
     "enable_compilation_cache",
     "evict",
     "functional",
     "load_activations",
+    "load_layer_across_prompts",
+    "load_layer_last_token",
     "parse_layers",
     "set_cache_dtype",
     "set_cache_limit",
+    "set_max_threads",
     "sweep_activations",
 ]
+
+
+def set_max_threads(n: int) -> None:
+    """Use at most ``n`` CPU threads: torch's intra- and inter-op pools (when torch is installed), the
+    BLAS / OpenMP pools already loaded (threadpoolctl), and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` /
+    ``OPENBLAS_NUM_THREADS`` / ``NUMEXPR_NUM_THREADS`` for libraries loaded later (lmprobe's function).
+    XLA's CPU thread pool is sized when JAX starts: set ``XLA_FLAGS`` before importing jax to limit it."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of threads, not {n!r}.")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+    try:
+        import torch
+    except ImportError:  # torch is only needed to read models
+        return
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # torch allows it once, before any parallel work; the intra-op limit still holds
+        pass
+
+
+def clear_model_cache() -> None:
+    """Release the model and tokenizer kept loaded between calls (lmprobe's name)."""
+    from lmprobe_jax_extract import clear_model_cache as clear
+
+    clear()
 
 
 def __getattr__(name: str):

@@ -26,8 +26,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.dummy import DummyClassifier
 
 from .classifiers import build_classifier
+from .exceptions import NotFittedError
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 METHODS = (
     "bow",
@@ -83,7 +83,7 @@ class PromptClassifier(BaseEstimator):
 
     def _new_classifier(self) -> BaseEstimator:
         if isinstance(self.classifier, str):
-            return build_classifier(self.classifier, None, self.random_state)
+            return build_classifier(self.classifier, self.random_state)
         return clone(self.classifier)
 
     def score(self, prompts: list[str], labels: Any) -> float:

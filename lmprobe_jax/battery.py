@@ -26,10 +26,10 @@ from sklearn.base import BaseEstimator
 from .activation_baseline import ActivationBaseline
 from .baseline import BaselineProbe
 from .classifiers import build_classifier, is_batched
+from .exceptions import NotFittedError
 from .probe import Probe
 from .probe._features import layer_blocks
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 TEXT = ("bow", "tfidf", "random", "majority", "sentence_length", "sentence_transformers", "perplexity")
 ACTIVATION = ("random_direction", "pca", "layer_0")
@@ -248,7 +248,7 @@ class BaselineBattery:
         if isinstance(self.classifier, str) and is_batched(self.classifier, None):
             width = max(f.shape[1] for f in train)
             stacked = np.stack([np.pad(f, ((0, 0), (0, width - f.shape[1]))) for f in train])  # (B, N, width)
-            batched = build_classifier(self.classifier, None, self.random_state).fit(stacked, codes)
+            batched = build_classifier(self.classifier, self.random_state).fit(stacked, codes)
             fitted = [_trim(batched.select_layer(i), f.shape[1], width) for i, f in enumerate(train)]
         else:
             fitted = [

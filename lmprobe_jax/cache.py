@@ -7,7 +7,9 @@ root also holds converted models and compiled programs). Both are read on every 
 The cache is a directory of activation stores (:class:`lmprobe_jax_store.ActivationStore`), one per
 (model weights, tokenizer, dtypes, prompt list), each grown to the union of the layers and poolings asked
 of it. :func:`cache_info` sums them per model; :func:`discover_cached` says what is cached for one
-prompt; :func:`load_activations` reads cached activations back without a model.
+prompt; :func:`load_activations` reads cached activations back without a model, and
+:func:`load_layer_across_prompts` / :func:`load_layer_last_token` read one layer's per-token activations
+as lmprobe's functions of those names return them (torch tensors).
 
 :func:`set_cache_limit` sets a size cap that :func:`evict` enforces by removing whole stores, least
 recently used first (by the access or modification time of their manifest, whichever is later), as in
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lmprobe_jax_store import MANIFEST, ActivationStore, cache_root, layer_order
+from lmprobe_jax_store import MANIFEST, ActivationStore, cache_root, layer_order, normalise_layer
 
 _LIMIT_BYTES: int | None = None
 _STORAGE_DTYPE: str | None = None
@@ -250,7 +252,37 @@ def load_activations(
     return out, (None if labels is None else labels[rows if rows is not None else slice(None)])
 
 
-def _find_store(source: Any, prompts: list[str] | None, pooling: str) -> ActivationStore:
+def load_layer_across_prompts(model_name: Any, prompts: list[str], layer: Any) -> tuple[list, list]:
+    """Every real token's activations at ``layer`` for each prompt (lmprobe's layout): two lists of torch
+    tensors, ``(1, T_i, D)`` float32 activations and ``(1, T_i)`` masks (all ones: the cache keeps no
+    padding), read from a cached store of ``model_name`` extracted with ``pooling="all"``.
+
+    Raises FileNotFoundError when no cached store holds every prompt with that pooling and layer."""
+    import torch
+
+    try:
+        store = _find_store(model_name, prompts, "all", layer)
+    except ValueError as err:
+        raise FileNotFoundError(
+            f"{err} Cache every token's activations first, e.g. Probe(model=..., layers=[{layer!r}], "
+            "pooling='all').warmup(prompts)."
+        ) from None
+    rows, offsets = np.asarray(store.load(layer, "all"), np.float32), store.offsets()
+    index = {p: i for i, p in enumerate(store.prompts or [])}
+    acts = [torch.from_numpy(rows[offsets[index[p]] : offsets[index[p] + 1]][None].copy()) for p in prompts]
+    return acts, [torch.ones(a.shape[:2], dtype=torch.long) for a in acts]
+
+
+def load_layer_last_token(model_name: Any, prompts: list[str], layer: Any) -> Any:
+    """The last real token's activation at ``layer`` for each prompt, ``(N, D)`` float32 torch, from the
+    cache (:func:`load_layer_across_prompts`)."""
+    import torch
+
+    acts, _ = load_layer_across_prompts(model_name, prompts, layer)
+    return torch.stack([a[0, -1] for a in acts])
+
+
+def _find_store(source: Any, prompts: list[str] | None, pooling: str, layer: Any = None) -> ActivationStore:
     path = Path(str(source)).expanduser()
     if (path / MANIFEST).is_file():
         return ActivationStore(path)
@@ -260,8 +292,16 @@ def _find_store(source: Any, prompts: list[str] | None, pooling: str) -> Activat
     for entry, manifest in _entries(activation_cache_dir()):
         if _model_matches(manifest, source) and pooling in manifest.get("poolings", []):
             store = ActivationStore(entry)
-            if wanted <= set(store.prompts or []):
+            if wanted <= set(store.prompts or []) and (layer is None or _holds(store, layer)):
                 return store
+    where = "" if layer is None else f" at layer {layer!r}"
     raise ValueError(
-        f"No cached store of {source!r} holds all {len(wanted)} prompts with pooling {pooling!r}."
+        f"No cached store of {source!r} holds all {len(wanted)} prompts with pooling {pooling!r}{where}."
     )
+
+
+def _holds(store: ActivationStore, layer: Any) -> bool:
+    try:
+        return normalise_layer(layer, store.n_layers) in store.layers
+    except ValueError:
+        return False

@@ -17,7 +17,7 @@ ridge_regression      RidgeRegressionProbe                            Ridge
 mass_mean             MassMeanProbe (difference of means)             --
 lda                   MassMeanProbe(iid=True) (shared covariance)     LinearDiscriminantAnalysis
 group_lasso           GroupLassoProbe                                 --
-ensemble              EnsembleClassifier (a C path, averaged)             --
+ensemble              EnsembleClassifier (a C path, averaged)         --
 svm                   --                                              SVC(kernel="linear", probability=True)
 sgd                   --                                              SGDClassifier(loss="log_loss")
 ===================== ============================================= ======================================
@@ -25,14 +25,15 @@ sgd                   --                                              SGDClassif
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
 
 from . import functional as F
+from .exceptions import NotFittedError
 from .sklearn import (
     GroupLassoProbe,
     LogisticCVProbe,
@@ -44,22 +45,41 @@ from .sklearn import (
 
 # Arguments of scikit-learn's estimators that pick an algorithm, not a solution: ours reaches the same
 # optimum at tight tolerance whatever they say.
+COMPUTE_BACKENDS = ("sklearn", "auto", "jax")
 _HOW_NOT_WHAT = {"solver", "n_jobs", "verbose", "warm_start", "random_state", "dual", "copy_X"}
+
+
+DEFAULT_C_VALUES = [0.01, 0.1, 0.5, 1.0, 5.0]
+"""The ``"ensemble"`` classifier's regularisation path (lmprobe's)."""
 
 
 class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     """lmprobe's ``"ensemble"``: binary logistic probes at several ``C``, probabilities averaged.
 
     The ``C`` values are one warm-started path solve (:func:`lmprobe_jax.functional.fit_logistic` with a
-    ``C`` grid), not one fit each. ``predict_proba`` is the mean over ``C`` of ``sigmoid(X w_C + b_C)``.
+    ``C`` grid), not one fit each. ``predict_proba`` is the mean over ``C`` of ``sigmoid(X w_C + b_C)``,
+    the members' probabilities.
 
-    Attributes: ``coef_`` ``(G, D)`` and ``intercept_`` ``(G,)`` one row per ``C``; ``classes_``.
+    Parameters (lmprobe's): ``C_values``; ``max_iter`` (Newton iterations per ``C``); ``solver`` and
+    ``random_state`` are accepted and change nothing (the path solve is deterministic and reaches
+    scikit-learn's optimum whatever solver it names).
+
+    Attributes: ``coefs_`` ``(G, D)`` and ``intercepts_`` ``(G,)``, one row per ``C``; ``estimators_``
+    (a fitted :class:`~lmprobe_jax.sklearn.LogisticProbe` per ``C``, sliced from the path); ``coef_``
+    ``(1, D)`` and ``intercept_`` ``(1,)``, their averages (lmprobe's); ``classes_``.
     """
 
-    def __init__(self, C_values: Any = (0.01, 0.1, 0.5, 1.0, 5.0), *, tol: float = 1e-7, max_iter: int = 100):
+    def __init__(
+        self,
+        C_values: Any = DEFAULT_C_VALUES,
+        solver: str = "lbfgs",
+        max_iter: int = 1000,
+        random_state: int | None = None,
+    ):
         self.C_values = C_values
-        self.tol = tol
+        self.solver = solver
         self.max_iter = max_iter
+        self.random_state = random_state
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EnsembleClassifier:
         X = np.asarray(X, np.float32)
@@ -74,21 +94,47 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
             codes,
             C=np.asarray(self.C_values, np.float32),
             sample_weight=sample_weight,
-            tol=self.tol,
             max_iter=self.max_iter,
         )
-        self.coef_, self.intercept_ = np.asarray(fit.coef), np.asarray(fit.intercept)
+        self.coefs_, self.intercepts_ = np.asarray(fit.coef), np.asarray(fit.intercept)
+        self.n_iter_, self.converged_ = np.asarray(fit.n_iter), np.asarray(fit.converged)
+        self.coef_, self.intercept_ = (
+            self.coefs_.mean(0, keepdims=True),
+            self.intercepts_.mean(0, keepdims=True),
+        )
         self.n_features_in_ = X.shape[1]
         return self
 
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coefs_"):
+            raise NotFittedError("EnsembleClassifier has not been fitted: call fit() first.")
+
+    @property
+    def estimators_(self) -> list[LogisticProbe]:
+        """One fitted LogisticProbe per ``C`` (in ``C_values`` order), the path's rows."""
+        self._check_fitted()
+        out = []
+        for c, coef, intercept, n_iter, ok in zip(
+            self.C_values, self.coefs_, self.intercepts_, self.n_iter_, self.converged_, strict=True
+        ):
+            est = LogisticProbe(C=c, max_iter=self.max_iter)
+            est.coef_, est.intercept_ = coef[None], np.reshape(intercept, (1,))
+            est.classes_, est.n_features_in_, est.n_iter_, est.converged_ = (
+                self.classes_,
+                coef.size,
+                n_iter,
+                ok,
+            )
+            out.append(est)
+        return out
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        fit = F.RidgeFit(self.coef_, self.intercept_)  # linear scores per C: (G, N)
-        positive = np.asarray(F.predict_proba(fit, np.asarray(X, np.float32)))[..., 1].mean(axis=0)
-        return np.stack([1 - positive, positive], axis=1)
+        """The mean of the members' probabilities ``(N, 2)``."""
+        return np.mean([est.predict_proba(X) for est in self.estimators_], axis=0)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+        positive = self.predict_proba(X)[:, 1] > 0.5  # checks fitted before classes_ is read
+        return self.classes_[positive.astype(int)]
 
 
 class Entry(NamedTuple):
@@ -136,7 +182,9 @@ REGISTRY: dict[str, Entry] = {
     "group_lasso": Entry(
         GroupLassoProbe, frozenset({"alpha", "groups", "fit_intercept", "tol", "max_iter"}), None
     ),
-    "ensemble": Entry(EnsembleClassifier, frozenset({"C_values", "tol", "max_iter"}), None),
+    "ensemble": Entry(
+        EnsembleClassifier, frozenset({"C_values", "solver", "max_iter", "random_state"}), None
+    ),
     "svm": Entry(None, frozenset(), _sk("sklearn.svm", "SVC", kernel="linear", probability=True)),
     "sgd": Entry(None, frozenset(), _sk("sklearn.linear_model", "SGDClassifier", loss="log_loss")),
 }
@@ -149,6 +197,13 @@ MassMeanClassifier = MassMeanProbe
 
 #: Names whose estimator fits every layer of a sweep in one batched solve (lmprobe_jax.sweep).
 BATCHED = ("logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda")
+
+BUILTIN_CLASSIFIERS = frozenset(REGISTRY)
+"""Every classifier name (lmprobe's constant)."""
+REGRESSION_CLASSIFIERS = frozenset({"ridge_regression"})
+"""The names for ``task="regression"``."""
+CLASSIFICATION_CLASSIFIERS = BUILTIN_CLASSIFIERS - REGRESSION_CLASSIFIERS
+"""The names for ``task="classification"``."""
 
 #: Estimator classes a saved probe may rebuild (by class name): only these are instantiated on load.
 SAVABLE: dict[str, type] = {}
@@ -187,12 +242,28 @@ def check_name(name: str) -> None:
         raise ValueError(f"Unknown classifier {name!r}: choose from {sorted(REGISTRY)} or pass an estimator.")
 
 
-def build_classifier(name: str, kwargs: dict | None = None, random_state: int | None = None) -> BaseEstimator:
-    """The estimator behind a classifier name, with ``kwargs`` (see the module's table)."""
+def build_classifier(
+    name: str,
+    random_state: int | None = None,
+    classifier_kwargs: dict | None = None,
+    compute_backend: str = "sklearn",
+) -> BaseEstimator:
+    """The unfitted estimator behind a classifier name, with ``classifier_kwargs`` (the module's table;
+    lmprobe's signature). ``compute_backend``: ``"sklearn"``, ``"auto"`` or ``"jax"`` all build the same
+    estimators (ours run on JAX's device); lmprobe's ``"cuml"`` is refused."""
     check_name(name)
+    if compute_backend not in COMPUTE_BACKENDS:
+        raise ValueError(
+            f"Unknown compute_backend {compute_backend!r}: lmprobe-jax runs its classifiers on JAX (CPU or "
+            f"GPU, whichever JAX has); choose one of {COMPUTE_BACKENDS}."
+        )
     entry = REGISTRY[name]
-    kwargs = dict(kwargs or {})
-    ours = {k: v for k, v in kwargs.items() if not (k in _HOW_NOT_WHAT or (k == "penalty" and v == "l2"))}
+    kwargs = dict(classifier_kwargs or {})
+    ours = {
+        k: v
+        for k, v in kwargs.items()
+        if k in entry.native_kwargs or not (k in _HOW_NOT_WHAT or (k == "penalty" and v == "l2"))
+    }
     if entry.native is not None and set(ours) <= entry.native_kwargs:
         if "random_state" in entry.native_kwargs and random_state is not None:
             ours.setdefault("random_state", random_state)
@@ -208,12 +279,43 @@ def build_classifier(name: str, kwargs: dict | None = None, random_state: int | 
         raise ValueError(f"classifier_kwargs {kwargs} do not fit classifier {name!r}: {err}") from None
 
 
+def validate_classifier(clf: Any) -> None:
+    """Raise TypeError unless ``clf`` has ``fit`` and ``predict``; warn when it has no ``predict_proba``
+    (a probe's ``predict_proba`` and soft voting then fail)."""
+    for method in ("fit", "predict"):
+        if not hasattr(clf, method):
+            raise TypeError(
+                f"classifier {type(clf).__name__} must have a {method}() method: pass a classifier name or a "
+                "scikit-learn estimator."
+            )
+    if not hasattr(clf, "predict_proba"):
+        warnings.warn(
+            f"{type(clf).__name__} does not support predict_proba(): probe.predict_proba() will raise.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def resolve_classifier(
+    classifier: str | BaseEstimator,
+    random_state: int | None = None,
+    classifier_kwargs: dict | None = None,
+    compute_backend: str = "sklearn",
+) -> BaseEstimator:
+    """A classifier name built by :func:`build_classifier`, or an estimator as given; validated by
+    :func:`validate_classifier` (lmprobe's)."""
+    if isinstance(classifier, str):
+        classifier = build_classifier(classifier, random_state, classifier_kwargs, compute_backend)
+    validate_classifier(classifier)
+    return classifier
+
+
 def is_batched(name: Any, kwargs: dict | None) -> bool:
     """True when ``name`` with ``kwargs`` builds one of our estimators that a sweep batches."""
     return (
         isinstance(name, str)
         and name in BATCHED
-        and type(build_classifier(name, kwargs)).__module__.startswith("lmprobe_jax")
+        and type(build_classifier(name, classifier_kwargs=kwargs)).__module__.startswith("lmprobe_jax")
     )
 
 

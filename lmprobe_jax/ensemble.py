@@ -25,9 +25,9 @@ import numpy as np
 from lmprobe_jax_store import layer_order
 from lmprobe_jax_store._store import write_json
 
+from .exceptions import NotFittedError
 from .probe import Probe
 from .probe._labels import check_labels, check_prompts, split_fit_args
-from .probe._probe import NotFittedError
 
 
 class ProbeEnsemble:
@@ -42,7 +42,9 @@ class ProbeEnsemble:
             if len(weights) != len(probes):
                 raise ValueError(f"weights length ({len(weights)}) must match probes length ({len(probes)}).")
             if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError("weights must be non-negative with a positive sum.")
+                raise ValueError(
+                    f"weights must be non-negative and must sum to a positive value; got {list(weights)}."
+                )
         self.probes = list(probes)
         self.weights = weights
         self.voting = voting

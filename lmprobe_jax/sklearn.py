@@ -23,12 +23,14 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.exceptions import NotFittedError as _SklearnNotFitted
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as err:  # a dependency of lmprobe-jax, but keep the message clear if it is missing
     raise ImportError("lmprobe_jax.sklearn needs scikit-learn >= 1.6: pip install scikit-learn") from err
 
 from . import functional as F
+from .exceptions import NotFittedError
 
 __all__ = [
     "GroupLassoProbe",
@@ -75,8 +77,17 @@ def _solve(X: np.ndarray, solver: Callable[..., Any], *args: Any, **kwargs: Any)
         return jax.tree.map(np.asarray, solver(X, *args, **kwargs))
 
 
+def _check_fitted(est: BaseEstimator) -> None:
+    """scikit-learn's fitted check, raising our NotFittedError (also a RuntimeError, what lmprobe's
+    estimators raise and its users catch)."""
+    try:
+        check_is_fitted(est)
+    except _SklearnNotFitted:
+        raise NotFittedError(f"This {type(est).__name__} has not been fitted yet: call fit() first.") from None
+
+
 def _predict_data(est: BaseEstimator, X: Any) -> np.ndarray:
-    check_is_fitted(est)
+    _check_fitted(est)
     layered = hasattr(est, "n_layers_")
     if _is_layers(X):
         if not layered:
@@ -112,7 +123,7 @@ class _PerLayer:
     def select_layer(self, layer: int):
         """A fitted estimator for layer ``layer`` alone (takes ``(N, D)`` input), sliced from a 3-D fit:
         every fitted array with a leading ``L`` axis is indexed, everything else is copied."""
-        check_is_fitted(self)
+        _check_fitted(self)
         if not hasattr(self, "n_layers_"):
             raise ValueError("select_layer needs a probe fitted on (L, N, D) activations.")
         n_layers = self.n_layers_
@@ -328,7 +339,7 @@ class GroupLassoProbe(_BinaryLinearClassifier):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores ``(N,)``: one model over all layers, so a 3-D ``X`` gives one score per row."""
-        check_is_fitted(self)
+        _check_fitted(self)
         if self.layers_kept_ is not None:
             X3, _ = F._checks.check_activations(X)
             if X3.ndim != 3 or X3.shape[0] * X3.shape[2] != self.coef_.shape[1]:

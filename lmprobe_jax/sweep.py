@@ -153,7 +153,7 @@ def sweep_activations(
         fold_ids = F.stratified_folds(y, folds, groups=groups, random_state=random_state)
         return SweepResult(names, classifier, acc, auc, ll, est.C_, est, mean, scale, fold_ids)
 
-    est = build_classifier(classifier, kwargs)
+    est = build_classifier(classifier, classifier_kwargs=kwargs)
     classes = np.unique(y)
     fold_ids = F.stratified_folds(y, folds, groups=groups, random_state=random_state)
     base_w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)

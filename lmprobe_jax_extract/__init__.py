@@ -9,6 +9,8 @@ exactly what produced it.
 * :func:`depth_analysis`, :func:`residual_erasure`, :func:`integrated_gradients` -- how each block writes
   to the residual stream and what skipping or erasing it does (Csordas et al.'s depth-efficiency
   measures), batched interventions on the model.
+* :func:`readout_from_checkpoint` -- that readout read from a checkpoint's safetensors files (only the
+  shards holding it), without loading the model.
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
   entering block 0 is :data:`~lmprobe_jax_store.EMBEDDINGS`. Poolings: :data:`~lmprobe_jax_store.POOLINGS`.
 
@@ -19,12 +21,13 @@ from lmprobe_jax_store import EMBEDDINGS, POOLINGS, ActivationStore, library_ver
 
 from ._attribution import Erasure, IntegratedGradients, integrated_gradients, residual_erasure
 from ._blocks import find_decoder_layers
+from ._checkpoint import UnknownArchitecture, readout_from_checkpoint
 from ._depth import Contributions, DepthAnalysis, SkipEffects, depth_analysis
 from ._extract import BACKENDS, check_prompts, extract_activations
 from ._layout import SUPPORTED_MODEL_TYPES, BlockLayout, block_layout
 from ._pooling import pool
 from ._readout import check_readout, export_readout
-from ._source import gguf_to_directory, model_layer_count, smollm2_directory
+from ._source import clear_model_cache, gguf_to_directory, model_layer_count, smollm2_directory
 from ._tokens import extract_token_streams
 
 __version__ = library_version()
@@ -41,9 +44,11 @@ __all__ = [
     "Erasure",
     "IntegratedGradients",
     "SkipEffects",
+    "UnknownArchitecture",
     "block_layout",
     "check_prompts",
     "check_readout",
+    "clear_model_cache",
     "depth_analysis",
     "export_readout",
     "extract_activations",
@@ -53,6 +58,7 @@ __all__ = [
     "integrated_gradients",
     "model_layer_count",
     "pool",
+    "readout_from_checkpoint",
     "residual_erasure",
     "resolve_layers",
     "smollm2_directory",

@@ -117,16 +117,37 @@ def export_readout(model: nn.Module, blocks_path: str) -> tuple[dict, dict[str, 
             f"{type(head).__name__}): a lens needs the LM head; load the model with "
             "AutoModelForCausalLM rather than AutoModel."
         )
-    vocab, hidden = head.weight.shape
-    norm = final_norm_module(model, blocks_path)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return describe_readout(
+        model,
+        final_norm_module(model, blocks_path),
+        head.weight,
+        getattr(head, "bias", None),
+        tied=embeddings is not None and embeddings.weight.data_ptr() == head.weight.data_ptr(),
+        head_class=type(head).__name__,
+    )
+
+
+def describe_readout(
+    model: nn.Module,
+    norm: nn.Module,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor | None,
+    *,
+    tied: bool,
+    head_class: str,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(description, arrays)`` from the pieces of a readout: ``model`` (its class and config: logit
+    transforms), its final ``norm`` module (with real weights), the unembedding ``(V, D)`` and its bias.
+    The norm formula is checked against the module on random input (:func:`_check_norm`)."""
+    vocab, hidden = head_weight.shape
     params = _norm_parameters(model, norm, hidden)
     scale, cap = _logit_transforms(model)
-    arrays = {"norm.weight": params["weight"], "unembed.weight": head.weight.detach().float().cpu().numpy()}
+    arrays = {"norm.weight": params["weight"], "unembed.weight": head_weight.detach().float().cpu().numpy()}
     if params["bias"] is not None:
         arrays["norm.bias"] = params["bias"]
-    if getattr(head, "bias", None) is not None:
-        arrays["unembed.bias"] = head.bias.detach().float().cpu().numpy()
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head_bias is not None:
+        arrays["unembed.bias"] = head_bias.detach().float().cpu().numpy()
     meta = {
         "norm": params["kind"],
         "eps": params["eps"],
@@ -135,9 +156,9 @@ def export_readout(model: nn.Module, blocks_path: str) -> tuple[dict, dict[str, 
         "logit_softcap": cap,
         "vocab_size": int(vocab),
         "hidden_size": int(hidden),
-        "tied": embeddings is not None and embeddings.weight.data_ptr() == head.weight.data_ptr(),
+        "tied": bool(tied),
         "norm_class": type(norm).__name__,
-        "head_class": type(head).__name__,
+        "head_class": head_class,
     }
     _check_norm(model, norm, meta, arrays)
     return meta, arrays

@@ -192,6 +192,12 @@ class ModelSource:
         return self.model
 
 
+def clear_model_cache() -> None:
+    """Release the model and tokenizer kept loaded between calls (the last ones used), freeing their
+    memory (lmprobe's name)."""
+    _LAST_LOADED.clear()
+
+
 def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = None) -> ModelSource:
     """Turn what the user passed as ``model`` into a :class:`ModelSource`.
 

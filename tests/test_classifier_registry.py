@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError as SkNotFittedError
 from sklearn.linear_model import LogisticRegression
 
 from lmprobe_jax import Probe
@@ -20,14 +21,15 @@ def blobs(n=60, d=5, seed=0):
 
 def test_kwargs_that_only_pick_an_algorithm_keep_our_solver():
     est = build_classifier(
-        "logistic_regression", {"C": 0.1, "solver": "lbfgs", "max_iter": 5000, "penalty": "l2"}
+        "logistic_regression",
+        classifier_kwargs={"C": 0.1, "solver": "lbfgs", "max_iter": 5000, "penalty": "l2"},
     )
     assert isinstance(est, LogisticProbe) and est.C == 0.1 and est.max_iter == 5000
 
 
 @pytest.mark.parametrize("kwargs", [{"penalty": "l1", "solver": "liblinear"}, {"class_weight": "balanced"}])
 def test_kwargs_that_change_the_problem_build_scikit_learns_estimator(kwargs):
-    est = build_classifier("logistic_regression", kwargs, random_state=3)
+    est = build_classifier("logistic_regression", 3, kwargs)
     assert isinstance(est, LogisticRegression)
     assert all(est.get_params()[k] == v for k, v in kwargs.items()) and est.random_state == 3
 
@@ -36,14 +38,27 @@ def test_unknown_names_and_kwargs_are_refused():
     with pytest.raises(ValueError, match="Unknown classifier"):
         build_classifier("forest")
     with pytest.raises(ValueError, match="do not fit classifier 'mass_mean'"):
-        build_classifier("mass_mean", {"C": 1.0})
+        build_classifier("mass_mean", classifier_kwargs={"C": 1.0})
 
 
 def test_ensemble_averages_the_probabilities_of_its_c_path():
     X, y = blobs()
-    ens = EnsembleClassifier(C_values=(0.01, 1.0)).fit(X, y)
-    singles = [LogisticProbe(C=c).fit(X, y).predict_proba(X)[:, 1] for c in (0.01, 1.0)]
-    np.testing.assert_allclose(ens.predict_proba(X)[:, 1], np.mean(singles, axis=0), atol=1e-5)
+    ens = EnsembleClassifier(C_values=[0.01, 1.0]).fit(X, y)
+    singles = [LogisticProbe(C=c).fit(X, y) for c in (0.01, 1.0)]
+    proba = [single.predict_proba(X)[:, 1] for single in singles]
+    np.testing.assert_allclose(ens.predict_proba(X)[:, 1], np.mean(proba, axis=0), atol=1e-5)
+    for est, single, p in zip(ens.estimators_, singles, proba, strict=True):  # each C's row is that C's fit
+        assert est.C == single.C
+        np.testing.assert_allclose(est.predict_proba(X)[:, 1], p, atol=1e-5)
+    np.testing.assert_allclose(
+        ens.coef_[0], np.mean([s.coef_[0] for s in singles], axis=0), rtol=1e-3, atol=1e-5
+    )
+    assert EnsembleClassifier().get_params() == {
+        "C_values": [0.01, 0.1, 0.5, 1.0, 5.0],
+        "solver": "lbfgs",
+        "max_iter": 1000,
+        "random_state": None,
+    }
 
 
 def test_a_regressor_is_refused_for_classification():
@@ -64,3 +79,17 @@ def test_every_name_fits_predicts_and_round_trips(name, tmp_path):
         assert name == "svm" and "pickle" in str(err)
         return
     np.testing.assert_array_equal(Probe.load(tmp_path / "p").predict_from_activations(X), pred)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in REGISTRY.items() if e.native is not None))
+def test_our_unfitted_estimators_raise_what_both_kinds_of_caller_catch(name):
+    """lmprobe's estimators raise RuntimeError('... not been fitted') before fit; scikit-learn code
+    catches its NotFittedError. Ours must be both (a bare check_is_fitted raised only the latter)."""
+    est = build_classifier(name)
+    X = np.ones((2, 3), np.float32)
+    for method in ("predict", "decision_function"):
+        if hasattr(est, method):
+            with pytest.raises(RuntimeError, match="not been fitted"):
+                getattr(est, method)(X)
+            with pytest.raises(SkNotFittedError):
+                getattr(est, method)(X)

@@ -399,13 +399,18 @@ def test_save_and_load_run_no_code(data, tmp_path):
         ({"backend": "local", "remote": True}, "does not support remote"),
         ({"dtype": "int8"}, "Unknown dtype"),
         ({"task": "ranking"}, "Unknown task"),
-        ({"normalize_layers": "per_token"}, "normalize_layers"),
         ({"preprocessing": "whiten"}, "preprocessing"),
     ],
 )
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Probe(model=None, **kwargs)
+
+
+def test_normalize_layers_is_checked_when_fitting_as_lmprobe_does():
+    probe = Probe(model=None, normalize_layers="per_token")  # lmprobe accepts it here
+    with pytest.raises(ValueError, match="normalize_layers"):
+        probe.fit_from_activations(np.ones((4, 3), np.float32), [0, 1, 0, 1])
 
 
 def test_errors_at_fit_and_predict(data):

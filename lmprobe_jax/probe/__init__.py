@@ -4,9 +4,9 @@
 Where each part lives: ``_probe.py`` (the estimator: parameters, fit / predict / evaluate, the order of
 the steps), ``_modes/`` (one file per layer mode: ``fixed``, ``auto``, ``fast_auto``, ``sweep``),
 ``_features.py`` (the feature Pipeline: per-layer scaler, preprocessing, mass-mean augmentation),
-``_labels.py`` (how ``fit``'s arguments are read), ``_pooling.py`` (inference pooling, score-level
-pooling), ``_sweep_result.py`` (``LayerSweepResult``, ``Probe.sweep_layers``), ``_io.py`` (atomic
-save / load without pickle). Classifier names: :mod:`lmprobe_jax.classifiers`.
+``_labels.py`` (how ``fit``'s arguments are read), ``_sweep_result.py`` (``LayerSweepResult``, ``Probe.sweep_layers``), ``_io.py`` (atomic
+save / load without pickle). Classifier names: :mod:`lmprobe_jax.classifiers`; pooling names and
+score-level pooling: :mod:`lmprobe_jax.pooling`.
 
 Differences from lmprobe, each deliberate:
 
@@ -19,17 +19,19 @@ Differences from lmprobe, each deliberate:
   the evaluation set; ``sweep_layers`` trains all layer probes in one batched solve.
 """
 
+from ..exceptions import NotFittedError
+from ..scaling import PerLayerScaler
 from ._compat import _parse_sweep_spec, _resolve_dtype  # noqa: F401  (lmprobe's, imported by its users)
-from ._features import LayerScaler, MassMeanProjection
-from ._probe import LinearProbe, NotFittedError, Probe, classification_metrics, default_cache_dir
+from ._features import MassMeanProjection
+from ._probe import LinearProbe, Probe, classification_metrics, default_cache_dir
 from ._sweep_result import LayerSweepResult
 
 __all__ = [
-    "LayerScaler",
     "LayerSweepResult",
     "LinearProbe",
     "MassMeanProjection",
     "NotFittedError",
+    "PerLayerScaler",
     "Probe",
     "classification_metrics",
     "default_cache_dir",

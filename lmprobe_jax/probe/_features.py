@@ -2,7 +2,8 @@
 
 ``(N, L * D)`` activations (the probe's layers side by side) go through, in order:
 
-1. ``scale``: :class:`LayerScaler` (``normalize_layers``; absent when False);
+1. ``scale``: the per-layer scaler (``normalize_layers``; absent when False): scikit-learn's
+   StandardScaler for one layer per neuron, as lmprobe, else :class:`lmprobe_jax.scaling.PerLayerScaler`;
 2. ``preprocessing``: ``"standard"`` (StandardScaler, step ``"scaler"``), ``"pca:N"`` (PCA, step
    ``"pca"``), chained with ``+``; a chain that starts with ``"standard"`` makes step 1 redundant (any
    per-feature affine map followed by standardisation is standardisation), so it is left out with a
@@ -29,50 +30,9 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..scaling import PerLayerScaler
+
 NORMALIZE = (True, False, "per_neuron", "per_layer")
-
-
-class LayerScaler(TransformerMixin, BaseEstimator):
-    """Standardisation of concatenated layer activations ``(N, L * D)`` (lmprobe's PerLayerScaler).
-
-    ``mode="per_neuron"``: every feature its own mean and standard deviation. ``"per_layer"``: one mean
-    and one standard deviation per layer block, shared by its D features (steadier with few samples).
-    A feature (block) with no spread keeps scale 1, as StandardScaler.
-
-    Attributes: ``mean_``, ``scale_`` ``(L * D,)``.
-    """
-
-    def __init__(self, n_layers: int = 1, mode: str = "per_neuron"):
-        self.n_layers = n_layers
-        self.mode = mode
-
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> LayerScaler:
-        if self.mode not in ("per_neuron", "per_layer"):
-            raise ValueError(f"LayerScaler mode must be 'per_neuron' or 'per_layer', not {self.mode!r}.")
-        X = np.asarray(X, np.float64)
-        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-        blocks = X.reshape(len(X), self.n_layers, -1)
-        if self.mode == "per_neuron":
-            mean = np.average(blocks, axis=0, weights=w)
-            var = np.average((blocks - mean) ** 2, axis=0, weights=w)
-        else:
-            mean = np.average(blocks.mean(axis=2), axis=0, weights=w)[:, None] * np.ones(blocks.shape[1:])
-            var = np.average(((blocks - mean) ** 2).mean(axis=2), axis=0, weights=w)[:, None] * np.ones(
-                blocks.shape[1:]
-            )
-        scale = np.sqrt(var)
-        scale[scale < 1e-12 * np.maximum(np.abs(mean), 1)] = 1.0
-        self.mean_, self.scale_ = mean.reshape(-1), scale.reshape(-1)
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        return ((np.asarray(X, np.float64) - self.mean_) / self.scale_).astype(np.float32)
-
-    @property
-    def strategy(self) -> str:
-        """lmprobe's name for ``mode``."""
-        return self.mode
 
 
 class MassMeanProjection(TransformerMixin, BaseEstimator):
@@ -90,6 +50,22 @@ class MassMeanProjection(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:
         return (np.asarray(X, np.float64) @ self.direction_)[:, None].astype(np.float32)
+
+
+def check_normalize_layers(value: Any) -> None:
+    if value not in NORMALIZE:
+        raise ValueError(
+            f"Invalid normalize_layers {value!r}: choose True, False, 'per_neuron' or 'per_layer'."
+        )
+
+
+def layer_scaler(n_layers: int, normalize_layers: bool | str) -> StandardScaler | PerLayerScaler:
+    """The unfitted scaler ``normalize_layers`` (True, ``"per_neuron"`` or ``"per_layer"``) asks for."""
+    check_normalize_layers(normalize_layers)
+    strategy = "per_layer" if normalize_layers == "per_layer" else "per_neuron"
+    if n_layers == 1 and strategy == "per_neuron":
+        return StandardScaler()
+    return PerLayerScaler(n_layers, strategy=strategy)
 
 
 def parse_preprocessing(preprocessing: str | Sequence[str] | None) -> list[str]:
@@ -146,8 +122,7 @@ def build_features(
             stacklevel=5,
         )
     elif normalize_layers is not False:
-        mode = "per_layer" if normalize_layers == "per_layer" else "per_neuron"
-        steps.append(("scale", LayerScaler(n_layers, mode)))
+        steps.append(("scale", layer_scaler(n_layers, normalize_layers)))
     pre = _steps(preprocessing, pca_components, random_state)
     if mass_mean_augment:
         body = Pipeline(pre) if pre else "passthrough"

@@ -28,11 +28,12 @@ from lmprobe_jax_store._store import atomic_write, sha256, write_json
 
 from ..classifiers import SAVABLE
 from ..layers import LayerSpec
-from ._features import LayerScaler, MassMeanProjection
+from ..scaling import PerLayerScaler
+from ._features import MassMeanProjection
 
 FORMAT = "lmprobe-jax-probe"
-VERSION = 2
-_CLASSES = {**SAVABLE, "LayerScaler": LayerScaler, "MassMeanProjection": MassMeanProjection}
+VERSION = 3  # 3: the per-layer scaler is PerLayerScaler (means_, stds_)
+_CLASSES = {**SAVABLE, "PerLayerScaler": PerLayerScaler, "MassMeanProjection": MassMeanProjection}
 _NOT_SAVED = ("cache_dir", "progress")
 _STATE = (
     "layers_",

@@ -20,23 +20,28 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone, is_regressor
-from sklearn.exceptions import NotFittedError as _SklearnNotFitted
 from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score, recall_score, roc_auc_score
 
 from lmprobe_jax_store import layer_order
 
 from .. import functional as F
-from ..classifiers import build_classifier, check_name, linear_fit
+from ..classifiers import COMPUTE_BACKENDS, build_classifier, check_name, linear_fit, validate_classifier
+from ..exceptions import NotFittedError
 from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
-from ._features import NORMALIZE, check_preprocessing, layer_blocks, parse_preprocessing, preprocessing_steps
+from ..pooling import pad_tokens, parse_pooling_strategy, reduce_token_scores, resolve_pooling
+from ._features import (
+    check_normalize_layers,
+    check_preprocessing,
+    layer_blocks,
+    parse_preprocessing,
+    preprocessing_steps,
+)
 from ._labels import check_labels, check_prompts, split_fit_args, to_numpy
 from ._modes import MODES
-from ._pooling import check_train_pooling, pad_tokens, parse_inference_pooling, reduce_scores
 
 TASKS = ("classification", "regression")
 DTYPES = ("float32", "float16", "bfloat16")
-COMPUTE_BACKENDS = ("sklearn", "auto", "jax")
 
 
 def default_cache_dir() -> Path | None:
@@ -45,11 +50,6 @@ def default_cache_dir() -> Path | None:
     from ..cache import activation_cache_dir
 
     return activation_cache_dir()
-
-
-class NotFittedError(_SklearnNotFitted, RuntimeError):
-    """Raised when an unfitted Probe is used: scikit-learn's ``NotFittedError`` (a ValueError and an
-    AttributeError) and a RuntimeError (what lmprobe raises), so both kinds of caller catch it."""
 
 
 class Probe(BaseEstimator):
@@ -62,8 +62,9 @@ class Probe(BaseEstimator):
         ``"all"``, ``"embeddings"``, ``"auto"``, ``"fast_auto"``, ``"sweep"``, ``"sweep:N"``,
         ``"sweep:A-B"``.
       pooling, train_pooling: ``last_token``, ``first_token``, ``mean``, ``max``, ``min``, ``all``.
-      inference_pooling: the same, plus ``"score:<p>"`` / ``"activation:<p>"`` (:mod:`._pooling`); bare
-        ``max`` / ``min`` are score-level; ``all`` gives per-token results, padded ``(N, T, ...)``.
+      inference_pooling: the same, plus ``"score:<p>"`` / ``"activation:<p>"``
+        (:mod:`lmprobe_jax.pooling`); bare ``max`` / ``min`` are score-level; ``all`` gives per-token
+        results, padded ``(N, T, ...)``.
       classifier: a name of :mod:`lmprobe_jax.classifiers` or an sklearn estimator.
       task: ``"classification"`` or ``"regression"`` (default classifier then ``"ridge_regression"``).
       device, remote, backend, dtype, batch_size, max_retries: extraction settings (``backend``
@@ -145,25 +146,18 @@ class Probe(BaseEstimator):
 
     # -- parameters ---------------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        """Refuse bad parameters at construction, as lmprobe does (a layer range needs the model)."""
-        check_train_pooling(self.pooling, "pooling")
-        if self.train_pooling is not None:
-            check_train_pooling(self.train_pooling)
-        parse_inference_pooling(self._inference_pooling)
+        """Refuse bad parameters at construction, as lmprobe does (a layer range needs the model;
+        ``normalize_layers`` is checked by fit, :meth:`_check_fit_params`, as lmprobe does)."""
+        resolve_pooling(self.pooling, self.train_pooling, self.inference_pooling)
         if self.task not in TASKS:
             raise ValueError(f"Unknown task {self.task!r}: choose 'classification' or 'regression'.")
-        if self.normalize_layers not in NORMALIZE:
-            raise ValueError(
-                f"Invalid normalize_layers {self.normalize_layers!r}: choose True, False, 'per_neuron' or 'per_layer'."
-            )
         if isinstance(self.classifier, str):
             check_name(self._classifier_name())
-            build_classifier(self._classifier_name(), self.classifier_kwargs)  # raises on bad kwargs
-        elif not hasattr(self.classifier, "fit") or not hasattr(self.classifier, "predict"):
-            raise TypeError(
-                f"classifier {type(self.classifier).__name__} must have a fit() and a predict() method: pass "
-                "a classifier name or a scikit-learn estimator."
-            )
+            build_classifier(
+                self._classifier_name(), classifier_kwargs=self.classifier_kwargs
+            )  # bad kwargs raise
+        else:
+            validate_classifier(self.classifier)
         parse_preprocessing(self.preprocessing)
         check_preprocessing(self.preprocessing, self.pca_components)
         check_layer_spec(self.layers)
@@ -178,6 +172,10 @@ class Probe(BaseEstimator):
                 f"Unknown compute_backend {self.compute_backend!r}: lmprobe-jax runs its classifiers on JAX "
                 f"(CPU or GPU, whichever JAX has); choose one of {COMPUTE_BACKENDS}."
             )
+
+    def _check_fit_params(self) -> None:
+        """Parameters lmprobe checks when fitting rather than at construction."""
+        check_normalize_layers(self.normalize_layers)
 
     def _with_params(self, **changes: Any) -> Probe:
         """A new unfitted Probe with this one's parameters, some changed (the model's depth memo kept)."""
@@ -196,7 +194,7 @@ class Probe(BaseEstimator):
             if self.random_state is not None and "random_state" in est.get_params():
                 est.set_params(random_state=self.random_state)
             return est
-        return build_classifier(self._classifier_name(), self.classifier_kwargs, self.random_state)
+        return build_classifier(self._classifier_name(), self.random_state, self.classifier_kwargs)
 
     @property
     def _classifier_template(self) -> BaseEstimator:
@@ -210,6 +208,12 @@ class Probe(BaseEstimator):
     @property
     def _inference_pooling(self) -> str:
         return self.inference_pooling or self.pooling
+
+    @_inference_pooling.setter
+    def _inference_pooling(self, value: str) -> None:
+        """lmprobe code switches a fitted probe's inference pooling by this name."""
+        parse_pooling_strategy(value)
+        self.inference_pooling = value
 
     @property
     def _cache_dir(self) -> str | os.PathLike | None:
@@ -280,7 +284,7 @@ class Probe(BaseEstimator):
         self._check_model()
         prompts = check_prompts(prompts)
         spec = self._layer_spec(self._n_model_layers())
-        poolings = {self._train_pooling, parse_inference_pooling(self._inference_pooling).extraction}
+        poolings = {self._train_pooling, parse_pooling_strategy(self._inference_pooling).extraction}
         for pooling in poolings:
             self._extract(prompts, spec.layers, pooling, batch_size=batch_size, remote=remote)
 
@@ -300,6 +304,7 @@ class Probe(BaseEstimator):
         ``task="regression"``); :mod:`._labels` says how the two are told apart. Extraction runs once
         for every layer the layer spec needs. ``max_retries`` is nnsight's (remote) retry count."""
         self._check_model()
+        self._check_fit_params()
         prompts, y, contrastive = split_fit_args(positive_prompts, negative_prompts)
         if contrastive and self.task == "regression":
             raise ValueError("task='regression' needs fit(prompts, targets), not two prompt lists.")
@@ -326,6 +331,7 @@ class Probe(BaseEstimator):
         """Fit from activations: ``(N, n_layers * D)`` (layers concatenated, lmprobe's layout) or
         ``(L, N, D)``. Int / list / named specs take every block of ``X`` as the probe's layers (as
         lmprobe); ``"auto"``, ``"fast_auto"`` and ``"sweep*"`` select among ``X``'s blocks."""
+        self._check_fit_params()
         X3 = _as_blocks(X, n_layers)
         y = check_labels(y, X3.shape[1], task=self.task, training=True)
         sw = _check_sample_weight(sample_weight, X3.shape[1])
@@ -427,18 +433,18 @@ class Probe(BaseEstimator):
         features = self._features(X)
         if offsets is None:
             return self._apply(features, kind)
-        pooling = parse_inference_pooling(self._inference_pooling)
-        if not pooling.score:  # "all": one result per token, padded to (N, T_max, ...)
+        pooling = parse_pooling_strategy(self._inference_pooling)
+        if not pooling.is_score_pooling:  # "all": one result per token, padded to (N, T_max, ...)
             if kind == "proba" or self.task == "regression":
                 return pad_tokens(self._apply(features, kind), offsets)
             proba = pad_tokens(self._apply(features, "proba"), offsets, fill=0.0)
             return self.classes_[np.argmax(proba, axis=-1)]
         if self.task == "regression":
-            return reduce_scores(self._apply(features, "predict"), offsets, pooling.base)
+            return reduce_token_scores(self._apply(features, "predict"), offsets, pooling.base_strategy)
         proba = self._apply(features, "proba")
         if proba.shape[1] != 2:
             raise ValueError("Score-level pooling needs a binary classifier (it reduces the positive class).")
-        positive = reduce_scores(proba[:, 1], offsets, pooling.base)
+        positive = reduce_token_scores(proba[:, 1], offsets, pooling.base_strategy)
         proba = np.stack([1 - positive, positive], axis=1)
         return proba if kind == "proba" else self.classes_[(positive > 0.5).astype(int)]
 
@@ -451,7 +457,7 @@ class Probe(BaseEstimator):
         X, offsets = self._extract(
             prompts,
             self.layers_,
-            parse_inference_pooling(self._inference_pooling).extraction,
+            parse_pooling_strategy(self._inference_pooling).extraction,
             batch_size=batch_size,
             remote=remote,
         )

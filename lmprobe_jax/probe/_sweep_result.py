@@ -43,10 +43,10 @@ class LayerSweepResult:
         pooling and model)."""
         prompts = check_prompts(prompts)
         template = self.template or self.probes[self.layers[0]]
-        from ._pooling import parse_inference_pooling
+        from ..pooling import parse_pooling_strategy
 
         template._check_model()
-        pooling = parse_inference_pooling(template._inference_pooling).extraction
+        pooling = parse_pooling_strategy(template._inference_pooling).extraction
         X, offsets = template._extract(prompts, self.layers, pooling)
         return {
             layer: self.probes[layer]._per_prompt(X[i : i + 1], offsets, kind)

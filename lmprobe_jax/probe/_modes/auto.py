@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...sklearn import GroupLassoProbe
-from .._features import LayerScaler, layer_blocks
+from .._features import layer_blocks, layer_scaler
 from .fixed import fit_blocks
 
 
@@ -20,8 +20,7 @@ def scaled_blocks(probe: Any, X: np.ndarray) -> np.ndarray:
     """``X`` ``(L, N, D)`` standardised as the probe's ``normalize_layers`` says (unchanged if False)."""
     if probe.normalize_layers is False:
         return X
-    mode = "per_layer" if probe.normalize_layers == "per_layer" else "per_neuron"
-    flat = LayerScaler(X.shape[0], mode).fit_transform(layer_blocks(X))
+    flat = layer_scaler(X.shape[0], probe.normalize_layers).fit_transform(layer_blocks(X))
     return flat.reshape(X.shape[1], X.shape[0], -1).transpose(1, 0, 2)
 
 

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ...classifiers import is_batched
 from ...sweep import standardize, sweep_activations
-from .._features import LayerScaler, layer_blocks
+from .._features import layer_blocks
 from .fixed import fit_blocks
 
 
@@ -56,9 +57,9 @@ def fit_batched(
 def install_layer(probe: Any, fits: BatchedFit, layer: int) -> None:
     """Make ``probe`` layer ``layer``'s single-layer probe, sliced out of a batched fit."""
     i = fits.layers.index(layer)
-    scaler = LayerScaler(1)
+    scaler = StandardScaler()  # what a single-layer probe's per-neuron scaler is, fitted state sliced in
     scaler.mean_, scaler.scale_ = fits.mean[i, 0].astype(np.float64), fits.scale[i, 0].astype(np.float64)
-    scaler.n_features_in_ = scaler.mean_.shape[0]
+    scaler.var_, scaler.n_features_in_ = scaler.scale_**2, scaler.mean_.shape[0]
     probe.layers_ = [layer]
     probe.features_ = Pipeline([("scale", scaler)])
     probe.scaler_ = scaler
