@@ -108,11 +108,13 @@ def tokenize_texts(tokenizer: Any, texts: Any, what: str = "texts") -> list[list
     return ids
 
 
-def rows_per_chunk(max_batch_bytes: int, n_tokens: int, hidden: int, n_logits: int, vocab: int) -> int:
+def rows_per_chunk(
+    max_batch_bytes: int, n_tokens: int, hidden: int, n_logits: int, vocab: int, itemsize: int = 4
+) -> int:
     """How many rows of ``n_tokens`` tokens one forward may hold within ``max_batch_bytes`` (an estimate:
-    float32 logits, their softmax and a difference, ``3 n_logits V``; a block's temporaries, ``16 D + T``
-    per token, from its MLP and attention scores)."""
-    per_row = 4 * (n_tokens * (16 * hidden + n_tokens) + 3 * n_logits * vocab)
+    logits, their softmax and a difference, ``3 n_logits V``; a block's temporaries, ``16 D + T`` per
+    token, from its MLP and attention scores; ``itemsize`` bytes each: 4 for float32, 8 for float64)."""
+    per_row = itemsize * (n_tokens * (16 * hidden + n_tokens) + 3 * n_logits * vocab)
     return max(1, int(max_batch_bytes) // per_row)
 
 
