@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import _tolerance as T
 import numpy as np
 import pytest
 
@@ -141,7 +142,7 @@ def test_gap_to_reference_is_rounding(tiny_models, arch, dtype):
     model, tok = load(tiny_models[arch])
     model = model.to(dtype)
     n_blocks, hidden = model.config.num_hidden_layers, model.config.hidden_size
-    bound = n_blocks * hidden * torch.finfo(dtype).eps
+    bound = n_blocks * hidden * 2 * T.unit_roundoff(str(dtype).removeprefix("torch."))  # L D eps
     qa = ((model, tok), QUESTION, ANSWER)
     erased = extract.residual_erasure(*qa, TEXTS, max_batch_bytes=1 << 20, progress=False)
     ig = extract.integrated_gradients(*qa, n_steps=8, batch_size=3, progress=False)
@@ -390,11 +391,11 @@ def test_cli_depth_logit_lens_is_the_notebooks_fig4(tiny_models, tmp_path, monke
     kl, overlap, scale, near_ties = logit_lens_reference(model, tok, TEXTS)
     n_tokens = sum(len(tok(t)["input_ids"]) for t in TEXTS)
     assert report["logit_lens_n_tokens"] == n_tokens and report["layers"] == list(range(n_blocks))
-    drift = n_blocks * hidden * np.finfo(np.float32).eps * scale
+    drift = n_blocks * hidden * 2 * T.U32 * scale  # L D eps max|z|
     assert np.abs(np.diff(kl)).min() > 8 * drift  # the bound tells the stream entering a block from the next
     assert_close(report["logit_lens_kl_lens_final"], kl, rtol=0, atol=4 * drift)
-    # a flipped top-5 member moves the mean by 1 / (5 n); the float32 mean itself rounds by n eps
-    flips = near_ties(2 * drift) / n_tokens + n_tokens * np.finfo(np.float32).eps
+    # a flipped top-5 member moves the mean by 1 / (5 n); the float32 mean has its own rounding
+    flips = near_ties(2 * drift) / n_tokens + T.mean_rounding(n_tokens)
     assert np.all(np.abs(np.asarray(report["logit_lens_top5_overlap"]) - overlap) <= flips)
     rows = (out / "depth.csv").read_text().splitlines()
     assert "logit_lens_kl_lens_final" in rows[0] and len(rows) == n_blocks + 1
