@@ -1,8 +1,9 @@
 """The depth analyses on SmolLM2-135M: exactness against an independent reference, the two backends
 against each other, and time against the depth notebook's approach, one thread.
 
-    python benchmarks/depth.py [--n-texts 3] [--ig-steps 16] [--ig-batch-size 16]
-                               [--skip-timing | --timing-only] [--record]
+    python benchmarks/depth.py [--n-texts 3] [--ig-steps 16] [--ig-batch-size 16] [--dtype float64]
+                               [--skip-timing | --timing-only | --ig-rounds N | --attribution-only]
+                               [--record]
 
 * exactness: every metric of ``lmprobe_jax_extract`` (hooks and nnsight) against
   ``depth_reference.py`` (plain forwards with hooks, one per intervention, float64 metrics), every layer:
@@ -13,6 +14,13 @@ against each other, and time against the depth notebook's approach, one thread.
   one nnsight trace per text, per skipped layer and split, per erased stream and position, per layer and
   block of gradient steps), same texts, same splits (every split point), same steps, one thread and one
   pinned core each, in turn.
+* ``--ig-rounds N``: integrated gradients alone, N interleaved rounds (the order rotates each round) of
+  ours, ours with the LM head reading the strided ``logits_to_keep`` slice (as before the contiguous copy
+  of ``_intervene._contiguous_head_input``), and the notebook's code; medians of CPU and wall seconds.
+* ``--dtype float64``: the model and every contender in float64, to tell rounding from error: a gap that
+  is rounding falls by float64 eps / float32 eps (~5e-9) from the float32 run's.
+* ``--attribution-only``: exactness of erasure and integrated gradients alone, hooks against the
+  reference (the two metrics whose float32 gaps on small entries exceed 1e-4 relative).
 
 Texts: benchmarks/depth_texts.txt (prose, 20-27 tokens each); erasure and gradients on the notebook's
 "5 + 7 + 5 + 3 + 1 + 7 = " -> "28", erasure's baseline the same texts.
@@ -68,16 +76,20 @@ def ours(model, texts, args, backend):
 
     common = {"backend": backend, "progress": False}
     clock = Stages()
-    depth = extract.depth_analysis(model, texts, n_splits=None, **common)
-    clock.mark("contributions + skip")
+    if not args.attribution_only:
+        depth = extract.depth_analysis(model, texts, n_splits=None, **common)
+        clock.mark("contributions + skip")
     erased = extract.residual_erasure(model, QUESTION, ANSWER, texts, **common)
     clock.mark("erasure")
     ig = extract.integrated_gradients(
         model, QUESTION, ANSWER, n_steps=args.ig_steps, batch_size=args.ig_batch_size, **common
     )
     clock.mark("integrated gradients")
+    attribution = {"erasure": erased.effect, "integrated gradients": ig.attributions}
+    if args.attribution_only:
+        return attribution, clock.times
     c, s, later = depth.contributions, depth.skip, depth.skip_later_tokens
-    metrics = {
+    return {
         **{
             name: getattr(c, name)
             for name in ("rel_attn", "rel_mlp", "rel_layer", "cos_attn", "cos_mlp", "cos_layer")
@@ -90,13 +102,24 @@ def ours(model, texts, args, backend):
         "later-tokens future mean": later.future_mean,
         "later-tokens output max": later.output_max,
         "later-tokens output mean": later.output_mean,
-        "erasure": erased.effect,
-        "integrated gradients": ig.attributions,
-    }
-    return metrics, clock.times
+        **attribution,
+    }, clock.times
 
 
 def reference_metrics(model, tok, texts, args):
+    import depth_reference as ref
+
+    out = {}
+    if not args.attribution_only:
+        out.update(depth_reference_metrics(model, tok, texts))
+    out["erasure"] = ref.erasure(model, tok, QUESTION, ANSWER, texts)
+    out["integrated gradients"] = ref.integrated_gradients(
+        model, tok, QUESTION, ANSWER, args.ig_steps, args.ig_batch_size
+    )
+    return out
+
+
+def depth_reference_metrics(model, tok, texts):
     import depth_reference as ref
 
     splits = [list(range(8, len(tok(t)["input_ids"]) - 4, 8)) for t in texts]
@@ -109,10 +132,6 @@ def reference_metrics(model, tok, texts, args):
         for i, stat in enumerate(names):
             out[f"{prefix} future {stat}"] = values[i]
             out[f"{prefix} output {stat}"] = values[2 + i]
-    out["erasure"] = ref.erasure(model, tok, QUESTION, ANSWER, texts)
-    out["integrated gradients"] = ref.integrated_gradients(
-        model, tok, QUESTION, ANSWER, args.ig_steps, args.ig_batch_size
-    )
     return out
 
 
@@ -157,18 +176,84 @@ def notebook(model, tok, texts, args):
     return metrics, clock.times
 
 
+def ig_rounds(model, tok, args) -> str:
+    """Integrated gradients alone: ``args.ig_rounds`` interleaved rounds of three contenders (see the
+    module docstring), the order rotated each round; a table of medians and the ratios."""
+    from contextlib import nullcontext
+
+    import depth_notebook as nb
+    from nnsight import TransformersModel
+
+    import lmprobe_jax_extract as extract
+    from lmprobe_jax_extract import _intervene
+
+    llm = TransformersModel(model, task="text-generation", tokenizer=tok)
+    q = tok(QUESTION)["input_ids"]
+    a = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    steps = {"n_steps": args.ig_steps, "batch_size": args.ig_batch_size, "progress": False}
+
+    def ours():
+        return extract.integrated_gradients((model, tok), QUESTION, ANSWER, **steps).attributions
+
+    def ours_strided_head():
+        contiguous = _intervene._contiguous_head_input
+        _intervene._contiguous_head_input = lambda model, keep: nullcontext()
+        try:
+            return ours()
+        finally:
+            _intervene._contiguous_head_input = contiguous
+
+    def notebook():
+        return nb.get_igrads(llm, q + a, len(a), args.ig_steps, args.ig_batch_size)
+
+    contenders = {
+        "lmprobe-jax (hooks)": ours,
+        "lmprobe-jax (hooks), strided head input": ours_strided_head,
+        "notebook (nnsight, one trace each)": notebook,
+    }
+    names = list(contenders)
+    times = {name: [] for name in names}
+    results = {}
+    for round_ in range(args.ig_rounds):
+        for name in names[round_ % 3 :] + names[: round_ % 3]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            results[name] = contenders[name]()
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            print(name, f"round {round_}:", times[name][-1], f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    median = {name: np.median(np.asarray(t), axis=0) for name, t in times.items()}
+    ours_name = names[0]
+    header = (
+        f"SmolLM2-135M-Instruct, integrated gradients on {QUESTION!r} -> {ANSWER!r}, {args.ig_steps} steps in "
+        f"batches of {args.ig_batch_size}, {args.dtype}; {args.ig_rounds} interleaved rounds; load "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
+    columns = "| contender (one thread, one core) | median wall s | median CPU s | CPU s per round | max err / scale |"
+    lines = [header, "", columns, "|---|---:|---:|---|---:|"]
+    for name in names:
+        err = compare(results[name], results[ours_name])[0]
+        per_round = ", ".join(f"{c:.1f}" for _, c in times[name])
+        lines.append(f"| {name} | {median[name][0]:.1f} | {median[name][1]:.1f} | {per_round} | {err:.1e} |")
+    for name in names[1:]:
+        lines.append(
+            f"\n{name} / {ours_name}: CPU {median[name][1] / median[ours_name][1]:.2f}x, "
+            f"wall {median[name][0] / median[ours_name][0]:.2f}x"
+        )
+    return "\n".join(lines)
+
+
 def exactness_table(results: dict, want: dict) -> list[str]:
     notebook = "notebook" in results
+    nnsight = "nnsight" in results
     lines = [
-        "| metric (every layer): max err / scale, max rel err (entries >= 1% of scale) | hooks vs reference "
-        "| nnsight vs hooks |" + (" notebook vs reference |" if notebook else ""),
-        "|---|---|---|" + ("---|" if notebook else ""),
+        "| metric (every layer): max err / scale, max rel err (entries >= 1% of scale) | hooks vs reference |"
+        + (" nnsight vs hooks |" if nnsight else "")
+        + (" notebook vs reference |" if notebook else ""),
+        "|---|---|" + ("---|" if nnsight else "") + ("---|" if notebook else ""),
     ]
     for name, expected in want.items():
-        cells = [
-            compare(results["hooks"][name], expected),
-            compare(results["nnsight"][name], results["hooks"][name]),
-        ]
+        cells = [compare(results["hooks"][name], expected)]
+        if nnsight:
+            cells.append(compare(results["nnsight"][name], results["hooks"][name]))
         if notebook:
             cells.append(
                 compare(results["notebook"][name], expected) if name in results["notebook"] else None
@@ -192,6 +277,15 @@ def main() -> None:
     parser.add_argument(
         "--timing-only", action="store_true", help="ours (hooks) and the notebook, no reference"
     )
+    parser.add_argument(
+        "--ig-rounds", type=int, default=0, help="time integrated gradients alone, this many rounds"
+    )
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--attribution-only",
+        action="store_true",
+        help="exactness of erasure and integrated gradients alone (hooks against the reference)",
+    )
     parser.add_argument("--record", action="store_true", help="append the tables to RESULTS.md")
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -202,18 +296,26 @@ def main() -> None:
 
     torch.set_num_threads(1)
     path = extract.smollm2_directory()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().to(getattr(torch, args.dtype))
     tok = AutoTokenizer.from_pretrained(path)
+    if args.ig_rounds:
+        table = ig_rounds(model, tok, args)
+        print(table)
+        if args.record:
+            from recording import record
+
+            record("integrated gradients on SmolLM2", f"{platform.machine()}, one pinned core, torch 1 thread", table)
+        return
     texts = [line.strip() for line in (HERE / "depth_texts.txt").read_text().splitlines() if line.strip()]
     texts = texts[: args.n_texts]
 
     results, times = {}, {}
     results["hooks"], times["lmprobe-jax (hooks)"] = ours((model, tok), texts, args, "local")
     print("lmprobe-jax (hooks):", times["lmprobe-jax (hooks)"], file=sys.stderr)
-    if not args.timing_only:
+    if not args.timing_only and not args.attribution_only:
         results["nnsight"], times["lmprobe-jax (nnsight)"] = ours((model, tok), texts, args, "nnsight")
         print("lmprobe-jax (nnsight):", times["lmprobe-jax (nnsight)"], file=sys.stderr)
-    if not args.skip_timing:
+    if not args.skip_timing and not args.attribution_only:
         results["notebook"], times["notebook (nnsight, one trace each)"] = notebook(model, tok, texts, args)
         print("notebook:", times["notebook (nnsight, one trace each)"], file=sys.stderr)
     lines = []
@@ -255,7 +357,7 @@ def main() -> None:
     header = (
         f"SmolLM2-135M-Instruct, {len(texts)} texts ({sum(lengths)} tokens, {min(lengths)}-{max(lengths)} each), "
         f"every split point, erasure + gradients on {QUESTION!r} -> {ANSWER!r}, {args.ig_steps} steps in "
-        f"batches of {args.ig_batch_size}; load {os.getloadavg()[0]:.1f}"
+        f"batches of {args.ig_batch_size}, {args.dtype}; load {os.getloadavg()[0]:.1f}"
     )
     table = header + "\n\n" + "\n".join(lines)
     print(table)

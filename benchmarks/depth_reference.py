@@ -84,6 +84,11 @@ def forward(model, ids, *, skip=None, erase=None, sub=None):
     return stack(ins), stack(outs), stack(attn), stack(mlp), logits[0].double().numpy()
 
 
+def _dtype(model):
+    """The model's floating dtype: interventions are written in it (float64 for a float64 model)."""
+    return next(model.parameters()).dtype
+
+
 def _norm(x):
     return np.linalg.norm(x, axis=-1)
 
@@ -164,7 +169,7 @@ def erasure(model, tok, question, answer, baseline_texts):
         streams = np.concatenate([h[:1], out])  # (L + 1, T, D)
         total = total + streams.sum(1)
         count += streams.shape[1]
-    baseline = torch.tensor(total / count, dtype=torch.float32)
+    baseline = torch.tensor(total / count, dtype=_dtype(model))
     ids, n_answer = question_answer(tok, question, answer)
     n_tokens = ids.shape[1]
     answer_rows = slice(n_tokens - n_answer - 1, n_tokens - 1)
@@ -184,12 +189,13 @@ def integrated_gradients(model, tok, question, answer, n_steps, batch_size):
     outs = forward(model, ids)[1]
     result = np.zeros(outs.shape[:2])
     answer_ids = ids[0, -n_answer:]
+    dtype = _dtype(model)
     for level, block in enumerate(blocks):
-        x = torch.tensor(outs[level], dtype=torch.float32)
+        x = torch.tensor(outs[level], dtype=dtype)
         base = x.mean(0, keepdim=True)
         grad_sum = torch.zeros_like(x)
         for start in range(0, n_steps, batch_size):
-            alpha = torch.arange(start, min(start + batch_size, n_steps), dtype=torch.float32) / n_steps
+            alpha = torch.arange(start, min(start + batch_size, n_steps), dtype=dtype) / n_steps
             leaf = (base + alpha[:, None, None] * (x - base)).requires_grad_(True)
             handle = block.register_forward_hook(
                 lambda module, args, output, leaf=leaf: leaf if torch.is_tensor(output) else (leaf, *output[1:])
@@ -198,7 +204,7 @@ def integrated_gradients(model, tok, question, answer, n_steps, batch_size):
                 logits = model(input_ids=ids.repeat(len(alpha), 1)).logits
             finally:
                 handle.remove()
-            probs = logits[:, :-1].float().softmax(-1)[:, -n_answer:]
+            probs = logits[:, :-1].to(torch.promote_types(dtype, torch.float32)).softmax(-1)[:, -n_answer:]
             objective = probs.gather(-1, answer_ids.expand(len(alpha), -1)[..., None]).sum()
             (grad,) = torch.autograd.grad(objective, leaf)
             grad_sum += grad.sum(0)

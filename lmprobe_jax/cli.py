@@ -441,13 +441,36 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
 
 # -- depth: how each layer writes to the residual stream ---------------------------------------------------
-DEPTH_ANALYSES = ("contributions", "skip", "later-tokens", "erasure", "ig")
+DEPTH_ANALYSES = ("contributions", "skip", "later-tokens", "lens", "erasure", "ig")
 # The notebook's own example (Csordás et al.'s Fig. 6): a sum whose answer is the last token(s).
 DEFAULT_QUESTION, DEFAULT_ANSWER = "5 + 7 + 5 + 3 + 1 + 7 = ", "28"
 
 
 def _as_list(array) -> list:
     return np.asarray(array, dtype=np.float64).round(8).tolist()
+
+
+def depth_logit_lens(model, texts: list[str], *, dtype, backend: str, progress: bool, k: int = 5):
+    """The notebook's Fig. 4: the logit lens (:func:`lmprobe_jax.lens.logit_lens_metrics`) on the stream
+    entering each of the L blocks (the embeddings for block 0, block l-1's output for block l), against the
+    model's output distribution, every token position of every text. Returns :class:`LensMetrics` ``(L,)``.
+    """
+    from lmprobe_jax_extract import EMBEDDINGS, extract_token_streams, model_layer_count
+
+    from .lens import logit_lens_metrics, token_data
+
+    layers = [EMBEDDINGS, *range(model_layer_count(model) - 1)]
+    store = extract_token_streams(
+        model,
+        texts,
+        layers=layers,
+        cache_dir=cache_root() / "activations",
+        dtype=dtype,
+        backend=backend,
+        progress=progress,
+    )
+    data = token_data(store, layers)
+    return logit_lens_metrics(data.streams, data.final_stream, data.next_ids, data.readout, k=k, progress=progress)
 
 
 def depth_report(args: argparse.Namespace, texts: list[str]) -> dict:
@@ -514,8 +537,17 @@ def depth_report(args: argparse.Namespace, texts: list[str]) -> dict:
         report["integrated_gradients"] = _as_list(ig.attributions)
         report["integrated_gradients_steps"] = ig.n_steps
         report["attribution_tokens"] = ig.tokens
-    # The notebook's Fig. 4 (logit lens KL(lens || final) and top-5 overlap per layer) is `lmprobe-jax lens`'s
-    # on the same texts (lens.json's logit_lens kl_lens_final / top5_overlap); not computed twice here.
+    if "lens" in wanted:
+        t0 = time.perf_counter()
+        lens = depth_logit_lens(
+            args.model, texts, dtype=args.dtype, backend=args.backend, progress=not args.quiet
+        )
+        timing["logit_lens"] = round(time.perf_counter() - t0, 2)
+        report["layers"] = list(range(len(lens.kl_lens_final)))
+        report["logit_lens_n_tokens"] = lens.n_tokens
+        report["logit_lens_kl_lens_final"] = _as_list(lens.kl_lens_final)
+        report["logit_lens_kl_final_lens"] = _as_list(lens.kl_final_lens)
+        report[f"logit_lens_top{lens.k}_overlap"] = _as_list(lens.topk_overlap)
     report["timing_s"] = timing
     return report
 
@@ -531,6 +563,9 @@ DEPTH_CSV_COLUMNS = (
     "skip_effect_output_mean",
     "skip_effect_output_max_later_tokens",
     "skip_effect_output_mean_later_tokens",
+    "logit_lens_kl_lens_final",
+    "logit_lens_kl_final_lens",
+    "logit_lens_top5_overlap",
 )
 
 

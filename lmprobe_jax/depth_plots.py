@@ -6,6 +6,8 @@ that ``lmprobe-jax depth`` writes to ``depth.json`` (so they can be redrawn with
 * ``skip_layers.png``: the L x L heat maps of skip effects on later blocks (max and mean over positions,
   all tokens and later tokens only), Fig. 3.
 * ``skip_output.png``: per skipped block, the change of the output distribution.
+* ``logit_lens.png``: per block, the logit lens on the stream entering it against the output
+  distribution: KL(lens || final) and the top-5 overlap, Fig. 4.
 * ``erasure.png`` / ``integrated_gradients.png``: stream x token maps, Fig. 6b / 6a.
 """
 
@@ -119,6 +121,30 @@ def plot_skip_output(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_logit_lens(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    overlap = next(key for key in report if key.startswith("logit_lens_top") and key.endswith("_overlap"))
+    k = overlap.removeprefix("logit_lens_top").removesuffix("_overlap")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), dpi=130)
+    for ax, key, label in (
+        (axes[0], "logit_lens_kl_lens_final", "KL(lens || final), nats"),
+        (axes[1], overlap, f"top-{k} overlap with the output"),
+    ):
+        values = np.asarray(report[key])
+        ax.bar(np.arange(len(values)), values, width=1.0)
+        ax.set_xlim(-0.5, len(values) - 0.5)
+        ax.set_xlabel("layer (logit lens on the stream entering the block)")
+        ax.set_ylabel(label)
+    fig.suptitle(
+        f"{report['model_name']}: where the output distribution forms "
+        f"(logit lens, {report['logit_lens_n_tokens']} tokens)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_token_map(
     values: np.ndarray, tokens: list[str], path: Path, *, title: str, ylabel: str, label: str, diverging: bool
 ) -> None:
@@ -154,6 +180,9 @@ def plot_depth(report: dict, out: Path) -> list[Path]:
         plot_skip_layers(report, out / "skip_layers.png")
         plot_skip_output(report, out / "skip_output.png")
         written += [out / "skip_layers.png", out / "skip_output.png"]
+    if report.get("logit_lens_kl_lens_final") is not None:
+        plot_logit_lens(report, out / "logit_lens.png")
+        written.append(out / "logit_lens.png")
     maps = (
         (
             "erasure",

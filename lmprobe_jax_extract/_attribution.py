@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ._intervene import BlockView, Intervention, Loaded, load, reusable, rows_per_chunk, run, tokenize_texts
+from ._layout import widen
 
 
 class Erasure(NamedTuple):
@@ -74,8 +75,8 @@ def _token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 class _Streams(Intervention):
-    """No intervention: keeps every stream of one row, ``(L + 1, T, D)`` float32 (entry 0 = block 0's
-    input), and the output probabilities of the last ``keep`` positions."""
+    """No intervention: keeps every stream of one row, ``(L + 1, T, D)`` in at least float32 (entry 0 =
+    block 0's input), and the output probabilities of the last ``keep`` positions."""
 
     def __init__(self):
         self.streams: list[torch.Tensor] = []
@@ -84,14 +85,14 @@ class _Streams(Intervention):
 
     def block_input(self, index: int, hidden: torch.Tensor) -> None:
         if index == 0:
-            self.streams.append(hidden[0].float().detach())
+            self.streams.append(widen(hidden[0]).detach())
 
     def block_output(self, view: BlockView) -> None:
-        self.streams.append(view.output[0].float().detach())
+        self.streams.append(widen(view.output[0]).detach())
         self.outputs.append(view.output.detach())
 
     def final(self, logits: torch.Tensor) -> None:
-        self.probs = logits[0].float().softmax(-1).detach()
+        self.probs = widen(logits[0]).softmax(-1).detach()
 
 
 def _streams(loaded: Loaded, ids: list[int], logits_to_keep: int | None = None) -> _Streams:
@@ -122,7 +123,7 @@ class _EraseRows(Intervention):
         return self._erase(view.index + 1, view.output)
 
     def final(self, logits: torch.Tensor) -> None:
-        change = (logits[:, :-1].float().softmax(-1) - self.clean_probs[:-1]).norm(dim=-1)
+        change = (widen(logits[:, :-1]).softmax(-1) - self.clean_probs[:-1]).norm(dim=-1)
         self.effect = change.max(-1).values.cpu()
 
 
@@ -150,9 +151,10 @@ def residual_erasure(
     ids, n_answer = question_answer_ids(loaded.tokenizer, question, answer)
     total, count = 0.0, 0
     for row in baseline_ids:
-        total = total + torch.stack(_streams(loaded, row).streams).double().sum(1)
+        streams = torch.stack(_streams(loaded, row).streams)
+        total = total + streams.double().sum(1)
         count += len(row)
-    baseline = (total / count).float()  # (L + 1, D)
+    baseline = (total / count).to(streams.dtype)  # (L + 1, D)
     keep = n_answer + 1
     clean = _streams(loaded, ids, logits_to_keep=keep)
     n_streams, n_tokens = baseline.shape[0], len(ids)
@@ -160,8 +162,10 @@ def residual_erasure(
     position = torch.arange(n_tokens).repeat(n_streams)
     device_ = clean.probs.device
     baseline = baseline.to(device_)
-    chunk = rows_per_chunk(max_batch_bytes, n_tokens, baseline.shape[-1], keep, clean.probs.shape[-1])
-    effect = torch.empty(len(stream))
+    chunk = rows_per_chunk(
+        max_batch_bytes, n_tokens, baseline.shape[-1], keep, clean.probs.shape[-1], clean.probs.element_size()
+    )
+    effect = torch.empty(len(stream), dtype=torch.float64)
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, len(stream), chunk), desc="erasure", disable=not progress):
@@ -205,7 +209,7 @@ class _Interpolate(Intervention):
         return view.output.index_put((rows,), leaf)
 
     def final(self, logits: torch.Tensor) -> None:
-        probs = logits[:, :-1].float().softmax(-1)
+        probs = widen(logits[:, :-1]).softmax(-1)
         answer = self.answer_ids.expand(len(probs), -1)
         self.objective = probs.gather(-1, answer[..., None]).sum()
 
@@ -251,7 +255,7 @@ def integrated_gradients(
     device_ = outputs.device
     answer_ids = torch.tensor(ids[-n_answer:], device=device_)
     layer = torch.arange(n_blocks, device=device_).repeat_interleave(n_steps)
-    alpha = (torch.arange(n_steps, device=device_, dtype=torch.float32) / n_steps).repeat(n_blocks)
+    alpha = (torch.arange(n_steps, device=device_, dtype=outputs.dtype) / n_steps).repeat(n_blocks)
     grad_sums = torch.zeros_like(outputs)
     from tqdm.auto import tqdm
 
@@ -274,7 +278,7 @@ def integrated_gradients(
             blocks = sorted(step.leaves)
             grads = torch.autograd.grad(step.objective, [step.leaves[b][1] for b in blocks])
             for block, grad in zip(blocks, grads, strict=True):
-                grad_sums[block] += grad.float().sum(0)
+                grad_sums[block] += grad.to(grad_sums.dtype).sum(0)
     attributions = (grad_sums * (outputs - baselines)).sum(-1) / n_steps
     return IntegratedGradients(
         attributions.cpu().numpy().astype(np.float64),

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ._intervene import BlockView, Intervention, load, reusable, rows_per_chunk, run, tokenize_texts
-from ._layout import BlockLayout, block_layout, check_additive
+from ._layout import BlockLayout, block_layout, check_additive, widen
 
 NORM_FLOOR = 1e-6  # the notebook's clamp on the norm a contribution is divided by
 CONTRIBUTION_NAMES = ("rel_attn", "rel_mlp", "rel_layer", "cos_attn", "cos_mlp", "cos_layer")
@@ -107,9 +107,9 @@ class DepthAnalysis(NamedTuple):
 def per_position_contributions(
     h_in: torch.Tensor, h_out: torch.Tensor, attn: torch.Tensor, mlp: torch.Tensor, parallel: bool
 ) -> torch.Tensor:
-    """The six measures at every position: ``(..., T, D)`` streams -> ``(6, ..., T)`` float32, in the order
-    of :data:`CONTRIBUTION_NAMES`."""
-    h_in, h_out, attn, mlp = (t.float() for t in (h_in, h_out, attn, mlp))
+    """The six measures at every position: ``(..., T, D)`` streams -> ``(6, ..., T)`` float32 (float64 for
+    float64 streams), in the order of :data:`CONTRIBUTION_NAMES`."""
+    h_in, h_out, attn, mlp = (widen(t) for t in (h_in, h_out, attn, mlp))
     layer = h_out - h_in
     mlp_reads = h_in if parallel else h_in + attn
     floor = NORM_FLOOR
@@ -130,8 +130,8 @@ def per_position_contributions(
 
 
 def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """``||new - old|| / max(||old||, 1e-6)`` over the last axis, in float32."""
-    new, old = new.float(), old.float()
+    """``||new - old|| / max(||old||, 1e-6)`` over the last axis, in float32 (float64 for float64 input)."""
+    new, old = widen(new), widen(old)
     return (new - old).norm(dim=-1) / old.norm(dim=-1).clamp(min=NORM_FLOOR)
 
 
@@ -155,12 +155,12 @@ class _CleanPass(Intervention):
             values = per_position_contributions(h_in, h_out, attn, mlp, self.layout.parallel)
             self.sums[view.index] = values[:, self.measured].double().sum(-1).cpu()
         if self.keep:
-            self.writes.append((h_out.float() - h_in.float()).detach())
+            self.writes.append((widen(h_out) - widen(h_in)).detach())
             self.outputs.append(view.output.detach())
 
     def final(self, logits: torch.Tensor) -> None:
         if self.keep:
-            self.probs = logits[0].float().softmax(-1).detach()
+            self.probs = widen(logits[0]).softmax(-1).detach()
 
 
 class _SkipRows(Intervention):
@@ -196,7 +196,7 @@ class _SkipRows(Intervention):
         return output if bool(skip_here.any()) else None
 
     def final(self, logits: torch.Tensor) -> None:
-        change = (logits.float().softmax(-1) - self.clean_probs).norm(dim=-1)
+        change = (widen(logits).softmax(-1) - self.clean_probs).norm(dim=-1)
         self.output_max, self.output_sum = self._reduce(change)
 
 
@@ -363,7 +363,9 @@ def _skip_text(loaded, row, text_splits, clean, keep_first, skip_first, max_batc
     counts = measured.sum(-1).numpy()
     device = clean.writes[0].device
     writes = torch.stack(clean.writes)
-    chunk = rows_per_chunk(max_batch_bytes, n_tokens, writes.shape[-1], n_tokens, clean.probs.shape[-1])
+    chunk = rows_per_chunk(
+        max_batch_bytes, n_tokens, writes.shape[-1], n_tokens, clean.probs.shape[-1], clean.probs.element_size()
+    )
     for start in range(0, len(specs), chunk):
         rows = slice(start, start + chunk)
         analysis = _SkipRows(

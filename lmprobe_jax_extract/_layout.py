@@ -93,6 +93,12 @@ def first_output(output: Any) -> torch.Tensor:
     return output if torch.is_tensor(output) else output[0]
 
 
+def widen(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in the dtype the depth metrics are computed in: float32 for half-precision and float32
+    models, float64 for a float64 one (so a float64 run is exact to float64 rounding, not float32's)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def check_additive(
     index: int, h_in: torch.Tensor, h_out: torch.Tensor, attn: torch.Tensor, mlp: torch.Tensor, layout
 ) -> None:
@@ -102,7 +108,7 @@ def check_additive(
     |mlp|)`` (eps of the model's dtype); twice that is allowed. A missing or extra term is far outside it.
     """
     eps = torch.finfo(h_out.dtype).eps
-    h_in, h_out, attn, mlp = (t.float() for t in (h_in, h_out, attn, mlp))
+    h_in, h_out, attn, mlp = (widen(t) for t in (h_in, h_out, attn, mlp))
     error = (h_out - (h_in + attn + mlp)).abs()
     bound = 4 * eps * (h_in.abs() + attn.abs() + mlp.abs()) + torch.finfo(torch.float32).tiny
     if bool((error > bound).any()):

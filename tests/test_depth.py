@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import _tolerance as T
 import numpy as np
 import pytest
 
@@ -125,6 +126,38 @@ def test_integrated_gradients_match_reference(tiny_models, arch):
     assert scale > 0
     assert_close(got.attributions, want, atol=1e-4 * scale)
     assert all(p.requires_grad for p in model.parameters())  # frozen only for the duration
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gap_to_reference_is_rounding(tiny_models, arch, dtype):
+    """Every batched analysis against the one-forward reference, both run in ``dtype``.
+
+    A metric here is a norm or sum of probabilities (or of a block's write) that rounding perturbs through
+    L blocks of length-D dot products: on the metric's scale, at most ~L D eps of ``dtype`` (3e-5 in
+    float32, 5.7e-14 in float64 for L = 4, D = 64). The same bound at both precisions shows the float32 gaps
+    are rounding: a gap from the batching itself (a wrong row, position, baseline or step; a float32 cast
+    left in the float64 path) would not shrink 5e8-fold with eps.
+    """
+    model, tok = load(tiny_models[arch])
+    model = model.to(dtype)
+    n_blocks, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    bound = n_blocks * hidden * 2 * T.unit_roundoff(str(dtype).removeprefix("torch."))  # L D eps
+    qa = ((model, tok), QUESTION, ANSWER)
+    erased = extract.residual_erasure(*qa, TEXTS, max_batch_bytes=1 << 20, progress=False)
+    ig = extract.integrated_gradients(*qa, n_steps=8, batch_size=3, progress=False)
+    depth = extract.depth_analysis(
+        (model, tok), TEXTS, skip_first=2, later_tokens=False, max_batch_bytes=1, progress=False
+    )
+    contributions = reference.contributions(model, tok, TEXTS, *SUBMODULES[arch], skip_first=2)
+    pairs = [
+        (erased.effect, reference.erasure(model, tok, QUESTION, ANSWER, TEXTS)),
+        (ig.attributions, reference.integrated_gradients(model, tok, QUESTION, ANSWER, 8, 4)),
+        *zip(depth.contributions[:6], contributions.values(), strict=True),
+        *zip(depth.skip[:4], reference.skip_effects(model, tok, TEXTS, skip_first=2), strict=True),
+    ]
+    for got, want in pairs:
+        assert_close(got, want, rtol=bound, atol=bound * np.abs(want).max())
 
 
 def test_integrated_gradients_sum_to_the_probability_gain(tiny_models):
@@ -281,9 +314,11 @@ def test_bad_input_gets_clear_errors(tiny_models):
 
 
 # -- command line ----------------------------------------------------------------------------------------
-def test_cli_depth_writes_report_csv_and_figures(tiny_models, tmp_path):
+def test_cli_depth_writes_report_csv_and_figures(tiny_models, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from lmprobe_jax.cli import main
+
+    monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))  # the logit lens's token store
 
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")
@@ -302,8 +337,69 @@ def test_cli_depth_writes_report_csv_and_figures(tiny_models, tmp_path):
     assert np.asarray(report["integrated_gradients"]).shape == (L, T)
     assert report["parallel_blocks"] is True and report["skip_first"] == 1
     assert (out / "depth.csv").read_text().splitlines()[0].startswith("layer,rel_contrib_attn")
-    for figure in ("contributions", "skip_layers", "skip_output", "erasure", "integrated_gradients"):
+    assert len(report["logit_lens_kl_lens_final"]) == L and len(report["logit_lens_top5_overlap"]) == L
+    for figure in ("contributions", "skip_layers", "skip_output", "logit_lens", "erasure", "integrated_gradients"):
         assert (out / f"{figure}.png").stat().st_size > 10_000
+
+
+def logit_lens_reference(model, tok, texts, k=5):
+    """The notebook's Fig. 4 in float64 torch, independently of lmprobe_jax.lens: per block l, the final
+    norm and unembedding applied to the stream entering block l, KL(lens || final) and the top-k overlap
+    with the output, means over every position of every text. Returns ``(kl (L,), overlap (L,), max |z|,
+    near_ties)``: ``near_ties(margin)`` counts per block the positions whose k-th and (k+1)-th lens logits
+    are closer than ``margin`` (where rounding could change the top-k set)."""
+    model = model.double()
+    norm, head = model.model.norm, model.get_output_embeddings()
+    kl, overlap, n, scale, gaps = 0.0, 0.0, 0, 0.0, []
+    for text in texts:
+        inputs, _, _, _, logits = reference.forward(model, torch.tensor([tok(text)["input_ids"]]))
+        with torch.no_grad():
+            lens = head(norm(torch.from_numpy(inputs)))  # (L, T, V)
+        final = torch.from_numpy(logits).log_softmax(-1)
+        logp = lens.log_softmax(-1)
+        kl = kl + (logp.exp() * (logp - final)).sum(-1).sum(-1)
+        top_final = final.topk(k, -1).indices
+        top = lens.topk(k + 1, -1)
+        hits = (top.indices[..., :k, None] == top_final[:, None, :]).any(-1).sum(-1)  # (L, T)
+        overlap = overlap + hits.sum(-1) / k
+        scale = max(scale, float(lens.abs().max()))
+        gaps.append(top.values[..., k - 1] - top.values[..., k])
+        n += len(logits)
+    gaps = torch.cat(gaps, -1)
+    return (kl / n).numpy(), (overlap / n).numpy(), scale, lambda margin: (gaps < margin).sum(-1).numpy()
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_cli_depth_logit_lens_is_the_notebooks_fig4(tiny_models, tmp_path, monkeypatch, arch):
+    """``--analyses lens``: the logit lens on the stream entering each block (the notebook's tap), equal to a
+    float64 torch computation. Ours runs the model and the lens in float32: the streams carry ~L D eps
+    relative error, so a logit ~L D eps |z|, a log-probability twice that, and KL(lens || final) (a
+    p-weighted mean of differences of two of them) at most 4 L D eps max|z| nats; a top-5 overlap can only
+    change at positions whose 5th and 6th logits are within 2 L D eps max|z|."""
+    pytest.importorskip("matplotlib")
+    from lmprobe_jax.cli import main
+
+    monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "out"
+    argv = ["depth", "--model", str(tiny_models[arch]), "--texts", str(texts), "--out", str(out)]
+    assert main([*argv, "--analyses", "lens", "--quiet"]) == 0
+    report = json.loads((out / "depth.json").read_text())
+    model, tok = load(tiny_models[arch])
+    n_blocks, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    kl, overlap, scale, near_ties = logit_lens_reference(model, tok, TEXTS)
+    n_tokens = sum(len(tok(t)["input_ids"]) for t in TEXTS)
+    assert report["logit_lens_n_tokens"] == n_tokens and report["layers"] == list(range(n_blocks))
+    drift = n_blocks * hidden * 2 * T.U32 * scale  # L D eps max|z|
+    assert np.abs(np.diff(kl)).min() > 8 * drift  # the bound tells the stream entering a block from the next
+    assert_close(report["logit_lens_kl_lens_final"], kl, rtol=0, atol=4 * drift)
+    # a flipped top-5 member moves the mean by 1 / (5 n); the float32 mean has its own rounding
+    flips = near_ties(2 * drift) / n_tokens + T.mean_rounding(n_tokens)
+    assert np.all(np.abs(np.asarray(report["logit_lens_top5_overlap"]) - overlap) <= flips)
+    rows = (out / "depth.csv").read_text().splitlines()
+    assert "logit_lens_kl_lens_final" in rows[0] and len(rows) == n_blocks + 1
+    assert (out / "logit_lens.png").stat().st_size > 10_000
 
 
 def test_cli_depth_bad_input_writes_nothing(tiny_models, tmp_path, capsys):
@@ -319,8 +415,8 @@ def test_cli_depth_bad_input_writes_nothing(tiny_models, tmp_path, capsys):
     empty.write_text("\n")
     assert main([*argv[:4], str(empty), *argv[5:]]) == 1
     assert "holds no prompts" in capsys.readouterr().err
-    assert main([*argv, "--analyses", "skip,lens"]) == 1
-    assert "unknown ['lens']" in capsys.readouterr().err
+    assert main([*argv, "--analyses", "skip,attention"]) == 1
+    assert "unknown ['attention']" in capsys.readouterr().err
     assert not out.exists()
 
 
