@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lmprobe_jax_extract as extract
 from lmprobe_jax_extract import EMBEDDINGS, POOLINGS, ActivationStore, extract_activations
+from lmprobe_jax_store import ALIGNMENT
 
 PROMPTS = [
     "The city of Lyon is in France.",
@@ -149,7 +151,9 @@ def test_store_on_disk_is_memory_mapped_and_sized_to_the_data(tiny_models, tmp_p
     assert store.stack([3, 1], dtype=np.float64).dtype == np.float64
     shard = tmp_path / "s" / "mean" / "layer_002.safetensors"
     overhead = shard.stat().st_size - len(PROMPTS) * 64 * 4
-    assert 0 < overhead < 200  # the safetensors header only
+    assert overhead == ALIGNMENT  # the safetensors header, padded so the data starts on a page
+    assert layer.ctypes.data % ALIGNMENT == 0 and not layer.flags.writeable
+    np.testing.assert_array_equal(safetensors.numpy.load_file(shard)["activations"], layer)  # plain safetensors
     np.testing.assert_array_equal(store.labels, np.arange(len(PROMPTS)) % 2)
     assert store.metadata[3] == {"i": 3} and store.prompts == PROMPTS
     reopened = ActivationStore(tmp_path / "s")
@@ -272,6 +276,16 @@ extract_activations((model, tok), prompts, layers="all", pooling=["mean", "all"]
 """
 
 
+def staging(out):
+    return out.parent / f".{out.name}.partial"
+
+
+def done_batches(out) -> int:
+    """Batches a (killed) extraction logged as finished in its staging directory."""
+    log = staging(out) / "progress-0-of-1.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def test_killed_extraction_resumes_to_identical_files(tiny_models, tmp_path):
     prompts = PROMPTS * 2  # 14 prompts: 7 batches of 2
     out = tmp_path / "killed"
@@ -279,13 +293,13 @@ def test_killed_extraction_resumes_to_identical_files(tiny_models, tmp_path):
     script.write_text(textwrap.dedent(RESUMABLE.format(prompts=prompts)))
     proc = subprocess.Popen([sys.executable, str(script), str(tiny_models["llama"]), str(out)])
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / ".partial").glob("chunk_*.safetensors"))) < 2:
+    while time.time() < deadline and done_batches(out) < 2:
         assert proc.poll() is None, "the extraction finished or crashed before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(list((out / ".partial").glob("chunk_*.safetensors")))
-    assert 2 <= done < 7 and not (out / "manifest.json").exists()
+    done = done_batches(out)
+    assert 2 <= done < 7 and not out.exists()
     with pytest.raises(ValueError, match="resume"):
         ActivationStore(out)
 
@@ -299,7 +313,7 @@ def test_killed_extraction_resumes_to_identical_files(tiny_models, tmp_path):
     assert files == sorted(
         p.relative_to(tmp_path / "clean") for p in (tmp_path / "clean").rglob("*") if p.is_file()
     )
-    assert not (out / ".partial").exists()
+    assert not staging(out).exists() and not list(tmp_path.glob(".killed.old-*"))
     for relative in files:
         assert (out / relative).read_bytes() == (tmp_path / "clean" / relative).read_bytes(), relative
 
@@ -326,11 +340,11 @@ def test_truncated_or_corrupted_shards_are_refused(tiny_models, tmp_path):
         ActivationStore(out)
 
 
-def test_unreadable_chunk_is_recomputed_on_resume(tiny_models, tmp_path):
+def test_a_damaged_finished_batch_is_recomputed_on_resume(tiny_models, tmp_path):
     out = tmp_path / "s"
     kwargs = {"layers": [1], "pooling": "mean", "batch_size": 2, "out_dir": out, "progress": False}
     clean = np.array(extract_activations(tiny_models["gpt2"], PROMPTS, **{**kwargs, "out_dir": None}).load(1))
-    # A crash after two chunks, then one of them damaged on disk.
+    # A crash after two batches, then one bit of the second batch's rows flipped on disk.
     model, tok = load(tiny_models["gpt2"])
     calls = count_forwards(model)
     model.transformer.h[0].register_forward_pre_hook(
@@ -338,13 +352,16 @@ def test_unreadable_chunk_is_recomputed_on_resume(tiny_models, tmp_path):
     )
     with pytest.raises(KeyboardInterrupt):
         extract_activations((model, tok), PROMPTS, **kwargs)
-    chunks = sorted((out / ".partial").glob("chunk_*.safetensors"))
-    assert len(chunks) == 2
-    chunks[1].write_bytes(chunks[1].read_bytes()[:50])
+    assert done_batches(out) == 2
+    row = json.loads((staging(out) / "plan.json").read_text())["batches"][1][0]
+    shard = staging(out) / "mean" / "layer_001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[ALIGNMENT + row * 64 * 4 + 5] ^= 0x10
+    shard.write_bytes(bytes(data))
     model2, _ = load(tiny_models["gpt2"])
     calls2 = count_forwards(model2)
     store = extract_activations((model2, tok), PROMPTS, **kwargs)
-    assert calls2[0] == 3  # the damaged chunk and the two never written
+    assert calls2[0] == 3  # the damaged batch and the two never written
     assert_close(store.load(1), clean)
 
 
@@ -388,7 +405,7 @@ def test_labels_and_metadata_are_updated_on_a_store_hit(tiny_models, tmp_path):
         ({"remote": True}, "nnsight"),
         ({"batch_size": 0}, "batch_size"),
         ({"labels": [0, 1]}, "one per prompt"),
-        ({"labels": ["yes"] * len(PROMPTS)}, "numeric"),
+        ({"labels": [0.5, np.nan] + [1.0] * (len(PROMPTS) - 2)}, "NaN"),
         ({"metadata": [{}]}, "one per prompt"),
         ({"storage_dtype": "int8"}, "Unknown dtype"),
         ({"padding_side": "middle"}, "padding_side"),
