@@ -45,21 +45,23 @@ _FILE_HASHES: dict[tuple, str] = {}
 _LAST_LOADED: dict[str, tuple[tuple, Any]] = {}
 
 
-def _hash_files(paths: list[Path]) -> str:
-    key = tuple(
+def _hash_files(paths: list[Path], *, names: bool = True) -> str:
+    """SHA-256 of the files' contents (and their names, unless ``names=False``), memoised by stat."""
+    key = (names,) + tuple(
         (str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev)
         for p in sorted(paths)
         for s in [p.stat()]
     )
     if key not in _FILE_HASHES:
-        _FILE_HASHES[key] = _hash_file_contents(paths)
+        _FILE_HASHES[key] = _hash_file_contents(paths, names)
     return _FILE_HASHES[key]
 
 
-def _hash_file_contents(paths: list[Path]) -> str:
+def _hash_file_contents(paths: list[Path], names: bool) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.name.encode() + b"\0")
+        if names:
+            digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as handle:
             while block := handle.read(1 << 24):
                 digest.update(block)
@@ -198,11 +200,15 @@ class ModelSource:
             _LAST_LOADED.pop("model", None)  # free the previous model before loading the next
             kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
             if device_map is not None:
+                import shutil
                 import tempfile
+                import weakref
 
                 kwargs["device_map"] = device_map
-                kwargs["offload_folder"] = tempfile.mkdtemp(prefix="lmprobe-jax-offload-")
+                kwargs["offload_folder"] = tempfile.mkdtemp(prefix="lmprobe-jax-offload-")  # for "disk" parts
             loaded = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+            if device_map is not None:
+                weakref.finalize(loaded, shutil.rmtree, kwargs["offload_folder"], True)
             _LAST_LOADED["model"] = (key, (loaded if device_map is not None else loaded.to(device)).eval())
         self.model = _LAST_LOADED["model"][1]
         return self.model
@@ -262,16 +268,16 @@ def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = Non
 
 
 def _gguf_source(gguf: Path, tokenizer: Any) -> ModelSource:
-    """A GGUF file, converted once into ``<cache root>/models/<name>-<content hash>`` and loaded from
+    """A GGUF file, converted once into ``<cache root>/models/gguf-<content hash>`` and loaded from
     there: transformers' GGUF reader dequantises on every load (~25 s for a 135M model), a converted
-    directory loads in about a second. The content hash (not the path) names the conversion, so an
-    edited file is converted again and a moved one is not."""
+    directory loads in about a second. The content hash (not the path or name) names the conversion, so
+    an edited file is converted again and a moved or renamed one is not."""
     from lmprobe_jax_store import cache_root
 
-    digest = _hash_files([gguf])
-    directory = gguf_to_directory(gguf, cache_root() / "models" / f"{gguf.stem}-{digest[:16]}")
+    digest = _hash_files([gguf], names=False)
+    directory = gguf_to_directory(gguf, cache_root() / "models" / f"gguf-{digest[:32]}")
     return ModelSource(
-        id=str(gguf), kind="gguf", path=directory, tokenizer=tokenizer, _fingerprint="files-sha256:" + digest
+        id=str(gguf), kind="gguf", path=directory, tokenizer=tokenizer, _fingerprint="gguf-sha256:" + digest
     )
 
 

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import _tolerance as T
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lmprobe_jax_extract as extract
@@ -535,3 +536,104 @@ def test_a_model_object_is_never_converted_to_another_dtype(tiny_models):
     with pytest.raises(ValueError, match="convert it yourself"):
         extract_activations((model, tok), PROMPTS, layers=[0], dtype="bfloat16", progress=False)
     assert next(model.parameters()).dtype == torch.float32
+
+
+def _write_tiny_gguf(path):
+    """A 2-block Llama with the tiny tokenizer as a GGUF file (float32 tensors), written offline."""
+    import gguf
+
+    from conftest import _tiny_tokenizer
+
+    tok = _tiny_tokenizer()
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, vocab_size=len(tok), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_context_length(256)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(len(tok))
+    definition = json.loads(tok.backend_tokenizer.to_str())
+    tokens = [t for t, _ in sorted(definition["model"]["vocab"].items(), key=lambda item: item[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in definition["model"]["merges"]])
+    writer.add_token_types([3 if t in ("<pad>", "<s>", "</s>") else 1 for t in tokens])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    top = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm", "lm_head.weight": "output"}
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, tensor in model.state_dict().items():
+        if name in top:
+            target = top[name]
+        else:
+            index, part = name.split(".")[2], ".".join(name.split(".")[3:-1])
+            target = f"blk.{index}.{parts[part]}"
+        writer.add_tensor(f"{target}.weight", tensor.numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_gguf_is_converted_once_and_keyed_by_its_content(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from lmprobe_jax_extract import _source
+
+    monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))
+    conversions = []
+    real = _source._convert_gguf
+    monkeypatch.setattr(_source, "_convert_gguf", lambda *a: (conversions.append(a), real(*a)))
+    gguf_file = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(gguf_file)
+    first = extract_activations(gguf_file, PROMPTS, layers=[1], pooling="mean", progress=False)
+    again = extract_activations(gguf_file, PROMPTS, layers=[1], pooling="mean", progress=False)
+    assert len(conversions) == 1  # the second run loads the converted directory
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    reference = extract_activations((direct, tok), PROMPTS, layers=[1], pooling="mean", progress=False)
+    np.testing.assert_array_equal(first.load(1), reference.load(1))
+    np.testing.assert_array_equal(again.load(1), reference.load(1))
+    assert first.manifest["model"]["fingerprint"] == again.manifest["model"]["fingerprint"]
+    moved = tmp_path / "moved" / "same.gguf"
+    moved.parent.mkdir()
+    moved.write_bytes(gguf_file.read_bytes())
+    extract_activations(moved, PROMPTS, layers=[1], pooling="mean", progress=False)
+    assert len(conversions) == 1  # same content, another path: no new conversion
+    data = bytearray(gguf_file.read_bytes())
+    data[-5] ^= 0x01  # one weight changed
+    gguf_file.write_bytes(bytes(data))
+    changed = extract_activations(gguf_file, PROMPTS, layers=[1], pooling="mean", progress=False)
+    assert len(conversions) == 2 and changed.manifest["model"]["fingerprint"] != first.manifest["model"]["fingerprint"]
+
+
+def test_a_model_spread_over_devices_by_device_map_gives_the_same_activations(tiny_models):
+    pytest.importorskip("accelerate")
+    kwargs = {"layers": [EMBEDDINGS, 0, 2, 3], "pooling": ["mean", "all"], "batch_size": 3, "progress": False}
+    plain = extract_activations(tiny_models["llama"], PROMPTS, **kwargs)
+    # Blocks 1 and 3 offloaded to disk: their weights live on the meta device and are loaded per forward.
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.layers.2": "cpu", "model.layers.3": "disk", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    spread = extract_activations(tiny_models["llama"], PROMPTS, device_map=device_map, **kwargs)
+    auto = extract_activations(tiny_models["llama"], PROMPTS, device_map="auto", **kwargs)
+    for pooling in kwargs["pooling"]:
+        for layer in plain.layers:
+            np.testing.assert_array_equal(spread.load(layer, pooling), plain.load(layer, pooling))
+            np.testing.assert_array_equal(auto.load(layer, pooling), plain.load(layer, pooling))
+    with pytest.raises(ValueError, match="device or device_map"):
+        extract_activations(tiny_models["llama"], PROMPTS, device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="dispatch a model object yourself"):
+        extract_activations(load(tiny_models["llama"]), PROMPTS, device_map="auto", progress=False)
