@@ -22,6 +22,7 @@ from lmprobe_jax_store import (
     MemoryWriter,
     StoreWriter,
     attach,
+    check_metadata,
     check_poolings,
     check_shard,
     finished_store,
@@ -32,7 +33,6 @@ from lmprobe_jax_store import (
     store_lock,
     store_root,
 )
-from lmprobe_jax_store._annotations import check_metadata
 
 from ._blocks import find_decoder_layers, hidden_size_of, n_layers_of
 from ._capture import capture_local, capture_nnsight, input_device, model_inputs, wrap_nnsight

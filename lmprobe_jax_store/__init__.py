@@ -19,7 +19,7 @@ this package is the format between the two and needs only numpy, safetensors and
 * :func:`cache_root` -- where models, stores and compiled programs are cached (``$LMPROBE_JAX_CACHE``).
 """
 
-from ._annotations import label_set
+from ._annotations import check_metadata, label_set
 from ._cache import CACHE_ENV, cache_root
 from ._layers import EMBEDDINGS, LayerName, layer_key, layer_order, normalise_layer, resolve_layers
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, request_mismatches, shard_path
@@ -68,6 +68,7 @@ __all__ = [
     "add_token_level",
     "attach",
     "cache_root",
+    "check_metadata",
     "check_poolings",
     "check_readout_arrays",
     "check_readout_meta",

@@ -144,6 +144,11 @@ class ActivationStore:
     def hidden_size(self) -> int:
         return int(self.manifest["hidden_size"])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk of every file the manifest lists (0 in memory)."""
+        return sum(entry["bytes"] for entry in self.manifest["files"].values()) if self.path is not None else 0
+
     def __repr__(self) -> str:
         where = "in memory" if self.path is None else str(self.path)
         return (
