@@ -541,7 +541,6 @@ def test_a_model_object_is_never_converted_to_another_dtype(tiny_models):
 def _write_tiny_gguf(path):
     """A 2-block Llama with the tiny tokenizer as a GGUF file (float32 tensors), written offline."""
     import gguf
-
     from conftest import _tiny_tokenizer
 
     tok = _tiny_tokenizer()
