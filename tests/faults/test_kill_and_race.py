@@ -8,7 +8,7 @@ batch's rows, ``write`` of a progress line, ``replace`` of an atomic write, ``re
 ``fsync``) and sends itself SIGKILL just before or just after its n-th call, with (call, n, side) drawn
 at random from a fixed seed. Every case must end in the store a clean run produces, byte for byte, or
 in a clear ValueError; never a store holding other data ("silent wrong") and never a finished store
-lost or replaced without ``overwrite=True`` ("data lost"). Each test prints its counts (run with ``-s``).
+lost or replaced without ``overwrite=True`` ("data lost"). Counts print at the end (run with ``-s``).
 """
 
 import hashlib
@@ -26,6 +26,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from outcomes import Counts
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmprobe_jax_extract import extract_activations
@@ -112,12 +113,13 @@ def tree(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def report(name: str, counts: dict) -> None:
-    line = f"FAULTS {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    print(line)
-    if os.environ.get("LMPROBE_JAX_FAULT_REPORT"):
-        with open(os.environ["LMPROBE_JAX_FAULT_REPORT"], "a") as handle:
-            handle.write(json.dumps({"class": name, **counts}) + "\n")
+COUNTS = Counts()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    COUNTS.report()
 
 
 @pytest.fixture(scope="module")
@@ -147,55 +149,49 @@ TRAPS = [("pwrite", 1, 30), ("write", 1, 8), ("replace", 1, 6), ("rename", 1, 1)
 def test_kill_at_random_points_then_resume(llama, clean, tmp_path):
     _, pair = llama
     rng = random.Random(20)
-    counts = {"tried": 0, "killed": 0, "clear_errors": 0, "silent_wrong": 0, "data_lost": 0}
+    name, killed = "kill -9 during extraction / resume, then resume", 0
     cases = [(name, rng.randint(low, high), rng.choice(["before", "after"])) for name, low, high in TRAPS]
     cases += [(rng.choice(TRAPS)[0], rng.randint(1, 6), rng.choice(["before", "after"])) for _ in range(19)]
     for i, trap in enumerate(cases):
         out = tmp_path / f"s{i}"
         kwargs = {**KWARGS, "out_dir": str(out)}
         result = finish(start(pair, PROMPTS_A, kwargs, trap=trap))
-        counts["tried"] += 1
-        counts["killed"] += result is None
+        killed += result is None
         if i % 3 == 2:  # the resume itself killed as well, at another point
             second = list(rng.choice(TRAPS))
             second[1], second[2] = rng.randint(1, 4), "after"
-            counts["killed"] += finish(start(pair, PROMPTS_A, kwargs, trap=second)) is None
+            killed += finish(start(pair, PROMPTS_A, kwargs, trap=second)) is None
         store = extract_activations(pair, PROMPTS_A, out_dir=out, **KWARGS)  # resume in this process
         ok = tree(out) == clean["A"] and digests(store) == digests(ActivationStore(out))
-        counts["silent_wrong"] += not ok
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".s{i}.") and p.name != f".s{i}.lock"]
-        counts["data_lost"] += bool(leftovers)  # a staging or old copy never cleared
+        COUNTS.add(name, silent_wrong=not ok, data_lost=bool(leftovers))  # leftovers: a copy never cleared
         assert ok, f"case {trap}: the resumed store differs from a clean run"
         assert not leftovers, f"case {trap}: left {leftovers}"
-    report("kill -9 during extraction / resume, then resume", counts)
-    assert counts["killed"] >= len(cases) // 2  # the traps fired
+    assert killed >= len(cases) // 2  # the traps fired
 
 
 def test_kill_while_replacing_a_finished_store_never_loses_it(llama, clean, tmp_path):
     _, pair = llama
-    counts = {"tried": 0, "killed": 0, "clear_errors": 0, "silent_wrong": 0, "data_lost": 0}
     for i, trap in enumerate([("rename", 1, "after"), ("rename", 2, "before"), ("replace", 3, "after")]):
         out = tmp_path / f"r{i}"
         extract_activations(pair, PROMPTS_B, out_dir=out, **KWARGS)  # a finished store of prompts B
         result = finish(start(pair, PROMPTS_A, {**KWARGS, "out_dir": str(out), "overwrite": True}, trap=trap))
-        counts["tried"] += 1
-        counts["killed"] += result is None
+        assert result is None  # killed
         # Whatever the kill point, once the next lock holder has tidied, the directory holds B (the
         # replacement had not landed) or A (it had, or it was staged whole and is now published).
         with store_lock(out):
             pass
         final = tree(out)
-        counts["silent_wrong"] += final not in (clean["A"], clean["B"])
-        counts["data_lost"] += final not in (clean["A"], clean["B"])
-        assert final in (clean["A"], clean["B"]), trap
+        whole = final in (clean["A"], clean["B"])
+        COUNTS.add("kill -9 while replacing a finished store", silent_wrong=not whole, data_lost=not whole)
+        assert whole, trap
         prompts = PROMPTS_A if final == clean["A"] else PROMPTS_B
         assert extract_activations(pair, prompts, out_dir=out, **KWARGS).prompts == prompts
-    report("kill -9 while replacing a finished store", counts)
 
 
 def test_two_processes_with_different_prompts_race_on_one_directory(llama, clean, tmp_path):
     _, pair = llama
-    counts = {"tried": 0, "clear_errors": 0, "silent_wrong": 0, "data_lost": 0}
+    name = "two processes, different prompts, one out_dir"
     for i, overwrite in enumerate([(False, False), (False, False), (True, True), (True, False)] * 2):
         out, go = tmp_path / f"race{i}", tmp_path / f"go{i}"
         procs = [
@@ -204,29 +200,26 @@ def test_two_processes_with_different_prompts_race_on_one_directory(llama, clean
         ]
         go.touch()  # both start extracting at once
         results = [finish(proc) for proc in procs]
+        final = tree(out)
+        whole = final in (clean["A"], clean["B"])
         for prompts, result in zip((PROMPTS_A, PROMPTS_B), results, strict=True):
-            counts["tried"] += 1
             if result["ok"]:
                 good = result["prompts"] == prompts
-                counts["silent_wrong"] += not good
+                COUNTS.add(name, silent_wrong=not good, data_lost=not whole)
                 assert good, "a process got a store of the other's prompts"
             else:
                 clear = result["error"] == "ValueError" and (
                     "different request" in result["message"] or "replaced since" in result["message"]
                 )
-                counts["clear_errors"] += clear
+                COUNTS.add(name, clear=clear, data_lost=not whole)
                 assert clear, result
-        final = tree(out)
-        counts["data_lost"] += final not in (clean["A"], clean["B"])
-        assert final in (clean["A"], clean["B"]), "the directory holds neither store whole"
+        assert whole, "the directory holds neither store whole"
         if not any(overwrite):  # the first finished store stands; the other process was refused
             assert sum(r["ok"] for r in results) == 1
-    report("two processes, different prompts, one out_dir", counts)
 
 
 def test_racing_label_sets_and_shards(llama, clean, tmp_path):
     _, pair = llama
-    counts = {"tried": 0, "clear_errors": 0, "silent_wrong": 0, "data_lost": 0}
     go = tmp_path / "go"
     labels = {"A": [i % 2 for i in range(16)], "B": [(i // 2) % 2 for i in range(16)]}
     procs = [
@@ -241,14 +234,11 @@ def test_racing_label_sets_and_shards(llama, clean, tmp_path):
     go.touch()
     for y, proc in zip(labels.values(), procs, strict=True):
         result = finish(proc)
-        counts["tried"] += 1
         good = result["ok"] and result["labels"] == y and result["prompts"] == PROMPTS_A
-        counts["silent_wrong"] += not good
+        COUNTS.add("two label sets racing on one cache entry", silent_wrong=not good)
         assert good, result
     published = [finish(proc) for proc in shards]
-    counts["tried"] += 2
     assert all(r["ok"] for r in published) and sum(r["published"] for r in published) >= 1
     final = tree(tmp_path / "sharded")
-    counts["silent_wrong"] += final != clean["B"]
+    COUNTS.add("two shards of one store, side by side", silent_wrong=final != clean["B"])
     assert final == clean["B"], "two shards did not make the store one process makes"
-    report("racing label sets on one cache entry; two shards of one store", counts)
