@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
+from lmprobe_jax_store import ActivationStore
+
 from . import functional as F
 from .classifiers import BATCHED, build_classifier
 from .sklearn import LogisticCVProbe
@@ -85,7 +87,7 @@ class SweepResult:
 
 
 def _as_layers(X: Any, y: Any, layers: Any, pooling: str | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    if hasattr(X, "stack") and hasattr(X, "manifest"):  # an ActivationStore
+    if isinstance(X, ActivationStore):
         store = X
         names = [layer for layer in store.layers if layer != "embeddings"] if layers is None else list(layers)
         y = store.labels if y is None else y

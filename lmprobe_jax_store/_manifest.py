@@ -103,12 +103,14 @@ def check_manifest(manifest: Any, where: object) -> dict:
         raise bad("has no valid model.n_layers")
     n_layers = model["n_layers"]
     layers, poolings = manifest.get("layers"), manifest.get("poolings")
-    if not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers):
+    if not isinstance(layers, list) or not layers:
         raise bad("has no valid layer list")
     for layer in layers:
         if layer != EMBEDDINGS and not (type(layer) is int and 0 <= layer < n_layers):
             raise bad(f"names layer {layer!r}, not a block of a {n_layers}-layer model")
-    if not isinstance(poolings, list) or not poolings or not set(poolings) <= set(POOLINGS):
+    if len(set(map(str, layers))) != len(layers):
+        raise bad("lists a layer twice")
+    if not isinstance(poolings, list) or not poolings or not all(p in POOLINGS for p in poolings):
         raise bad(f"has an invalid pooling list ({poolings!r})")
     if len(set(poolings)) != len(poolings):
         raise bad("lists a pooling twice")
@@ -131,7 +133,7 @@ def check_manifest(manifest: Any, where: object) -> dict:
         raise bad(f"does not list {missing[0]!r}")
     for field in ("labels", "metadata"):
         pointer = manifest.get(field)
-        if pointer is not None and pointer not in files:
+        if pointer is not None and (not isinstance(pointer, str) or pointer not in files):
             raise bad(f"points its {field} at {pointer!r}, which is not one of its files")
     return manifest
 
