@@ -20,6 +20,7 @@ from lmprobe_jax_store import (
     ActivationStore,
     LayerName,
     MemoryWriter,
+    StoreContent,
     StoreWriter,
     attach,
     check_metadata,
@@ -299,7 +300,6 @@ def extract_activations(
         "prompts_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest(),
         "prompt_hashes": hashes,
     }
-    sides = {"prompts": prompts, "labels": labels, "metadata": metadata, "token_counts": lengths}
 
     def runner() -> _Runner:
         net = source.load_model(compute, None if device_map is not None else source.device(device), device_map)
@@ -313,7 +313,7 @@ def extract_activations(
 
     if out_dir is None and cache_dir is None:
         batches = plan_batches(lengths, batch_size)
-        writer = MemoryWriter(request, batches=batches, **sides)
+        writer = MemoryWriter(StoreContent(request, batches, lengths, prompts, labels, metadata))
         _run(writer, batches, runner, lengths, progress)
         return writer.finish()
 
@@ -327,9 +327,11 @@ def extract_activations(
     with store_lock(root, on_wait=waiting):
         try:
             existing = finished_store(root, verify=verify)
-        except ValueError:
+        except ValueError as err:
             if not (cached or overwrite):
-                raise
+                if not (root / "manifest.json").is_file():
+                    raise
+                raise ValueError(f"{err} It is not replaced unless asked: pass overwrite=True.") from None
             existing = None  # a store this version cannot read: replaced, as asked (or as a cache's)
         if existing is not None:
             wrong = request_mismatches(existing.manifest, request)
@@ -348,12 +350,10 @@ def extract_activations(
         batches = plan_batches(lengths, batch_size)
         writer = StoreWriter(
             root,
-            request,
-            batches=batches,
+            StoreContent(request, batches, lengths, prompts, labels, metadata),
             resume_key={"batch_size": batch_size, "padding_side": padding_side, "backend": backend},
             shard=shard or (0, 1),
             replace=overwrite or cached,
-            **sides,
         )
         if shard is None or shard[1] == 1:
             _run(writer, batches, runner, lengths, progress)

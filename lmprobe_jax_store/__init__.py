@@ -6,7 +6,7 @@ this package is the format between the two and needs only numpy, safetensors and
 * :class:`ActivationStore` -- ``load(layer, pooling)`` -> ``(N, D)`` memory-mapped numpy,
   ``stack(layers, pooling)`` -> ``(L, N, D)``, ``iter_rows`` -> row chunks without copies; every file
   checked against the manifest's size and SHA-256, every path confined to the store.
-* Writing: :func:`store_lock`, :class:`StoreWriter` (batches straight to their final rows, checksummed
+* Writing: :func:`store_lock`, :class:`StoreContent`, :class:`StoreWriter` (batches straight to their final rows, checksummed
   for resume, renamed into place whole), :class:`MemoryWriter`, :func:`attach` (another label set),
   :func:`merge` (publish what sharded writers staged).
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
@@ -39,6 +39,7 @@ from ._tokens import (
 from ._version import library_version
 from ._writer import (
     MemoryWriter,
+    StoreContent,
     StoreWriter,
     attach,
     check_shard,
@@ -63,6 +64,7 @@ __all__ = [
     "ActivationStore",
     "LayerName",
     "MemoryWriter",
+    "StoreContent",
     "StoreWriter",
     "TokenIds",
     "add_token_level",

@@ -3,7 +3,7 @@
 The protocol (:func:`lmprobe_jax_extract.extract_activations` follows it; any producer can)::
 
     with store_lock(root):                         # one writer per store, across processes
-        writer = StoreWriter(root, manifest, batches=batches, token_counts=counts, prompts=prompts)
+        writer = StoreWriter(root, StoreContent(manifest, batches, token_counts, prompts, labels))
         for k in writer.pending:                   # batches of this shard not yet on disk (verified)
             writer.write(k, {(layer, pooling): rows})   # (rows of batch k, D), any order of k
         store = writer.finish()                    # hash, manifest, fsync, rename into place
@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -255,11 +255,10 @@ def _as_bytes(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(array.shape[0], -1).view(np.uint8)).cast("B")
 
 
-class StoreWriter:
-    """Writes one activation store (see the module docstring for the protocol and the files).
+class StoreContent(NamedTuple):
+    """What a store will hold, as both writers take it.
 
-    Args:
-      root: the store's final directory (absent, empty, or a store being replaced with ``replace``).
+    Attributes:
       manifest: the request fields of the manifest (see :mod:`lmprobe_jax_store._manifest`); must hold
         ``layers``, ``poolings``, ``n_prompts``, ``hidden_size`` and ``storage_dtype``.
       batches: prompt indices of each batch, together every prompt once. Batch ``k``'s rows arrive in
@@ -267,6 +266,22 @@ class StoreWriter:
       token_counts: ``(N,)`` real tokens per prompt (the rows of the ``"all"`` pooling).
       prompts, labels, metadata: the N prompts; optional labels (numbers or class names: see
         :func:`~lmprobe_jax_store._annotations.label_set`) and N JSON-serialisable records.
+    """
+
+    manifest: dict
+    batches: Sequence[Sequence[int]]
+    token_counts: Sequence[int]
+    prompts: Sequence[str]
+    labels: Any = None
+    metadata: Sequence | None = None
+
+
+class StoreWriter:
+    """Writes one activation store (see the module docstring for the protocol and the files).
+
+    Args:
+      root: the store's final directory (absent, empty, or a store being replaced with ``replace``).
+      content: what it will hold (:class:`StoreContent`).
       resume_key: anything JSON-serialisable that must also match for a staged store to be resumed
         (e.g. the batch size and padding that produced its rows).
       shard: ``(i, n)``: this writer computes batches ``k % n == i``; ``None`` computes none (merging).
@@ -279,13 +294,8 @@ class StoreWriter:
     def __init__(
         self,
         root: str | os.PathLike,
-        manifest: dict,
+        content: StoreContent,
         *,
-        batches: Sequence[Sequence[int]],
-        token_counts: Sequence[int],
-        prompts: Sequence[str],
-        labels: Any = None,
-        metadata: Sequence | None = None,
         resume_key: Any = None,
         shard: tuple[int, int] | None = (0, 1),
         replace: bool = False,
@@ -293,12 +303,12 @@ class StoreWriter:
         self.root = store_root(root)
         _require_lock(self.root)
         self.staging = staging_path(self.root)
-        manifest = json.loads(json.dumps(manifest))
-        self.layout = _Layout(manifest, batches, token_counts)
+        manifest = json.loads(json.dumps(content.manifest))
+        self.layout = _Layout(manifest, content.batches, content.token_counts)
         plan = {
             "manifest": manifest,
             "batches": [b.tolist() for b in self.layout.batches],
-            "token_counts": [int(c) for c in token_counts],
+            "token_counts": np.diff(self.layout.offsets).tolist(),
             "resume_key": json.loads(json.dumps(resume_key)),
         }
         self.store_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:32]
@@ -313,6 +323,7 @@ class StoreWriter:
 
         self._fds: dict[str, int] = {}
         self._active: FileLock | None = None
+        sharded = self.shard is not None and self.shard[1] > 1
         if not self._open_staging(plan):
             if self._others_active():
                 raise ValueError(
@@ -320,7 +331,13 @@ class StoreWriter:
                     f"(its shards hold {self.staging}); wait for it, or choose another out_dir."
                 )
             self._create_staging(plan)
-        self._write_side_files(prompts, labels, metadata)
+        elif not sharded and self._others_active():
+            self._close()
+            raise ValueError(
+                f"Shards of this extraction are writing {self.root} right now: wait for them (the last one "
+                "publishes the store), or run the missing shards."
+            )
+        self._write_side_files(content.prompts, content.labels, content.metadata)
         if self.shard is not None and self.shard[1] > 1:
             self._claim_shard()
         self._claims = self._read_claims()
@@ -506,6 +523,12 @@ class StoreWriter:
         or None when batches of other shards are still missing (their writers, or :func:`merge`, will
         publish it). Hold :func:`store_lock` of ``root``."""
         _require_lock(self.root)
+        if not self.staging.is_dir():  # another shard of this extraction published it meanwhile
+            self._close()
+            store = finished_store(self.root, verify=verify)
+            if store is None or store.manifest["store_id"] != self.store_id:
+                raise ValueError(f"The extraction staged for {self.root} was replaced by another one.")
+            return store
         missing = self.missing()
         if missing:
             own = [k for k in missing if self.shard is not None and k % self.shard[1] == self.shard[0]]
@@ -560,10 +583,8 @@ class StoreWriter:
             batches, counts = plan["batches"], plan["token_counts"]
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"{root} has no staged extraction to merge (no usable {staging.name}/).") from None
-        return cls(
-            root, manifest, batches=batches, token_counts=counts, prompts=prompts,
-            resume_key=plan.get("resume_key"), shard=None, replace=True,
-        )
+        content = StoreContent(manifest, batches, counts, prompts)
+        return cls(root, content, resume_key=plan.get("resume_key"), shard=None, replace=True)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -635,21 +656,13 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 class MemoryWriter:
-    """:class:`StoreWriter`'s in-memory counterpart: same arguments (no root, shard or resume), same
+    """:class:`StoreWriter`'s in-memory counterpart: the same content (no root, shard or resume), the same
     ``pending`` / ``write`` / ``finish``. Each array is allocated at its final shape and filled in place:
     memory is the store once plus one batch."""
 
-    def __init__(
-        self,
-        manifest: dict,
-        *,
-        batches: Sequence[Sequence[int]],
-        token_counts: Sequence[int],
-        prompts: Sequence[str],
-        labels: Any = None,
-        metadata: Sequence | None = None,
-    ):
-        self.layout = _Layout(manifest, batches, token_counts)
+    def __init__(self, content: StoreContent):
+        manifest, _, _, prompts, labels, metadata = content
+        self.layout = _Layout(manifest, content.batches, content.token_counts)
         n = self.layout.n_prompts
         self.manifest = {**manifest, "n_tokens": self.layout.n_tokens, "labels": None, "metadata": None}
         self.arrays: dict[str, Any] = {

@@ -119,7 +119,7 @@ def store_manifest(n: int, d: int, layers, poolings, *, n_layers: int = 4, stora
 def write_store():
     """``write_store(root, ...) -> (store, data, counts)``: a store written through StoreWriter from
     random numpy rows, batches in a shuffled order; ``data[(layer, pooling)]`` is what it must hold."""
-    from lmprobe_jax_store import StoreWriter, store_lock
+    from lmprobe_jax_store import StoreContent, StoreWriter, store_lock
 
     def write(root, *, n=7, d=8, layers=(0, 2), poolings=("mean", "all"), batch=3, seed=0, labels=None,
               metadata=None, replace=False):
@@ -134,9 +134,9 @@ def write_store():
             for p in poolings
         }
         with store_lock(root):
-            writer = StoreWriter(root, store_manifest(n, d, layers, poolings), batches=batches, token_counts=counts,
-                                 prompts=[f"prompt {i}" for i in range(n)], labels=labels, metadata=metadata,
-                                 replace=replace)
+            content = StoreContent(store_manifest(n, d, layers, poolings), batches, counts,
+                                   [f"prompt {i}" for i in range(n)], labels, metadata)
+            writer = StoreWriter(root, content, replace=replace)
             for k in rng.permutation(writer.pending).tolist():
                 rows = np.asarray(batches[k])
                 tokens = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
@@ -144,3 +144,13 @@ def write_store():
             return writer.finish(), data, counts
 
     return write
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    """Per-class outcome counts of a fuzz or fault module (tests/outcomes.py), printed when it ends."""
+    from outcomes import Counts
+
+    counts = Counts()
+    yield counts
+    counts.report()

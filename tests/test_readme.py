@@ -16,7 +16,7 @@ CITIES = ["Lyon", "Paris", "Nice", "Lille", "Tours", "Metz", "Brest", "Caen", "D
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_the_extraction_snippet_runs_as_written(deep_model, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     prompts = [f"The city of {c} is in {k}." for c in CITIES for k in ("France", "Japan")]
     namespace = {"prompts": prompts, "labels": np.arange(len(prompts)) % 2}
-    exec(compile(block.replace("path/or/hub-id", str(deep_model)), "README.md", "exec"), namespace)
+    exec(compile(block.replace("path/or/hub-id", str(deep_model)), "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
     store = namespace["store"]
     assert store.stack(range(10, 20), "mean").shape == (10, len(prompts), 16)
     assert (tmp_path / "acts" / "manifest.json").is_file()

@@ -13,6 +13,7 @@ from lmprobe_jax_store import (
     ALIGNMENT,
     ActivationStore,
     MemoryWriter,
+    StoreContent,
     StoreWriter,
     attach,
     merge,
@@ -43,8 +44,7 @@ def test_memory_writer_holds_what_the_store_writer_writes(write_store, tmp_path)
 
     store, data, counts = write_store(tmp_path / "s", n=6, batch=4)
     plan = [[5, 0, 3, 1], [4, 2]]
-    writer = MemoryWriter(store_manifest(6, 8, (0, 2), ("mean", "all")), batches=plan, token_counts=counts,
-                          prompts=store.prompts)
+    writer = MemoryWriter(StoreContent(store_manifest(6, 8, (0, 2), ("mean", "all")), plan, counts, store.prompts))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for k, rows in enumerate(plan):
         tokens = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
@@ -116,8 +116,7 @@ def test_writing_without_the_lock_is_refused(tmp_path):
     from conftest import store_manifest
 
     with pytest.raises(RuntimeError, match="store_lock"):
-        StoreWriter(tmp_path / "s", store_manifest(2, 4, [0], ["mean"]), batches=[[0, 1]], token_counts=[1, 1],
-                    prompts=["a", "b"])
+        StoreWriter(tmp_path / "s", StoreContent(store_manifest(2, 4, [0], ["mean"]), [[0, 1]], [1, 1], ["a", "b"]))
 
 
 def _tamper(root, edit):
@@ -227,22 +226,27 @@ def test_merge_publishes_only_when_every_batch_is_on_disk(tmp_path):
 
     rng = np.random.default_rng(0)
     data = rng.normal(size=(6, 4)).astype(np.float32)
-    kwargs = {"batches": [[0, 1], [2, 3], [4, 5]], "token_counts": [1] * 6, "prompts": list("abcdef"),
-              "labels": ["x", "y"] * 3}
-    manifest = store_manifest(6, 4, [1], ["mean"])
+    content = StoreContent(store_manifest(6, 4, [1], ["mean"]), [[0, 1], [2, 3], [4, 5]], [1] * 6, list("abcdef"),
+                           ["x", "y"] * 3)
     writers = []
     for i in range(2):
         with store_lock(tmp_path / "s"):
-            writers.append(StoreWriter(tmp_path / "s", manifest, shard=(i, 2), **kwargs))
+            writers.append(StoreWriter(tmp_path / "s", content, shard=(i, 2)))
     assert writers[0].pending == [0, 2] and writers[1].pending == [1]
     for k in list(writers[0].pending):
         writers[0].write(k, {(1, "mean"): data[2 * k : 2 * k + 2]})
     with store_lock(tmp_path / "s"):
         assert writers[0].finish() is None  # shard 1 is not done
+    with pytest.raises(ValueError, match="Shards of this extraction are writing"):
+        merge(tmp_path / "s")  # shard 1's writer is alive
+    writers[1]._close()  # as if it died
     with pytest.raises(ValueError, match=r"1 of 3 batches .* not on disk"):
         merge(tmp_path / "s")
-    writers[1].write(1, {(1, "mean"): data[2:4]})
-    writers[1]._close()
+    with store_lock(tmp_path / "s"):
+        rerun = StoreWriter(tmp_path / "s", content, shard=(1, 2))
+    assert rerun.pending == [1]
+    rerun.write(1, {(1, "mean"): data[2:4]})
+    rerun._close()
     store = merge(tmp_path / "s")
     np.testing.assert_array_equal(store.load(1, "mean"), data)
     assert store.label_names == ["x", "y"]
@@ -252,12 +256,11 @@ def test_merge_publishes_only_when_every_batch_is_on_disk(tmp_path):
 def test_shards_must_agree_on_their_labels(tmp_path):
     from conftest import store_manifest
 
-    kwargs = {"batches": [[0], [1]], "token_counts": [1, 1], "prompts": ["a", "b"]}
-    manifest = store_manifest(2, 4, [1], ["mean"])
+    content = StoreContent(store_manifest(2, 4, [1], ["mean"]), [[0], [1]], [1, 1], ["a", "b"])
     with store_lock(tmp_path / "s"):
-        StoreWriter(tmp_path / "s", manifest, shard=(0, 2), labels=[0, 1], **kwargs)
+        StoreWriter(tmp_path / "s", content._replace(labels=[0, 1]), shard=(0, 2))
         with pytest.raises(ValueError, match="other labels"):
-            StoreWriter(tmp_path / "s", manifest, shard=(1, 2), labels=[1, 0], **kwargs)
+            StoreWriter(tmp_path / "s", content._replace(labels=[1, 0]), shard=(1, 2))
 
 
 @pytest.mark.parametrize("shard", [(2, 2), (-1, 2), (0, 0), "0/2", (True, 2), (0, 1, 2)])
@@ -265,5 +268,22 @@ def test_bad_shards(tmp_path, shard):
     from conftest import store_manifest
 
     with store_lock(tmp_path / "s"), pytest.raises(ValueError, match="shard must be"):
-        StoreWriter(tmp_path / "s", store_manifest(2, 4, [1], ["mean"]), batches=[[0, 1]], token_counts=[1, 1],
-                    prompts=["a", "b"], shard=shard)
+        StoreWriter(tmp_path / "s", StoreContent(store_manifest(2, 4, [1], ["mean"]), [[0, 1]], [1, 1], ["a", "b"]),
+                    shard=shard)
+
+
+def test_a_shard_that_finishes_after_another_published_gets_the_store(tmp_path):
+    from conftest import store_manifest
+
+    data = np.arange(24, dtype=np.float32).reshape(6, 4)
+    content = StoreContent(store_manifest(6, 4, [1], ["mean"]), [[0, 1], [2, 3], [4, 5]], [1] * 6, list("abcdef"))
+    with store_lock(tmp_path / "s"):
+        writers = [StoreWriter(tmp_path / "s", content, shard=(i, 2)) for i in range(2)]
+    for writer in writers:
+        for k in list(writer.pending):
+            writer.write(k, {(1, "mean"): data[2 * k : 2 * k + 2]})
+    with store_lock(tmp_path / "s"):
+        first = writers[1].finish()  # every batch is on disk: shard 1 publishes
+        second = writers[0].finish()
+    assert first.manifest == second.manifest
+    np.testing.assert_array_equal(second.load(1, "mean"), data)

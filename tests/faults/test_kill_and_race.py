@@ -26,7 +26,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from outcomes import Counts
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmprobe_jax_extract import extract_activations
@@ -113,13 +112,6 @@ def tree(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-COUNTS = Counts()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    COUNTS.report()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +138,7 @@ def clean(llama, tmp_path_factory):
 TRAPS = [("pwrite", 1, 30), ("write", 1, 8), ("replace", 1, 6), ("rename", 1, 1), ("fsync", 1, 14)]
 
 
-def test_kill_at_random_points_then_resume(llama, clean, tmp_path):
+def test_kill_at_random_points_then_resume(outcomes, llama, clean, tmp_path):
     _, pair = llama
     rng = random.Random(20)
     name, killed = "kill -9 during extraction / resume, then resume", 0
@@ -164,13 +156,13 @@ def test_kill_at_random_points_then_resume(llama, clean, tmp_path):
         store = extract_activations(pair, PROMPTS_A, out_dir=out, **KWARGS)  # resume in this process
         ok = tree(out) == clean["A"] and digests(store) == digests(ActivationStore(out))
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".s{i}.") and p.name != f".s{i}.lock"]
-        COUNTS.add(name, silent_wrong=not ok, data_lost=bool(leftovers))  # leftovers: a copy never cleared
+        outcomes.add(name, silent_wrong=not ok, data_lost=bool(leftovers))  # leftovers: a copy never cleared
         assert ok, f"case {trap}: the resumed store differs from a clean run"
         assert not leftovers, f"case {trap}: left {leftovers}"
     assert killed >= len(cases) // 2  # the traps fired
 
 
-def test_kill_while_replacing_a_finished_store_never_loses_it(llama, clean, tmp_path):
+def test_kill_while_replacing_a_finished_store_never_loses_it(outcomes, llama, clean, tmp_path):
     _, pair = llama
     for i, trap in enumerate([("rename", 1, "after"), ("rename", 2, "before"), ("replace", 3, "after")]):
         out = tmp_path / f"r{i}"
@@ -183,13 +175,13 @@ def test_kill_while_replacing_a_finished_store_never_loses_it(llama, clean, tmp_
             pass
         final = tree(out)
         whole = final in (clean["A"], clean["B"])
-        COUNTS.add("kill -9 while replacing a finished store", silent_wrong=not whole, data_lost=not whole)
+        outcomes.add("kill -9 while replacing a finished store", silent_wrong=not whole, data_lost=not whole)
         assert whole, trap
         prompts = PROMPTS_A if final == clean["A"] else PROMPTS_B
         assert extract_activations(pair, prompts, out_dir=out, **KWARGS).prompts == prompts
 
 
-def test_two_processes_with_different_prompts_race_on_one_directory(llama, clean, tmp_path):
+def test_two_processes_with_different_prompts_race_on_one_directory(outcomes, llama, clean, tmp_path):
     _, pair = llama
     name = "two processes, different prompts, one out_dir"
     for i, overwrite in enumerate([(False, False), (False, False), (True, True), (True, False)] * 2):
@@ -205,20 +197,20 @@ def test_two_processes_with_different_prompts_race_on_one_directory(llama, clean
         for prompts, result in zip((PROMPTS_A, PROMPTS_B), results, strict=True):
             if result["ok"]:
                 good = result["prompts"] == prompts
-                COUNTS.add(name, silent_wrong=not good, data_lost=not whole)
+                outcomes.add(name, silent_wrong=not good, data_lost=not whole)
                 assert good, "a process got a store of the other's prompts"
             else:
                 clear = result["error"] == "ValueError" and (
                     "different request" in result["message"] or "replaced since" in result["message"]
                 )
-                COUNTS.add(name, clear=clear, data_lost=not whole)
+                outcomes.add(name, clear=clear, data_lost=not whole)
                 assert clear, result
         assert whole, "the directory holds neither store whole"
         if not any(overwrite):  # the first finished store stands; the other process was refused
             assert sum(r["ok"] for r in results) == 1
 
 
-def test_racing_label_sets_and_shards(llama, clean, tmp_path):
+def test_racing_label_sets_and_shards(outcomes, llama, clean, tmp_path):
     _, pair = llama
     go = tmp_path / "go"
     labels = {"A": [i % 2 for i in range(16)], "B": [(i // 2) % 2 for i in range(16)]}
@@ -235,10 +227,10 @@ def test_racing_label_sets_and_shards(llama, clean, tmp_path):
     for y, proc in zip(labels.values(), procs, strict=True):
         result = finish(proc)
         good = result["ok"] and result["labels"] == y and result["prompts"] == PROMPTS_A
-        COUNTS.add("two label sets racing on one cache entry", silent_wrong=not good)
+        outcomes.add("two label sets racing on one cache entry", silent_wrong=not good)
         assert good, result
     published = [finish(proc) for proc in shards]
     assert all(r["ok"] for r in published) and sum(r["published"] for r in published) >= 1
     final = tree(tmp_path / "sharded")
-    COUNTS.add("two shards of one store, side by side", silent_wrong=final != clean["B"])
+    outcomes.add("two shards of one store, side by side", silent_wrong=final != clean["B"])
     assert final == clean["B"], "two shards did not make the store one process makes"

@@ -17,20 +17,12 @@ from hypothesis import strategies as st
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from outcomes import Counts
 
 from lmprobe_jax import cli
 from lmprobe_jax_extract import extract_activations
 
-COUNTS = Counts()
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    COUNTS.report()
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +78,14 @@ ARGS = arguments()
 
 @SETTINGS
 @given(args=ARGS)
-def test_extract_activations_on_any_input(gpt2, args):
+def test_extract_activations_on_any_input(outcomes, gpt2, args):
     on_disk = args.pop("on_disk")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             store = extract_activations(gpt2, args["prompts"], out_dir=Path(tmp) / "s" if on_disk else None,
                                         progress=False, **{k: v for k, v in args.items() if k != "prompts"})
         except (ValueError, TypeError):
-            COUNTS.add("extract_activations: random arguments", clear=True)
+            outcomes.add("extract_activations: random arguments", clear=True)
             return
         reference = extract_activations(gpt2, args["prompts"], layers=store.layers, pooling=store.poolings,
                                         max_length=args["max_length"], batch_size=1, progress=False)
@@ -108,7 +100,7 @@ def test_extract_activations_on_any_input(gpt2, args):
             names = store.label_names
             got = [names[i] for i in store.labels] if names is not None else store.labels.tolist()
             good = good and got == ([str(v) for v in values.tolist()] if names is not None else values.tolist())
-        COUNTS.add("extract_activations: random arguments", silent_wrong=not good)
+        outcomes.add("extract_activations: random arguments", silent_wrong=not good)
         assert good, args
 
 
@@ -136,24 +128,24 @@ ROWS = sometimes(
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(rows=ROWS, kind=st.sampled_from(["jsonl", "csv"]), label_column=st.sampled_from([None, "label", "y"]))
-def test_any_prompt_file_reads_or_is_refused_clearly(rows, kind, label_column):
+def test_any_prompt_file_reads_or_is_refused_clearly(outcomes, rows, kind, label_column):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"p.{kind}"
         path.write_text(_file(rows, kind))
         try:
             data = cli.read_prompts(path, "text", label_column)
         except cli.CLIError:
-            COUNTS.add("CLI prompt files: random columns and values", clear=True)
+            outcomes.add("CLI prompt files: random columns and values", clear=True)
             return
         good = len(data.prompts) == len(rows) and (data.labels is None or len(data.labels) == len(rows))
-        COUNTS.add("CLI prompt files: random columns and values", silent_wrong=not good)
+        outcomes.add("CLI prompt files: random columns and values", silent_wrong=not good)
         assert good
 
 
 @SETTINGS
 @given(rows=ROWS, kind=st.sampled_from(["jsonl", "csv"]),
        layers=st.sampled_from(["all", "1-2", "embeddings,0", "-1", "9"]))
-def test_cli_extract_on_any_file(tiny_models, rows, kind, layers, capsys):
+def test_cli_extract_on_any_file(outcomes, tiny_models, rows, kind, layers, capsys):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"p.{kind}"
         path.write_text(_file(rows, kind))
@@ -163,7 +155,7 @@ def test_cli_extract_on_any_file(tiny_models, rows, kind, layers, capsys):
         err = capsys.readouterr().err
         if status == 1:
             clear = err.startswith("lmprobe-jax extract: error: ")
-            COUNTS.add("CLI extract: random files", clear=clear)
+            outcomes.add("CLI extract: random files", clear=clear)
             assert clear, err
             return
         from lmprobe_jax_store import ActivationStore
@@ -175,5 +167,5 @@ def test_cli_extract_on_any_file(tiny_models, rows, kind, layers, capsys):
             got = store.labels.tolist() if store.label_names is None else [store.label_names[i] for i in store.labels]
             want = expected.labels if isinstance(expected.labels, list) else expected.labels.tolist()
             good = good and got == want
-        COUNTS.add("CLI extract: random files", silent_wrong=not good)
+        outcomes.add("CLI extract: random files", silent_wrong=not good)
         assert status == 0 and good

@@ -16,18 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from outcomes import Counts
 
-from lmprobe_jax_store import ActivationStore, MemoryWriter, StoreWriter, store_lock
+from lmprobe_jax_store import ActivationStore, MemoryWriter, StoreContent, StoreWriter, store_lock
 
-COUNTS = Counts()
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    COUNTS.report()
 
 
 def _manifest(n, d, layers, poolings, dtype="float32"):
@@ -46,8 +38,9 @@ def _write(root, n, d, layers, poolings, counts, batches, order, dtype="float32"
         for p in poolings
     }
     with store_lock(root):
-        writer = StoreWriter(root, _manifest(n, d, layers, poolings, dtype), batches=batches, token_counts=counts,
-                             prompts=[f"p{i}" for i in range(n)], labels=labels)
+        content = StoreContent(_manifest(n, d, layers, poolings, dtype), batches, counts, [f"p{i}" for i in range(n)],
+                               labels)
+        writer = StoreWriter(root, content)
         for k in order:
             rows = np.asarray(batches[k])
             tokens = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
@@ -74,12 +67,12 @@ def plans(draw):
 
 @SETTINGS
 @given(plans())
-def test_any_plan_and_order_puts_every_row_in_place(plan):
+def test_any_plan_and_order_puts_every_row_in_place(outcomes, plan):
     n, d, layers, poolings, counts, batches, order, dtype = plan
     with tempfile.TemporaryDirectory() as tmp:
         store, data = _write(Path(tmp) / "s", n, d, layers, poolings, counts, batches, order, dtype)
-        memory = MemoryWriter(_manifest(n, d, layers, poolings, dtype), batches=batches, token_counts=counts,
-                              prompts=[f"p{i}" for i in range(n)])
+        memory = MemoryWriter(StoreContent(_manifest(n, d, layers, poolings, dtype), batches, counts,
+                                           [f"p{i}" for i in range(n)]))
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for k in order:
             rows = np.asarray(batches[k])
@@ -91,7 +84,7 @@ def test_any_plan_and_order_puts_every_row_in_place(plan):
             and np.array_equal(in_memory.load(layer, p).view(np.uint8), v.view(np.uint8))
             for (layer, p), v in data.items()
         )
-        COUNTS.add("writer: random plans, batch orders, dtypes", silent_wrong=not good)
+        outcomes.add("writer: random plans, batch orders, dtypes", silent_wrong=not good)
         assert good
         del store
 
@@ -116,18 +109,18 @@ def _same_labels(given, store) -> bool:
 
 @SETTINGS
 @given(LABELS)
-def test_any_labels_round_trip_or_are_refused_clearly(labels):
+def test_any_labels_round_trip_or_are_refused_clearly(outcomes, labels):
     with tempfile.TemporaryDirectory() as tmp:
         try:
             store, _ = _write(Path(tmp) / "s", 5, 2, [0], ["mean"], [1] * 5, [[0, 1, 2], [3, 4]], [1, 0],
                               labels=labels)
         except ValueError as err:
-            COUNTS.add("labels: every dtype, class names, missing values, shapes", clear=True)
+            outcomes.add("labels: every dtype, class names, missing values, shapes", clear=True)
             assert "label" in str(err)
             return
         good = _same_labels(np.asarray(labels) if not isinstance(labels, list) else labels, store) and _same_labels(
             labels, ActivationStore(Path(tmp) / "s"))
-        COUNTS.add("labels: every dtype, class names, missing values, shapes", silent_wrong=not good)
+        outcomes.add("labels: every dtype, class names, missing values, shapes", silent_wrong=not good)
         assert good
 
 
@@ -142,9 +135,9 @@ def pristine(tmp_path_factory):
         counts = [2, 1, 3, 1, 2]
         data = {(layer, p): rng.normal(size=(9 if p == "all" else 5, 4)).astype(np.float32)
                 for layer in (0, 2) for p in ("mean", "all")}
-        writer = StoreWriter(root, store_manifest(5, 4, [0, 2], ["mean", "all"]), batches=[[4, 0], [1, 2, 3]],
-                             token_counts=counts, prompts=list("abcde"), labels=["x", "y", "x", "y", "y"],
-                             metadata=[{"i": i} for i in range(5)])
+        content = StoreContent(store_manifest(5, 4, [0, 2], ["mean", "all"]), [[4, 0], [1, 2, 3]], counts,
+                               list("abcde"), ["x", "y", "x", "y", "y"], [{"i": i} for i in range(5)])
+        writer = StoreWriter(root, content)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for k, rows in enumerate([[4, 0], [1, 2, 3]]):
             tokens = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
@@ -257,7 +250,7 @@ def _set(obj, where, value):
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(tamperings())
-def test_a_tampered_store_is_refused_or_reads_as_written(pristine, tampering):
+def test_a_tampered_store_is_refused_or_reads_as_written(outcomes, pristine, tampering):
     root, expected = pristine
     with tempfile.TemporaryDirectory() as tmp:
         copy_root = Path(tmp) / "s"
@@ -266,9 +259,9 @@ def test_a_tampered_store_is_refused_or_reads_as_written(pristine, tampering):
         try:
             got = _read_all(ActivationStore(copy_root))
         except ValueError:
-            COUNTS.add(f"tampered store: {tampering[0]}", clear=True)
+            outcomes.add(f"tampered store: {tampering[0]}", clear=True)
             return
         # Provenance fields (model id, tokenizer name, ...) may be edited without changing any data.
         good = _equal(got, copy.deepcopy(expected))
-        COUNTS.add(f"tampered store: {tampering[0]}", silent_wrong=not good)
+        outcomes.add(f"tampered store: {tampering[0]}", silent_wrong=not good)
         assert good, tampering
