@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--old", default=None, help="source tree of the old code (skipped if not given)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import torch
     from transformers import AutoModelForCausalLM
 
