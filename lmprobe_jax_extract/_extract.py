@@ -29,6 +29,7 @@ from lmprobe_jax_store import (
     finished_store,
     label_set,
     library_version,
+    prompt_hash,
     request_mismatches,
     resolve_layers,
     store_lock,
@@ -61,10 +62,6 @@ def encode_prompts(tokenizer: Any, prompts: list[str], max_length: int | None) -
     return tokenizer(
         prompts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length
     )["input_ids"]
-
-
-def _prompt_hash(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _tokens_hash(encoded: Sequence[Sequence[int]]) -> str:
@@ -270,7 +267,7 @@ def extract_activations(
     lengths = np.array([len(ids) for ids in encoded])
     if (lengths == 0).any():
         raise ValueError(f"prompt {int(np.argmin(lengths))} tokenises to nothing; remove empty prompts.")
-    hashes = [_prompt_hash(p) for p in prompts]
+    hashes = [prompt_hash(p) for p in prompts]
     request = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

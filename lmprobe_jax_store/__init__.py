@@ -22,7 +22,7 @@ this package is the format between the two and needs only numpy, safetensors and
 from ._annotations import check_metadata, label_set
 from ._cache import CACHE_ENV, cache_root
 from ._layers import EMBEDDINGS, LayerName, layer_key, layer_order, normalise_layer, resolve_layers
-from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, request_mismatches, shard_path
+from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, prompt_hash, request_mismatches, shard_path
 from ._poolings import POOLINGS, check_poolings
 from ._readout import NORM_KINDS, check_readout_arrays, check_readout_meta, readout_logits_numpy
 from ._safetensors import ALIGNMENT
@@ -84,6 +84,7 @@ __all__ = [
     "merge",
     "next_token_ids",
     "normalise_layer",
+    "prompt_hash",
     "read_readout",
     "read_tokens",
     "readout_logits_numpy",

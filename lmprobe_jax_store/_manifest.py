@@ -19,6 +19,7 @@ A manifest that does not have this shape is refused with a "corrupted store" ``V
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -50,6 +51,11 @@ MATCH_FIELDS = (
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _ID = re.compile(r"[0-9a-f]{16,64}")
+
+
+def prompt_hash(prompt: str) -> str:
+    """A prompt's entry in ``prompt_hashes``: the first 16 hex digits of the SHA-256 of its UTF-8."""
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def shard_path(pooling: str, layer: LayerName) -> str:

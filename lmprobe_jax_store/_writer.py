@@ -47,7 +47,7 @@ from filelock import FileLock, Timeout
 
 from ._annotations import check_metadata, encode_json, encode_labels, encode_metadata, label_set
 from ._layers import LayerName
-from ._manifest import FORMAT, MANIFEST, OFFSETS, PROMPTS, shard_path
+from ._manifest import FORMAT, MANIFEST, OFFSETS, PROMPTS, prompt_hash, shard_path
 from ._paths import (
     atomic_write,
     confined,
@@ -314,7 +314,7 @@ class StoreWriter:
         self.store_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:32]
         self.manifest = {**manifest, "store_id": self.store_id, "n_tokens": self.layout.n_tokens}
         self.shard = check_shard(shard)
-        if os.path.lexists(self.root) and (_is_store(self.root) and not replace):
+        if not replace and _is_store(self.root):
             raise ValueError(
                 f"{self.root} holds a finished activation store; it is not replaced unless asked "
                 "(overwrite=True)."
@@ -323,7 +323,7 @@ class StoreWriter:
 
         self._fds: dict[str, int] = {}
         self._active: FileLock | None = None
-        sharded = self.shard is not None and self.shard[1] > 1
+        self._sharded = self.shard is not None and self.shard[1] > 1
         if not self._open_staging(plan):
             if self._others_active():
                 raise ValueError(
@@ -331,15 +331,19 @@ class StoreWriter:
                     f"(its shards hold {self.staging}); wait for it, or choose another out_dir."
                 )
             self._create_staging(plan)
-        elif not sharded and self._others_active():
+        elif not self._sharded and self._others_active():
             self._close()
             raise ValueError(
                 f"Shards of this extraction are writing {self.root} right now: wait for them (the last one "
                 "publishes the store), or run the missing shards."
             )
-        self._write_side_files(content.prompts, content.labels, content.metadata)
-        if self.shard is not None and self.shard[1] > 1:
-            self._claim_shard()
+        try:
+            self._write_side_files(content)
+            if self._sharded:
+                self._claim_shard()
+        except BaseException:
+            self._close()
+            raise
         self._claims = self._read_claims()
         self._verified: set[int] = set()
         own = [] if self.shard is None else range(self.shard[0], len(self.layout.batches), self.shard[1])
@@ -371,18 +375,18 @@ class StoreWriter:
         header, _ = encode_header({"activations": (code_of(self.layout.dtype), shape)}, {"store": self.store_id})
         return header
 
+    def _shard_size(self, pooling: str) -> int:
+        rows = self.layout.rows(pooling) * self.layout.hidden_size * self.layout.dtype.itemsize
+        return len(self._shard_header(pooling)) + rows
+
     def _check_shard_file(self, fd: int, relative: str, pooling: str) -> None:
         expected = self._shard_header(pooling)
-        size = len(expected) + self.layout.rows(pooling) * self.layout.hidden_size * self.layout.dtype.itemsize
-        if os.pread(fd, len(expected), 0) != expected or os.fstat(fd).st_size != size:
+        if os.pread(fd, len(expected), 0) != expected or os.fstat(fd).st_size != self._shard_size(pooling):
             raise ValueError(f"staged {relative} does not match the plan")
 
     def _create_staging(self, plan: dict) -> None:
         _remove(self.staging)
-        need = sum(
-            len(self._shard_header(p)) + self.layout.rows(p) * self.layout.hidden_size * self.layout.dtype.itemsize
-            for _, p in self.layout.keys.values()
-        )
+        need = sum(self._shard_size(p) for _, p in self.layout.keys.values())
         free = shutil.disk_usage(self.root.parent).free
         if need > free:
             raise ValueError(
@@ -394,35 +398,48 @@ class StoreWriter:
             path = confined(self.staging, relative, make_dirs=True)
             fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
             self._fds[relative] = fd
-            header = self._shard_header(pooling)
-            os.pwrite(fd, header, 0)
-            os.ftruncate(fd, len(header) + self.layout.rows(pooling) * self.layout.hidden_size * self.layout.dtype.itemsize)
-        if "all" in self.layout.poolings:
-            atomic_write(self.staging, OFFSETS, encode({"offsets": self.layout.offsets}, {"store": self.store_id}))
+            os.pwrite(fd, self._shard_header(pooling), 0)
+            os.ftruncate(fd, self._shard_size(pooling))
         atomic_write(self.staging, PLAN, json.dumps(plan, sort_keys=True).encode())  # last: staging is usable
 
-    def _write_side_files(self, prompts: Sequence[str], labels: Any, metadata: Sequence | None) -> None:
+    def _side_files(self, content: StoreContent) -> tuple[dict[str, bytes], dict]:
+        """The small files beside the shards, as bytes (prompts, offsets, the label and metadata sets),
+        and which label and metadata sets are the store's."""
         n = self.layout.n_prompts
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts were given for a store of {n}.")
-        atomic_write(self.staging, PROMPTS, encode_json(list(prompts)))
+        if len(content.prompts) != n:
+            raise ValueError(f"{len(content.prompts)} prompts were given for a store of {n}.")
+        files = {PROMPTS: encode_json(list(content.prompts))}
+        if "all" in self.layout.poolings:
+            files[OFFSETS] = encode({"offsets": self.layout.offsets}, {"store": self.store_id})
         annotations = {"labels": None, "metadata": None}
-        if labels is not None:
-            values, names = label_set(labels, n)
-            annotations["labels"], data = encode_labels(values, names, self.store_id)
-            atomic_write(self.staging, annotations["labels"], data)
-        if metadata is not None:
-            annotations["metadata"], data = encode_metadata(check_metadata(metadata, n))
-            atomic_write(self.staging, annotations["metadata"], data)
+        if content.labels is not None:
+            annotations["labels"], files_labels = encode_labels(*label_set(content.labels, n), self.store_id)
+            files[annotations["labels"]] = files_labels
+        if content.metadata is not None:
+            annotations["metadata"], files_metadata = encode_metadata(check_metadata(content.metadata, n))
+            files[annotations["metadata"]] = files_metadata
+        return files, annotations
+
+    def _write_side_files(self, content: StoreContent) -> None:
+        """Write the side files (again: a staged copy is never trusted) and record the annotations; shards
+        of one extraction must agree on them, and merging takes what the shards recorded."""
+        self._files, annotations = self._side_files(content)
         path = self.staging / ANNOTATIONS
-        sharded = self.shard is not None and self.shard[1] > 1
-        if sharded and path.exists() and json.loads(path.read_bytes()) != annotations:
+        recorded = json.loads(path.read_bytes()) if path.is_file() else None
+        if self._sharded and recorded is not None and recorded != annotations:
             raise ValueError(
                 f"This shard was given other labels or metadata than another shard of {self.root}: give "
                 f"every shard the same, or delete {self.staging} to start over."
             )
-        if self.shard is None and path.exists():
-            annotations = json.loads(path.read_bytes())
+        if self.shard is None and recorded is not None:  # merging: the shards' sets, checked by their names
+            annotations = recorded
+            for relative in filter(None, annotations.values()):
+                data = (self.staging / relative).read_bytes()
+                if hashlib.sha256(data).hexdigest()[:32] != Path(relative).stem:
+                    raise ValueError(f"{self.staging / relative} is damaged; rerun one shard to rewrite it.")
+                self._files[relative] = data
+        for relative, data in self._files.items():
+            atomic_write(self.staging, relative, data)
         atomic_write(self.staging, ANNOTATIONS, json.dumps(annotations).encode())
         self.annotations = annotations
 
@@ -432,7 +449,7 @@ class StoreWriter:
         try:
             self._active.acquire(timeout=0)
         except Timeout:
-            self._close()
+            self._active = None
             raise ValueError(f"Shard {i}/{n} of {self.root} is being extracted by another process.") from None
 
     def _others_active(self) -> bool:
@@ -539,12 +556,9 @@ class StoreWriter:
         for fd in self._fds.values():
             os.fsync(fd)
         self._close()
-        files = sorted(
-            set(self.layout.keys)
-            | {PROMPTS}
-            | ({OFFSETS} if "all" in self.layout.poolings else set())
-            | {v for v in self.annotations.values() if v is not None}
-        )
+        for relative, data in self._files.items():
+            atomic_write(self.staging, relative, data)  # exactly what this writer was given
+        files = sorted(set(self.layout.keys) | set(self._files))
         table = {}
         for relative in files:
             path = confined(self.staging, relative)
@@ -583,6 +597,8 @@ class StoreWriter:
             batches, counts = plan["batches"], plan["token_counts"]
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"{root} has no staged extraction to merge (no usable {staging.name}/).") from None
+        if not isinstance(prompts, list) or [prompt_hash(str(p)) for p in prompts] != manifest.get("prompt_hashes"):
+            raise ValueError(f"{staging / PROMPTS} is damaged (its prompts do not match the plan); rerun one shard.")
         content = StoreContent(manifest, batches, counts, prompts)
         return cls(root, content, resume_key=plan.get("resume_key"), shard=None, replace=True)
 

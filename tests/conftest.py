@@ -94,8 +94,13 @@ def tiny_models(tmp_path_factory):
     return paths
 
 
-def store_manifest(n: int, d: int, layers, poolings, *, n_layers: int = 4, storage_dtype: str = "float32") -> dict:
-    """The request fields a writer needs, as an extraction would give them (tests write stores from numpy)."""
+def store_manifest(
+    n: int, d: int, layers, poolings, *, n_layers: int = 4, storage_dtype: str = "float32", prompts=None
+) -> dict:
+    """The request fields a writer needs, as an extraction would give them (tests write stores from numpy);
+    ``prompt_hashes`` are the real hashes of ``prompts`` when given."""
+    from lmprobe_jax_store import prompt_hash
+
     return {
         "format": "lmprobe-jax-activations",
         "format_version": 2,
@@ -111,7 +116,7 @@ def store_manifest(n: int, d: int, layers, poolings, *, n_layers: int = 4, stora
         "poolings": list(poolings),
         "n_prompts": n,
         "prompts_sha256": "0" * 64,
-        "prompt_hashes": [f"{i:016x}" for i in range(n)],
+        "prompt_hashes": [prompt_hash(p) for p in prompts] if prompts else [f"{i:016x}" for i in range(n)],
     }
 
 

@@ -226,8 +226,8 @@ def test_merge_publishes_only_when_every_batch_is_on_disk(tmp_path):
 
     rng = np.random.default_rng(0)
     data = rng.normal(size=(6, 4)).astype(np.float32)
-    content = StoreContent(store_manifest(6, 4, [1], ["mean"]), [[0, 1], [2, 3], [4, 5]], [1] * 6, list("abcdef"),
-                           ["x", "y"] * 3)
+    content = StoreContent(store_manifest(6, 4, [1], ["mean"], prompts=list("abcdef")), [[0, 1], [2, 3], [4, 5]],
+                           [1] * 6, list("abcdef"), ["x", "y"] * 3)
     writers = []
     for i in range(2):
         with store_lock(tmp_path / "s"):
@@ -287,3 +287,26 @@ def test_a_shard_that_finishes_after_another_published_gets_the_store(tmp_path):
         second = writers[0].finish()
     assert first.manifest == second.manifest
     np.testing.assert_array_equal(second.load(1, "mean"), data)
+
+
+def test_damaged_side_files_in_staging_are_never_published(tmp_path):
+    from conftest import store_manifest
+
+    prompts = list("abcd")
+    content = StoreContent(store_manifest(4, 2, [0], ["all"], prompts=prompts), [[0, 1], [2, 3]], [1, 2, 1, 1],
+                           prompts, ["u", "v", "u", "v"])
+    data = np.arange(10, dtype=np.float32).reshape(5, 2)
+    with store_lock(tmp_path / "s"):
+        writer = StoreWriter(tmp_path / "s", content)
+        writer.write(0, {(0, "all"): data[:3]})
+        writer.write(1, {(0, "all"): data[3:]})
+        staging = tmp_path / ".s.partial"
+        for name in ["prompts.json", "all/offsets.safetensors", *(str(p.relative_to(staging))
+                                                                  for p in (staging / "labels").iterdir())]:
+            damaged = bytearray((staging / name).read_bytes())
+            damaged[-2] ^= 0x01
+            (staging / name).write_bytes(bytes(damaged))
+        store = writer.finish()
+    assert store.prompts == prompts and store.offsets().tolist() == [0, 1, 3, 4, 5]
+    assert [store.label_names[i] for i in store.labels] == ["u", "v", "u", "v"]
+    store.verify_all()
