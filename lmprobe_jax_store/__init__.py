@@ -6,9 +6,10 @@ this package is the format between the two and needs only numpy, safetensors and
 * :class:`ActivationStore` -- ``load(layer, pooling)`` -> ``(N, D)`` memory-mapped numpy,
   ``stack(layers, pooling)`` -> ``(L, N, D)``, ``iter_rows`` -> row chunks without copies; every file
   checked against the manifest's size and SHA-256, every path confined to the store.
-* Writing: :func:`store_lock`, :class:`StoreContent`, :class:`StoreWriter` (batches straight to their final rows, checksummed
-  for resume, renamed into place whole), :class:`MemoryWriter`, :func:`attach` (another label set),
-  :func:`merge` (publish what sharded writers staged).
+* Writing: :func:`store_lock`, :class:`StoreContent`, :class:`StoreWriter` (batches straight to their
+  final rows, checksummed for resume, renamed into place whole), :class:`MemoryWriter`, :func:`attach`
+  (another label set), :func:`attach_files` (files added to a finished store), :func:`merge` (publish
+  what sharded writers staged).
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
   entering block 0 is :data:`EMBEDDINGS`; :func:`resolve_layers` / :func:`normalise_layer` read layer
   requests. Poolings: :data:`POOLINGS`.
@@ -42,6 +43,7 @@ from ._writer import (
     StoreContent,
     StoreWriter,
     attach,
+    attach_files,
     check_shard,
     finished_store,
     merge,
@@ -69,6 +71,7 @@ __all__ = [
     "TokenIds",
     "add_token_level",
     "attach",
+    "attach_files",
     "cache_root",
     "check_metadata",
     "check_poolings",

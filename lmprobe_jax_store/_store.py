@@ -38,6 +38,7 @@ from ._manifest import (
     layer_names,
     shard_path,
 )
+from ._paths import atomic_write as _atomic_write
 from ._paths import confined, open_nofollow, read_bytes, staging_path
 from ._safetensors import memmap, read_header
 
@@ -58,6 +59,21 @@ def sha256_file(path: Path, fd: int | None = None) -> str:
         if own:
             os.close(fd)
     return digest.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write one file so that readers see the old one or the whole new one (temporary file in the same
+    directory, fsync, rename); the probe's save uses it too."""
+    path = Path(path)
+    _atomic_write(path.parent, path.name, data)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(root: Path) -> dict:
@@ -180,8 +196,18 @@ class ActivationStore:
             if own:
                 os.close(fd)
 
-    def _open_tensor(self, relative: str, name: str, shape: tuple[int, ...], dtype: str | None) -> np.ndarray:
-        """Memory-map tensor ``name`` of a listed file after checking it against the manifest."""
+    def tensor(self, relative: str, name: str) -> np.ndarray:
+        """Tensor ``name`` of the listed file ``relative`` (e.g. a file a token-level store adds),
+        memory-mapped after the same checks as every shard (listed, confined, store id, size, hash)."""
+        if self._arrays is not None:
+            return np.asarray(self._arrays[relative])
+        return self._open_tensor(relative, name, None, None)
+
+    def _open_tensor(
+        self, relative: str, name: str, shape: tuple[int, ...] | None, dtype: str | None
+    ) -> np.ndarray:
+        """Memory-map tensor ``name`` of a listed file after checking it against the manifest (and its
+        shape and dtype, when given)."""
         expected = self.manifest["files"].get(relative)
         if expected is None:
             raise ValueError(f"Corrupted store: {relative} is not listed in the manifest of {self.path}.")
@@ -200,7 +226,7 @@ class ActivationStore:
                     f"the store at {self.path} was replaced since it was opened. Open it again."
                 )
             info = header.tensors.get(name)
-            if info is None or info[1] != shape or (dtype is not None and info[0].name != dtype):
+            if info is None or (shape is not None and info[1] != shape) or (dtype is not None and info[0].name != dtype):
                 raise ValueError(
                     f"Corrupted store: {path} should hold {name!r} of shape {shape}"
                     f"{'' if dtype is None else ' ' + dtype}; it holds "

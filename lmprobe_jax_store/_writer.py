@@ -643,6 +643,35 @@ def merge(root: str | os.PathLike, *, verify: bool = True) -> ActivationStore:
         return writer.finish(verify=verify)
 
 
+def attach_files(
+    store: ActivationStore,
+    files: Mapping[str, bytes],
+    fields: Mapping[str, Any] | None = None,
+    *,
+    unlist: Callable[[str], bool] | None = None,
+) -> ActivationStore:
+    """Add ``files`` (relative path -> bytes) to the finished store ``store`` and set manifest ``fields``,
+    under its lock: each file is written atomically, then the manifest that lists them replaces the old
+    one, so a crash leaves the store as it was. ``unlist(relative)`` drops older entries from the
+    manifest (their files stay for stores already open). Safetensors files must carry the store's id
+    (``encode(arrays, {"store": store.manifest["store_id"]})``). Returns the store opened again.
+
+    ValueError when the store on disk is no longer the one ``store`` was opened from."""
+    if store.path is None:
+        raise ValueError("attach_files writes to a store on disk; this one is in memory.")
+    with store_lock(store.path):
+        manifest = read_manifest(store.path)
+        if manifest["store_id"] != store.manifest["store_id"]:
+            raise ValueError(f"The store at {store.path} was replaced since it was opened; open it again.")
+        table = {k: v for k, v in manifest["files"].items() if unlist is None or not unlist(k) or k in files}
+        for relative, data in files.items():
+            atomic_write(store.path, relative, data)  # same name, same bytes: harmless to a reader of it
+            table[relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest = {**manifest, **(fields or {}), "files": table}
+        atomic_write(store.path, MANIFEST, _manifest_bytes(manifest))
+        return ActivationStore(store.path, verify=store.verify)
+
+
 def attach(
     root: str | os.PathLike, *, labels: Any = None, metadata: Sequence | None = None, verify: bool = True
 ) -> ActivationStore:
@@ -651,20 +680,15 @@ def attach(
     before keep theirs. Takes :func:`store_lock` of ``root``."""
     root = store_root(root)
     with store_lock(root):
-        manifest = read_manifest(root)
-        n = manifest["n_prompts"]
-        sets = {}
+        store = ActivationStore(root, verify=verify)
+        files, fields = {}, {}
         if labels is not None:
-            sets["labels"] = encode_labels(*label_set(labels, n), manifest["store_id"])
+            relative, files_labels = encode_labels(*label_set(labels, store.n_prompts), store.manifest["store_id"])
+            files[relative], fields["labels"] = files_labels, relative
         if metadata is not None:
-            sets["metadata"] = encode_metadata(check_metadata(metadata, n))
-        for field, (relative, data) in sets.items():
-            atomic_write(root, relative, data)  # same name, same bytes: harmless to a reader of it
-            manifest["files"][relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            manifest[field] = relative
-        if sets:
-            atomic_write(root, MANIFEST, _manifest_bytes(manifest))
-        return ActivationStore(root, verify=verify)
+            relative, files_metadata = encode_metadata(check_metadata(metadata, store.n_prompts))
+            files[relative], fields["metadata"] = files_metadata, relative
+        return attach_files(store, files, fields) if files else store
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
