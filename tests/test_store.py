@@ -310,3 +310,17 @@ def test_damaged_side_files_in_staging_are_never_published(tmp_path):
     assert store.prompts == prompts and store.offsets().tolist() == [0, 1, 3, 4, 5]
     assert [store.label_names[i] for i in store.labels] == ["u", "v", "u", "v"]
     store.verify_all()
+
+
+def test_files_are_attached_only_to_the_store_they_were_made_for(write_store, tmp_path):
+    from lmprobe_jax_store import attach_files
+    from lmprobe_jax_store._safetensors import encode
+
+    store, _, _ = write_store(tmp_path / "s", seed=0)
+    extra = {"extra/ids.safetensors": encode({"ids": np.arange(3)}, {"store": store.manifest["store_id"]})}
+    grown = attach_files(store, extra, {"note": "kept"})
+    np.testing.assert_array_equal(grown.tensor("extra/ids.safetensors", "ids"), np.arange(3))
+    assert grown.manifest["note"] == "kept" and store.manifest.get("note") is None
+    write_store(tmp_path / "s", seed=1, replace=True)
+    with pytest.raises(ValueError, match="replaced since it was opened"):
+        attach_files(grown, extra)
