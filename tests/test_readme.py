@@ -52,7 +52,7 @@ def test_the_command_line_snippet_runs_as_written(deep_model, tmp_path, monkeypa
     from lmprobe_jax import cli
 
     monkeypatch.setenv("LMPROBE_JAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cli, "enable_compilation_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "default_compilation_cache", lambda *args, **kwargs: None)
     monkeypatch.chdir(tmp_path)
     rows = ["text,label,city"] + [f"The city of {c} is in {k}.,{k == 'France'},{c}" for c in CITIES
                                   for k in ("France", "Japan")]
