@@ -115,7 +115,9 @@ def _label_values(values: list) -> np.ndarray | list[str]:
         return [str(v) for v in values]
     if len(numbers) != len(values) or not np.all(np.isfinite(numbers)):
         return [str(v) for v in values]
-    return numbers.astype(np.int64) if np.all(numbers == np.round(numbers)) else numbers
+    # Integers as int64, where they fit it (1e20 would wrap around): classes, not regression targets.
+    integral = np.all(numbers == np.round(numbers)) and np.all(np.abs(numbers) < 2.0**63)
+    return numbers.astype(np.int64) if integral else numbers
 
 
 def _layers(spec: str, n_layers: int) -> list[int | str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("torch")
@@ -128,6 +128,7 @@ ROWS = sometimes(
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(rows=ROWS, kind=st.sampled_from(["jsonl", "csv"]), label_column=st.sampled_from([None, "label", "y"]))
+@example(rows=[{"text": "a", "label": 1e20}, {"text": "b", "label": "1"}], kind="csv", label_column=None)  # int64 wrap
 def test_any_prompt_file_reads_or_is_refused_clearly(outcomes, rows, kind, label_column):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"p.{kind}"
@@ -138,8 +139,14 @@ def test_any_prompt_file_reads_or_is_refused_clearly(outcomes, rows, kind, label
             outcomes.add("CLI prompt files: random columns and values", clear=True)
             return
         good = len(data.prompts) == len(rows) and (data.labels is None or len(data.labels) == len(rows))
+        if good and data.labels is not None:  # the values the file holds: class names, or the same numbers
+            raw = [row[label_column or "label"] for row in rows]
+            if isinstance(data.labels, list):
+                good = data.labels == [str(v) for v in raw]
+            else:
+                good = np.array_equal(np.asarray(data.labels, np.float64), [float(v) for v in raw])
         outcomes.add("CLI prompt files: random columns and values", silent_wrong=not good)
-        assert good
+        assert good, (rows, data.labels)
 
 
 @SETTINGS
