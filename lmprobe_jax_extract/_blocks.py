@@ -27,6 +27,16 @@ def n_layers_of(config) -> int | None:
     return None
 
 
+def hidden_size_of(config) -> int:
+    """Width of the residual stream a Hugging Face config declares (ValueError when it does not say)."""
+    text = getattr(config, "text_config", None) or config
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(text, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"The config of {type(config).__name__} does not say the model's hidden size.")
+
+
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Locate the decoder blocks of a Hugging Face causal LM (or any torch model with one block list).
 

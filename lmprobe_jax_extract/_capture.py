@@ -45,6 +45,16 @@ def model_inputs(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Te
     return inputs
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a batch's token ids go: the device the input embeddings run on (under accelerate's
+    ``device_map`` that is the embedding's execution device, even when its weights are offloaded)."""
+    embeddings = model.get_input_embeddings()
+    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+    return embeddings.weight.device
+
+
 def _pool_all(hidden: torch.Tensor, mask: torch.Tensor, layer: LayerName, poolings, out: dict) -> None:
     hidden = hidden.detach()
     for pooling in poolings:

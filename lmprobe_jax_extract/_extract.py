@@ -1,42 +1,46 @@
 """``extract_activations``: one forward pass per batch, every requested layer, pooled on the device,
-written to a store that can be trusted (see :mod:`lmprobe_jax_store`) and resumed after a crash."""
+streamed into a store (:mod:`lmprobe_jax_store`) that can be trusted, shared and resumed after a crash."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_tensors
 
 from lmprobe_jax_store import (
-    EMBEDDINGS,
     FORMAT,
     FORMAT_VERSION,
-    MANIFEST,
     ActivationStore,
     LayerName,
+    MemoryWriter,
+    StoreContent,
+    StoreWriter,
+    attach,
+    check_metadata,
     check_poolings,
-    layer_key,
+    check_shard,
+    finished_store,
+    label_set,
     library_version,
+    prompt_hash,
+    request_mismatches,
     resolve_layers,
-    shard_path,
+    store_lock,
+    store_root,
 )
-from lmprobe_jax_store._store import read_header, request_mismatches, write_file, write_json
 
-from ._blocks import find_decoder_layers, n_layers_of
-from ._capture import capture_local, capture_nnsight, model_inputs, wrap_nnsight
-from ._pooling import token_offsets
+from ._blocks import find_decoder_layers, hidden_size_of, n_layers_of
+from ._capture import capture_local, capture_nnsight, input_device, model_inputs, wrap_nnsight
 from ._source import dtype_name, hash_tokenizer, resolve_source, torch_dtype
 
 BACKENDS = ("local", "nnsight")
-PARTIAL = ".partial"
 
 
 def check_prompts(prompts: Any, what: str = "prompts") -> list[str]:
@@ -60,8 +64,13 @@ def encode_prompts(tokenizer: Any, prompts: list[str], max_length: int | None) -
     )["input_ids"]
 
 
-def _prompt_hash(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+def _tokens_hash(encoded: Sequence[Sequence[int]]) -> str:
+    """SHA-256 of the exact token ids the model reads, prompt by prompt."""
+    digest = hashlib.sha256()
+    for ids in encoded:
+        digest.update(struct.pack("<q", len(ids)))
+        digest.update(np.asarray(ids, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -72,40 +81,25 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-class _Plan:
-    """Prompts sorted by token count (longest first: an out-of-memory shows up in the first batch) and cut
-    into batches. Batch k of the plan is chunk k on disk; a resumed run rebuilds the same plan."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int):
-        self.order = np.argsort(-lengths, kind="stable")
-        self.batches = [self.order[i : i + batch_size] for i in range(0, len(self.order), batch_size)]
+def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Prompts sorted by token count (longest first: an out-of-memory shows up in the first batch) and
+    cut into batches; a resumed run rebuilds the same batches."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class _Runner:
     """Runs plan batches through the model with out-of-memory back-off: a batch that does not fit is
     split in halves (recursively), and later batches start from the size that fitted."""
 
-    def __init__(
-        self,
-        model,
-        blocks_path,
-        blocks,
-        token_ids,
-        pad_id,
-        padding_side,
-        layers,
-        poolings,
-        backend,
-        traced,
-        remote,
-        storage_dtype,
-    ):
+    def __init__(self, model, blocks_path, blocks, token_ids, pad_id, padding_side, layers, poolings,
+                 backend, traced, remote, storage_dtype):
         self.model, self.blocks_path, self.blocks = model, blocks_path, blocks
         self.token_ids, self.pad_id, self.padding_side = token_ids, pad_id, padding_side
         self.layers, self.poolings = layers, poolings
         self.backend, self.traced, self.remote = backend, traced, remote
         self.storage_dtype = storage_dtype
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.max_rows: int | None = None
 
     def _pad(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,9 +124,11 @@ class _Runner:
         return {key: value.to(self.storage_dtype).cpu() for key, value in out.items()}
 
     def run(self, rows: np.ndarray) -> dict:
+        """``{(layer, pooling): (rows, D) tensor}`` on the CPU, rows in the order given."""
         if self.max_rows is not None and len(rows) > self.max_rows:
-            parts = [rows[i : i + self.max_rows] for i in range(0, len(rows), self.max_rows)]
-            return _concat([self.run(part) for part in parts])
+            pieces = [rows[i : i + self.max_rows] for i in range(0, len(rows), self.max_rows)]
+            parts = [self.run(piece) for piece in pieces]  # a piece may lower max_rows further
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         try:
             return self._forward(rows)
         except torch.OutOfMemoryError:
@@ -144,87 +140,12 @@ class _Runner:
             return self.run(rows)
 
 
-def _concat(parts: list[dict]) -> dict:
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
-def _chunk_name(k: int) -> str:
-    return f"chunk_{k:06d}.safetensors"
-
-
-def _tensor_key(layer: LayerName, pooling: str) -> str:
-    return f"{pooling}/{layer_key(layer)}"
-
-
-def _load_chunk(path: Path, expected_keys: set[str], rows: np.ndarray) -> dict | None:
-    """A finished chunk, or None when it is absent or unreadable (it is then recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        read_header(path)
-        with safe_open(path, framework="pt") as handle:
-            if set(handle.keys()) != expected_keys | {"rows"}:
-                return None
-            if not torch.equal(handle.get_tensor("rows"), torch.as_tensor(rows, dtype=torch.int64)):
-                return None
-            return {key: handle.get_tensor(key) for key in expected_keys}
-    except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable: recompute, never trust
-        return None
-
-
-def _resolve_out_dir(out_dir, cache_dir, request) -> tuple[Path | None, bool]:
-    if out_dir is not None:
-        return Path(out_dir), False
-    if cache_dir is None:
-        return None, False
-    # Layers and poolings are left out of the key: one cache entry per (model, tokenizer, dtypes,
-    # prompts) grows to the union of what was asked for.
+def _cache_entry(cache_dir, request) -> Path:
+    # Layers and poolings are left out of the key: one cache entry per (model, tokens, dtypes, prompts)
+    # grows to the union of what was asked for.
     keyed = {key: value for key, value in request.items() if key not in ("layers", "poolings")}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir).expanduser() / digest, True
-
-
-def _side_files(root: Path | None, labels, metadata, prompts) -> dict:
-    """Write labels / metadata / prompts; returns manifest entries (or in-memory arrays when root is None)."""
-    entries: dict = {}
-    items = {"prompts.json": prompts}
-    if metadata is not None:
-        items["metadata.json"] = metadata
-    for name, value in items.items():
-        entries[name] = (
-            value
-            if root is None
-            else write_file(root, name, (json.dumps(value, ensure_ascii=False) + "\n").encode())
-        )
-    if labels is not None:
-        tensor = torch.as_tensor(labels)
-        entries["labels.safetensors"] = (
-            _to_numpy(tensor)
-            if root is None
-            else write_file(root, "labels.safetensors", save_tensors({"labels": tensor.contiguous()}))
-        )
-    return entries
-
-
-def _check_side_data(labels, metadata, n: int):
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or len(labels) != n:
-            raise ValueError(f"labels has shape {labels.shape}; expected ({n},), one per prompt.")
-        if labels.dtype.kind not in "biuf":
-            raise ValueError(
-                "labels must be numeric (bool, int or float); map class names to integers and keep the "
-                "names in metadata."
-            )
-    if metadata is not None:
-        metadata = list(metadata)
-        if len(metadata) != n:
-            raise ValueError(f"metadata has {len(metadata)} entries; expected {n}, one per prompt.")
-        try:
-            json.dumps(metadata)
-        except TypeError as err:
-            raise ValueError(f"metadata must be JSON-serialisable ({err}).") from None
-    return labels, metadata
+    return Path(cache_dir).expanduser() / digest
 
 
 def extract_activations(
@@ -239,6 +160,7 @@ def extract_activations(
     dtype: str | torch.dtype | None = None,
     storage_dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
     backend: str = "local",
     remote: bool = False,
     tokenizer: Any = None,
@@ -248,50 +170,66 @@ def extract_activations(
     labels: Sequence | np.ndarray | None = None,
     metadata: Sequence[dict] | None = None,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
     verify: bool = True,
-) -> ActivationStore:
+) -> ActivationStore | None:
     """Run ``model`` over ``prompts`` once and keep one pooled vector per prompt per requested layer.
 
     Args:
-      model: a local model directory, a ``.gguf`` file, a Hugging Face hub id (its local snapshot;
-        offline with ``HF_HUB_OFFLINE=1``), a ``(model, tokenizer)`` pair, or a loaded model with
-        ``tokenizer=``.
+      model: a local model directory, a ``.gguf`` file (converted once, cached by its content hash), a
+        Hugging Face hub id (its local snapshot; offline with ``HF_HUB_OFFLINE=1``), a ``(model,
+        tokenizer)`` pair, or a loaded model with ``tokenizer=``.
       prompts: N strings.
       layers: block indices (negatives count from the end), ``"all"``, or ``"embeddings"``. Layer i is the
-        residual stream leaving decoder block i, before the final norm (see :mod:`extract._layers`).
-      pooling: one of :data:`extract.POOLINGS` or a list of them, all computed in the same pass.
+        residual stream leaving decoder block i, before the final norm (see :mod:`lmprobe_jax_store`).
+      pooling: one of :data:`lmprobe_jax_store.POOLINGS` or a list of them, all computed in one pass.
       out_dir: where to write the store. If it already holds a store for the same request it is served
         as is (a request for fewer layers or poolings is served too); a store for a different request
         raises ``ValueError`` unless ``overwrite=True``. ``None`` with no ``cache_dir`` keeps the store
         in memory.
       cache_dir: a content-keyed cache: the store goes to ``cache_dir/<key>``, where the key hashes the
-        weights, tokenizer, dtypes, prompts and library version; asking for more layers or poolings than
-        an entry holds re-extracts it with the union of both.
+        weights, the token ids the model reads, the tokenizer, dtypes, prompts and library version;
+        asking for more layers or poolings than an entry holds re-extracts it with the union of both.
       batch_size: prompts per forward pass (halved automatically on out-of-memory).
       dtype: the model's compute dtype (``"float32"``, ``"float16"``, ``"bfloat16"``); default float32
         for a model loaded here, the model's own dtype for a model object.
       storage_dtype: dtype of the stored activations.
       device: where the model runs (default: CUDA when available, else CPU; a model object stays where
         it is unless ``device`` is given).
+      device_map: spread a model loaded here over several devices (and the CPU / disk) through
+        accelerate, e.g. ``"auto"`` for a model larger than one GPU; exclusive with ``device``.
       backend: ``"local"`` (forward hooks) or ``"nnsight"``; both give the same activations.
       remote: with ``backend="nnsight"``, run the trace on NDIF.
-      max_length: truncate prompts to this many tokens (part of the store's key).
+      max_length: truncate prompts to this many tokens (on the tokenizer's ``truncation_side``).
       padding_side: ``"right"`` or ``"left"``; results do not depend on it (masks and position ids are
         handled), it only matters for speed on some kernels.
-      labels, metadata: numeric labels ``(N,)`` and a list of N JSON-serialisable dicts, stored beside
-        the activations (updated in place on a store hit).
+      labels, metadata: ``(N,)`` labels -- numbers, or class names (strings), stored as indices with
+        the names kept (``store.label_names``) -- and a list of N JSON-serialisable records, stored
+        beside the activations. On a store hit they become the store's current label set; a store
+        opened earlier keeps the labels it was opened with.
       overwrite: replace a store at ``out_dir`` that was made for a different request.
+      shard: ``(i, n)`` to split one extraction over ``n`` processes (or machines sharing the disk):
+        this call computes batches ``k`` with ``k % n == i`` into the shared staging directory of
+        ``out_dir``; the last shard to finish publishes the store and returns it, the others return
+        None (:func:`lmprobe_jax_store.merge` publishes it too, once all are done).
       progress: show a progress bar with tokens/s.
       verify: check every shard's SHA-256 against the manifest on first read.
 
     Returns:
-      An :class:`ActivationStore`; ``store.load(layer, pooling)`` is ``(N, D)`` (``(n_tokens, D)`` for
-      ``"all"``, with ``store.offsets()``), ``store.stack(layers, pooling)`` is ``(L, N, D)``.
+      An :class:`~lmprobe_jax_store.ActivationStore` (None for a shard whose peers are still running);
+      ``store.load(layer, pooling)`` is ``(N, D)`` (``(n_tokens, D)`` for ``"all"``, with
+      ``store.offsets()``), ``store.stack(layers, pooling)`` is ``(L, N, D)``.
 
-    An interrupted extraction (crash, kill, out of time) resumes from its last finished batch when called
-    again with the same arguments; finished batches live in ``out_dir/.partial`` until the store is
-    complete.
+    Concurrency and crashes: one process at a time writes a store (an inter-process lock beside it;
+    another extraction into it waits, then is served or refused); the store is written beside its final
+    place and renamed in whole, so readers see the old store or the new one. An interrupted extraction
+    resumes from its finished batches when called again with the same arguments; each batch's rows are
+    checked against their checksum before they are trusted.
+
+    Memory: the model, plus one batch's pooled outputs (``batch_size x layers x poolings x D`` values;
+    tokens instead of prompts for ``"all"``) and the token ids -- on disk, independent of N (each batch
+    goes straight to its final rows); in memory (no ``out_dir`` / ``cache_dir``), the store once more.
     """
     prompts = check_prompts(prompts)
     poolings = check_poolings(pooling)
@@ -303,10 +241,20 @@ def extract_activations(
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}.")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
         raise ValueError(f"max_length must be a positive integer or None, not {max_length!r}.")
+    if device is not None and device_map is not None:
+        raise ValueError("Pass device or device_map, not both: device_map places the model itself.")
+    shard = check_shard(shard)
+    if shard is not None and out_dir is None and cache_dir is None:
+        raise ValueError("shard=(i, n) writes to a shared store: give out_dir (or cache_dir).")
     storage = torch_dtype(storage_dtype)
-    labels, metadata = _check_side_data(labels, metadata, len(prompts))
+    if labels is not None:
+        label_set(labels, len(prompts))  # checked before any work; stored by the writer
+    if metadata is not None:
+        metadata = check_metadata(metadata, len(prompts))
 
     source = resolve_source(model, tokenizer, revision)
     config = source.config()
@@ -314,7 +262,12 @@ def extract_activations(
     layer_names = resolve_layers(layers, n_layers)
     tok = source.load_tokenizer()
     compute = source.compute_dtype(dtype)
-    hashes = [_prompt_hash(p) for p in prompts]
+    # Tokenise first: the token ids are part of the key (any tokenizer setting that changes them does).
+    encoded = encode_prompts(tok, prompts, max_length)
+    lengths = np.array([len(ids) for ids in encoded])
+    if (lengths == 0).any():
+        raise ValueError(f"prompt {int(np.argmin(lengths))} tokenises to nothing; remove empty prompts.")
+    hashes = [prompt_hash(p) for p in prompts]
     request = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -331,10 +284,13 @@ def extract_activations(
             "name": getattr(tok, "name_or_path", None),
             "fingerprint": hash_tokenizer(tok),
             "add_special_tokens": True,
+            "truncation_side": getattr(tok, "truncation_side", None),
         },
+        "tokens_sha256": _tokens_hash(encoded),
         "max_length": max_length,
         "compute_dtype": dtype_name(compute),
         "storage_dtype": dtype_name(storage),
+        "hidden_size": hidden_size_of(config),
         "layers": layer_names,
         "poolings": poolings,
         "n_prompts": len(prompts),
@@ -342,136 +298,81 @@ def extract_activations(
         "prompt_hashes": hashes,
     }
 
-    root, cached = _resolve_out_dir(out_dir, cache_dir, request)
-    if root is not None and (root / MANIFEST).is_file() and not overwrite:
-        existing = ActivationStore(root, verify=verify)
-        wrong = request_mismatches(existing.manifest, request)
-        if not wrong:
-            if labels is not None or metadata is not None:
-                manifest = dict(existing.manifest)
-                manifest["files"] = {**manifest["files"], **_side_files(root, labels, metadata, prompts)}
-                write_json(root / MANIFEST, manifest)
-                existing = ActivationStore(root, verify=verify)
-            return existing
-        if cached and set(wrong) <= {"layers", "poolings"}:
-            stored_layers = [EMBEDDINGS if n == EMBEDDINGS else int(n) for n in existing.manifest["layers"]]
-            request["layers"] = resolve_layers(list({*layer_names, *stored_layers}), n_layers)
-            request["poolings"] = check_poolings([*poolings, *existing.poolings])
-        elif not cached:
-            raise ValueError(
-                f"{root} holds activations for a different request (they differ in: {', '.join(wrong)}). "
-                "They are not served: pass overwrite=True to replace them, or choose another out_dir."
-            )
-
-    # Tokenise once: the plan sorts by length, and the progress bar counts tokens.
-    encoded = encode_prompts(tok, prompts, max_length)
-    lengths = np.array([len(ids) for ids in encoded])
-    if (lengths == 0).any():
-        raise ValueError(f"prompt {int(np.argmin(lengths))} tokenises to nothing; remove empty prompts.")
-    plan = _Plan(lengths, batch_size)
-    layer_names, poolings = request["layers"], request["poolings"]
-    keys = {_tensor_key(layer, pooling) for layer in layer_names for pooling in poolings}
-
-    partial = None
-    if root is not None:
-        partial = root / PARTIAL
-        plan_record = {"request": request, "batch_size": batch_size, "padding_side": padding_side}
-        plan_file = partial / "plan.json"
-        if not (
-            plan_file.is_file() and json.loads(plan_file.read_text()) == json.loads(json.dumps(plan_record))
-        ):
-            shutil.rmtree(partial, ignore_errors=True)
-            write_json(plan_file, plan_record)
-
-    device = source.device(device)
-    chunks: list[dict | None] = [
-        None if partial is None else _load_chunk(partial / _chunk_name(k), keys, rows)
-        for k, rows in enumerate(plan.batches)
-    ]
-    if any(chunk is None for chunk in chunks):
-        net = source.load_model(compute, device)
+    def runner() -> _Runner:
+        net = source.load_model(compute, None if device_map is not None else source.device(device), device_map)
         blocks_path, blocks = find_decoder_layers(net)
         if len(blocks) != n_layers:
             raise ValueError(f"The config says {n_layers} layers but the model has {len(blocks)} blocks.")
-        runner = _Runner(
-            net,
-            blocks_path,
-            blocks,
-            encoded,
-            tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
-            padding_side,
-            layer_names,
-            poolings,
-            backend,
-            wrap_nnsight(net, tok) if backend == "nnsight" else None,
-            remote,
-            storage,
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        traced = wrap_nnsight(net, tok) if backend == "nnsight" else None
+        return _Runner(net, blocks_path, blocks, encoded, pad, padding_side, request["layers"],
+                       request["poolings"], backend, traced, remote, storage)
+
+    if out_dir is None and cache_dir is None:
+        batches = plan_batches(lengths, batch_size)
+        writer = MemoryWriter(StoreContent(request, batches, lengths, prompts, labels, metadata))
+        _run(writer, batches, runner, lengths, progress)
+        return writer.finish()
+
+    cached = out_dir is None
+    root = store_root(out_dir if not cached else _cache_entry(cache_dir, request))
+
+    def waiting() -> None:
+        if progress:
+            print(f"extract: waiting for another process writing {root} ...", file=sys.stderr)
+
+    with store_lock(root, on_wait=waiting):
+        try:
+            existing = finished_store(root, verify=verify)
+        except ValueError as err:
+            if not (cached or overwrite):
+                if not (root / "manifest.json").is_file():
+                    raise
+                raise ValueError(f"{err} It is not replaced unless asked: pass overwrite=True.") from None
+            existing = None  # a store this version cannot read: replaced, as asked (or as a cache's)
+        if existing is not None:
+            wrong = request_mismatches(existing.manifest, request)
+            if not wrong:
+                if labels is None and metadata is None:
+                    return existing
+                return attach(root, labels=labels, metadata=metadata, verify=verify)
+            if cached and set(wrong) <= {"layers", "poolings"}:
+                request["layers"] = resolve_layers([*layer_names, *existing.layers], n_layers)
+                request["poolings"] = check_poolings([*poolings, *existing.poolings])
+            elif not overwrite:
+                raise ValueError(
+                    f"{root} holds activations for a different request (they differ in: {', '.join(wrong)}). "
+                    "They are not served: pass overwrite=True to replace them, or choose another out_dir."
+                )
+        batches = plan_batches(lengths, batch_size)
+        writer = StoreWriter(
+            root,
+            StoreContent(request, batches, lengths, prompts, labels, metadata),
+            resume_key={"batch_size": batch_size, "padding_side": padding_side, "backend": backend},
+            shard=shard or (0, 1),
+            replace=overwrite or cached,
         )
-        _run_plan(plan, chunks, runner, lengths, partial, progress)
+        if shard is None or shard[1] == 1:
+            _run(writer, batches, runner, lengths, progress)
+            return writer.finish(verify=verify)
+    try:  # a shard computes without the lock, so that its peers can run beside it
+        _run(writer, batches, runner, lengths, progress)
+    except BaseException:
+        writer._close()
+        raise
+    with store_lock(root, on_wait=waiting):
+        return writer.finish(verify=verify)
 
-    return _assemble(root, request, plan, chunks, lengths, labels, metadata, prompts, verify, partial)
 
-
-def _run_plan(plan, chunks, runner, lengths, partial, progress) -> None:
+def _run(writer, batches: list[np.ndarray], runner, lengths: np.ndarray, progress: bool) -> None:
+    """Compute and write the writer's pending batches (the model is loaded only if there are any)."""
+    if not writer.pending:
+        return
     from tqdm.auto import tqdm
-
-    bar = tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc="extract", disable=not progress)
-    with bar:
-        for k, rows in enumerate(plan.batches):
-            if chunks[k] is None:
-                pooled = runner.run(rows)
-                chunk = {
-                    _tensor_key(layer, pooling): t.contiguous() for (layer, pooling), t in pooled.items()
-                }
-                if partial is not None:
-                    write_file(
-                        partial,
-                        _chunk_name(k),
-                        save_tensors({**chunk, "rows": torch.as_tensor(rows, dtype=torch.int64)}),
-                    )
-                chunks[k] = chunk
-            bar.update(int(lengths[rows].sum()))
-
-
-def _assemble(root, request, plan, chunks, lengths, labels, metadata, prompts, verify, partial):
-    """Put the chunks' rows back in prompt order, one array per (pooling, layer), and write the store."""
-    inverse = np.empty_like(plan.order)
-    inverse[plan.order] = np.arange(len(plan.order))
-    sorted_lengths = lengths[plan.order]
-    # For "all": row indices that reorder the tokens of the sorted prompts into prompt order.
-    sorted_starts = np.concatenate([[0], np.cumsum(sorted_lengths)])
-    token_rows = np.concatenate(
-        [np.arange(sorted_starts[s], sorted_starts[s] + lengths[i]) for i, s in enumerate(inverse)]
-    )
-    if root is not None and (root / MANIFEST).exists():
-        (root / MANIFEST).unlink()  # replacing a store: it is incomplete until the new manifest lands
-    files: dict = {}
-    hidden_size = None
-    for pooling in request["poolings"]:
-        order = torch.as_tensor(token_rows if pooling == "all" else inverse)
-        for layer in request["layers"]:
-            key = _tensor_key(layer, pooling)
-            array = torch.cat([chunk[key] for chunk in chunks])[order].contiguous()
-            hidden_size = array.shape[-1]
-            relative = shard_path(pooling, layer)
-            files[relative] = (
-                _to_numpy(array)
-                if root is None
-                else write_file(root, relative, save_tensors({"activations": array}))
-            )
-    if "all" in request["poolings"]:
-        offsets = token_offsets(lengths.tolist())
-        files["all/offsets.safetensors"] = (
-            offsets.numpy()
-            if root is None
-            else write_file(root, "all/offsets.safetensors", save_tensors({"offsets": offsets}))
-        )
-    files.update(_side_files(root, labels, metadata, prompts))
-    manifest = {**request, "hidden_size": int(hidden_size), "n_tokens": int(lengths.sum())}
-    manifest["layers"] = [str(layer) if layer == EMBEDDINGS else layer for layer in manifest["layers"]]
-    if root is None:
-        return ActivationStore.from_arrays({**manifest, "files": sorted(files)}, files)
-    manifest["files"] = files
-    write_json(root / MANIFEST, manifest)
-    shutil.rmtree(partial, ignore_errors=True)
-    return ActivationStore(root, verify=verify)
+    todo = int(sum(lengths[batches[k]].sum() for k in writer.pending))
+    net = runner()
+    with tqdm(total=todo, unit="tok", unit_scale=True, desc="extract", disable=not progress) as bar:
+        for k in list(writer.pending):
+            pooled = net.run(batches[k])
+            writer.write(k, {key: _to_numpy(tensor) for key, tensor in pooled.items()})
+            bar.update(int(lengths[batches[k]].sum()))

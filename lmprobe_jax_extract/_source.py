@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,51 +36,75 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-# In-process memos, so repeated extractions from one model do not re-read gigabytes of weights. A file's
-# entry is keyed by its stat (a rewrite changes size or mtime); a model's by every parameter's storage
-# pointer and version counter, which torch bumps on each in-place write.
+# In-process memo of weight-file hashes, so repeated extractions from one model do not re-read gigabytes.
+# Keyed by each file's stat *including its ctime*: a rewrite changes the ctime even when the size is kept
+# and the mtime is set back (os.utime cannot set the ctime), so a rewritten file is always hashed again.
 _FILE_HASHES: dict[tuple, str] = {}
 # The last model and tokenizer loaded from disk, keyed by path, weights fingerprint, dtype and device:
 # a Probe that extracts for fit, then predict, then score loads its model once, not three times.
 _LAST_LOADED: dict[str, tuple[tuple, Any]] = {}
-_PARAM_HASHES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
-def _hash_files(paths: list[Path]) -> str:
-    key = tuple(
-        (str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ino) for p in sorted(paths) for s in [p.stat()]
+def _hash_files(paths: list[Path], *, names: bool = True) -> str:
+    """SHA-256 of the files' contents (and their names, unless ``names=False``), memoised by stat."""
+    key = (names,) + tuple(
+        (str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev)
+        for p in sorted(paths)
+        for s in [p.stat()]
     )
     if key not in _FILE_HASHES:
-        _FILE_HASHES[key] = _hash_file_contents(paths)
+        _FILE_HASHES[key] = _hash_file_contents(paths, names)
     return _FILE_HASHES[key]
 
 
-def _hash_file_contents(paths: list[Path]) -> str:
+def _hash_file_contents(paths: list[Path], names: bool) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.name.encode() + b"\0")
+        if names:
+            digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as handle:
             while block := handle.read(1 << 24):
                 digest.update(block)
     return digest.hexdigest()
 
 
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    if tensor.device.type == "meta":
+        raise ValueError(
+            "The model object has weights on the 'meta' device (offloaded by accelerate), which cannot be "
+            "fingerprinted: pass the model's path with device_map=... instead, so its files are hashed."
+        )
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy() if flat.numel() else b"").hexdigest()
+
+
 def hash_parameters(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's state dict: names, dtypes, shapes and bytes, in a fixed order."""
+    """SHA-256 over a model's state dict (names, dtypes, shapes and bytes, in a fixed order), computed
+    afresh on every call.
+
+    Not memoised: torch's version counters, the only cheap change signal, miss writes through
+    ``param.data`` (``p.data.zero_()``, usual in ablations, bumps the counter of the ``.data`` alias,
+    not the parameter's), so a memo keyed on them served stale activations. The bytes are hashed in
+    place (no copy on the CPU), tensors in parallel threads (hashlib releases the GIL), and a tensor
+    shared under two names (tied embeddings) once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     state = sorted(model.state_dict().items())
-    signature = tuple(
-        (name, t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device)) for name, t in state
-    )
-    memo = _PARAM_HASHES.get(model)
-    if memo is not None and memo[0] == signature:
-        return memo[1]
+    unique = {}
+    for _, tensor in state:
+        unique.setdefault(_identity(tensor), tensor)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = dict(zip(unique, pool.map(_tensor_digest, unique.values()), strict=True))
     digest = hashlib.sha256()
     for name, tensor in state:
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    _PARAM_HASHES[model] = (signature, digest.hexdigest())
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{digests[_identity(tensor)]}\0".encode())
     return digest.hexdigest()
+
+
+def _identity(tensor: torch.Tensor) -> tuple:
+    """Tensors with equal identities view the same bytes (so they hash the same)."""
+    return (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
 
 
 def hash_tokenizer(tokenizer: Any) -> str:
@@ -116,16 +139,10 @@ class ModelSource:
             if self.kind == "object":
                 self._fingerprint = "params-sha256:" + hash_parameters(self.model)
             else:
-                files = (
-                    [self.path]
-                    if self.kind == "gguf"
-                    else [p for p in self.path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
-                )
+                files = [p for p in self.path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
                 if not files:
                     raise ValueError(f"No weight files ({', '.join(_WEIGHT_SUFFIXES)}) found in {self.path}.")
-                config = (
-                    [] if self.kind == "gguf" else [p for p in [self.path / "config.json"] if p.is_file()]
-                )
+                config = [p for p in [self.path / "config.json"] if p.is_file()]
                 self._fingerprint = "files-sha256:" + _hash_files(files + config)
         return self._fingerprint
 
@@ -134,8 +151,6 @@ class ModelSource:
 
         if self.kind == "object":
             return self.model.config
-        if self.kind == "gguf":
-            return AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
         return AutoConfig.from_pretrained(self.path)
 
     def compute_dtype(self, dtype: str | torch.dtype | None) -> torch.dtype:
@@ -158,15 +173,15 @@ class ModelSource:
         if _LAST_LOADED.get("tokenizer", (None,))[0] != key:
             from transformers import AutoTokenizer
 
-            if self.kind == "gguf":
-                loaded = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
-            else:
-                loaded = AutoTokenizer.from_pretrained(self.path)
-            _LAST_LOADED["tokenizer"] = (key, loaded)
+            _LAST_LOADED["tokenizer"] = (key, AutoTokenizer.from_pretrained(self.path))
         self.tokenizer = _LAST_LOADED["tokenizer"][1]
         return self.tokenizer
 
-    def load_model(self, dtype: torch.dtype | None, device: str | torch.device):
+    def load_model(
+        self, dtype: torch.dtype | None, device: str | torch.device | None, device_map: str | dict | None = None
+    ):
+        """The model, in ``dtype`` on ``device`` -- or spread over devices by accelerate's
+        ``device_map`` (``"auto"``: as many GPUs as it needs, then the CPU, then the disk)."""
         if self.model is not None:  # the caller's own module: never converted behind their back
             current = next(self.model.parameters()).dtype
             if dtype is not None and current != dtype:
@@ -174,20 +189,27 @@ class ModelSource:
                     f"The model object is {dtype_name(current)} but dtype={dtype_name(dtype)} was asked for: "
                     "convert it yourself (model.to(dtype)) or pass the model's path so it is loaded in that dtype."
                 )
+            if device_map is not None:
+                raise ValueError("device_map places a model loaded here; dispatch a model object yourself.")
             return self.model.to(device) if device is not None else self.model
-        key = ("model", self.kind, str(self.path), self.fingerprint(), str(dtype), str(device))
+        placement = json.dumps(device_map, sort_keys=True) if device_map is not None else str(device)
+        key = ("model", self.kind, str(self.path), self.fingerprint(), str(dtype), placement)
         if _LAST_LOADED.get("model", (None,))[0] != key:
             from transformers import AutoModelForCausalLM
 
             _LAST_LOADED.pop("model", None)  # free the previous model before loading the next
-            kwargs = {"dtype": dtype or torch.float32}
-            if self.kind == "gguf":
-                loaded = AutoModelForCausalLM.from_pretrained(
-                    self.path.parent, gguf_file=self.path.name, **kwargs
-                )
-            else:
-                loaded = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
-            _LAST_LOADED["model"] = (key, loaded.to(device).eval())
+            kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+            if device_map is not None:
+                import shutil
+                import tempfile
+                import weakref
+
+                kwargs["device_map"] = device_map
+                kwargs["offload_folder"] = tempfile.mkdtemp(prefix="lmprobe-jax-offload-")  # for "disk" parts
+            loaded = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+            if device_map is not None:
+                weakref.finalize(loaded, shutil.rmtree, kwargs["offload_folder"], True)
+            _LAST_LOADED["model"] = (key, (loaded if device_map is not None else loaded.to(device)).eval())
         self.model = _LAST_LOADED["model"][1]
         return self.model
 
@@ -222,7 +244,7 @@ def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = Non
             raise ValueError(
                 f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file."
             )
-        return ModelSource(id=str(path.resolve()), kind="gguf", path=path.resolve(), tokenizer=tokenizer)
+        return _gguf_source(path.resolve(), tokenizer)
     if path.is_dir():
         return ModelSource(id=str(path.resolve()), kind="directory", path=path.resolve(), tokenizer=tokenizer)
     if str(model).startswith((".", "/", "~")) or os.sep in str(model) and str(model).count("/") > 1:
@@ -245,37 +267,59 @@ def resolve_source(model: Any, tokenizer: Any = None, revision: str | None = Non
     )
 
 
+def _gguf_source(gguf: Path, tokenizer: Any) -> ModelSource:
+    """A GGUF file, converted once into ``<cache root>/models/gguf-<content hash>`` and loaded from
+    there: transformers' GGUF reader dequantises on every load (~25 s for a 135M model), a converted
+    directory loads in about a second. The content hash (not the path or name) names the conversion, so
+    an edited file is converted again and a moved or renamed one is not."""
+    from lmprobe_jax_store import cache_root
+
+    digest = _hash_files([gguf], names=False)
+    directory = gguf_to_directory(gguf, cache_root() / "models" / f"gguf-{digest[:32]}")
+    return ModelSource(
+        id=str(gguf), kind="gguf", path=directory, tokenizer=tokenizer, _fingerprint="gguf-sha256:" + digest
+    )
+
+
 def gguf_to_directory(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Convert a GGUF checkpoint into a plain Hugging Face directory once, so later loads take seconds.
 
     transformers dequantises GGUF weights to float32 on every load (~25 s for a 135M model) and
     ``save_pretrained`` refuses a GGUF-loaded model, so the model is rebuilt from its config, given the
     dequantised state dict, and saved with its tokenizer. The write is atomic (a temporary directory
-    renamed into place); an existing complete directory is returned as is.
+    renamed into place, one conversion at a time across processes); an existing complete directory is
+    returned as is.
     """
+    from filelock import FileLock
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out_dir.parent / f".{out_dir.name}.lock", is_singleton=True):  # one conversion at a time
+        if not ((out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors"))):
+            _convert_gguf(gguf_file, out_dir)
+    return out_dir
+
+
+def _convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     import shutil
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
-    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
-        return out_dir
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete earlier conversion
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 SMOLLM2 = "SmolLM2-135M-Instruct"

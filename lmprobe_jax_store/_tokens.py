@@ -20,7 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ._readout import check_readout_arrays, check_readout_meta
-from ._store import MANIFEST, ActivationStore, write_file, write_json
+from ._safetensors import encode
+from ._store import ActivationStore
+from ._writer import attach_files
 
 INPUT_IDS = "all/input_ids.safetensors"
 NEXT_IDS = "all/next_ids.safetensors"
@@ -79,8 +81,8 @@ def read_tokens(store: ActivationStore) -> TokenIds:
     """The token ids of a token-level store (raises ValueError for another store)."""
     _require_token_level(store)
     return TokenIds(
-        np.asarray(store._read(INPUT_IDS, "input_ids"), np.int64),
-        np.asarray(store._read(NEXT_IDS, "next_ids"), np.int64),
+        np.asarray(store.tensor(INPUT_IDS, "input_ids"), np.int64),
+        np.asarray(store.tensor(NEXT_IDS, "next_ids"), np.int64),
         store.offsets(),
     )
 
@@ -90,7 +92,7 @@ def read_readout(store: ActivationStore) -> tuple[dict, dict[str, np.ndarray]]:
     _require_token_level(store)
     meta = check_readout_meta(store.manifest["readout"])
     names = meta.get("tensors", ["norm.weight", "unembed.weight"])
-    arrays = {name: np.asarray(store._read(readout_file(name), name)) for name in names}
+    arrays = {name: np.asarray(store.tensor(readout_file(name), name)) for name in names}
     return meta, check_readout_arrays(meta, arrays)
 
 
@@ -99,11 +101,9 @@ def add_token_level(
 ) -> ActivationStore:
     """Add token ids and the readout to an ``"all"`` store; returns the reopened store.
 
-    Every file is written atomically before the manifest that names them is replaced, so a crash leaves
-    the store as it was (its manifest does not list files it may not trust).
+    Every file is written atomically before the manifest that names them is replaced, under the store's
+    lock (:func:`~lmprobe_jax_store.attach_files`), so a crash leaves the store as it was.
     """
-    from safetensors.numpy import save
-
     offsets = store.offsets()
     input_ids = np.ascontiguousarray(input_ids, np.int64)
     if input_ids.shape != (int(offsets[-1]),):
@@ -119,17 +119,14 @@ def add_token_level(
         NEXT_IDS: ("next_ids", next_token_ids(input_ids, offsets)),
         **{readout_file(name): (name, array) for name, array in arrays.items()},
     }
-    manifest = {**store.manifest, "readout": meta}
     # A re-export replaces the previous readout whole (its tensor set may differ: a bias came or went).
-    kept = [relative for relative in manifest["files"] if not relative.startswith("readout/")]
     if store.path is None:
+        kept = [relative for relative in store.manifest["files"] if not relative.startswith("readout/")]
         added = {relative: array for relative, (_, array) in tensors.items()}
-        manifest["files"] = sorted({*kept, *added})
+        manifest = {**store.manifest, "readout": meta, "files": sorted({*kept, *added})}
         return ActivationStore.from_arrays(manifest, {**store._arrays, **added})
-    entries = {
-        relative: write_file(store.path, relative, save({name: array}))
+    files = {
+        relative: encode({name: array}, {"store": store.manifest["store_id"]})
         for relative, (name, array) in tensors.items()
     }
-    manifest["files"] = {**{relative: manifest["files"][relative] for relative in kept}, **entries}
-    write_json(store.path / MANIFEST, manifest)
-    return ActivationStore(store.path, verify=store.verify)
+    return attach_files(store, files, {"readout": meta}, unlist=lambda relative: relative.startswith("readout/"))

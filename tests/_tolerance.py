@@ -96,6 +96,26 @@ def mean_rounding(n: int, unit: float = U32) -> float:
     return 2 * sum_rounding(n, unit) + 4 * unit
 
 
+def forward_rounding(want, n_layers: int = 4, width: int = 256) -> float:
+    """How far two float32 forward passes of the same prompts that batch (and pad) them differently can
+    be apart: each of the 2L + 1 writes to the residual stream (the embedding, then per block the
+    attention's and the MLP's outputs) adds at most lambda u (sqrt(k) + 1) of the stream's scale
+    (dot_error's random-data form, k the widest inner product: GPT-2's MLP, 4 x 64), and the tiny
+    random models' sublayers (weights ~0.02) carry earlier errors on without amplifying them; pooling
+    adds a float32 mean over at most 64 tokens."""
+    scale = np.abs(want).max()
+    return ((2 * n_layers + 1) * LAMBDA * U32 * (np.sqrt(width) + 1) + mean_rounding(64)) * scale
+
+
+def storage_tolerance(want, storage_dtype: str) -> tuple[float, float]:
+    """``(rtol, atol)`` between activations stored as ``storage_dtype`` and a float32 forward of the same
+    prompts batched differently: rounding to the storage type is half its spacing, relative (2^-11 for
+    float16, 2^-8 for bfloat16; float16's subnormals below 2^-14 are spaced 2^-24), on top of
+    :func:`forward_rounding`."""
+    unit, tiny = {"float32": (0.0, 0.0), "float16": (2.0**-11, 2.0**-25), "bfloat16": (2.0**-8, 0.0)}[storage_dtype]
+    return unit, tiny + forward_rounding(want) * (1 + unit)
+
+
 def auc_rounding(n: int, unit: float = U32) -> float:
     """Relative error bound of a weighted AUROC computed from ``n`` samples: ranks are exact; the
     weights' prefix sums (below each positive), the ties' sums, the sum of products over positives and the

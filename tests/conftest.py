@@ -92,3 +92,70 @@ def tiny_models(tmp_path_factory):
         model.save_pretrained(paths[name])
         tokenizer.save_pretrained(paths[name])
     return paths
+
+
+def store_manifest(
+    n: int, d: int, layers, poolings, *, n_layers: int = 4, storage_dtype: str = "float32", prompts=None
+) -> dict:
+    """The request fields a writer needs, as an extraction would give them (tests write stores from numpy);
+    ``prompt_hashes`` are the real hashes of ``prompts`` when given."""
+    from lmprobe_jax_store import prompt_hash
+
+    return {
+        "format": "lmprobe-jax-activations",
+        "format_version": 2,
+        "library_version": "test",
+        "model": {"id": "synthetic", "fingerprint": "none", "n_layers": n_layers},
+        "tokenizer": {"name": "synthetic"},
+        "tokens_sha256": "0" * 64,
+        "max_length": None,
+        "compute_dtype": "float32",
+        "storage_dtype": storage_dtype,
+        "hidden_size": d,
+        "layers": list(layers),
+        "poolings": list(poolings),
+        "n_prompts": n,
+        "prompts_sha256": "0" * 64,
+        "prompt_hashes": [prompt_hash(p) for p in prompts] if prompts else [f"{i:016x}" for i in range(n)],
+    }
+
+
+@pytest.fixture
+def write_store():
+    """``write_store(root, ...) -> (store, data, counts)``: a store written through StoreWriter from
+    random numpy rows, batches in a shuffled order; ``data[(layer, pooling)]`` is what it must hold."""
+    from lmprobe_jax_store import StoreContent, StoreWriter, store_lock
+
+    def write(root, *, n=7, d=8, layers=(0, 2), poolings=("mean", "all"), batch=3, seed=0, labels=None,
+              metadata=None, replace=False):
+        rng = np.random.default_rng(seed)
+        counts = rng.integers(1, 5, n)
+        order = rng.permutation(n)
+        batches = [order[i : i + batch].tolist() for i in range(0, n, batch)]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        data = {
+            (layer, p): rng.normal(size=(offsets[-1] if p == "all" else n, d)).astype(np.float32)
+            for layer in layers
+            for p in poolings
+        }
+        with store_lock(root):
+            content = StoreContent(store_manifest(n, d, layers, poolings), batches, counts,
+                                   [f"prompt {i}" for i in range(n)], labels, metadata)
+            writer = StoreWriter(root, content, replace=replace)
+            for k in rng.permutation(writer.pending).tolist():
+                rows = np.asarray(batches[k])
+                tokens = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
+                writer.write(k, {key: value[tokens if key[1] == "all" else rows] for key, value in data.items()})
+            return writer.finish(), data, counts
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    """Per-class outcome counts of a fuzz or fault module (tests/outcomes.py), printed when it ends."""
+    from outcomes import Counts
+
+    counts = Counts()
+    yield counts
+    counts.report()

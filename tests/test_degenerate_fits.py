@@ -1,0 +1,45 @@
+"""Degenerate inputs that once gave a silently wrong fit (issue 20, item 9): a mass-mean class with no
+weight, LDA with more dimensions than rows and no shrinkage, float32 ridge on a nearly singular layer."""
+
+import numpy as np
+import pytest
+
+import lmprobe_jax.functional as F
+
+
+def test_a_mass_mean_class_without_weight_is_refused():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 5)).astype(np.float32), np.arange(12) % 2
+    for iid in (False, True):
+        with pytest.raises(ValueError, match="class 1 has zero total sample_weight"):
+            F.fit_mass_mean(X, y, iid=iid, sample_weight=np.where(y == 1, 0.0, 1.0))
+
+
+def test_lda_with_more_dimensions_than_rows_and_no_shrinkage_is_finite():
+    """The within-class covariance is singular (rank N - 2 < D): its pseudo-inverse, never NaN weights
+    that put every row in class 0."""
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(10, 30)).astype(np.float32), np.arange(10) % 2
+    fit = F.fit_mass_mean(X, y, iid=True, shrinkage=0.0)
+    assert np.isfinite(np.asarray(fit.coef)).all() and np.isfinite(np.asarray(fit.direction)).all()
+    assert len(np.unique(np.asarray(F.predict(fit, X)))) == 2
+
+
+def test_float32_ridge_on_a_nearly_singular_layer_reaches_the_float64_solution():
+    """Rank-4 data plus 1e-4 noise, alpha 1e-9: cond(Gram + alpha I) ~ 3e9, far past float32's 1/eps, so
+    float32 refinement cannot converge (unrefined, the coefficients are off by ~1e9 relative) and the layer
+    is solved again in float64. The reference is the float64 closed form on the same float32 numbers, so
+    the only error left is float64's: a backward-stable solve is within d * cond * eps64 (~1.4e-5)."""
+    rng = np.random.default_rng(0)
+    n, d, alpha = 200, 20, 1e-9
+    X = (rng.normal(size=(n, 4)) @ rng.normal(size=(4, d)) + 1e-4 * rng.normal(size=(n, d))).astype(np.float32)
+    y = (X @ rng.normal(size=d) / np.sqrt(d) + 0.1 * rng.normal(size=n)).astype(np.float32).astype(np.float64)
+    centred, target = X - X.mean(0, dtype=np.float64), y - y.mean()
+    gram = centred.T @ centred + alpha * np.eye(d)
+    reference = np.linalg.solve(gram, centred.T @ target)
+    eigenvalues = np.linalg.eigvalsh(gram)
+    cond = eigenvalues[-1] / eigenvalues[0]
+    assert cond > 1e9  # past float32 (1 / eps32 ~ 8e6): the case the fallback is for
+    coef = np.asarray(F.fit_ridge(X, y, alpha).coef, np.float64)
+    error = np.linalg.norm(coef - reference) / np.linalg.norm(reference)
+    assert error < d * cond * np.finfo(np.float64).eps, (error, cond)
