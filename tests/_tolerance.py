@@ -703,3 +703,69 @@ def ridge_loo_error(X, y, alpha, *, sample_weight=None, fit_intercept=True, data
     de = reg.residual_error[0]
     assert np.all(dh < 0.5 * one_minus_h), "1 - h_ii is not resolved in float32 here: no first-order bound"
     return de / one_minus_h + np.abs(e) * dh / (one_minus_h * (one_minus_h - dh)) + 2 * U32 * (np.abs(y) + np.abs(e / one_minus_h))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mass-mean (class means, then a one-feature logistic calibration)
+
+
+def mass_mean_reach(X32, y, calibration_C: float, sample_weight=None) -> tuple[float, float]:
+    """``(coef, direction)`` 2-norm bounds on a float32 mass-mean fit's error (``iid=False``) against the
+    exact solution of its problem (float32 data).
+
+    The direction is a difference of weighted class means (:func:`dot_error` each, and the means'
+    rounding). The coefficient is ``direction * c / spread``, ``c`` the 1-D calibration's slope on the
+    unit-spread feature ``X direction / spread``. Its error: the calibration's region (:func:`glm_region`
+    at ``tol = 1e-7``) plus the feature's own error (the direction's, relative, through ``X``) carried into
+    ``c``, ``spread`` and the direction, each at most that relative error times their size. The
+    ``coef`` bound also covers the intercept (the calibration's own)."""
+    X = np.asarray(X32, np.float64)
+    y = np.asarray(y)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    err = 0.0
+    for c in (0, 1):
+        sw = w * (y == c)
+        err = err + dot_error(sw[:, None] * X, axis=0) / sw.sum() + mean_rounding(len(y)) * (sw @ np.abs(X)) / sw.sum()
+    direction = (w * (y == 1)) @ X / (w * (y == 1)).sum() - (w * (y == 0)) @ X / (w * (y == 0)).sum()
+    dir_err = float(np.linalg.norm(err))
+    proj = X @ direction
+    centre = w @ proj / w.sum()
+    spread = np.sqrt(w @ (proj - centre) ** 2 / w.sum())
+    feature = (proj / spread)[:, None]
+    cal = glm_region(feature, y, calibration_C, tol=1e-7, sample_weight=w, data=False)
+    slope = abs(cal.optimum[0, 0])
+    rel_feature = np.abs(X).sum(1).max() * dir_err / spread  # the feature's error (it has unit spread)
+    rel = cal.radius / slope + 3 * rel_feature + mean_rounding(len(y))
+    coef = float(rel * np.linalg.norm(direction) * slope / spread + dir_err * slope / spread)
+    return coef + cal.radius, dir_err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-validation: held-out scores and the chosen grid value
+
+
+def fold_accuracy_slack(X, y, grid, fold_ids, *, tol: float, sample_weight=None) -> np.ndarray:
+    """``(G, F)``: most that a fold fit's held-out accuracy can differ from its exact problem's, per grid
+    value and fold: :func:`accuracy_slack` of the held-out rows within the fold problem's
+    :func:`glm_region` (float32 data, solved to ``tol``). Two solves differ by at most twice this."""
+    X = np.asarray(X, np.float64)
+    fold_ids = np.asarray(fold_ids)
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    folds = np.unique(fold_ids[fold_ids >= 0])
+    slack = np.zeros((len(grid), len(folds)))
+    for f, fold in enumerate(folds):
+        train, test = fold_ids != fold, fold_ids == fold
+        for g, C in enumerate(grid):
+            region = glm_region(X, y, float(C), tol=tol, sample_weight=w * train, data=False)
+            slack[g, f] = accuracy_slack(X[test], region.optimum, region.radius, w[test])
+    return slack
+
+
+def same_best(best, other_best, scores, slack) -> bool:
+    """Whether two CV runs chose the same grid value; if not, assert that the scores' derived slack
+    (``(G, F)``) allowed it: the best and the runner-up mean score are within it."""
+    if float(best) == float(other_best):
+        return True
+    mean = np.sort(np.asarray(scores, np.float64).mean(-1))
+    assert mean[-1] - mean[-2] <= 2 * np.asarray(slack).mean(-1).max(), (best, other_best, mean)
+    return False
