@@ -769,3 +769,56 @@ def same_best(best, other_best, scores, slack) -> bool:
     mean = np.sort(np.asarray(scores, np.float64).mean(-1))
     assert mean[-1] - mean[-2] <= 2 * np.asarray(slack).mean(-1).max(), (best, other_best, mean)
     return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model forwards and the readout (final norm + unembedding)
+
+
+def forward_rounding(want, n_layers: int = 4, width: int = 256) -> float:
+    """How far two float32 forward passes of the same prompts that batch (and pad) them differently can
+    be apart: each of the 2L + 1 writes to the residual stream (the embedding, then per block the
+    attention's and the MLP's outputs) adds at most ``lambda u (sqrt(k) + 1)`` of the stream's scale
+    (:func:`dot_error`'s random-data form, ``k`` the widest inner product: GPT-2's MLP, 4 x 64), and the
+    tiny random models' sublayers (weights ~0.02) carry earlier errors on without amplifying them;
+    pooling adds a float32 mean over at most 64 tokens."""
+    scale = np.abs(want).max()
+    return ((2 * n_layers + 1) * LAMBDA * U32 * (np.sqrt(width) + 1) + mean_rounding(64)) * scale
+
+
+def readout_error(meta: dict, arrays: dict, hidden, stream_error: float = 0.0) -> np.ndarray:
+    """``(..., V)`` bound on a float32 evaluation's error of the readout logits of float32 ``hidden``
+    ``(..., D)`` (the formula of ``lmprobe_jax_store.readout_logits_numpy``, which gives them exactly).
+
+    LayerNorm's centring ``c = h - mean(h)``: the mean's ``D``-term sum (:func:`dot_error`) and the
+    subtraction's ulp. The RMS ``r = sqrt(mean(c^2) + eps)``: a sum of ``D`` non-negative squares
+    (:func:`sum_rounding`, relative), the centring's error through ``sum c dc / sum c^2``, the square
+    root's and the division's ulps. ``u = c / r * w + b``: those relative errors on ``|c w| / r``, ``dc``
+    through ``|w| / r``, the bias add's ulp (and the weight's own, for offset weights ``1 + w`` formed in
+    float32). ``z = u W^T + bias``: the products' :func:`dot_error` (the bias as one more term), ``du``
+    through ``|W|``, the scale's ulp; a softcap ``cap tanh(z / cap)`` has slope at most 1 and adds its own
+    few ulps. ``stream_error``: a bound on each entry's error in ``hidden`` itself, carried through the
+    norm (its Jacobian, a projection over ``r``, has 2-norm at most ``max |w| / r``) and ``W``'s rows."""
+    h = np.asarray(hidden, np.float64)
+    D = h.shape[-1]
+    w = np.asarray(arrays["norm.weight"], np.float64)
+    b = np.asarray(arrays.get("norm.bias", np.zeros(D)), np.float64)
+    W = np.asarray(arrays["unembed.weight"], np.float64)
+    bias = np.asarray(arrays.get("unembed.bias", np.zeros(len(W))), np.float64)
+    if meta["norm"] == "layer":
+        mean = h.mean(-1, keepdims=True)
+        c = h - mean
+        dc = LAMBDA * U32 * (np.sqrt(D) * np.abs(mean) + np.abs(h).mean(-1, keepdims=True)) + U32 * np.abs(c)
+    else:
+        c, dc = h, np.zeros_like(h)
+    square = (c**2).sum(-1, keepdims=True)
+    r = np.sqrt(square / D + meta["eps"])
+    rel_r = 0.5 * (sum_rounding(D) + 2 * U32 + 2 * (np.abs(c) * dc).sum(-1, keepdims=True) / (square + D * meta["eps"])) + U32
+    u = c / r * w + b
+    du = np.abs(w) * dc / r + np.abs(c * w) / r * (rel_r + 3 * U32) + U32 * np.abs(u)
+    terms = np.concatenate([u[..., None, :] * W, np.broadcast_to(bias[:, None], (*u.shape[:-1], *bias.shape, 1))], -1)
+    z = terms.sum(-1)
+    scale = meta["logit_scale"]
+    dz = abs(scale) * (dot_error(terms) + du @ np.abs(W).T) + 2 * U32 * np.abs(scale * z)
+    carried = abs(scale) * np.sqrt(D) * stream_error * np.abs(w).max() / r * np.linalg.norm(W, axis=1)
+    return dz + carried + 3 * U32 * np.abs(scale * z)  # the softcap's ulps (its value is at most |z|)

@@ -69,19 +69,8 @@ def pooled_reference(per_prompt, layer, pooling):
     return np.stack([reduce[pooling](h) for h in states])
 
 
-def forward_rounding(want, n_layers=4, width=256):
-    """How far two float32 forward passes of the same prompts that batch (and pad) them differently can
-    be apart: each of the 2L + 1 writes to the residual stream (the embedding, then per block the
-    attention's and the MLP's outputs) adds at most lambda u (sqrt(k) + 1) of the stream's scale
-    (T.dot_error's random-data form, k the widest inner product: GPT-2's MLP, 4 x 64), and the tiny
-    random models' sublayers (weights ~0.02) carry earlier errors on without amplifying them; pooling
-    adds a float32 mean over at most 64 tokens."""
-    scale = np.abs(want).max()
-    return ((2 * n_layers + 1) * T.LAMBDA * T.U32 * (np.sqrt(width) + 1) + T.mean_rounding(64)) * scale
-
-
 def assert_close(got, want):
-    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=forward_rounding(want))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=T.forward_rounding(want))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -186,7 +175,7 @@ def test_half_precision_storage(tiny_models, tmp_path, storage_dtype):
     # float16's subnormals below 2^-14 are spaced 2^-24), on top of the two runs' own rounding.
     unit, tiny = {"float16": (2.0**-11, 2.0**-25), "bfloat16": (2.0**-8, 0.0)}[storage_dtype]
     want = np.asarray(full.load(1), np.float64)
-    np.testing.assert_allclose(got, want, rtol=unit, atol=tiny + forward_rounding(want) * (1 + unit))
+    np.testing.assert_allclose(got, want, rtol=unit, atol=tiny + T.forward_rounding(want) * (1 + unit))
 
 
 def count_forwards(model):
