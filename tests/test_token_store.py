@@ -158,7 +158,7 @@ def test_gemma_norm_offset_and_softcap(tmp_path, family):
     meta, arrays = read_readout(store)
     assert meta["norm_weight_offset"] == 1.0
     assert meta["logit_softcap"] == (None if family == "gemma" else 3.0)
-    np.testing.assert_allclose(arrays["norm.weight"], 1 + model.model.norm.weight.detach().numpy(), rtol=T.U32)  # one rounding of 1 + w
+    np.testing.assert_allclose(arrays["norm.weight"], 1 + model.model.norm.weight.detach().numpy(), rtol=2 * T.U32)  # one rounding of 1 + w (u |1 + w| / (1 - u))
     ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
