@@ -104,7 +104,7 @@ def _per_token(y, z, dy, dz, next_ids, k=K):
     plus the probabilities' own move (``|dp| <= 2 p dlp`` to first order) times ``|lp - lq|``, plus the
     C-term sum's rounding (tol.dot_error); entropies and cross-entropies likewise. The top-1 and top-k
     agreements can change only at a token whose ranks 1-2 (or k, k+1) are within the logits' reach of a
-    tie (a bound of 1 there)."""
+    tie (a bound of 1 there); the overlap's ``count / k`` is one float32 rounding of a value at most 1."""
     lq, lp = log_softmax(y, -1), log_softmax(z, -1)
     q, p = np.exp(lq), np.exp(lp)
     dlq, dlp = _log_softmax_error(y, dy), _log_softmax_error(z, dz)
@@ -129,7 +129,7 @@ def _per_token(y, z, dy, dz, next_ids, k=K):
         "kl_lens_final": divergence(q, lq, dlq, lp, dlp),
         "entropy": entropy(q, lq, dlq),
         "top1_agreement": np.maximum(near_tie(y, dy, 1), near_tie(z, dz, 1)),
-        "topk_overlap": np.maximum(near_tie(y, dy, k), near_tie(z, dz, k)),
+        "topk_overlap": np.maximum(near_tie(y, dy, k), near_tie(z, dz, k)) + tol.U32,  # and count / k's rounding
         "ce_next_token": np.where(has, ce_q, 0.0),
         "final_entropy": entropy(p, lp, dlp),
         "final_ce_next_token": np.where(has, ce_p, 0.0),
