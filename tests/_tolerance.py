@@ -723,3 +723,111 @@ def ridge_loo_error(X, y, alpha, *, sample_weight=None, fit_intercept=True, data
     de = reg.residual_error[0]
     assert np.all(dh < 0.5 * one_minus_h), "1 - h_ii is not resolved in float32 here: no first-order bound"
     return de / one_minus_h + np.abs(e) * dh / (one_minus_h * (one_minus_h - dh)) + 2 * U32 * (np.abs(y) + np.abs(e / one_minus_h))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mass-mean (class means, then a one-feature logistic calibration)
+
+
+def mass_mean_reach(X32, y, calibration_C: float, sample_weight=None) -> tuple[float, float]:
+    """``(coef, direction)`` 2-norm bounds on a float32 mass-mean fit's error (``iid=False``) against the
+    exact solution of its problem (float32 data).
+
+    The direction is a difference of weighted class means (:func:`dot_error` each, and the means'
+    rounding). The coefficient is ``direction * c / spread``, ``c`` the 1-D calibration's slope on the
+    unit-spread feature ``X direction / spread``. Its error: the calibration's region (:func:`glm_region`
+    at ``tol = 1e-7``) plus the feature's own error (the direction's, relative, through ``X``) carried into
+    ``c``, ``spread`` and the direction, each at most that relative error times their size. The
+    ``coef`` bound also covers the intercept (the calibration's own)."""
+    X = np.asarray(X32, np.float64)
+    y = np.asarray(y)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    err = 0.0
+    for c in (0, 1):
+        sw = w * (y == c)
+        err = err + dot_error(sw[:, None] * X, axis=0) / sw.sum() + mean_rounding(len(y)) * (sw @ np.abs(X)) / sw.sum()
+    direction = (w * (y == 1)) @ X / (w * (y == 1)).sum() - (w * (y == 0)) @ X / (w * (y == 0)).sum()
+    dir_err = float(np.linalg.norm(err))
+    proj = X @ direction
+    centre = w @ proj / w.sum()
+    spread = np.sqrt(w @ (proj - centre) ** 2 / w.sum())
+    feature = (proj / spread)[:, None]
+    cal = glm_region(feature, y, calibration_C, tol=1e-7, sample_weight=w, data=False)
+    slope = abs(cal.optimum[0, 0])
+    rel_feature = np.abs(X).sum(1).max() * dir_err / spread  # the feature's error (it has unit spread)
+    rel = cal.radius / slope + 3 * rel_feature + mean_rounding(len(y))
+    coef = float(rel * np.linalg.norm(direction) * slope / spread + dir_err * slope / spread)
+    return coef + cal.radius, dir_err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-validation: held-out scores and the chosen grid value
+
+
+def fold_accuracy_slack(X, y, grid, fold_ids, *, tol: float, sample_weight=None) -> np.ndarray:
+    """``(G, F)``: most that a fold fit's held-out accuracy can differ from its exact problem's, per grid
+    value and fold: :func:`accuracy_slack` of the held-out rows within the fold problem's
+    :func:`glm_region` (float32 data, solved to ``tol``). Two solves differ by at most twice this."""
+    X = np.asarray(X, np.float64)
+    fold_ids = np.asarray(fold_ids)
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    folds = np.unique(fold_ids[fold_ids >= 0])
+    slack = np.zeros((len(grid), len(folds)))
+    for f, fold in enumerate(folds):
+        train, test = fold_ids != fold, fold_ids == fold
+        for g, C in enumerate(grid):
+            region = glm_region(X, y, float(C), tol=tol, sample_weight=w * train, data=False)
+            slack[g, f] = accuracy_slack(X[test], region.optimum, region.radius, w[test])
+    return slack
+
+
+def same_best(best, other_best, scores, slack) -> bool:
+    """Whether two CV runs chose the same grid value; if not, assert that the scores' derived slack
+    (``(G, F)``) allowed it: the best and the runner-up mean score are within it."""
+    if float(best) == float(other_best):
+        return True
+    mean = np.sort(np.asarray(scores, np.float64).mean(-1))
+    assert mean[-1] - mean[-2] <= 2 * np.asarray(slack).mean(-1).max(), (best, other_best, mean)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model forwards and the readout (final norm + unembedding)
+
+
+def readout_error(meta: dict, arrays: dict, hidden, stream_error: float = 0.0) -> np.ndarray:
+    """``(..., V)`` bound on a float32 evaluation's error of the readout logits of float32 ``hidden``
+    ``(..., D)`` (the formula of ``lmprobe_jax_store.readout_logits_numpy``, which gives them exactly).
+
+    LayerNorm's centring ``c = h - mean(h)``: the mean's ``D``-term sum (:func:`dot_error`) and the
+    subtraction's ulp. The RMS ``r = sqrt(mean(c^2) + eps)``: a sum of ``D`` non-negative squares
+    (:func:`sum_rounding`, relative), the centring's error through ``sum c dc / sum c^2``, the square
+    root's and the division's ulps. ``u = c / r * w + b``: those relative errors on ``|c w| / r``, ``dc``
+    through ``|w| / r``, the bias add's ulp (and the weight's own, for offset weights ``1 + w`` formed in
+    float32). ``z = u W^T + bias``: the products' :func:`dot_error` (the bias as one more term), ``du``
+    through ``|W|``, the scale's ulp; a softcap ``cap tanh(z / cap)`` has slope at most 1 and adds its own
+    few ulps. ``stream_error``: a bound on each entry's error in ``hidden`` itself, carried through the
+    norm (its Jacobian, a projection over ``r``, has 2-norm at most ``max |w| / r``) and ``W``'s rows."""
+    h = np.asarray(hidden, np.float64)
+    D = h.shape[-1]
+    w = np.asarray(arrays["norm.weight"], np.float64)
+    b = np.asarray(arrays.get("norm.bias", np.zeros(D)), np.float64)
+    W = np.asarray(arrays["unembed.weight"], np.float64)
+    bias = np.asarray(arrays.get("unembed.bias", np.zeros(len(W))), np.float64)
+    if meta["norm"] == "layer":
+        mean = h.mean(-1, keepdims=True)
+        c = h - mean
+        dc = LAMBDA * U32 * (np.sqrt(D) * np.abs(mean) + np.abs(h).mean(-1, keepdims=True)) + U32 * np.abs(c)
+    else:
+        c, dc = h, np.zeros_like(h)
+    square = (c**2).sum(-1, keepdims=True)
+    r = np.sqrt(square / D + meta["eps"])
+    rel_r = 0.5 * (sum_rounding(D) + 2 * U32 + 2 * (np.abs(c) * dc).sum(-1, keepdims=True) / (square + D * meta["eps"])) + U32
+    u = c / r * w + b
+    du = np.abs(w) * dc / r + np.abs(c * w) / r * (rel_r + 3 * U32) + U32 * np.abs(u)
+    terms = np.concatenate([u[..., None, :] * W, np.broadcast_to(bias[:, None], (*u.shape[:-1], *bias.shape, 1))], -1)
+    z = terms.sum(-1)
+    scale = meta["logit_scale"]
+    dz = abs(scale) * (dot_error(terms) + du @ np.abs(W).T) + 2 * U32 * np.abs(scale * z)
+    carried = abs(scale) * np.sqrt(D) * stream_error * np.abs(w).max() / r * np.linalg.norm(W, axis=1)
+    return dz + carried + 3 * U32 * np.abs(scale * z)  # the softcap's ulps (its value is at most |z|)

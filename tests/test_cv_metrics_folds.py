@@ -32,22 +32,12 @@ def test_cv_matches_logistic_regression_cv(binary_layers):
                 theirs = T.reference_radius(ours, path[:-1], path[-1])
                 slack[g, f] = T.accuracy_slack(X[l][test], ours.optimum, ours.radius + theirs)
         np.testing.assert_array_less(np.abs(np.asarray(cv.accuracy[l]) - ref.scores_[1][..., 0].T), slack + 1e-12)
-        if not _same_best(cv.best_value[l], ref.C_[0], ref.scores_[1][..., 0].T, slack):
+        if not T.same_best(cv.best_value[l], ref.C_[0], ref.scores_[1][..., 0].T, slack):
             continue
         refit = T.glm_region(X[l], y, ref.C_[0], tol=1e-7)
         bound = refit.radius + T.reference_radius(refit, ref.coef_[0], ref.intercept_)
         T.assert_within(T.as_theta(cv.fit.coef[l], cv.fit.intercept[l]), T.as_theta(ref.coef_[0], ref.intercept_),
                         bound, f"refit of layer {l}")
-
-
-def _same_best(best, other_best, accuracy, slack):
-    """Whether two CV runs chose the same grid value; if not, assert that the accuracies' derived slack
-    (``(G, F)``) allowed it: the best and the runner-up mean accuracy are within it."""
-    if float(best) == float(other_best):
-        return True
-    mean = np.sort(np.asarray(accuracy, np.float64).mean(-1))
-    assert mean[-1] - mean[-2] <= 2 * slack.mean(-1).max(), (best, other_best, mean)
-    return False
 
 
 def test_cv_multinomial_runs_and_scores():
@@ -215,14 +205,9 @@ def test_cv_all_layers_at_once_equals_one_at_a_time(binary_layers):
     assert bool(one.converged.all()) and bool(every.converged.all())
     np.testing.assert_array_equal(every.fold_ids, one.fold_ids)
     for l in range(3):
-        slack = np.zeros((len(Cs), 3))
-        for f in range(3):
-            train, test = one.fold_ids != f, one.fold_ids == f
-            for g, C in enumerate(Cs):
-                region = T.glm_region(X32[l], y, C, tol=1e-7, sample_weight=train, data=False)
-                slack[g, f] = 2 * T.accuracy_slack(X32[l][test], region.optimum, region.radius)
+        slack = 2 * T.fold_accuracy_slack(X32[l], y, Cs, one.fold_ids, tol=1e-7)
         np.testing.assert_array_less(np.abs(np.asarray(every.accuracy[l]) - np.asarray(one.accuracy[l])), slack + 1e-12)
-        if not _same_best(every.best_value[l], one.best_value[l], one.accuracy[l], slack):
+        if not T.same_best(every.best_value[l], one.best_value[l], one.accuracy[l], slack):
             continue
         region = T.glm_region(X32[l], y, float(one.best_value[l]), tol=1e-7, data=False)
         T.assert_within(T.as_theta(every.fit.coef[l], every.fit.intercept[l]),

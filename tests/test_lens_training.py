@@ -123,12 +123,20 @@ def test_tuned_lens_starts_as_the_logit_lens_and_lowers_held_out_kl(problem):
 
 
 def test_layers_train_independently(problem):
-    """Clipping and moments are per layer: layer 1 trained alone equals layer 1 trained with the others."""
+    """Clipping and moments are per layer: layer 1 trains the same whatever the other layers hold.
+
+    The other layers' streams are changed, not dropped: one program on the same shapes then computes layer
+    1's slice from the same numbers in the same order, so any difference is coupling (a global clip norm,
+    shared moments), never rounding, and the comparison is exact. (Layer 1 alone, a batch of one, orders
+    its sums differently: equal only up to its float32 trajectory's rounding, which no fixed number bounds.)"""
     streams, final, _, readout = problem
     together = fit_tuned_lens(streams, final, readout, max_steps=5, batch_tokens=50).params
-    alone = fit_tuned_lens(streams[1:2], final, readout, max_steps=5, batch_tokens=50).params
-    np.testing.assert_allclose(together.weight[1], alone.weight[0], atol=1e-6)
-    np.testing.assert_allclose(together.bias[1], alone.bias[0], atol=1e-6)
+    others = streams.copy()
+    others[[0, 2]] = 3 * streams[[2, 0]]  # other data, gradients of another size in the other layers
+    changed = fit_tuned_lens(others, final, readout, max_steps=5, batch_tokens=50).params
+    np.testing.assert_array_equal(changed.weight[1], together.weight[1])
+    np.testing.assert_array_equal(changed.bias[1], together.bias[1])
+    assert not np.allclose(changed.weight[0], together.weight[0])  # the other layers did change
 
 
 def test_tuned_lens_optimizer_is_tuned_lens_torch_recipe():

@@ -72,34 +72,8 @@ def _coef_reach(estimator, X32, y, w=None, C=None):
         return T.group_lasso_radius(X32, y, ref.coef_, ref.intercept_[0], estimator.alpha, tol=estimator.tol,
                                     n_groups=X32.shape[1], sample_weight=w)
     if isinstance(estimator, MassMeanProbe):
-        return _mass_mean_reach(estimator, X32, y, w)
+        return T.mass_mean_reach(X32, y, estimator.calibration_C, w)
     raise AssertionError(type(estimator))
-
-
-def _mass_mean_reach(estimator, X32, y, w=None):
-    """``(coef, direction)`` bounds for MassMeanProbe (iid=False): the direction is a difference of
-    weighted class means (T.dot_error each); the coefficient is ``direction * c / spread``, ``c`` the 1-D
-    calibration's slope on the unit-spread feature ``X direction / spread``. Its error: the calibration's
-    region (T.glm_region) plus the feature's own error (the direction's, relative, through ``X``) carried
-    into ``c``, ``spread`` and the direction, each at most that relative error times their size."""
-    X = X32.astype(np.float64)
-    w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
-    err = 0.0
-    for c in (0, 1):
-        sw = w * (y == c)
-        err = err + T.dot_error(sw[:, None] * X, axis=0) / sw.sum() + T.mean_rounding(len(y)) * (sw @ np.abs(X)) / sw.sum()
-    direction = (w * (y == 1)) @ X / (w * (y == 1)).sum() - (w * (y == 0)) @ X / (w * (y == 0)).sum()
-    dir_err = float(np.linalg.norm(err))
-    proj = X @ direction
-    centre = w @ proj / w.sum()
-    spread = np.sqrt(w @ (proj - centre) ** 2 / w.sum())
-    feature = (proj / spread)[:, None]
-    cal = T.glm_region(feature, y, estimator.calibration_C, tol=1e-7, sample_weight=w, data=False)
-    slope = abs(cal.optimum[0, 0])
-    rel_feature = np.abs(X).sum(1).max() * dir_err / spread  # the feature's error (it has unit spread)
-    rel = (cal.radius / slope + 3 * rel_feature + T.mean_rounding(len(y)))
-    coef = float(rel * np.linalg.norm(direction) * slope / spread + dir_err * slope / spread)
-    return coef + cal.radius, dir_err  # and the intercept, the calibration's own
 
 
 @pytest.fixture
