@@ -3,14 +3,19 @@
 Arrays put the layer axis first: activations ``(L, N, D)`` (a single layer ``(N, D)`` also works), and a
 grid of regularisation values adds an axis right after it: ``coef`` ``(L, G, D)``. Every solver returns
 a NamedTuple of arrays and matches the scikit-learn estimator named in its docstring number for number.
+
+The per-layer solvers also take an activation store, a :class:`LayerSource`, an iterator of layer chunks
+or an array larger than ``memory_budget``, and stream it from disk a chunk of layers at a time
+(:mod:`._streaming`); ``fit_logistic`` and ``fit_ridge`` also stream the rows of a layer too large to
+hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
 """
 
-from . import _checks, _cv, _mass_mean, _metrics, _newton_cg, _ridge
-from ._cv import CVResult, cross_validate_group_lasso, cross_validate_logistic, cross_validate_ridge
+from . import _checks, _cv, _logistic, _mass_mean, _metrics, _multinomial, _newton_cg, _ridge
+from ._cv import CVResult, cross_validate_group_lasso
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
-from ._logistic import LogisticFit, fit_logistic
-from ._mass_mean import MassMeanFit, fit_mass_mean
+from ._logistic import LogisticFit
+from ._mass_mean import MassMeanFit
 from ._metrics import (
     binary_accuracy,
     binary_log_loss,
@@ -19,10 +24,12 @@ from ._metrics import (
     multiclass_log_loss,
     roc_auc,
 )
-from ._multinomial import MultinomialFit, fit_multinomial
+from ._multinomial import MultinomialFit
 from ._predict import decision_function, predict, predict_proba
 from ._programs import register as _register
-from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO, fit_ridge, ridge_loo
+from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO
+from ._row_streaming import logistic_rows as _logistic_rows
+from ._row_streaming import ridge_rows as _ridge_rows
 from ._selection import (
     FastAutoResult,
     alpha_for_k_layers,
@@ -32,6 +39,19 @@ from ._selection import (
     layers_kept,
     resolve_candidates,
 )
+from ._sources import LayerSource, layer_source
+from ._streaming import streams_layers
+
+# The per-layer solvers, taking stores, layer iterators and arrays larger than memory (see _streaming).
+# ``copies``: float32 copies of the layer being solved that each makes beyond X (ridge's centred copy;
+# the LOO's projection onto the eigenbasis; mass-mean's centred copy with iid).
+fit_logistic = streams_layers(rows=_logistic_rows)(_logistic.fit_logistic)
+fit_multinomial = streams_layers()(_multinomial.fit_multinomial)
+fit_ridge = streams_layers(copies=1, rows=_ridge_rows)(_ridge.fit_ridge)
+ridge_loo = streams_layers(copies=2)(_ridge.ridge_loo)
+fit_mass_mean = streams_layers(copies=1)(_mass_mean.fit_mass_mean)
+cross_validate_logistic = streams_layers()(_cv.cross_validate_logistic)
+cross_validate_ridge = streams_layers(copies=2)(_cv.cross_validate_ridge)
 
 _aot.register_types(_newton_cg.NewtonCGResult, _newton_cg.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
 _register(_newton_cg.solve_layers, _newton_cg.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
@@ -42,6 +62,7 @@ __all__ = [
     "FastAutoResult",
     "GroupLassoFit",
     "HeldOut",
+    "LayerSource",
     "LogisticFit",
     "MassMeanFit",
     "MulticlassRidgeFit",
@@ -66,6 +87,7 @@ __all__ = [
     "group_lasso_alpha_max",
     "held_out_rows",
     "layer_importance",
+    "layer_source",
     "layers_kept",
     "multiclass_accuracy",
     "multiclass_log_loss",
@@ -75,4 +97,5 @@ __all__ = [
     "ridge_loo",
     "roc_auc",
     "stratified_folds",
+    "streams_layers",
 ]

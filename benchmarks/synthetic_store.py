@@ -1,0 +1,113 @@
+"""Write a synthetic activation store in the store format, a layer at a time, for out-of-core benchmarks.
+
+Each layer ``l`` of ``N`` prompts x ``D`` features is built the way residual streams look:
+
+* a low-rank part ``Z_l B_l`` (rank ``rank``: a few directions carry most of the variance) whose
+  factors drift slowly with depth (``Z_l`` mixes a shared ``Z`` with fresh noise);
+* isotropic noise (the full-rank floor);
+* ``outliers`` "massive activation" features, 30-100x the typical scale (as LLMs' few huge dimensions);
+* a label signal along one direction, strongest in the middle layers (as probing finds).
+
+Shards are written through the store package (``lmprobe_jax_store``: the safetensors layout, the
+SHA-256 of each file, an atomic rename, the manifest last), so an interrupted write leaves no manifest
+and no store. Memory: one layer in the storage dtype plus a block of float32 rows.
+
+Usage: python benchmarks/synthetic_store.py OUT_DIR [--layers 32 --rows 80000 --features 4096 --dtype float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save as save_tensors
+
+from lmprobe_jax_store import FORMAT, FORMAT_VERSION, MANIFEST, ActivationStore, library_version, shard_path
+from lmprobe_jax_store._store import write_file, write_json
+
+POOLING = "last_token"
+
+
+def layer_rows(rng: np.random.Generator, z: np.ndarray, basis: np.ndarray, labels: np.ndarray, direction: np.ndarray,
+               strength: float, outliers: np.ndarray, out: np.ndarray) -> None:
+    """Fill ``out`` ``(r, D)`` with one block of rows (float32 work, cast on assignment)."""
+    block = rng.standard_normal(out.shape, dtype=np.float32)
+    block += z @ basis
+    block += np.outer(2.0 * labels - 1.0, strength * direction).astype(np.float32)
+    block[:, outliers[:, 0].astype(int)] *= outliers[:, 1]
+    out[...] = block
+
+
+def write_synthetic_store(path: str | Path, *, n_layers: int = 32, n_rows: int = 80_000, n_features: int = 4096,
+                          dtype: str = "float16", rank: int = 64, n_outliers: int = 4, seed: int = 0,
+                          block_rows: int = 8192, verbose: bool = False) -> ActivationStore:
+    """Write the store and return it opened. Labels (balanced 0/1) go in ``labels.safetensors``."""
+    root = Path(path)
+    if (root / MANIFEST).exists():
+        raise ValueError(f"{root} already holds a store; remove it first.")
+    rng = np.random.default_rng(seed)
+    labels = (rng.permutation(n_rows) % 2).astype(np.int64)
+    shared = rng.standard_normal((n_rows, rank), dtype=np.float32)
+    spectrum = (3.0 / np.sqrt(1.0 + np.arange(rank))).astype(np.float32)  # a few dominant directions
+    basis = rng.standard_normal((rank, n_features), dtype=np.float32) * spectrum[:, None]
+    direction = rng.standard_normal(n_features).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    outliers = np.stack([rng.choice(n_features, n_outliers, replace=False), rng.uniform(30, 100, n_outliers)], axis=1)
+    storage = np.dtype(dtype)
+    files = {}
+    for layer in range(n_layers):
+        started = time.perf_counter()
+        depth = layer / max(1, n_layers - 1)
+        strength = 0.05 + 0.25 * np.exp(-((depth - 0.5) ** 2) / 0.05)  # strongest mid-depth
+        basis = 0.95 * basis + 0.05 * rng.standard_normal(basis.shape, dtype=np.float32) * spectrum[:, None]
+        array = np.empty((n_rows, n_features), storage)
+        layer_rng = np.random.default_rng([seed, layer])
+        for a in range(0, n_rows, block_rows):
+            rows = slice(a, min(a + block_rows, n_rows))
+            z = 0.8 * shared[rows] + 0.6 * layer_rng.standard_normal(shared[rows].shape, dtype=np.float32)
+            layer_rows(layer_rng, z, basis, labels[rows], direction, strength, outliers, array[rows])
+        files[shard_path(POOLING, layer)] = write_file(root, shard_path(POOLING, layer),
+                                                        save_tensors({"activations": array}))
+        del array
+        if verbose:
+            print(f"layer {layer}: {time.perf_counter() - started:.1f} s", flush=True)
+    files["labels.safetensors"] = write_file(root, "labels.safetensors", save_tensors({"labels": labels}))
+    prompts = [f"synthetic prompt {i}" for i in range(n_rows)]
+    files["prompts.json"] = write_file(root, "prompts.json", (json.dumps(prompts) + "\n").encode())
+    hashes = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": library_version(),
+        "model": {"id": "synthetic", "kind": "synthetic", "revision": None, "fingerprint": f"synthetic-{seed}",
+                  "class": "synthetic", "n_layers": n_layers},
+        "tokenizer": {"name": None, "fingerprint": None, "add_special_tokens": True},
+        "max_length": None, "compute_dtype": dtype, "storage_dtype": dtype, "layers": list(range(n_layers)),
+        "poolings": [POOLING], "n_prompts": n_rows,
+        "prompts_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest(), "prompt_hashes": hashes,
+        "hidden_size": n_features, "n_tokens": n_rows, "files": files,
+    }
+    write_json(root / MANIFEST, manifest)
+    return ActivationStore(root)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--rows", type=int, default=80_000)
+    parser.add_argument("--features", type=int, default=4096)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    store = write_synthetic_store(args.out, n_layers=args.layers, n_rows=args.rows, n_features=args.features,
+                                  dtype=args.dtype, seed=args.seed, verbose=True)
+    size = sum(f["bytes"] for f in store.manifest["files"].values())
+    print(f"wrote {store!r}: {size / 1e9:.2f} GB in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Where the layers of a streamed fit come from, and how a chunk of them is read.
+
+A :class:`LayerSource` is an ``(L, N, D)`` stack of activations that is read a chunk at a time: the
+layers of an :class:`lmprobe_jax_store.ActivationStore` (one memory-mapped shard per layer), or a numpy
+array (possibly memory-mapped). :func:`read_chunk` copies a block of it into a fresh buffer in the
+compute dtype: half-precision storage is upcast during that one copy, chunk by chunk, never for the
+whole input. The buffer is page-aligned and handed to JAX read-only, so JAX uses it in place on the CPU
+(no second copy), and it is an anonymous mapping, so its memory returns to the operating system as soon
+as the chunk is dropped. :func:`prefetched` runs the reads on a thread, one chunk ahead of the solver.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class LayerSource:
+    """``(L, N, D)`` activations read a block at a time (layers ``a:b``, rows ``r:s``).
+
+    Build one with :func:`layer_source` (or pass an :class:`~lmprobe_jax_store.ActivationStore`, a
+    numpy array or a memory map straight to a solver). Attributes: ``shape`` ``(L, N, D)``, ``dtype``
+    (the storage dtype), ``layers`` (the name of each layer: store layer names, or ``0..L-1``).
+    """
+
+    def __init__(self, shape: tuple[int, int, int], dtype: Any, layers: Sequence[Any],
+                 read_layer: Callable[[int], np.ndarray]):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.layers = list(layers)
+        self._read_layer = read_layer
+
+    def __repr__(self) -> str:
+        return f"LayerSource(shape={self.shape}, dtype={self.dtype}, layers={self.layers})"
+
+    def layer(self, index: int) -> np.ndarray:
+        """Layer ``index`` as an ``(N, D)`` array that may be memory-mapped (read it in slices)."""
+        return self._read_layer(index)
+
+
+def layer_source(X: Any, *, pooling: str | None = None, layers: Iterable[Any] | None = None) -> LayerSource:
+    """A :class:`LayerSource` over an activation store or an ``(L, N, D)`` numpy array.
+
+    Args:
+      X: an :class:`~lmprobe_jax_store.ActivationStore`, a :class:`LayerSource`, or a numpy array
+        (``np.memmap`` included) of shape ``(L, N, D)``.
+      pooling: the store's pooling to read (required when the store holds more than one).
+      layers: the store's layers to read, in this order (default: every decoder layer it holds, in
+        order; ``"embeddings"`` only when asked for).
+
+    Raises:
+      ValueError: for a store whose shards disagree with its manifest (shape or dtype), an unknown
+        pooling or layer, or an array that is not 3-D.
+    """
+    if isinstance(X, LayerSource):
+        return X
+    if hasattr(X, "manifest") and hasattr(X, "load"):  # an ActivationStore (duck-typed: no import cycle)
+        return _store_source(X, pooling, layers)
+    if pooling is not None or layers is not None:
+        raise ValueError("pooling and layers select from an activation store; index an array yourself.")
+    if not isinstance(X, np.ndarray) or X.ndim != 3:
+        shape = getattr(X, "shape", None)
+        raise ValueError(
+            f"A layer source needs an activation store or a 3-D (L, N, D) numpy array; got {type(X).__name__}"
+            f"{'' if shape is None else f' of shape {tuple(shape)}'}."
+        )
+    return LayerSource(X.shape, X.dtype, range(X.shape[0]), X.__getitem__)
+
+
+def _store_source(store: Any, pooling: str | None, layers: Iterable[Any] | None) -> LayerSource:
+    from lmprobe_jax_store import shard_path
+    from lmprobe_jax_store._store import memmap_tensor, read_header
+
+    names = [layer for layer in store.layers if layer != "embeddings"] if layers is None else list(layers)
+    if not names:
+        raise ValueError(f"No layers to read from {store!r}; name them with layers=[...].")
+    pooling = store._pooling(pooling)
+    if pooling == "all":
+        raise ValueError("pooling 'all' holds one row per token, not per prompt; a probe reads a pooled layer.")
+    names = [store._layer(name) for name in names]
+    expected = [store.n_prompts, store.hidden_size]
+    dtypes = set()
+    if store.path is not None:
+        # Every shard's header against the manifest before anything is solved (headers only: the data,
+        # and its SHA-256 when the store verifies, are read layer by layer as the fit reaches them).
+        for name in names:
+            path = store.path / shard_path(pooling, name)
+            info = read_header(path)[0].get("activations", {})
+            if info.get("shape") != expected:
+                raise ValueError(
+                    f"The store at {store.path} does not match its manifest: {path.name} ({pooling}) holds an "
+                    f"array of shape {info.get('shape')}, the manifest says {tuple(expected)} "
+                    f"(n_prompts x hidden_size). Re-extract the activations."
+                )
+            dtypes.add(info.get("dtype"))
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"The store at {store.path} does not match its manifest: its {pooling} shards mix dtypes "
+            f"{sorted(dtypes)}; the manifest says {store.manifest.get('storage_dtype')}. Re-extract the activations."
+        )
+    if store.path is None:
+        dtype = store.load(names[0], pooling).dtype
+    else:
+        dtype = memmap_tensor(store.path / shard_path(pooling, names[0]), "activations").dtype
+    return LayerSource((len(names), *expected), dtype, names, lambda i: store.load(names[i], pooling))
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A fresh, writeable, page-aligned array in an anonymous memory mapping.
+
+    Page alignment lets ``jax.device_put`` share the buffer instead of copying it on the CPU (it needs
+    64 bytes; numpy's large allocations come from malloc at 16 bytes past a page). The mapping is
+    unmapped when the last reference to the array goes, returning the memory at once.
+    """
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
+
+
+def read_chunk(source: LayerSource, layers: Sequence[int], rows: slice, dtype: Any,
+               transform: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """Layers ``layers`` and rows ``rows`` of ``source`` as one read-only ``(k, r, D)`` array of ``dtype``.
+
+    Each layer is copied (and cast) straight from its memory map into the aligned buffer, so the only
+    memory this takes beyond the result is the mapped pages of the layer being copied.
+    ``transform`` edits the chunk in place before it is made read-only (the sweep's standardisation).
+    """
+    n_rows = len(range(*rows.indices(source.shape[1])))
+    out = aligned_empty((len(layers), n_rows, source.shape[2]), dtype)
+    for i, layer in enumerate(layers):
+        np.copyto(out[i], source.layer(layer)[rows], casting="unsafe")
+    if transform is not None:
+        transform(out)
+    out.flags.writeable = False
+    return out
+
+
+def prefetched(jobs: Iterable[Callable[[], T]]) -> Iterator[T]:
+    """Results of ``jobs`` in order, each computed on a reader thread while the previous one is in use.
+
+    At most two results exist at a time: the one the caller holds and the next, being read. The caller
+    must drop its reference before asking for the next result (the streaming driver does), else a
+    third is read meanwhile.
+    """
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmprobe-reader") as pool:
+        job = next(jobs, None)
+        pending: Future | None = None if job is None else pool.submit(job)
+        while pending is not None:
+            result = pending.result()
+            job = next(jobs, None)
+            pending = None if job is None else pool.submit(job)
+            yield result
+            del result
