@@ -4,7 +4,9 @@ Each layer ``l`` of ``N`` prompts x ``D`` features is built the way residual str
 
 * a low-rank part ``Z_l B_l`` (rank ``rank``: a few directions carry most of the variance) whose
   factors drift slowly with depth (``Z_l`` mixes a shared ``Z`` with fresh noise);
-* isotropic noise (the full-rank floor);
+* isotropic noise (the full-rank floor): rows of a pool of ``pool_rows`` Gaussian rows, drawn once,
+  gathered in a fresh random order and with fresh random column signs for every layer (drawing
+  ``N x D`` normals per layer took 60-270 s on this project's loaded 2-core machine; the gather, ~1 s);
 * ``outliers`` "massive activation" features, 30-100x the typical scale (as LLMs' few huge dimensions);
 * a label signal along one direction, strongest in the middle layers (as probing finds).
 
@@ -32,10 +34,11 @@ from lmprobe_jax_store._store import write_file, write_json
 POOLING = "last_token"
 
 
-def layer_rows(rng: np.random.Generator, z: np.ndarray, basis: np.ndarray, labels: np.ndarray, direction: np.ndarray,
+def layer_rows(noise: np.ndarray, z: np.ndarray, basis: np.ndarray, labels: np.ndarray, direction: np.ndarray,
                strength: float, outliers: np.ndarray, out: np.ndarray) -> None:
-    """Fill ``out`` ``(r, D)`` with one block of rows (float32 work, cast on assignment)."""
-    block = rng.standard_normal(out.shape, dtype=np.float32)
+    """Fill ``out`` ``(r, D)`` with one block of rows from its noise rows ``(r, D)`` (float32 work, cast on
+    assignment)."""
+    block = noise
     block += z @ basis
     block += np.outer(2.0 * labels - 1.0, strength * direction).astype(np.float32)
     block[:, outliers[:, 0].astype(int)] *= outliers[:, 1]
@@ -44,7 +47,7 @@ def layer_rows(rng: np.random.Generator, z: np.ndarray, basis: np.ndarray, label
 
 def write_synthetic_store(path: str | Path, *, n_layers: int = 32, n_rows: int = 80_000, n_features: int = 4096,
                           dtype: str = "float16", rank: int = 64, n_outliers: int = 4, seed: int = 0,
-                          block_rows: int = 8192, verbose: bool = False) -> ActivationStore:
+                          block_rows: int = 8192, pool_rows: int = 16384, verbose: bool = False) -> ActivationStore:
     """Write the store and return it opened. Labels (balanced 0/1) go in ``labels.safetensors``."""
     root = Path(path)
     if (root / MANIFEST).exists():
@@ -57,6 +60,7 @@ def write_synthetic_store(path: str | Path, *, n_layers: int = 32, n_rows: int =
     direction = rng.standard_normal(n_features).astype(np.float32)
     direction /= np.linalg.norm(direction)
     outliers = np.stack([rng.choice(n_features, n_outliers, replace=False), rng.uniform(30, 100, n_outliers)], axis=1)
+    pool = rng.standard_normal((min(pool_rows, n_rows), n_features), dtype=np.float32)
     storage = np.dtype(dtype)
     files = {}
     for layer in range(n_layers):
@@ -66,10 +70,13 @@ def write_synthetic_store(path: str | Path, *, n_layers: int = 32, n_rows: int =
         basis = 0.95 * basis + 0.05 * rng.standard_normal(basis.shape, dtype=np.float32) * spectrum[:, None]
         array = np.empty((n_rows, n_features), storage)
         layer_rng = np.random.default_rng([seed, layer])
+        order = layer_rng.integers(0, pool.shape[0], n_rows)
+        signs = layer_rng.choice(np.array([-1.0, 1.0], np.float32), n_features)
         for a in range(0, n_rows, block_rows):
             rows = slice(a, min(a + block_rows, n_rows))
             z = 0.8 * shared[rows] + 0.6 * layer_rng.standard_normal(shared[rows].shape, dtype=np.float32)
-            layer_rows(layer_rng, z, basis, labels[rows], direction, strength, outliers, array[rows])
+            noise = pool[order[rows]] * signs
+            layer_rows(noise, z, basis, labels[rows], direction, strength, outliers, array[rows])
         files[shard_path(POOLING, layer)] = write_file(root, shard_path(POOLING, layer),
                                                         save_tensors({"activations": array}))
         del array

@@ -16,6 +16,7 @@ from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
 from ._logistic import LogisticFit
 from ._mass_mean import MassMeanFit
+from ._mesh import layer_mesh
 from ._metrics import (
     binary_accuracy,
     binary_log_loss,
@@ -43,15 +44,17 @@ from ._sources import LayerSource, layer_source
 from ._streaming import streams_layers
 
 # The per-layer solvers, taking stores, layer iterators and arrays larger than memory (see _streaming).
-# ``copies``: float32 copies of the layer being solved that each makes beyond X (ridge's centred copy;
-# the LOO's projection onto the eigenbasis; mass-mean's centred copy with iid).
-fit_logistic = streams_layers(rows=_logistic_rows)(_logistic.fit_logistic)
-fit_multinomial = streams_layers()(_multinomial.fit_multinomial)
-fit_ridge = streams_layers(copies=1, rows=_ridge_rows)(_ridge.fit_ridge)
-ridge_loo = streams_layers(copies=2)(_ridge.ridge_loo)
-fit_mass_mean = streams_layers(copies=1)(_mass_mean.fit_mass_mean)
-cross_validate_logistic = streams_layers()(_cv.cross_validate_logistic)
-cross_validate_ridge = streams_layers(copies=2)(_cv.cross_validate_ridge)
+# ``copies``: float32 copies of the layer being solved that each holds beyond X at its peak, measured
+# (peak RSS growth, 6 x 8000 x 512 float16 memory map, chunks of 2 layers, one core; RESULTS.md) and
+# rounded up: logistic 0.1, softmax (3 classes) 2.4, ridge 1.0, its LOO 2.4, mass-mean 1.9 (5.4 with
+# iid), the logistic CV (5 folds) 3.6, the ridge CV 2.6.
+fit_logistic = streams_layers(copies=0.5, rows=_logistic_rows)(_logistic.fit_logistic)
+fit_multinomial = streams_layers(copies=3)(_multinomial.fit_multinomial)
+fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows)(_ridge.fit_ridge)
+ridge_loo = streams_layers(copies=3)(_ridge.ridge_loo)
+fit_mass_mean = streams_layers(copies=6)(_mass_mean.fit_mass_mean)
+cross_validate_logistic = streams_layers(copies=4)(_cv.cross_validate_logistic)
+cross_validate_ridge = streams_layers(copies=3)(_cv.cross_validate_ridge)
 
 _aot.register_types(_newton_cg.NewtonCGResult, _newton_cg.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
 _register(_newton_cg.solve_layers, _newton_cg.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
@@ -87,6 +90,7 @@ __all__ = [
     "group_lasso_alpha_max",
     "held_out_rows",
     "layer_importance",
+    "layer_mesh",
     "layer_source",
     "layers_kept",
     "multiclass_accuracy",

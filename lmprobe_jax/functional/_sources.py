@@ -125,18 +125,42 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
+# Bytes of a memory-mapped layer copied at a time before its pages are let go (see _copy_mapped).
+_COPY_BLOCK_BYTES = 32 * 2**20
+
+
+def _copy_mapped(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (cast to ``dst``'s dtype), a block of rows at a time; when ``src`` is memory-mapped,
+    each block's pages are released from this process once copied (``madvise(MADV_DONTNEED)``: they stay
+    in the page cache, but no longer count in its resident memory), so copying a layer out of a store
+    never holds more than a block of the file resident beside the result."""
+    mapping = getattr(src, "_mmap", None)
+    base = np.frombuffer(mapping, np.uint8).ctypes.data if mapping is not None else 0
+    step = max(1, _COPY_BLOCK_BYTES // max(1, src[:1].nbytes))
+    page = mmap.PAGESIZE
+    for a in range(0, src.shape[0], step):
+        block = src[a:a + step]
+        np.copyto(dst[a:a + step], block, casting="unsafe")
+        if mapping is not None and block.flags.c_contiguous:
+            start = block.ctypes.data - base
+            first = start - start % page
+            last = (start + block.nbytes) // page * page  # only whole pages inside the block
+            if last > first:
+                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def read_chunk(source: LayerSource, layers: Sequence[int], rows: slice, dtype: Any,
                transform: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Layers ``layers`` and rows ``rows`` of ``source`` as one read-only ``(k, r, D)`` array of ``dtype``.
 
-    Each layer is copied (and cast) straight from its memory map into the aligned buffer, so the only
-    memory this takes beyond the result is the mapped pages of the layer being copied.
+    Each layer is copied (and cast) from its memory map into the aligned buffer a block at a time, so
+    the only memory this takes beyond the result is one block of mapped pages (:func:`_copy_mapped`).
     ``transform`` edits the chunk in place before it is made read-only (the sweep's standardisation).
     """
     n_rows = len(range(*rows.indices(source.shape[1])))
     out = aligned_empty((len(layers), n_rows, source.shape[2]), dtype)
     for i, layer in enumerate(layers):
-        np.copyto(out[i], source.layer(layer)[rows], casting="unsafe")
+        _copy_mapped(out[i], source.layer(layer)[rows])
     if transform is not None:
         transform(out)
     out.flags.writeable = False

@@ -49,10 +49,14 @@ _STREAMING_DOC = """
     ``"4GB"``; default half the memory available when the call starts). Layers are then read and solved a
     chunk at a time{rows}. With ``mesh`` (a ``jax.sharding.Mesh``; or for ``X`` already sharded over
     one), each chunk's layers are split over the mesh's ``"layers"`` (else first) axis and each device
-    solves its own, with the single-device result. Peak host memory: about ``2 + {copies}`` float32 copies of a chunk (the one
-    being solved, the one being read{copy_note}) plus the solver's work space: at most ``memory_budget``
-    whatever ``L`` and ``N``, where the in-memory call holds ``X``, a copy of it when it is writeable
-    (none for a read-only, 64-byte aligned array), and a float32 copy of half-precision input.
+    solves its own, with the single-device result.
+
+    Peak memory, streamed: two chunks in float32 (the one being solved, the one being read: ``2 k N D 4``
+    bytes for ``k`` layers a chunk) plus about {copies} float32 copies of one layer (the solver's
+    temporaries, measured) plus ``O((min(N, D) + 1)^2)`` work space -- at most ``memory_budget``, whatever
+    ``L``; input memory-mapped from disk counts one 32 MB block at a time. In memory (an array that fits
+    the budget): ``X``, a copy of it when it is writeable or not 64-byte aligned (none for a read-only,
+    aligned array), a float32 copy of half-precision input, and the same per-layer temporaries.
 """
 
 
@@ -96,10 +100,9 @@ def streams_layers(
         def wrapper(X: Any, *args: Any, memory_budget: Any = None, mesh: Any = None, **kwargs: Any) -> Any:
             return _dispatch(fn, spec, X, args, kwargs, memory_budget, mesh)
 
-        rows_note = "; for a layer whose rows alone do not fit, its rows are streamed" if rows else ""
-        copy_note = f", and {copies:g} the solver makes of the layer it solves" if copies else ""
-        wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(
-            rows=rows_note, copies=f"{copies:g}", copy_note=copy_note)
+        rows_note = ("; for a layer whose rows alone do not fit, its rows are streamed (a block of rows at a "
+                     "time, every pass over the layer read from disk)") if rows else ""
+        wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(rows=rows_note, copies=f"{copies:g}")
         wrapper.__wrapped_solver__ = fn
         return wrapper
 
@@ -108,6 +111,8 @@ def streams_layers(
 
 def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwargs: dict, budget: Any,
               mesh: Any) -> Any:
+    if isinstance(X, jax.core.Tracer):
+        return fn(X, *args, **kwargs)  # under the caller's jit / vmap: the in-memory solver
     if mesh is None and isinstance(X, jax.Array) and _sharded_over_layers(X):
         mesh = X.sharding.mesh
     if mesh is not None and isinstance(X, jax.Array) and _sharded_over_layers(X, mesh):
