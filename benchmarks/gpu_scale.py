@@ -25,6 +25,7 @@ Usage: python benchmarks/gpu_scale.py [--layers 32 --train 6144 --features 4096]
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -40,14 +41,14 @@ args = parser.parse_args()
 if args.host_devices:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.host_devices}"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(__file__))
-from synthetic import make_layers_on_device  # noqa: E402
+from synthetic import make_layers_on_device
 
-import lmprobe_jax.functional as F  # noqa: E402
+import lmprobe_jax.functional as F
 
 
 def peak_bytes() -> float:
@@ -85,13 +86,13 @@ def main() -> int:
     mesh = F.layer_mesh()
     rows, checks = [], []
 
-    one, first, warm = run(lambda: F.fit_logistic(X, y), args.repeats)
+    one, first, warm = run(functools.partial(F.fit_logistic, X, y), args.repeats)
     rows.append(("one device, in memory", first, warm, peak_bytes(), ""))
     checks.append(("one device: every layer converged", bool(np.all(one.converged))))
 
     X_mesh = jax.device_put(X, NamedSharding(mesh, PartitionSpec("layers")))
     del X
-    sharded, first, warm = run(lambda: F.fit_logistic(X_mesh, y), args.repeats)
+    sharded, first, warm = run(functools.partial(F.fit_logistic, X_mesh, y), args.repeats)
     gap = rel_gap(sharded.coef, one.coef)
     rows.append((f"mesh over {len(devices)} device(s)", first, warm, peak_bytes(), f"coef gap {gap:.1e}"))
     checks.append(("mesh: converged, coef within 1e-4 of one device", bool(np.all(sharded.converged)) and gap <= 1e-4))

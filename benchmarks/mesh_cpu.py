@@ -77,14 +77,14 @@ def main() -> None:
     table = "\n".join([
         "| workload | 1 device: first / warm | 4 host devices: first / warm | 4 vs 1 (warm) | note |",
         "|---|---|---|---|---|",
-        f"| fit_logistic C=1, mesh, {shape} | {one['logistic_first']:.2f} / {one['logistic_warm']:.2f} s | "
-        f"{four['logistic_first']:.2f} / {four['logistic_warm']:.2f} s | "
-        f"{four['logistic_warm'] / one['logistic_warm']:.2f}x | coef gap 4 vs 1 device {gap:.1e} |",
-        f"| sweep (5-fold CV, C=1, refit), mesh | {one['sweep_first']:.2f} / {one['sweep_warm']:.2f} s | "
-        f"{four['sweep_first']:.2f} / {four['sweep_warm']:.2f} s | {four['sweep_warm'] / one['sweep_warm']:.2f}x | "
-        f"fold accuracy gap {acc_gap:.1e} |",
-        f"| fit_logistic C=1, no mesh (in memory) | {one['plain_first']:.2f} / {one['plain_warm']:.2f} s | | | "
-        f"coef gap to the 1-device mesh {plain_gap:.1e} |",
+        (f"| fit_logistic C=1, mesh, {shape} | {one['logistic_first']:.2f} / {one['logistic_warm']:.2f} s | "
+         f"{four['logistic_first']:.2f} / {four['logistic_warm']:.2f} s | "
+         f"{four['logistic_warm'] / one['logistic_warm']:.2f}x | coef gap 4 vs 1 device {gap:.1e} |"),
+        (f"| sweep (5-fold CV, C=1, refit), mesh | {one['sweep_first']:.2f} / {one['sweep_warm']:.2f} s | "
+         f"{four['sweep_first']:.2f} / {four['sweep_warm']:.2f} s | {four['sweep_warm'] / one['sweep_warm']:.2f}x | "
+         f"fold accuracy gap {acc_gap:.1e} |"),
+        (f"| fit_logistic C=1, no mesh (in memory) | {one['plain_first']:.2f} / {one['plain_warm']:.2f} s | | | "
+         f"coef gap to the 1-device mesh {plain_gap:.1e} |"),
     ])
     print(table)
     if args.record:

@@ -25,7 +25,7 @@ import sys
 import time
 
 if "--pin" in sys.argv:
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax
 import numpy as np
@@ -131,7 +131,7 @@ def main() -> None:
         diff = float(np.max(np.abs(runs["streamed"][-1][0].accuracy - runs["in memory"][-1][0].accuracy)))
         table.append(rows_of(f"sweep (5-fold CV, C=1, + refit), {args.cv_layers} layers in memory", runs["in memory"],
                              "sweep_activations(float16 array)"))
-        table.append(rows_of(f"the same sweep streamed from the store", runs["streamed"],
+        table.append(rows_of("the same sweep streamed from the store", runs["streamed"],
                              f"{ratio:.2f}x the in-memory time; fold accuracy gap {diff:.1e}"))
         print("\n".join(table[-2:]), flush=True)
 

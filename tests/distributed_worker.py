@@ -14,10 +14,10 @@ coordinator, n_processes, process_id, store_path, out = sys.argv[1:]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator, num_processes=int(n_processes), process_id=int(process_id))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import lmprobe_jax.functional as F  # noqa: E402
-from lmprobe_jax_store import ActivationStore  # noqa: E402
+import lmprobe_jax.functional as F
+from lmprobe_jax_store import ActivationStore
 
 store = ActivationStore(store_path)
 y = store.labels

@@ -58,7 +58,7 @@ def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[s
     slices = [slice(a, min(a + row_block, n)) for a in range(0, n, row_block)]
     jobs = (functools.partial(read_chunk, source, range(layer, layer + 1), rows, np.float32) for rows in slices)
     for rows, chunk in zip(slices, prefetched(jobs)):
-        yield rows, jnp.asarray(chunk[0])
+        yield rows, jax.device_put(chunk[0])  # read-only and page-aligned: used in place on the CPU
         del chunk
 
 

@@ -103,7 +103,6 @@ def streams_layers(
         rows_note = ("; for a layer whose rows alone do not fit, its rows are streamed (a block of rows at a "
                      "time, every pass over the layer read from disk)") if rows else ""
         wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(rows=rows_note, copies=f"{copies:g}")
-        wrapper.__wrapped_solver__ = fn
         return wrapper
 
     return decorate
@@ -123,7 +122,7 @@ def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwa
         return _over_iterator(fn, spec, X, args, kwargs, _budget.memory_budget(budget), mesh)
     is_array = isinstance(X, np.ndarray)
     if not (isinstance(X, LayerSource) or (is_array and X.ndim in (2, 3)) or _is_store(X)):
-        return fn(X, *args, **kwargs)  # JAX arrays, tracers, lists: the in-memory solver as it is
+        return fn(X, *args, **kwargs)  # JAX arrays, lists: the in-memory solver as it is
     single = is_array and X.ndim == 2
     source = layer_source(X[None] if single else X)
     n_layers, n_rows, n_features = source.shape
