@@ -33,9 +33,8 @@ from lmprobe_jax_store._store import write_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from synthetic_store import write_synthetic_store  # noqa: E402
-
-from conftest import objective  # noqa: E402
+from conftest import objective
+from synthetic_store import write_synthetic_store
 
 L, N, D = 6, 700, 40
 
@@ -401,3 +400,30 @@ def test_cli_sweep_runs_as_two_processes_one_command_each(store, stacked, tmp_pa
     for g, w in zip(got, want, strict=True):
         assert g["layer"] == w["layer"]
         np.testing.assert_allclose([g["accuracy"], g["roc_auc"]], [w["accuracy"], w["roc_auc"]], atol=1e-6)
+
+
+# -- the benchmark scripts run at toy sizes (figures checked, not timings) --------------------------------
+
+
+def run_benchmark(name: str, *args: str, devices: int | None = None) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_gpu_scale_script_checks_the_mesh_against_one_device():
+    out = run_benchmark("gpu_scale.py", "--layers", "4", "--train", "200", "--features", "16", "--repeats", "1",
+                        "--chunk", "1", "--host-devices", "2")
+    assert "| mesh over 2 device(s) |" in out and "FAIL" not in out and out.count("ok  ") == 3
+
+
+def test_out_of_core_script_reports_equal_streamed_fits(store):
+    out = run_benchmark("out_of_core.py", str(store.path), "--budget", "1MB", "--subset", "2", "--cv-layers", "2",
+                        "--rounds", "1")
+    gaps = [float(g) for g in __import__("re").findall(r"coef gap ([0-9.e+-]+)", out)]
+    assert gaps and max(gaps) <= 1e-5
+    assert "streamed from the store" in out and f"all {L} layers" in out
