@@ -40,8 +40,9 @@ L, N, D = 6, 700, 40
 
 
 def one_layer_budget(copies: float = 0, n: int = N, d: int = D, layers: int = 1) -> int:
-    """A budget that holds ``layers`` layers per chunk (two chunks, the solver's copies, work space)."""
-    return int((2 * layers + copies) * n * d * 4 + F._streaming.default_workspace(n, d)) + 1
+    """A budget that holds ``layers`` layers per chunk (two chunks, the solver's padded copy of one, its
+    copies of a layer, work space)."""
+    return F._budget.chunk_bytes(layers, n, d, extra_copies=copies, workspace=F._streaming.default_workspace(n, d)) + 1
 
 
 def assert_trees_close(got, want, rtol: float) -> None:
@@ -124,6 +125,37 @@ def test_streamed_store_gives_the_in_memory_fit(name, store, stacked):
     want = fn(stacked, y, **kwargs)
     got = fn(store, y, memory_budget=one_layer_budget(copies, layers=2), **kwargs)  # chunks of 2 layers
     assert_trees_close(got, want, rtol=1e-5)
+
+
+def test_streamed_chunks_arrive_padded_to_the_bucket_with_zero_weight(store, stacked, monkeypatch):
+    """fit_logistic and fit_ridge read chunks already padded to the compile bucket (704 rows for 700), with
+    y and the weights padded so the padding weighs nothing; the solver then pads nothing, and since a zero
+    weight makes each padded row's terms exact zeros in the same program, the result is the in-memory
+    call's bit for bit. Solvers with per-row results (the CV: folds over y) read unpadded chunks."""
+    shapes = []
+    read = F._streaming.read_chunk
+    monkeypatch.setattr(F._streaming, "read_chunk", lambda *a, **k: shapes.append((out := read(*a, **k)).shape) or out)
+    y, weight = store.labels, np.linspace(0.5, 1.5, N)
+    assert F._checks.bucket_rows(N) == 704
+    for fn, kwargs in ((F.fit_logistic, {"C": [0.1, 1.0]}), (F.fit_ridge, {"alpha": [1.0, 10.0]})):
+        want = fn(stacked, y, sample_weight=weight, **kwargs)
+        got = fn(store, y, sample_weight=weight, memory_budget=one_layer_budget(1.5, layers=2), **kwargs)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert shapes and all(shape[1:] == (704, D) for shape in shapes)
+    shapes.clear()
+    F.cross_validate_logistic(store, y, C=1.0, folds=3, memory_budget=one_layer_budget(4, layers=2))
+    assert shapes and all(shape[1:] == (N, D) for shape in shapes)
+
+
+def test_the_budget_counts_the_solvers_padded_copy_unless_reads_are_padded():
+    workspace = F._streaming.default_workspace(N, D)
+    sizes = {"extra_copies": 0.5, "workspace": workspace}
+    budget = F._budget.chunk_bytes(3, N, D, **sizes)
+    assert budget == int((3 * (2 * N + 704) + 0.5 * 704) * D * 4 + workspace)
+    assert F._budget.plan_chunks(L, N, D, budget=budget, **sizes).layers == 3
+    assert F._budget.plan_chunks(L, N, D, budget=budget, padded_reads=True, **sizes).layers == 4  # 2 x 704 a layer
+    assert F._budget.chunk_bytes(2, 704, D, **sizes) == int((2 * 2 * 704 + 0.5 * 704) * D * 4 + workspace)  # a bucket: no copy
 
 
 def test_streamed_memmap_and_iterator_give_the_in_memory_fit(store, stacked, tmp_path):
@@ -225,7 +257,9 @@ def test_row_streamed_ridge_matches_the_float64_closed_form(stacked, store):
 @pytest.mark.parametrize("classifier", ["logistic_regression", "ridge"])
 def test_streamed_sweep_gives_the_in_memory_sweep(classifier, store, stacked):
     want = sweep_activations(stacked, store.labels, classifier=classifier, folds=3)
-    got = sweep_activations(store, classifier=classifier, folds=3, memory_budget=one_layer_budget(1, layers=2))
+    solver = F.cross_validate_logistic if classifier == "logistic_regression" else F.fit_ridge
+    got = sweep_activations(store, classifier=classifier, folds=3,
+                            memory_budget=one_layer_budget(solver.streamed_copies, layers=2))  # chunks of 2 layers
     assert got.layers == list(range(L)) and got.estimator.n_layers_ == L
     for name in ("accuracy", "roc_auc", "log_loss", "mean", "scale"):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ or an array larger than ``memory_budget``, and stream it from disk a chunk of la
 hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
 """
 
-from . import _checks, _cv, _logistic, _mass_mean, _metrics, _multinomial, _newton_cg, _ridge
+from . import _aot, _checks, _cv, _logistic, _mass_mean, _metrics, _multinomial, _newton_cg, _ridge
 from ._cv import CVResult, cross_validate_group_lasso
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
@@ -48,9 +48,13 @@ from ._streaming import streams_layers
 # (peak RSS growth, 6 x 8000 x 512 float16 memory map, chunks of 2 layers, one core; RESULTS.md) and
 # rounded up: logistic 0.1, softmax (3 classes) 2.4, ridge 1.0, its LOO 2.4, mass-mean 1.9 (5.4 with
 # iid), the logistic CV (5 folds) 3.6, the ridge CV 2.6.
-fit_logistic = streams_layers(copies=0.5, rows=_logistic_rows)(_logistic.fit_logistic)
+# ``padded_reads``: the solvers without per-row results read chunks padded to the compile bucket with
+# zero-weight rows (no padded copy); logistic only when N and the bucket choose the same preconditioner.
+fit_logistic = streams_layers(copies=0.5, rows=_logistic_rows, padded_reads=_logistic.same_settings_padded)(
+    _logistic.fit_logistic)
 fit_multinomial = streams_layers(copies=3)(_multinomial.fit_multinomial)
-fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows)(_ridge.fit_ridge)
+fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows, padded_reads=lambda n_rows, n_features: True)(
+    _ridge.fit_ridge)
 ridge_loo = streams_layers(copies=3)(_ridge.ridge_loo)
 fit_mass_mean = streams_layers(copies=6)(_mass_mean.fit_mass_mean)
 cross_validate_logistic = streams_layers(copies=4)(_cv.cross_validate_logistic)

@@ -1,7 +1,9 @@
 """How much host memory a streamed fit may hold, and how many layers (or rows) a chunk of it may have.
 
 A streamed fit (:mod:`._streaming`) holds, at its peak, the chunk being solved and the chunk the reader
-thread is preparing, both in the compute dtype (float32), plus the solver's own work space. The budget
+thread is preparing, both in the compute dtype (float32), the solver's copy of the chunk with its rows
+padded to a compile bucket (:func:`._checks.bucket_rows`; none when ``N`` is a bucket size), plus the
+solver's own work space. The budget
 is a number of bytes; by default half of the memory the operating system reports as available when the
 fit starts (``psutil.virtual_memory().available``, else ``os.sysconf``), so that a fit on a shared
 machine leaves room for the others.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 import re
 from typing import Any, NamedTuple
+
+from ._checks import bucket_rows
 
 #: Share of the available memory a streamed fit takes when no ``memory_budget`` is given.
 DEFAULT_SHARE = 0.5
@@ -68,38 +72,58 @@ class ChunkPlan(NamedTuple):
     peak_bytes: int
 
 
+def chunk_bytes(
+    n_layers: int, n_rows: int, n_features: int, *, extra_copies: float, workspace: int, itemsize: int = 4,
+    padded_reads: bool = False,
+) -> int:
+    """Peak bytes of a streamed solve whose chunks hold ``n_layers`` layers (see :func:`plan_chunks`)."""
+    padded = bucket_rows(n_rows)
+    per_layer = 2 * padded if padded_reads else 2 * n_rows + (padded if padded != n_rows else 0)
+    return int((n_layers * per_layer + extra_copies * padded) * n_features * itemsize + workspace)
+
+
 def plan_chunks(
     n_layers: int, n_rows: int, n_features: int, *, budget: int, extra_copies: float, workspace: int,
-    itemsize: int = 4, row_streaming: bool = False,
+    itemsize: int = 4, row_streaming: bool = False, padded_reads: bool = False,
 ) -> ChunkPlan:
     """The largest chunk whose peak fits ``budget`` bytes.
 
-    A chunk of ``k`` layers of ``r`` rows peaks at ``(2 k + extra_copies) * r * D * itemsize +
-    workspace`` bytes: the chunk being solved and the chunk the reader prepares meanwhile, the
-    ``extra_copies`` the solver makes of the layer it is solving (ridge's centred copy: 1; layers are
-    solved one at a time on the CPU), and ``workspace`` bytes that do not grow with the chunk.
+    A chunk of ``k`` layers of ``N`` rows peaks at ``(k (2 N + P) + extra_copies B) * D * itemsize +
+    workspace`` bytes: the chunk being solved and the chunk the reader prepares meanwhile, the solver's
+    copy of the chunk padded to ``B = bucket_rows(N)`` rows (``P = B``; ``P = 0`` when ``B = N``: no
+    copy), the ``extra_copies`` the solver makes of the (padded) layer it is solving (ridge's centred
+    copy: 1; layers are solved one at a time on the CPU), and ``workspace`` bytes that do not grow with
+    the chunk. A block of streamed rows is not padded: ``(2 + extra_copies) * rows * D * itemsize``.
+
+    With ``padded_reads`` the chunks are read already padded (``2 B`` rows a layer, no copy).
 
     Args:
       row_streaming: whether the caller can also cut the row axis when one layer does not fit.
+      padded_reads: whether chunks are read with their padding rows (the solver then copies nothing).
 
     Raises:
       ValueError: when not even one layer (or, with ``row_streaming``, one block of :data:`_MIN_ROW_BLOCK` rows) fits.
     """
     row_bytes = n_features * itemsize
-    free = budget - workspace - extra_copies * row_bytes * n_rows
-    if free >= 2 * row_bytes * n_rows:
-        k = int(min(n_layers, free // (2 * row_bytes * n_rows)))
-        return ChunkPlan(k, n_rows, int(budget - free + 2 * row_bytes * n_rows * k))
+    sizes = {"extra_copies": extra_copies, "workspace": workspace, "itemsize": itemsize, "padded_reads": padded_reads}
+    fixed = chunk_bytes(0, n_rows, n_features, **sizes)
+    layer_bytes = chunk_bytes(1, n_rows, n_features, **sizes) - fixed
+    free = budget - fixed
+    if free >= layer_bytes:
+        k = int(min(n_layers, free // layer_bytes))
+        return ChunkPlan(k, n_rows, int(budget - free + layer_bytes * k))
     min_rows = min(n_rows, _MIN_ROW_BLOCK)
     per_row = (2 + extra_copies) * row_bytes
     if row_streaming and budget - workspace >= per_row * min_rows:
         rows = int(min(n_rows - 1, (budget - workspace) // per_row))
         return ChunkPlan(1, rows, int(workspace + per_row * rows))
-    need = workspace + per_row * (min_rows if row_streaming else n_rows)
+    need = workspace + per_row * min_rows if row_streaming else fixed + layer_bytes
     what = f"one block of {min_rows} rows" if row_streaming else f"one layer ({n_rows} x {n_features})"
     raise ValueError(
         f"memory_budget={format_bytes(budget)} is too small for {what}: it needs about {format_bytes(need)} "
-        f"({2 + extra_copies:g} float32 copies of it and {format_bytes(workspace)} of solver work space). "
+        f"(about {(need - workspace) / (row_bytes * (min_rows if row_streaming else n_rows)):.3g} float32 copies "
+        f"of it, padded rows included, and "
+        f"{format_bytes(workspace)} of solver work space). "
         f"Raise memory_budget to at least {format_bytes(need)}"
         + ("." if row_streaming else " (of the solvers, only fit_logistic and fit_ridge stream the rows of a layer).")
     )

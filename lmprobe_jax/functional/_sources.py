@@ -113,7 +113,7 @@ def _store_source(store: Any, pooling: str | None, layers: Iterable[Any] | None)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A fresh, writeable, page-aligned array in an anonymous memory mapping.
+    """A fresh, writeable, page-aligned, zero-filled array in an anonymous memory mapping.
 
     Page alignment lets ``jax.device_put`` share the buffer instead of copying it on the CPU (it needs
     64 bytes; numpy's large allocations come from malloc at 16 bytes past a page). The mapping is
@@ -150,19 +150,20 @@ def _copy_mapped(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 def read_chunk(source: LayerSource, layers: Sequence[int], rows: slice, dtype: Any,
-               transform: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+               transform: Callable[[np.ndarray], None] | None = None, pad_to: int | None = None) -> np.ndarray:
     """Layers ``layers`` and rows ``rows`` of ``source`` as one read-only ``(k, r, D)`` array of ``dtype``.
 
     Each layer is copied (and cast) from its memory map into the aligned buffer a block at a time, so
     the only memory this takes beyond the result is one block of mapped pages (:func:`_copy_mapped`).
     ``transform`` edits the chunk in place before it is made read-only (the sweep's standardisation).
+    ``pad_to`` (``>= r``) appends zero rows up to that many (the buffer is zero-filled: no extra pass).
     """
     n_rows = len(range(*rows.indices(source.shape[1])))
-    out = aligned_empty((len(layers), n_rows, source.shape[2]), dtype)
+    out = aligned_empty((len(layers), max(n_rows, pad_to or 0), source.shape[2]), dtype)
     for i, layer in enumerate(layers):
-        _copy_mapped(out[i], source.layer(layer)[rows])
+        _copy_mapped(out[i, :n_rows], source.layer(layer)[rows])
     if transform is not None:
-        transform(out)
+        transform(out[:, :n_rows])
     out.flags.writeable = False
     return out
 

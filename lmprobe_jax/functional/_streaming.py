@@ -8,11 +8,16 @@ is wrapped by :func:`streams_layers`, which lets it also take
   from disk a chunk at a time, as many layers per chunk as the budget allows, while a reader thread
   prepares the next chunk (:func:`._sources.prefetched`);
 * an iterator of ``(k, N, D)`` layer chunks, solved as they come (the next one is pulled on the reader
-  thread while the current one is solved);
+  thread while the current one is solved; the solver pads each to its compile bucket, a copy);
 * for the solvers that can (``fit_logistic``, ``fit_ridge``), a single layer whose rows do not fit: its
   rows are streamed (:mod:`._row_streaming`).
 
-Each chunk is the same program the in-memory call runs, so on the CPU (layers solved one at a time) the
+Chunks are read with their rows already padded to the solver's compile bucket
+(:func:`._checks.bucket_rows`) for the solvers whose result has no per-row field (``fit_logistic``,
+``fit_ridge``): ``y`` is padded with its first label and ``sample_weight`` with zeros, so the padding
+weighs nothing (the solvers' own padding rule) and the solver makes no padded copy of the chunk; the
+others pad each chunk themselves, a copy the budget counts. Each chunk is the same program the in-memory
+call runs, so on the CPU (layers solved one at a time) the
 streamed fit gives the in-memory result layer for layer; on an accelerator a chunk's layers share the
 solver's lock-step decisions, so results agree to the solver's tolerance. Peak host memory: two chunks
 in float32 (the one being solved and the one being read), the solver's copies of the layer it is
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _budget, _mesh
+from ._checks import bucket_rows
 from ._sources import LayerSource, aligned_empty, layer_source, prefetched, read_chunk
 
 #: Result fields that describe the whole input rather than a layer: taken from the first chunk.
@@ -66,6 +72,7 @@ class _Streaming(NamedTuple):
     copies: float
     workspace: Callable[[int, int], int]
     rows: Callable[..., Any] | None
+    padded_reads: Callable[[int, int], bool] | None
 
 
 def default_workspace(n_rows: int, n_features: int) -> int:
@@ -78,7 +85,7 @@ def default_workspace(n_rows: int, n_features: int) -> int:
 
 def streams_layers(
     *, copies: float = 0.0, workspace: Callable[[int, int], int] = default_workspace,
-    rows: Callable[..., Any] | None = None,
+    rows: Callable[..., Any] | None = None, padded_reads: Callable[[int, int], bool] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a per-layer solver ``fn(X, *args, **kwargs)`` take stores, iterators and oversized arrays.
 
@@ -89,11 +96,15 @@ def streams_layers(
       rows: ``rows(source, layer, row_block, *args, **kwargs)`` solving one layer by streaming its rows in
         blocks of ``row_block``, returning the solver's result for one layer (no layer axis); None when
         the solver cannot stream rows.
+      padded_reads: ``(N, D) -> bool``, whether the solver gives the same result for ``X`` with zero rows
+        appended, ``y`` padded with its first label and ``sample_weight`` with zeros (its result has no
+        per-row field and no setting depends on ``N``); chunks are then read padded to
+        :func:`._checks.bucket_rows` rows. None: the solver pads each chunk itself.
 
     The wrapped function gains the keywords ``memory_budget`` and ``mesh``; its docstring gains a
     paragraph saying so.
     """
-    spec = _Streaming(float(copies), workspace, rows)
+    spec = _Streaming(float(copies), workspace, rows, padded_reads)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -103,6 +114,7 @@ def streams_layers(
         rows_note = ("; for a layer whose rows alone do not fit, its rows are streamed (a block of rows at a "
                      "time, every pass over the layer read from disk)") if rows else ""
         wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(rows=rows_note, copies=f"{copies:g}")
+        wrapper.streamed_copies = spec.copies  # for callers that plan their own chunks (the sweep)
         return wrapper
 
     return decorate
@@ -130,14 +142,37 @@ def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwa
     plan = _budget.plan_chunks(
         n_layers, n_rows, n_features, budget=limit, extra_copies=spec.copies,
         workspace=spec.workspace(n_rows, n_features), row_streaming=spec.rows is not None and mesh is None,
+        padded_reads=_pads(spec, n_rows, n_features, mesh),
     )
     if mesh is None and is_array and plan.layers == n_layers and plan.rows == n_rows:
         return fn(X, *args, **kwargs)  # it fits: the in-memory call, unchanged
     if plan.rows < n_rows:
         per_layer = [spec.rows(source, layer, plan.rows, *args, **kwargs) for layer in range(n_layers)]
         return per_layer[0] if single else _concatenate([_with_layer_axis(r) for r in per_layer])
-    result = _over_source(fn, source, plan.layers, args, kwargs, mesh)
+    result = _over_source(fn, source, plan.layers, args, kwargs, mesh, _pads(spec, n_rows, n_features, mesh))
     return _take_layers(result, 1, squeeze=True) if single else result
+
+
+def _pads(spec: _Streaming, n_rows: int, n_features: int, mesh: Any) -> bool:
+    """Whether chunks are read with zero-weight padding rows (not on a mesh: each device pads its own)."""
+    return mesh is None and spec.padded_reads is not None and spec.padded_reads(n_rows, n_features)
+
+
+def _zero_weight_rows(args: tuple, kwargs: dict, n_rows: int, padded: int) -> tuple[tuple, dict]:
+    """The solver's arguments for chunks whose ``n_rows`` rows were padded with zeros to ``padded``: ``y``
+    (the first argument) padded with its first label, ``sample_weight`` (default ones) with zeros.
+    Arguments of another length are left as they are, for the solver to refuse with its own message."""
+    kwargs = dict(kwargs)
+    y = np.asarray(args[0] if args else kwargs.get("y"))
+    weight = kwargs.get("sample_weight")
+    weight = np.ones(n_rows, np.float32) if weight is None else np.asarray(weight)
+    if padded == n_rows or y.ndim == 0 or len(y) != n_rows or weight.shape != (n_rows,):
+        return args, kwargs
+    y = np.concatenate([y, np.repeat(y[:1], padded - n_rows, axis=0)])
+    kwargs["sample_weight"] = np.concatenate([weight, np.zeros(padded - n_rows, weight.dtype)])
+    if args:
+        return (y, *args[1:]), kwargs
+    return args, {**kwargs, "y": y}
 
 
 def _sharded_over_layers(X: jax.Array, mesh: Any = None) -> bool:
@@ -155,12 +190,15 @@ def _is_store(X: Any) -> bool:
 
 
 def _over_source(fn: Callable[..., Any], source: LayerSource, layers_per_chunk: int, args: tuple,
-                 kwargs: dict, mesh: Any) -> Any:
+                 kwargs: dict, mesh: Any, pad: bool = False) -> Any:
     dtype = _compute_dtype(source.dtype)
-    n_layers = source.shape[0]
+    n_layers, n_rows = source.shape[:2]
     if mesh is None:
+        padded = bucket_rows(n_rows) if pad else n_rows
+        args, kwargs = _zero_weight_rows(args, kwargs, n_rows, padded)
         jobs = (
-            functools.partial(read_chunk, source, range(a, min(a + layers_per_chunk, n_layers)), slice(None), dtype)
+            functools.partial(read_chunk, source, range(a, min(a + layers_per_chunk, n_layers)), slice(None), dtype,
+                              pad_to=padded)
             for a in range(0, n_layers, layers_per_chunk)
         )
         return _solve_chunks(fn, prefetched(jobs), args, kwargs)
@@ -202,7 +240,7 @@ def _over_iterator(fn: Callable[..., Any], spec: _Streaming, chunks: Iterator, a
                 f"(N, D) for one layer)."
             )
         k, n, d = chunk.shape
-        need = (2 * k + spec.copies) * n * d * 4 + spec.workspace(n, d)
+        need = _budget.chunk_bytes(k, n, d, extra_copies=spec.copies, workspace=spec.workspace(n, d))
         if need > budget:
             raise ValueError(
                 f"Chunk {index} of the layer iterator ({k} layers x {n} x {d}) needs about "
