@@ -32,6 +32,10 @@ from .sklearn import LogisticCVProbe, concatenate_layer_fits
 #: Classifier names a sweep knows (batched estimators; see :mod:`lmprobe_jax.classifiers`).
 SWEEP_CLASSIFIERS = BATCHED
 
+#: The solver each classifier's sweep runs on a chunk: its copies of a layer size the chunks.
+_SOLVERS = {"logistic_regression": F.cross_validate_logistic, "logistic_regression_cv": F.cross_validate_logistic,
+            "ridge": F.fit_ridge, "mass_mean": F.fit_mass_mean, "lda": F.fit_mass_mean}
+
 
 def standardize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-layer, per-feature standardisation of ``(L, N, D)``: ``(X - mean) / scale`` with mean and
@@ -174,9 +178,10 @@ def sweep_activations(
       mesh: a ``jax.sharding.Mesh``: each chunk's layers are split over its ``"layers"`` (else first)
         axis, every device probing its own (the layer count must divide evenly).
 
-    Peak memory: about three float32 copies of a chunk (the one being probed, the next being read, the
-    solver's copy of a layer) plus the solvers' work space, within ``memory_budget``; an in-memory ``X``
-    that fits is read as one chunk (one float32 copy of it besides ``X``).
+    Peak memory: two float32 chunks (the one being probed, the next being read), the solver's copy of the
+    chunk padded to its row bucket, its copies of a layer (the logistic CV's: 4) and its work space,
+    within ``memory_budget``; an in-memory ``X`` that fits is read as one chunk (one float32 copy of it
+    besides ``X``).
 
     Returns:
       A :class:`SweepResult`.
@@ -190,7 +195,8 @@ def sweep_activations(
     source, y, names = _as_source(X, y, layers, pooling)
     n_layers, n_rows, n_features = source.shape
     per_chunk = _budget.plan_chunks(
-        n_layers, n_rows, n_features, budget=_budget.memory_budget(memory_budget), extra_copies=1,
+        n_layers, n_rows, n_features, budget=_budget.memory_budget(memory_budget),
+        extra_copies=_SOLVERS[classifier].streamed_copies,
         workspace=F._streaming.default_workspace(n_rows, n_features),
     ).layers
     if mesh is not None:
