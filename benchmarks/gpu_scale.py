@@ -15,8 +15,9 @@ earlier rows'). Sanity checks (printed, and the exit status is 1 if one fails): 
 the mesh and streamed coefficients equal the one-device ones to 1e-4 relative (layers solved in other
 groups take other lock-step preconditioner decisions, within the solver's tol).
 
-Runs in under 3 minutes on one H200 (most of it compiling three programs). On a CPU, --host-devices 4
-simulates four devices (XLA_FLAGS), and toy sizes run in seconds.
+Not yet run on a GPU. Expected wall time on one H200: 1-3 minutes, most of it compiling three programs (on
+the H100 the process's first solver compile took 25-91 s, later ones 2.5-4.6 s: RESULTS.md). On a CPU,
+--host-devices 4 simulates four devices (XLA_FLAGS), and toy sizes run in under a minute.
 
 Usage: python benchmarks/gpu_scale.py [--layers 32 --train 6144 --features 4096] [--repeats 2] [--chunk 4]
        [--host-devices 4]
@@ -100,7 +101,8 @@ def main() -> int:
     X_host = np.asarray(X_mesh)
     del X_mesh
     per_chunk = args.chunk * len(devices)
-    budget = int((2 * per_chunk + 1) * N * D * 4 + F._streaming.default_workspace(N, D))
+    budget = F._budget.chunk_bytes(per_chunk, N, D, extra_copies=F.fit_logistic.streamed_copies,
+                                   workspace=F._streaming.default_workspace(N, D))  # chunks of per_chunk layers
     streamed, first, warm = run(lambda: F.fit_logistic(X_host, y, mesh=mesh, memory_budget=budget), args.repeats)
     gap = rel_gap(streamed.coef, one.coef)
     rows.append((f"streamed from host, {per_chunk} layers a chunk", first, warm, peak_bytes(), f"coef gap {gap:.1e}"))
