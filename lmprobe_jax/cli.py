@@ -379,9 +379,34 @@ def _store_labels(store) -> np.ndarray:
     return store.labels
 
 
+def _mesh_for(args: argparse.Namespace) -> Any:
+    """The mesh a sweep runs on: None, every local device (``--mesh``), or every device of every process
+    once ``--coordinator`` has joined this process to them (``jax.distributed``; gloo collectives on the CPU)."""
+    if args.coordinator is None and not args.mesh:
+        return None
+    import jax
+
+    from .functional._mesh import layer_mesh
+
+    if args.coordinator is not None:
+        if args.num_processes is None or args.process_id is None:
+            raise CLIError("--coordinator needs --num-processes and --process-id (this process's rank, from 0).")
+        # Before any backend starts: CPU devices of several processes talk through gloo (GPUs through NCCL).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    return layer_mesh()
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep_activations
 
+    mesh = _mesh_for(args)
     store = _open_store(args.store)
     layers = _store_layers(store, args.layers)
     labels = _store_labels(store)
@@ -405,7 +430,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         layers=layers,
         pooling=args.pooling,
         random_state=args.seed,
+        memory_budget=args.memory_budget,
+        mesh=mesh,
     )
+    if mesh is not None and _process_index() != 0:
+        return 0  # several processes: every one holds the results; the first writes the report
     print_table(sweep.table(), args)
     meta = {
         "store": str(store.path),
@@ -861,6 +890,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (stratified)")
     p.add_argument("--group-by", default=None, help="metadata field whose rows share a fold (e.g. city)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory the sweep may hold, e.g. 4GB (default: half the available memory); a larger "
+                        "store is read, standardised and probed a chunk of layers at a time")
+    p.add_argument("--mesh", action="store_true", help="split the layers over every device (jax.sharding.Mesh)")
+    p.add_argument("--coordinator", default=None,
+                   help="host:port of process 0: run as one of --num-processes processes (one per host), "
+                        "the layers split over all their devices")
+    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator: how many processes")
+    p.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's rank, from 0")
     p.set_defaults(run=cmd_sweep)
 
     p = add("select", "choose layers by group lasso or fast_auto importance")

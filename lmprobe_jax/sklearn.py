@@ -61,7 +61,9 @@ def _fit_data(
             raise ValueError(f"y has shape {y.shape}; expected ({X3.shape[1]},), one entry per row of each layer.")
         est.n_features_in_ = X3.shape[2]
         est.n_layers_ = X3.shape[0]
-        return np.asarray(X3), y, sample_weight, True
+        # The validated JAX array itself: a numpy copy of it would be copied back by the solver (and one
+        # split over a mesh would be gathered onto the host).
+        return X3, y, sample_weight, True
     X, y = validate_data(est, X, y, dtype=[np.float64, np.float32], y_numeric=not classifier)
     if sample_weight is not None:
         sample_weight = _check_sample_weight(sample_weight, X)
@@ -117,6 +119,36 @@ def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndar
         )
 
 
+# Fitted attributes of a 3-D fit that describe every layer alike (the classes, the C grid), even when
+# their length happens to equal the number of layers.
+_SHARED_FITTED = ("classes_", "Cs_")
+
+
+def _per_layer(name: str, value: Any, n_layers: int) -> bool:
+    """Whether fitted attribute ``name`` of a 3-D fit has one entry per layer (a leading ``L`` axis)."""
+    return isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n_layers and (
+        name not in _SHARED_FITTED)
+
+
+def _fitted(est: BaseEstimator) -> dict:
+    return {name: value for name, value in vars(est).items()
+            if name.endswith("_") and not name.startswith("_") and name != "n_layers_"}
+
+
+def concatenate_layer_fits(estimators: list) -> BaseEstimator:
+    """One 3-D fit of all the layers of ``estimators`` (3-D fits of the same estimator and data on
+    consecutive chunks of layers): per-layer fitted arrays are concatenated, the rest taken from the first.
+    The inverse of slicing with :meth:`_PerLayer.select_layer`; how a streamed sweep joins its chunks."""
+    first = estimators[0]
+    joined = clone(first)
+    for name, value in _fitted(first).items():
+        if _per_layer(name, value, first.n_layers_):
+            value = np.concatenate([getattr(est, name) for est in estimators])
+        setattr(joined, name, value)
+    joined.n_layers_ = sum(est.n_layers_ for est in estimators)
+    return joined
+
+
 class _PerLayer:
     """``select_layer(i)``: the fitted 2-D probe of layer ``i`` out of a 3-D ``(L, N, D)`` fit."""
 
@@ -130,11 +162,8 @@ class _PerLayer:
         if not -n_layers <= int(layer) < n_layers:
             raise ValueError(f"layer {layer} is out of range for a fit on {n_layers} layers.")
         single = clone(self)
-        for name, value in vars(self).items():
-            if not name.endswith("_") or name.startswith("_") or name == "n_layers_":
-                continue
-            per_layer = isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n_layers
-            setattr(single, name, value[int(layer)] if per_layer and name != "classes_" else value)
+        for name, value in _fitted(self).items():
+            setattr(single, name, value[int(layer)] if _per_layer(name, value, n_layers) else value)
         return single
 
 

@@ -19,6 +19,7 @@ from jax import Array
 
 from ..compilation import default_compilation_cache
 from ._programs import limit_compiled_programs
+from ._sources import aligned_empty
 
 _FLOAT_STORAGE = (np.float16, np.float32, np.float64, jnp.bfloat16)
 
@@ -98,10 +99,14 @@ def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tupl
     was_2d = X.ndim == 2
     X = X[None] if was_2d else X  # numpy stays numpy: no device program per input shape
     n = X.shape[1]
-    if bucket:
-        X = pad_rows(X, bucket_rows(X.shape[1]), axis=1)
-        if isinstance(X, np.ndarray) and X.base is None:
-            X.flags.writeable = False  # our own padded copy: device_put may use it in place
+    if bucket and isinstance(X, np.ndarray) and bucket_rows(n) != n:
+        # Our own padded copy, page-aligned and read-only: device_put uses it in place (no second copy).
+        padded = aligned_empty((X.shape[0], bucket_rows(n), X.shape[2]), X.dtype)  # zero-filled
+        padded[:, :n] = X
+        padded.flags.writeable = False
+        X = padded
+    elif bucket:
+        X = pad_rows(X, bucket_rows(n), axis=1)
     X = as_jax_array(X)
     if check_values and is_concrete(X) and not _all_finite(X):
         bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()

@@ -23,6 +23,7 @@ from . import _checks
 from ._batching import squeeze_axes
 from ._implicit import solve_problems
 from ._newton_cg import GLMLoss, solver_options
+from ._woodbury import use_woodbury
 
 
 def _binary_value(z: Array, y: Array) -> Array:
@@ -144,3 +145,10 @@ def fit_logistic(
         jnp.asarray(_checks.pad_rows(sw, rows)[None]), jnp.asarray(Cs), tol=_checks.check_tol(tol), **options,
     )
     return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(LogisticFit)
+
+
+def same_settings_padded(n_rows: int, n_features: int) -> bool:
+    """Whether :func:`fit_logistic` picks the same solver settings for ``N`` rows as for ``N`` padded to
+    its compile bucket (only the wide-layer preconditioner depends on ``N``): then zero-weight padding
+    rows given by the caller leave its result unchanged, as its own padding does."""
+    return use_woodbury(n_rows, n_features) == use_woodbury(_checks.bucket_rows(n_rows), n_features)
