@@ -2,8 +2,8 @@
 
 The scripts are how every speed claim is rerun, and one that no longer runs with the current solver
 options hides that until someone reruns it (solver_choices.py briefly did: its jit lacked a new static
-option of solve_layers). These two take their sizes as arguments, so they run here at toy ones, on the
-CPU; solver_choices.py's workloads are fixed at benchmark sizes and are not run here.
+option of solve_layers). These take their sizes as arguments, so they run here at toy ones, on the CPU;
+solver_choices.py's workloads are fixed at benchmark sizes and are not run here.
 """
 
 import os
@@ -40,7 +40,8 @@ def test_gpu_sweep_runs_on_the_cpu_and_reports_exact_fits():
     out = run_script("gpu_sweep.py", *TOY, "--sklearn-layers", "1", "--only", "logistic", "ridge",
                      "--studies", "refresh")
     rows = table_rows(out)
-    assert len(rows) == 2 + 6 + 2 + 4  # C=1 at two tols, the study, the two anchors, ridge (two methods, LOO, eigh)
+    assert len(rows) == 2 + 7 + 2 + 4  # C=1 at two tols, the study, the two anchors, ridge (two methods, LOO, eigh)
+    assert "passes over X" in out and "time / floor" in out  # the memory floor of the solve's passes
     ours = [r for r in rows if r.startswith(("| logistic C=1, tol=1e-07", "| study:"))]
     assert all("all converged True" in r for r in ours)
     assert worst(r"obj gap (-?[0-9.e+-]+)", "\n".join(ours)) < 1e-6
@@ -57,3 +58,16 @@ def test_cpu_sweep_runs_and_reports_exact_fits(only):
         assert worst(r"max obj gap (-?[0-9.e+-]+) vs", out) < 1e-4  # the tol 1e-4 row included
     else:
         assert worst(r"max coef err vs float64 closed form ([0-9.e+-]+)", out) < 1e-3
+
+
+def test_regime_panel_runs_and_reports_every_workload():
+    """The regime panel at a twentieth of its sizes: every workload gives a row, ours never worse in
+    objective than scikit-learn's default fit (the panel's exactness claim)."""
+    out = run_script("regimes.py", "--regimes", "clear", "raw", "softmax-10", "--scale", "0.05", "--rounds", "1")
+    rows = table_rows(out)
+    workloads = [row.split("|")[2].strip() for row in rows]
+    assert {"C=1, defaults", "8-C path, defaults", "CV 5 folds x 8 C + refit"} <= set(workloads)
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")]
+        if cells[2] in ("C=1, defaults", "8-C path, defaults"):
+            assert float(cells[6]) <= max(float(cells[7]), 1e-6), row  # gap ours <= gap sklearn

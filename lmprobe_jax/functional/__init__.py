@@ -5,7 +5,7 @@ grid of regularisation values adds an axis right after it: ``coef`` ``(L, G, D)`
 a NamedTuple of arrays and matches the scikit-learn estimator named in its docstring number for number.
 """
 
-from . import _checks, _cv, _mass_mean, _metrics, _newton_cg, _ridge
+from . import _checks, _cv, _mass_mean, _metrics, _newton_cg, _nystrom, _path, _ridge
 from ._cv import CVResult, cross_validate_group_lasso, cross_validate_logistic, cross_validate_ridge
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
@@ -20,6 +20,7 @@ from ._metrics import (
     roc_auc,
 )
 from ._multinomial import MultinomialFit, fit_multinomial
+from ._policy import SolverPolicy, default_policy
 from ._predict import decision_function, predict, predict_proba
 from ._programs import register as _register
 from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO, fit_ridge, ridge_loo
@@ -33,8 +34,8 @@ from ._selection import (
     resolve_candidates,
 )
 
-_aot.register_types(_newton_cg.NewtonCGResult, _newton_cg.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
-_register(_newton_cg.solve_layers, _newton_cg.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
+_aot.register_types(_newton_cg.SolveResult, _nystrom.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
+_register(_path.solve_layers, _path.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
           _cv._score_fold_fits, _cv._fold_mean_at, _cv._with_refit, _metrics._fold_scores, _checks._sum_is_finite)
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "MultinomialFit",
     "RidgeFit",
     "RidgeLOO",
+    "SolverPolicy",
     "alpha_for_k_layers",
     "binary_accuracy",
     "binary_log_loss",
@@ -56,6 +58,7 @@ __all__ = [
     "cross_validate_logistic",
     "cross_validate_ridge",
     "decision_function",
+    "default_policy",
     "fast_auto",
     "fit_group_lasso",
     "fit_logistic",
