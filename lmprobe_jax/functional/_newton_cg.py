@@ -174,7 +174,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
                   precond.build(data, glm.curvature(data, ev0.aux)), progress)
 
-    def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array]:
+    def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         g_norm = jnp.sqrt(dot(st.grad, st.grad))
         # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
         # the optimum, tight near it; relative to the starting gradient, so it does not depend on C.
@@ -199,12 +199,12 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         budget = jnp.where(st.progress.phase.locked, s.max_cg_iter, min(s.max_cg_iter, 2 * s.switch_window))
         return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate, (forcing * g_norm) ** 2, budget)
 
-    def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array]:
+    def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         def apply_m(v: Array) -> Array:
             return flatten(precond.apply(pstate, unflatten(v, st.grad)))
 
         d = unflatten(lbfgs_direction(st.memory, flatten(st.grad), apply_m), st.grad)
-        return d, glm.predictor(data.X, d), jnp.int32(0)
+        return d, glm.predictor(data.X, d), jnp.int32(0), jnp.bool_(False)
 
     def cond(st: _State) -> Array:
         pr = st.progress
@@ -216,9 +216,9 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         pstate = precond.refresh(st.precond, data, glm.curvature(data, st.ev.aux), pr.last_cg)
         newton = any_across_batch(pr.phase.newton)
         if s.memory:
-            d, a, k = jax.lax.cond(newton, newton_direction, quasi_newton_direction, st, pstate)
+            d, a, k, solved = jax.lax.cond(newton, newton_direction, quasi_newton_direction, st, pstate)
         else:
-            d, a, k = newton_direction(st, pstate)
+            d, a, k, solved = newton_direction(st, pstate)
         ls, ev = line_search(glm, data, st.params, st.z, st.ev, dot(st.grad, d), d, a, refine=s.refine)
         params = axpy(ls.step, d, st.params)
         z = st.z + ls.step * a
@@ -244,8 +244,11 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
             pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
         # In the precision regime, a full Newton step that does not lower the gradient means float
-        # rounding now sets the gradient: keep the better iterate and stop there.
-        at_floor = newton & ls.at_precision & (opt >= st.optimality)
+        # rounding now sets the gradient: keep the better iterate and stop there. Only for a direction CG
+        # solved to its forcing tolerance: a decrement from a CG cut short (or broken down by rounding, as
+        # when lambda is below float32's resolution of X^T S X) says nothing of the gap, and counting it
+        # returned a zero probe as converged on wide separable layers at C = 1e20.
+        at_floor = newton & solved & ls.at_precision & (opt >= st.optimality)
         kept = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
         return jax.tree.map(lambda a_, b_: jnp.where(at_floor, a_, b_), kept, new)
@@ -310,9 +313,9 @@ class _CGState(NamedTuple):
 
 
 def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond: Preconditioner, pstate: Any,
-                        tol2: Array, max_steps: Array | int) -> tuple[Params, Array, Array]:
-    """``(d, X d, steps)``: preconditioned CG on ``H d = -g`` (``H`` at the point whose loss ``aux`` is
-    given) until ``|r|^2 <= tol2`` or ``max_steps``."""
+                        tol2: Array, max_steps: Array | int) -> tuple[Params, Array, Array, Array]:
+    """``(d, X d, steps, solved)``: preconditioned CG on ``H d = -g`` (``H`` at the point whose loss ``aux``
+    is given) until ``|r|^2 <= tol2`` (``solved``) or ``max_steps``."""
 
     def cond(cg: _CGState) -> Array:
         # r.M r > 0 always holds for a positive definite M; if rounding ever breaks it, stopping keeps the
@@ -333,4 +336,4 @@ def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond:
     zero = Params(jnp.zeros_like(g.coef), jnp.zeros_like(g.intercept))
     init = _CGState(zero, jnp.zeros_like(aux), r, m, dot(r, r), dot(r, m), jnp.int32(0))
     cg = jax.lax.while_loop(cond, body, init)
-    return cg.d, cg.a, cg.k
+    return cg.d, cg.a, cg.k, cg.rr <= tol2

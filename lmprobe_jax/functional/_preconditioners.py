@@ -80,8 +80,12 @@ def nystrom(glm: GLM, approx: NystromApprox) -> Preconditioner:
     def apply(state: tuple[Array, Array], v: Params) -> Params:
         a, mu = state
         coef, intercept = apply_preconditioner(approx, mu, v.coef, v.intercept)
-        # apply_preconditioner inverts (A + mu I) / (eig_r + mu); back to the inverse of a (A + mu I).
-        scale = 1.0 / (a * (approx.eig[-1] + mu))
+        # apply_preconditioner inverts (A + mu I) / (eig_r + mu); back to the inverse of a (A + mu I), up
+        # to one factor for all classes (CG and the L-BFGS scaling do not see it): the largest class's
+        # scale is 1, so M's norm stays <= 1 however small lambda or the curvatures get (1 / (a (eig_r +
+        # mu)) alone reached 1 / lambda = C sum s, whose squares in CG overflowed float32 from C ~ 1e18).
+        denominator = a * (approx.eig[-1] + mu)
+        scale = jnp.maximum(jnp.min(denominator) / denominator, jnp.finfo(denominator.dtype).eps)
         coef, intercept = coef * scale[..., None], intercept * scale
         if intercept.ndim:
             # Softmax is unchanged by adding one constant to every intercept: H is singular along that
