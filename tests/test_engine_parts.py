@@ -26,7 +26,7 @@ def test_loss_derivatives_match_autodiff(loss, shape):
     y = jnp.asarray(rng.integers(0, shape[0] if len(shape) == 2 else 2, 50),
                     jnp.int32 if len(shape) == 2 else jnp.float32)
     u = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    value, grad, aux = loss.evaluate(z, y)
+    _, grad, aux = loss.evaluate(z, y)
 
     def total(z):
         return jnp.sum(loss.evaluate(z, y)[0])

@@ -60,7 +60,7 @@ def problem(n, d, seed, separable, scale):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     log_c=st.floats(-3.0, 14.0),
-    shape=st.sampled_from([(60, 3), (200, 10)]),
+    shape=st.sampled_from([(60, 3), (200, 10), (24, 64)]),  # (24, 64): wide, the Woodbury path
     seed=st.integers(0, 2**16),
     separable=st.booleans(),
     log_scale=st.floats(-2.0, 2.0),

@@ -1,5 +1,7 @@
 """The solver's building blocks, each on its own: products under vmap, the preconditioners."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,13 +9,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
-import dataclasses
-
 from lmprobe_jax.functional import _hessian_inverse
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
-from lmprobe_jax.functional._policy import SolverPolicy, default_policy
+from lmprobe_jax.functional._policy import default_policy
 from lmprobe_jax.functional._products import matvec, products, rmatvec
 
 PRODUCTS = products(16)  # the CPU policy's

@@ -5,7 +5,7 @@ grid of regularisation values adds an axis right after it: ``coef`` ``(L, G, D)`
 a NamedTuple of arrays and matches the scikit-learn estimator named in its docstring number for number.
 """
 
-from . import _checks, _cv, _mass_mean, _metrics, _newton_cg, _nystrom, _path, _ridge
+from . import _aot, _checks, _cv, _mass_mean, _metrics, _newton_cg, _nystrom, _path, _ridge
 from ._cv import CVResult, cross_validate_group_lasso, cross_validate_logistic, cross_validate_ridge
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
