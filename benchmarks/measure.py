@@ -18,17 +18,22 @@ def first_call(fn):
     return out, time.perf_counter() - t0
 
 
-def in_rounds(runs, repeats):
-    """{name: (result, median seconds)} of zero-argument callables (JAX's already compiled, or host code)
-    timed in turns, ``repeats`` rounds: the machine's drift over the minutes a comparison takes then hits
-    every contender alike, where timing one after the other let it move their ratio."""
+def timed_rounds(runs, rounds):
+    """{name: (result, [seconds per round])}: each zero-argument callable once per round, in turn."""
     times, results = {name: [] for name in runs}, {}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, run in runs.items():
             t0 = time.perf_counter()
             results[name] = jax.block_until_ready(run())
             times[name].append(time.perf_counter() - t0)
-    return {name: (results[name], float(np.median(times[name]))) for name in runs}
+    return {name: (results[name], times[name]) for name in runs}
+
+
+def in_rounds(runs, repeats):
+    """{name: (result, median seconds)} of zero-argument callables (JAX's already compiled, or host code)
+    timed in turns, ``repeats`` rounds: the machine's drift over the minutes a comparison takes then hits
+    every contender alike, where timing one after the other let it move their ratio."""
+    return {name: (result, float(np.median(times))) for name, (result, times) in timed_rounds(runs, repeats).items()}
 
 
 def timed(fn, repeats):

@@ -44,7 +44,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import first_call, float64_optimum, logistic_objective
+from measure import first_call, float64_optimum, logistic_objective, timed_rounds
 from recording import record
 from regime_data import BINARY, SOFTMAX, regime
 
@@ -101,17 +101,6 @@ def softmax_objective(x, codes, W, b, C=1.0):
 
 def spread(times):
     return f"{np.median(times):.3f} ({min(times):.3f}-{max(times):.3f})"
-
-
-def timed_rounds(runs, rounds):
-    """{name: (result, [seconds per round])}: each zero-argument callable once per round, in turn."""
-    times, results = {name: [] for name in runs}, {}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            results[name] = jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
-    return {name: (results[name], times[name]) for name in runs}
 
 
 class Binary:
