@@ -2,7 +2,7 @@
 
 Workloads (defaults: 32 layers x 4096 features x 6144 train rows, 2048 test rows, drawn on the device
 by synthetic.make_layers_on_device; the training set is 3.2 GB of float32):
-  logistic   C=1 on every layer, at tol 1e-7 (default) and 1e-4 (scikit-learn's), against
+  logistic   C=1 on every layer, at tol 1e-7 and 1e-4 (the default, scikit-learn's value), against
              - optax L-BFGS (zoom line search) under vmap over the layers, 50 iterations, same card;
              - scikit-learn's LogisticRegression (lbfgs) per layer on the host's cores (float64).
   ridge      fit_ridge with an 8-alpha path (and, as a study, the same path by the factorisation fit_ridge
@@ -13,8 +13,9 @@ by synthetic.make_layers_on_device; the training set is 3.2 GB of float32):
   cv         8 C x 5 folds (cross_validate_logistic), no anchor.
 
 Floors: one pass over the training set is timed (a jitted reduction over X, medians); the logistic
-row reports the solve's lock-step counts (Newton steps, CG steps: each CG step reads X twice) and the
-time those passes alone would take. Exactness, on --checked layers: the float64 optimum is found by
+row reports the solve's counts (iterations, CG steps, passes over X: each quasi-Newton iteration reads X
+twice, each CG step twice, each Newton step's gradient once), the time those passes alone would take at
+the measured read rate (the memory floor of the solve) and the solve's time over that floor. Exactness, on --checked layers: the float64 optimum is found by
 Newton steps in numpy from our solution (independent arithmetic; the last step's decrement is printed),
 and every contender's relative objective gap and coefficient error are taken against it; ridge against
 the float64 closed form.
@@ -26,13 +27,14 @@ computes float32 products in TF32 on recent NVIDIA GPUs); it reaches the anchors
 draw, not lmprobe-jax's, which are full float32 whatever it says (functional/_precision.py).
 
 Usage: python benchmarks/gpu_sweep.py [--layers 32 --features 4096 --train 6144] [--only logistic ridge]
-       [--matmul-precision highest] [--record]
+       [--studies refresh] [--sklearn-layers 4] [--matmul-precision highest] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -46,14 +48,15 @@ import optax
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(__file__))
-from measure import logistic_objective, timed
+from measure import float64_optimum, logistic_objective, timed
 from recording import record
 from synthetic import make_layers_on_device
 
 import lmprobe_jax.functional as F
-from lmprobe_jax.functional import _newton_cg
+from lmprobe_jax.functional import default_policy
 from lmprobe_jax.functional._batching import default_layer_batch_size
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._ridge import ridge_method, ridge_solve
 
 
@@ -61,23 +64,6 @@ def pass_seconds(X, repeats=20):
     """Median seconds of one read of ``X`` (a jitted reduction over it)."""
     read = jax.jit(lambda x: jnp.sum(x, axis=(1, 2)))
     return timed(lambda: read(X), repeats)[2]
-
-
-def float64_optimum(x, y, theta, C, steps=3):
-    """Newton's method in float64 numpy for ``C sum log(1 + exp(-m)) + ||w||^2 / 2`` from ``theta`` =
-    ``(w, b)`` (a near-optimum): returns the optimum and the last step's Newton decrement ``g.H^-1 g``."""
-    xa = np.hstack([x, np.ones((x.shape[0], 1))])
-    penalty = np.ones(xa.shape[1])
-    penalty[-1] = 0.0
-    decrement = np.inf
-    for _ in range(steps):
-        p = 0.5 * (1 + np.tanh(0.5 * (xa @ theta)))
-        g = C * xa.T @ (p - y) + penalty * theta
-        H = C * (xa.T * (p * (1 - p))) @ xa + np.diag(penalty)
-        step = np.linalg.solve(H, g)
-        decrement = float(g @ step)
-        theta = theta - step
-    return theta, decrement
 
 
 def optax_lbfgs(X, y, C, n_steps):
@@ -114,37 +100,43 @@ def solution_of(fit, layer):
 
 
 def solve_direct(Xtr, ytr, Cs, tol, **overrides):
-    """fit_logistic's solve without its boundary checks, with solver options overridden (the studies'
-    switch); fields ``(L, 1, G)``, with the CG counts fit_logistic drops."""
-    options = _newton_cg.solver_options(Xtr.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                                        precondition_rank=None, layer_batch_size=None)
-    options.update(overrides)
-    return _newton_cg.solve_layers(BINARY_LOGISTIC, Xtr, ytr.astype(jnp.float32), jnp.ones((1, Xtr.shape[1])),
-                                   jnp.asarray(Cs, jnp.float32), tol=tol, **options)
+    """fit_logistic's solve without its boundary checks, under the default policy with ``overrides`` (the
+    studies' alternative parts); fields ``(L, 1, G)``, with the counts fit_logistic drops."""
+    policy = dataclasses.replace(default_policy(), **overrides)
+    options = solver_options(Xtr.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None, policy=policy)
+    return solve_layers(BINARY_LOGISTIC, Xtr, ytr.astype(jnp.float32), jnp.ones((1, Xtr.shape[1])),
+                        jnp.asarray(Cs, jnp.float32), tol=tol, **options)
 
 
 def logistic_counts(Xtr, ytr, C, tol):
-    """The solve's (max Newton steps, max CG steps) over layers: lock-step counts of the batched loop."""
+    """The solve's counts over layers, as the batched loop runs them (every layer takes the same kind of
+    step; the slowest layer's counts bound the lock-step work): ``(iterations, CG steps, passes over X)``."""
     res = solve_direct(Xtr, ytr, [C], tol)
-    return int(res.n_iter.max()), int(res.n_cg.max())
+    return int(res.n_iter.max()), int(res.n_cg.max()), int(res.n_passes.max())
 
 
 def refresh_study(Xtr, ytr, optima, gaps_against, repeats, precision):
-    """Rows for the hessian_refresh study: C=1 and the 8-C grid at several refresh thresholds (0: the
-    Nystrom preconditioner alone)."""
+    """Rows for the parts study: C=1 and the 8-C grid with the in-solve inverse rebuilt after Newton
+    steps of 10/20/40 CG steps or never (0: the Nystrom preconditioner alone), and with Newton-CG from the
+    first step (no quasi-Newton phase)."""
     rows = []
     grid = np.logspace(-3, 2, 8)
-    variants = [("C=1", [1.0], r) for r in (0, 10, 20, 40)] + [("8-C grid", grid, r) for r in (0, 20)]
-    for name, Cs, refresh in variants:
+    variants = [("C=1", [1.0], {"hessian_refresh_cg": r}) for r in (0, 10, 20, 40)]
+    variants += [("C=1", [1.0], {"quasi_newton_memory": 0})]
+    variants += [("8-C grid", grid, {"hessian_refresh_cg": r}) for r in (0, 20)]
+    for name, Cs, overrides in variants:
         with precision:
-            res, first, t = timed(functools.partial(solve_direct, Xtr, ytr, Cs, 1e-7, hessian_refresh=refresh), repeats)
+            res, first, t = timed(functools.partial(solve_direct, Xtr, ytr, Cs, 1e-7, **overrides), repeats)
         # Lock-step counts: the slowest layer at each C, summed along the path.
-        note = (f"{int(res.n_iter.max(axis=0).sum())} Newton / {int(res.n_cg.max(axis=0).sum())} CG lock-step; "
+        note = (f"{int(res.n_iter.max(axis=0).sum())} iterations / {int(res.n_cg.max(axis=0).sum())} CG / "
+                f"{int(res.n_passes.max(axis=0).sum())} passes (slowest layer); "
                 f"all converged {bool(res.converged.all())}")
         if len(Cs) == 1:
             gap, err = gaps_against(optima, functools.partial(solution_of, res))
             note += f"; obj gap {gap:.1e}, coef err {err:.1e}"
-        rows.append((f"study: {name}, hessian_refresh={refresh}", t, first - t, note))
+        label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        rows.append((f"study: {name}, {label}", t, first - t, note))
         print(rows[-1], flush=True)
     return rows
 
@@ -165,7 +157,8 @@ def main() -> None:
     ap.add_argument("--matmul-precision", default=None,
                     help="jax.default_matmul_precision for every JAX call (e.g. highest); default JAX's own")
     ap.add_argument("--studies", nargs="*", default=[], choices=["refresh"],
-                    help="refresh: the logistic solves at several hessian_refresh thresholds (needs logistic)")
+                    help="refresh: the logistic solves with other solver parts (the in-solve inverse's rebuild "
+                         "threshold, Newton-CG from the first step; needs logistic)")
     ap.add_argument("--no-anchors", action="store_true", help="skip optax and scikit-learn (for the studies)")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -213,7 +206,7 @@ def main() -> None:
         for tol in (1e-7, 1e-4):
             with precision:
                 fit, first, t_jax = timed(functools.partial(F.fit_logistic, Xtr, ytr, 1.0, tol=tol), args.repeats)
-                n_newton, n_cg = logistic_counts(Xtr, ytr, 1.0, tol)
+                n_steps, n_cg, n_passes = logistic_counts(Xtr, ytr, 1.0, tol)
                 acc = np.asarray(F.binary_accuracy(yte, F.decision_function(fit, Xte)))
             ours = functools.partial(solution_of, fit)
             if not optima:
@@ -221,10 +214,11 @@ def main() -> None:
                     optima[l], dec = float64_optimum(X64[l], y_host, np.append(*ours(l)), 1.0)
                     decrements.append(dec)
             gap, err = gaps_against(optima, ours)
-            floor = (2 * n_cg + n_newton + 1) * t_pass
+            floor = n_passes * t_pass
             rows.append((f"logistic C=1, tol={tol:g}", t_jax, first - t_jax,
-                         (f"obj gap {gap:.1e}, coef err {err:.1e}; {n_newton} Newton / {n_cg} CG lock-step "
-                          f"(passes alone {floor:.3f} s); test acc L0 {acc[0]:.3f} -> best {acc.max():.3f}; "
+                         (f"obj gap {gap:.1e}, coef err {err:.1e}; {n_steps} iterations / {n_cg} CG / {n_passes} "
+                          f"passes over X (slowest layer): memory floor of those passes {floor:.3f} s, time / floor "
+                          f"{t_jax / floor:.1f}x; test acc L0 {acc[0]:.3f} -> best {acc.max():.3f}; "
                           f"all converged {bool(fit.converged.all())}")))
             print(rows[-1], flush=True)
         print(f"float64 reference: last Newton decrements {[f'{d:.1e}' for d in decrements]}", flush=True)

@@ -1,27 +1,34 @@
-"""The solver's internal choices, each measured against its alternative in one process on one core.
+"""The solver's parts, each measured against its alternative in one process on one core.
 
-Each study switches one choice inside lmprobe-jax (the alternative is still in the code, behind the
-switch named below), compiles both variants as separate programs, and times them interleaved on the
-same data (medians of --repeats warm runs), so the machine's drift hits both alike:
+Each study runs the same workload under two solver policies (``lmprobe_jax.functional.SolverPolicy``,
+a static argument: each policy compiles its own program) and times them interleaved on the same data
+(medians of --repeats warm runs), so the machine's drift hits both alike:
 
-  products    X @ V^T for 2-16 rows: the fused elementwise sum over D (default on the CPU) against
-              XLA's dot (switch: _products._FUSED_MAX_ROWS = 0). Workloads: CV folds (V = 5 or 3 fold
-              directions) and a 5-class softmax fit (V = the K class rows).
-  woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N
-              kernel, against the Nystrom / lagged-inverse path (switch: the `woodbury` option of
-              solve_layers, which solver_options picks by shape: N^2 <= 16 D and 2 N <= D).
+  products    X @ V^T for 2-16 rows: the fused elementwise sum over D (the CPU policy's fused_max_rows=16)
+              against XLA's dot (fused_max_rows=0). Workloads: CV folds (V = 5 or 3 fold directions) and a
+              5-class softmax fit (V = the K class rows).
+  woodbury    wide layers: CG preconditioned with the exact inverse Newton matrix through the N x N kernel
+              (woodbury=True; solver_options takes it where N^2 <= 16 D and 2 N <= D) against the
+              quasi-Newton / Nystrom / lagged-inverse path (woodbury=False).
   gap-test    the C grid's stopping rule: the gradient test and the Newton decrement's objective-gap
-              bound (default) against the gradient test alone (switch: gap_tol=inf), with the worst
-              objective gap of each to a float64 scikit-learn reference on three layers.
+              bound (default) against the gradient test alone (gap_tol=inf, an argument, not a part), with
+              the worst objective gap of each to a float64 scikit-learn reference on three layers.
+  quasi-newton  every solve starting with L-BFGS and handing over to Newton-CG by progress per pass
+              (default) against Newton-CG from the first step (quasi_newton_memory=0): C=1 at tol 1e-4 and
+              1e-7, and the 8-C grid, on 12 x 3000 x 768.
+  nystrom-probe the Nystrom preconditioner built only where a rank-8 sketch finds the spectrum far from flat
+              (default) against always built (nystrom_decay=0), on independent and on correlated features.
+  layer-warm-start  each layer starting from the best multiple of the previous layer's solution (default)
+              against a cold start (layer_warm_start=False), on the demo's SmolLM2 activations and on
+              synthetic layers (which share nothing).
   numpy-input a numpy X entering decision_function: through check_activations' path (device_put's copy)
               against jnp.asarray (what it used before).
   build-halves  the lagged inverse's build on the CPU: its weighted Gram as three products of column
-              halves and the inverse's L^-T L^-1 without the zero block (default), against the full
-              products (switch: _hessian_inverse._HALVE_PRODUCTS = False). Workloads: the 8-C grid and
-              the CV folds (5 weight sets, cv_tol 1e-4) on 12 x 3000 x 768.
+              halves and the inverse's L^-T L^-1 without the zero block (halve_builds=True), against the
+              full products (halve_builds=False). Workloads: the 8-C grid and the CV folds on 12 x 3000 x 768.
   ridge-method  fit_ridge's factorisation without leave-one-out: a Cholesky factorisation per alpha
-              against one eigendecomposition per layer (switch: ridge_solve's `method`, which ridge_method
-              picks: Cholesky on the CPU for up to 8 alphas). 1, 8 and 12 alphas on three layer shapes.
+              against one eigendecomposition per layer (ridge_solve's `method`, which ridge_method picks:
+              Cholesky on the CPU for up to 8 alphas). 1, 8 and 12 alphas on three layer shapes.
   auroc       roc_auc on a CV's held-out folds (480 problems of 600 scores from real fits): ours (one integer
               sort, a binary search for each score's tie run) against an argsort with running maxima and
               minima of tie runs (what it replaced; written out here), warm time and compile time.
@@ -29,68 +36,57 @@ same data (medians of --repeats warm runs), so the machine's drift hits both ali
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
 
-Every row also reports the CG steps of both variants (the work they did) and whether all converged.
+Every solver row also reports the work of both variants (passes over X, CG steps) and whether all converged.
 
-Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [numpy-input] [label-vmap] [build-halves]
-       [ridge-method] [auroc]
+Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [quasi-newton] [nystrom-probe]
+       [layer-warm-start] [numpy-input] [label-vmap] [build-halves] [ridge-method] [auroc]
        [--repeats 5] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import platform
 import sys
 import time
 
-os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from measure import in_rounds, logistic_objective  # noqa: E402
-from recording import record  # noqa: E402
-from synthetic import make_layers  # noqa: E402
+from measure import in_rounds, logistic_objective
+from recording import record
+from synthetic import make_layers
 
-import lmprobe_jax.functional as F  # noqa: E402
-from lmprobe_jax.functional import _hessian_inverse, _newton_cg, _products, _ridge  # noqa: E402
-from lmprobe_jax.functional._logistic import BINARY_LOGISTIC  # noqa: E402
-from lmprobe_jax.functional._multinomial import SOFTMAX  # noqa: E402
-
-_STATIC = ("loss", "n_outputs", "fit_intercept", "tol", "gap_tol", "max_iter", "max_cg_iter", "precondition_rank",
-           "layer_batch_size", "woodbury", "hessian_refresh")
-
-
-def fresh_solver():
-    """solve_layers as a new jitted function: it traces (and so reads module switches) on its first call."""
-    def solve(loss, *args, **kwargs):
-        return _newton_cg.solve_layers.__wrapped__(loss, *args, **kwargs)
-    return jax.jit(solve, static_argnames=_STATIC)
+import lmprobe_jax.functional as F
+from lmprobe_jax.functional import _ridge, default_policy
+from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._multinomial import SOFTMAX
+from lmprobe_jax.functional._path import layer_preconditioners, solve_layers, solver_options
+from lmprobe_jax.functional._woodbury import use_woodbury
 
 
-def run_of(*args, solve, **kwargs):
-    """A zero-argument run of ``solve`` (a :func:`fresh_solver`) on these arguments."""
-    return functools.partial(solve, *args, **kwargs)
-
-
-def switched(module, name, variants, make_run):
-    """``(runs, results)`` keyed by label: for each ``(label, value)`` of ``variants``, ``module.name`` is set to
-    ``value`` while a fresh solver compiles and runs once (``make_run(solve=...)`` gives the run), then the
-    module's own value is restored."""
-    saved = getattr(module, name)
+def policy_runs(variants, make_run):
+    """``(runs, results)`` keyed by label: for each ``(label, overrides)`` of ``variants``, a zero-argument
+    run under the default policy with ``overrides`` (``make_run(policy)``), run once (it compiles)."""
     runs, results = {}, {}
-    try:
-        for label, value in variants:
-            setattr(module, name, value)
-            runs[label] = make_run(solve=fresh_solver())
-            results[label] = jax.block_until_ready(runs[label]())  # compiles with this switch
-    finally:
-        setattr(module, name, saved)
+    for label, overrides in variants:
+        runs[label] = make_run(dataclasses.replace(default_policy(), **overrides))
+        results[label] = jax.block_until_ready(runs[label]())
     return runs, results
+
+
+def solve_run(loss, X, y, weights, Cs, *, policy, n_outputs=None, **kwargs):
+    """A zero-argument solve_layers run with fit_logistic's options under ``policy``."""
+    options = solver_options(X.shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None, policy=policy)
+    return functools.partial(solve_layers, loss, X, y, weights, Cs, **options, **kwargs)
 
 
 def interleaved(runs: dict, repeats: int) -> dict:
@@ -112,19 +108,10 @@ def fold_weights(n_samples, n_folds):
     return jnp.asarray((fold[None] != np.arange(n_folds)[:, None]).astype(np.float32))
 
 
-def solve_args(X, n_outputs, woodbury=None):
-    options = _newton_cg.solver_options(X.shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                                        precondition_rank=None, layer_batch_size=None)
-    if woodbury is not None:
-        options.update(woodbury=woodbury, precondition_rank=0 if woodbury else _newton_cg.default_precondition_rank(
-            X.shape[-1], None))
-    return options
-
-
 def ab_row(name, workload, runs, results, repeats, labels):
     t = interleaved(runs, repeats)
     a, b = labels
-    cg = " / ".join(str(int(results[k].n_cg.sum())) for k in labels)
+    cg = " / ".join(f"{int(results[k].n_passes.sum())} passes, {int(results[k].n_cg.sum())} CG" for k in labels)
     conv = all(bool(results[k].converged.all()) for k in labels)
     return (f"| {name} | {workload} | {t[a]:.3f} | {t[b]:.3f} | {t[b] / t[a]:.2f}x | {cg} | {conv} |")
 
@@ -137,7 +124,6 @@ def study_products(repeats):
         ("CV folds, 12 x 3000 x 768, 8 C, 3 folds, cv_tol 1e-4", (12, 3000, 768), 2, 8, 3),
         ("softmax K=5 fit, 4 x 3000 x 768, C=1, tol 1e-7", (4, 3000, 768), 5, 1, 0),
     ]  # (workload, shape, classes, number of C, folds: 0 for one fit on all samples)
-    saved = _products._FUSED_MAX_ROWS
     for workload, shape, n_classes, n_c, n_folds in workloads:
         X, y = problem(*shape, n_classes=n_classes)
         n_outputs = n_classes if n_classes > 2 else None
@@ -145,11 +131,14 @@ def study_products(repeats):
         weights = fold_weights(shape[1], n_folds) if n_folds else jnp.ones((1, shape[1]))
         Cs = jnp.asarray(np.logspace(-3, 2, n_c) if n_c > 1 else [1.0])
         tol, gap_tol = (1e-4, float("inf")) if n_folds else (1e-7, None)
-        options = solve_args(X, n_outputs)
-        precond = _newton_cg.layer_preconditioners(X, rank=options["precondition_rank"], fit_intercept=True,
-                                                   layer_batch_size=options["layer_batch_size"])
-        runs, results = switched(_products, "_FUSED_MAX_ROWS", (("fused", saved), ("dot", 0)), functools.partial(
-            run_of, loss, X, y, weights, Cs, tol=tol, gap_tol=gap_tol, precond=precond, **options))
+
+        def make_run(policy, X=X, y=y, loss=loss, weights=weights, Cs=Cs, tol=tol, gap_tol=gap_tol,
+                     n_outputs=n_outputs):
+            precond = layer_preconditioners(X, fit_intercept=True, layer_batch_size=1, policy=policy)
+            return solve_run(loss, X, y, weights, Cs, policy=policy, n_outputs=n_outputs, tol=tol, gap_tol=gap_tol,
+                             precond=precond)
+
+        runs, results = policy_runs((("fused", {}), ("dot", {"fused_max_rows": 0})), make_run)
         rows.append(ab_row("products: fused vs dot", workload, runs, results, repeats, ("fused", "dot")))
     return rows
 
@@ -158,14 +147,14 @@ def study_build_halves(repeats):
     rows = []
     X, y = problem(12, 3000, 768)
     Cs = jnp.asarray(np.logspace(-3, 2, 8))
-    options = solve_args(X, None)
     for workload, weights, tol, gap_tol in (
         ("8-C grid, 12 x 3000 x 768, tol 1e-7", jnp.ones((1, 3000)), 1e-7, None),
         ("CV folds, 12 x 3000 x 768, 8 C, 5 folds, cv_tol 1e-4", fold_weights(3000, 5), 1e-4, float("inf")),
     ):
-        runs, results = switched(_hessian_inverse, "_HALVE_PRODUCTS", (("halves", True), ("full", False)),
-                                 functools.partial(run_of, BINARY_LOGISTIC, X, y, weights, Cs, tol=tol, gap_tol=gap_tol,
-                                                   **options))
+        runs, results = policy_runs((("halves", {}), ("full", {"halve_builds": False})), functools.partial(
+            lambda policy, weights, tol, gap_tol: solve_run(BINARY_LOGISTIC, X, y, weights, Cs, policy=policy,
+                                                            tol=tol, gap_tol=gap_tol),
+            weights=weights, tol=tol, gap_tol=gap_tol))
         rows.append(ab_row("build products: halves vs full", workload, runs, results, repeats, ("halves", "full")))
     return rows
 
@@ -175,15 +164,15 @@ def study_woodbury(repeats):
     Cs = jnp.asarray(np.logspace(-3, 2, 8))
     for n_samples, n_features in ((200, 4096), (400, 4096), (800, 4096), (200, 768)):
         X, y = problem(4, n_samples, n_features)
-        chosen = _newton_cg.use_woodbury(n_samples, n_features)
+        chosen = use_woodbury(n_samples, n_features)
         for workload, cs in (("8-C grid", Cs), ("C=1", jnp.ones(1))):
-            runs, results = {}, {}
-            for label, on in (("woodbury", True), ("cg", False)):
-                options = solve_args(X, None, woodbury=on)
-                runs[label] = functools.partial(_newton_cg.solve_layers, BINARY_LOGISTIC, X, y,
-                                                jnp.ones((1, n_samples)), cs, tol=1e-7, **options)
-                results[label] = jax.block_until_ready(runs[label]())
-            rows.append(ab_row(f"woodbury vs Nystrom/lagged CG (rule {'takes' if chosen else 'skips'} it)",
+            def make_run(policy, X=X, y=y, cs=cs, n=n_samples):
+                return solve_run(BINARY_LOGISTIC, X, y, jnp.ones((1, n)), cs, policy=policy, tol=1e-7)
+
+            # The shape rule's ratio, set past this shape (woodbury) or to 0 (the CG path).
+            runs, results = policy_runs((("woodbury", {"woodbury_ratio": 1e9}), ("cg", {"woodbury_ratio": 0.0})),
+                                        make_run)
+            rows.append(ab_row(f"woodbury vs quasi-Newton/Nystrom/lagged CG (rule {'takes' if chosen else 'skips'} it)",
                                f"{workload}, 4 x {n_samples} x {n_features}, tol 1e-7", runs, results, repeats,
                                ("woodbury", "cg")))
     return rows
@@ -194,11 +183,10 @@ def study_gap_test(repeats):
 
     X, y = problem(12, 3000, 768)
     Cs = np.logspace(-3, 2, 8)
-    options = solve_args(X, None)
     runs, results = {}, {}
     for label, gap_tol in (("gap bound", None), ("gradient only", float("inf"))):
-        runs[label] = functools.partial(_newton_cg.solve_layers, BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)),
-                                        jnp.asarray(Cs), tol=1e-7, gap_tol=gap_tol, **options)
+        runs[label] = solve_run(BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)), jnp.asarray(Cs), policy=default_policy(),
+                                tol=1e-7, gap_tol=gap_tol)
         results[label] = jax.block_until_ready(runs[label]())
     X64, y64 = np.asarray(X, np.float64), np.asarray(y, np.float64)
 
@@ -215,6 +203,56 @@ def study_gap_test(repeats):
                  f"(worst objective gap, layers 0/6/11: {gap_note})", runs, results, repeats,
                  ("gap bound", "gradient only"))
     return [row]
+
+
+def study_quasi_newton(repeats):
+    rows = []
+    X, y = problem(12, 3000, 768)
+    for workload, Cs, tol in (("C=1, 12 x 3000 x 768, tol 1e-4", [1.0], 1e-4), ("C=1, tol 1e-7", [1.0], 1e-7),
+                              ("8-C grid, tol 1e-4", np.logspace(-3, 2, 8), 1e-4)):
+        runs, results = policy_runs((("quasi-Newton first", {}), ("Newton only", {"quasi_newton_memory": 0})),
+                                    lambda policy, Cs=Cs, tol=tol: solve_run(
+                                        BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)), jnp.asarray(Cs), policy=policy,
+                                        tol=tol))
+        rows.append(ab_row("L-BFGS phase, then Newton-CG, vs Newton-CG from the first step", workload, runs, results,
+                           repeats, ("quasi-Newton first", "Newton only")))
+    return rows
+
+
+def study_nystrom_probe(repeats):
+    from regime_data import independent
+
+    rows = []
+    for workload, (X, y) in (("independent features, 12 x 3000 x 768, C=1, tol 1e-4",
+                              independent(12, 3000, 768, separation=(2.0, 5.0))),
+                             ("correlated features (make_layers), 12 x 3000 x 768, C=1, tol 1e-4",
+                              make_layers(12, 3000, 768))):
+        X, y = jax.device_put(X), jnp.asarray(y, jnp.float32)
+        runs, results = policy_runs((("probe first", {}), ("always build", {"nystrom_decay": 0.0})),
+                                    lambda policy, X=X, y=y: solve_run(BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)),
+                                                                       jnp.ones(1), policy=policy, tol=1e-4))
+        rows.append(ab_row("Nystrom preconditioner: built where the spectrum decays vs always", workload, runs, results,
+                           repeats, ("probe first", "always build")))
+    return rows
+
+
+def study_layer_warm_start(repeats):
+    from regime_data import smollm2_cities
+
+    rows = []
+    X_real, y_real, _ = smollm2_cities(standardise=True)
+    X_syn, y_syn = make_layers(12, 3000, 768)
+    for workload, X, y, Cs in (("SmolLM2 cities, standardised, 30 x 600 x 576, C=1, tol 1e-4", X_real, y_real, [1.0]),
+                               ("the same, 8-C grid", X_real, y_real, np.logspace(-3, 2, 8)),
+                               ("synthetic layers (nothing shared), 12 x 3000 x 768, C=1", X_syn, y_syn, [1.0])):
+        X, y = jax.device_put(X), jnp.asarray(y, jnp.float32)
+        runs, results = policy_runs((("warm", {}), ("cold", {"layer_warm_start": False})),
+                                    lambda policy, X=X, y=y, Cs=Cs: solve_run(
+                                        BINARY_LOGISTIC, X, y, jnp.ones((1, X.shape[1])), jnp.asarray(Cs),
+                                        policy=policy, tol=1e-4))
+        rows.append(ab_row("each layer from the previous layer's solution vs cold", workload, runs, results, repeats,
+                           ("warm", "cold")))
+    return rows
 
 
 def study_numpy_input(repeats):
@@ -299,10 +337,11 @@ def study_label_vmap(repeats):
     labels = jnp.stack([jnp.where(jnp.asarray(f), 1 - y, y) for f in flips])
     Xl = X[6:7]
     Cs = jnp.asarray(np.logspace(-3, 2, 8))
-    options = solve_args(Xl, None)
+    options = solver_options(Xl.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None)
 
     def fit(X, y):  # X an argument: closed over, XLA would constant-fold products with it at compile time
-        return _newton_cg.solve_layers(BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)), Cs, tol=1e-7, **options)
+        return solve_layers(BINARY_LOGISTIC, X, y, jnp.ones((1, 3000)), Cs, tol=1e-7, **options)
 
     one, batched = jax.jit(fit), jax.jit(jax.vmap(fit, in_axes=(None, 0)))
     runs = {"vmap": lambda: batched(Xl, labels), "loop": lambda: [one(Xl, y) for y in labels]}
@@ -315,19 +354,22 @@ def study_label_vmap(repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, numpy-input, label-vmap, build-halves, ridge-method, auroc "
+    ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, quasi-newton, "
+                    "nystrom-probe, layer-warm-start, numpy-input, label-vmap, build-halves, ridge-method, auroc "
                     "(default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
     studies = {"products": study_products, "woodbury": study_woodbury, "gap-test": study_gap_test,
+               "quasi-newton": study_quasi_newton, "nystrom-probe": study_nystrom_probe,
+               "layer-warm-start": study_layer_warm_start,
                "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves,
                "ridge-method": study_ridge_method, "auroc": study_auroc}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")
     args.studies = args.studies or list(studies)
-    lines = ["| choice | workload | first (s) | second (s) | second / first | CG steps (first / second) | all converged |",
+    lines = ["| choice | workload | first (s) | second (s) | second / first | work (first / second) | all converged |",
              "|" + "---|" * 7]
     for name in args.studies:
         for row in studies[name](args.repeats):

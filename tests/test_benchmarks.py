@@ -2,8 +2,8 @@
 
 The scripts are how every speed claim is rerun, and one that no longer runs with the current solver
 options hides that until someone reruns it (solver_choices.py briefly did: its jit lacked a new static
-option of solve_layers). These two take their sizes as arguments, so they run here at toy ones, on the
-CPU; solver_choices.py's workloads are fixed at benchmark sizes and are not run here.
+option of solve_layers). These take their sizes as arguments, so they run here at toy ones, on the CPU;
+solver_choices.py's workloads are fixed at benchmark sizes and are not run here.
 """
 
 import os
@@ -66,7 +66,8 @@ def test_gpu_sweep_runs_on_the_cpu_and_reports_exact_fits():
     out = run_script("gpu_sweep.py", *TOY, "--sklearn-layers", "1", "--only", "logistic", "ridge",
                      "--studies", "refresh")
     rows = table_rows(out)
-    assert len(rows) == 2 + 6 + 2 + 4  # C=1 at two tols, the study, the two anchors, ridge (two methods, LOO, eigh)
+    assert len(rows) == 2 + 7 + 2 + 4  # C=1 at two tols, the study, the two anchors, ridge (two methods, LOO, eigh)
+    assert "passes over X" in out and "time / floor" in out  # the memory floor of the solve's passes
     ours = [r for r in rows if r.startswith(("| logistic C=1, tol=1e-07", "| study:"))]
     assert all("all converged True" in r for r in ours)
     X, y = toy_data(on_device=True)
@@ -89,3 +90,16 @@ def test_cpu_sweep_runs_and_reports_exact_fits(only):
         targets = 2.0 * y - 1 if only == "ridge-classifier" else y.astype(np.float64)
         assert worst(r"max coef err vs float64 closed form ([0-9.e+-]+)", out) <= ridge_error_bound(
             X, targets, np.logspace(-2, 4, 16))
+
+
+def test_regime_panel_runs_and_reports_every_workload():
+    """The regime panel at a twentieth of its sizes: every workload gives a row, ours never worse in
+    objective than scikit-learn's default fit (the panel's exactness claim)."""
+    out = run_script("regimes.py", "--regimes", "clear", "raw", "softmax-10", "--scale", "0.05", "--rounds", "1")
+    rows = table_rows(out)
+    workloads = [row.split("|")[2].strip() for row in rows]
+    assert {"C=1, defaults", "8-C path, defaults", "CV 5 folds x 8 C + refit"} <= set(workloads)
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")]
+        if cells[2] in ("C=1, defaults", "8-C path, defaults"):
+            assert float(cells[6]) <= max(float(cells[7]), 1e-6), row  # gap ours <= gap sklearn

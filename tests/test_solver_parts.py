@@ -1,5 +1,7 @@
 """The solver's building blocks, each on its own: products under vmap, the preconditioners."""
 
+import dataclasses
+
 import _tolerance as T
 import jax
 import jax.numpy as jnp
@@ -10,9 +12,14 @@ from sklearn.linear_model import LogisticRegression
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _hessian_inverse
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
-from lmprobe_jax.functional._newton_cg import solve_layers, solver_options
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
-from lmprobe_jax.functional._products import matvec, rmatvec
+from lmprobe_jax.functional._path import solve_layers, solver_options
+from lmprobe_jax.functional._policy import default_policy
+from lmprobe_jax.functional._products import matvec, products, rmatvec
+
+PRODUCTS = products(16)  # the CPU policy's
+# Newton-CG from the first step: the tests of a preconditioner compare its CG work alone.
+NEWTON = dataclasses.replace(default_policy(), quasi_newton_memory=0)
 
 
 def test_products_match_numpy_under_nested_vmap():
@@ -54,7 +61,7 @@ def test_matvec_every_row_count_matches_numpy(n_rows, shape):
 def test_nystrom_approximates_gram_from_below(fit_intercept):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 6)) + 0.5
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept, products=PRODUCTS)
     U = np.concatenate([np.asarray(approx.basis_coef), np.asarray(approx.basis_intercept)[:, None]], axis=1)
     # A float32 orthogonal factorisation is orthonormal to its backward error, lambda sqrt(m) u per
     # entry of a length-m inner product (m = 7 here).
@@ -75,7 +82,7 @@ def test_nystrom_approximates_gram_from_below(fit_intercept):
 def test_preconditioner_inverts_shifted_gram_on_its_span():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(50, 5))
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False, products=PRODUCTS)
     mu = 0.7
     v = rng.normal(size=5).astype(np.float32)
     out, _ = apply_preconditioner(approx, mu, jnp.asarray(v), jnp.zeros(()))
@@ -91,7 +98,7 @@ def test_full_rank_preconditioner_stays_positive_definite_on_a_wide_spectrum():
     orthonormality: unfloored, v.P^-1 v went negative along the top directions."""
     rng = np.random.default_rng(5)
     X = rng.normal(size=(500, 40)) * np.linspace(0.05, 3.0, 40) ** 2
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False, products=PRODUCTS)
     top = np.asarray(approx.basis_coef[:3])  # the directions a tiny gain would scale
     v = np.vstack([top, rng.normal(size=(20, 40))]).astype(np.float32)
     out, _ = apply_preconditioner(approx, 0.004, jnp.asarray(v), jnp.zeros(len(v)))
@@ -131,12 +138,12 @@ def test_lagged_hessian_inverse_is_the_inverse(monkeypatch, fit_intercept, leaf)
     X = rng.normal(size=(60, 9)) * np.linspace(0.2, 3.0, 9)
     curvature = rng.uniform(0, 0.25, size=60)
     lagged = _hessian_inverse.lagged_hessian_inverse(
-        jnp.asarray(X, jnp.float32), jnp.asarray(curvature, jnp.float32), jnp.float32(2.5), fit_intercept=fit_intercept
+        jnp.asarray(X, jnp.float32), jnp.asarray(curvature, jnp.float32), jnp.float32(0.4), fit_intercept=fit_intercept,
+        halve=True,
     )
     A = np.hstack([X, np.ones((60, 1)) if fit_intercept else np.zeros((60, 1))])
-    M = 2.5 * A.T @ (curvature[:, None] * A) + np.eye(10)
-    expected = np.linalg.inv(M)
-    rel = _lagged_inverse_error(A, 2.5 * curvature)
+    expected = np.linalg.inv(A.T @ (curvature[:, None] * A) + 0.4 * np.eye(10))
+    rel = _lagged_inverse_error(A, 2.5 * curvature)  # the same matrix over 0.4: the same relative error
     assert_inverse_close(np.asarray(lagged.inverse), expected, rel)
     assert bool(lagged.active)
     v = rng.normal(size=10).astype(np.float32)
@@ -153,6 +160,16 @@ def _lagged_inverse_error(A, weights):
     return T.spd_inverse_error(M, np.linalg.norm(T.gram_error(A, weights), 2))
 
 
+def test_lagged_hessian_inverse_below_float_resolution_is_inactive_not_nan():
+    """At C = 1e12 the shift is far below float32's resolution of a singular Gram (D > N): the build is
+    shifted where float32 can resolve it, or reported inactive, never applied as NaN."""
+    rng = np.random.default_rng(8)
+    X = jnp.asarray(rng.normal(size=(10, 30)), jnp.float32)
+    lagged = _hessian_inverse.lagged_hessian_inverse(X, jnp.full(10, 0.25, jnp.float32), jnp.float32(1e-15),
+                                                     fit_intercept=True, halve=False)
+    assert bool(lagged.active) == bool(np.isfinite(np.asarray(lagged.inverse)).all())
+
+
 def test_lagged_hessian_path_keeps_the_optimum_with_fewer_cg_steps():
     """Solved one layer at a time, a path builds the lagged inverse (its build threshold is a few CG
     steps on problems this small); vmapped over layers it never does. Same optimum, less CG work."""
@@ -161,11 +178,11 @@ def test_lagged_hessian_path_keeps_the_optimum_with_fewer_cg_steps():
     X = rng.normal(size=(L, N, D)) * np.linspace(0.05, 3.0, D) ** 2
     y = (X[:, :, :5].sum(-1)[0] + 2.0 * rng.normal(size=N) > 0).astype(np.float32)
     Cs = jnp.asarray(np.logspace(-2, 3, 6), jnp.float32)
-    assert _hessian_inverse.lagged_build_threshold(N, D, 1) < 20
+    assert _hessian_inverse.lagged_build_threshold(N, D, 1, NEWTON.lagged_build_factor) < 20
 
     def solve(layer_batch_size):
         opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                              precondition_rank=None, layer_batch_size=layer_batch_size)
+                              precondition_rank=None, layer_batch_size=layer_batch_size, policy=NEWTON)
         return solve_layers(BINARY_LOGISTIC, jnp.asarray(X, jnp.float32), jnp.asarray(y), jnp.ones((1, N)), Cs,
                             tol=1e-7, **opts)
 
@@ -200,13 +217,14 @@ def test_hessian_refresh_keeps_the_optimum_with_fewer_cg_steps(n_c):
     X = rng.normal(size=(L, N, D)) * np.linspace(0.05, 3.0, D) ** 2
     y = (X[0, :, :5].sum(-1) + 2.0 * rng.normal(size=N) > 0).astype(np.float32)
     Cs = np.logspace(-1, 2, n_c) if n_c > 1 else np.array([10.0])
-    opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                          precondition_rank=None, layer_batch_size=L)
-    assert opts.pop("hessian_refresh") == 0  # the CPU default
+    assert default_policy("cpu").hessian_refresh_cg == 0  # the CPU keeps the path's lagged inverse
 
     def solve(refresh):
+        opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                              precondition_rank=None, layer_batch_size=L,
+                              policy=dataclasses.replace(NEWTON, hessian_refresh_cg=refresh))
         return solve_layers(BINARY_LOGISTIC, jnp.asarray(X, jnp.float32), jnp.asarray(y), jnp.ones((1, N)),
-                            jnp.asarray(Cs, jnp.float32), tol=1e-7, hessian_refresh=refresh, **opts)
+                            jnp.asarray(Cs, jnp.float32), tol=1e-7, **opts)
 
     refreshed, plain = solve(3), solve(0)
     assert bool(refreshed.converged.all()) and bool(plain.converged.all())
@@ -220,16 +238,15 @@ def test_hessian_refresh_keeps_the_optimum_with_fewer_cg_steps(n_c):
                             T.as_theta(ref.coef_[0], ref.intercept_[0]), bound, f"layer {layer}, C={C:g}")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("halve", [True, False])
 @pytest.mark.parametrize("n", [7, 401, 850])
-def test_spd_inverse_matches_numpy(monkeypatch, backend, n):
-    """The lagged inverse's factor inverse: one triangular solve (small, or off the CPU) or by halves."""
-    monkeypatch.setattr(_hessian_inverse.jax, "default_backend", lambda: backend)
+def test_spd_inverse_matches_numpy(halve, n):
+    """The lagged inverse's factor inverse: one triangular solve (small, or whole) or by halves."""
     rng = np.random.default_rng(n)
     a = rng.normal(size=(n + 20, n))
     matrix = a.T @ a / n + np.eye(n)
-    inverse = jax.jit(lambda m: _hessian_inverse.spd_inverse(m))  # a new function: traced with this backend
-    got = np.asarray(inverse(jnp.asarray(matrix, jnp.float32)), np.float64)
+    got = np.asarray(jax.jit(lambda m: _hessian_inverse.spd_inverse(m, halve))(jnp.asarray(matrix, jnp.float32)),
+                     np.float64)
     expected = np.linalg.inv(matrix)
     assert_inverse_close(got, expected, T.spd_inverse_error(matrix))
 
@@ -244,40 +261,49 @@ def assert_inverse_close(got, expected, rel):
 
 @pytest.mark.parametrize("halve", [True, False])
 @pytest.mark.parametrize("d", [30, 450])
-def test_lagged_hessian_inverse_matches_numpy(monkeypatch, halve, d):
-    """(c [X, 1]^T diag(s) [X, 1] + I)^-1, with the build's products by halves (the CPU form above 400
-    columns) or whole."""
-    monkeypatch.setattr(_hessian_inverse, "_HALVE_PRODUCTS", halve)
+def test_lagged_hessian_inverse_matches_numpy(halve, d):
+    """([X, 1]^T diag(s) [X, 1] + penalty I)^-1, with the build's products by halves (above 400 columns)
+    or whole."""
     rng = np.random.default_rng(d)
     X = rng.normal(size=(3 * d, d)) * np.linspace(0.1, 2.0, d)
     curvature = rng.uniform(0.0, 0.25, size=3 * d)
-    build = jax.jit(lambda x, s: _hessian_inverse.lagged_hessian_inverse(x, s, 0.7, fit_intercept=True))
+    build = jax.jit(lambda x, s: _hessian_inverse.lagged_hessian_inverse(x, s, 1 / 0.7, fit_intercept=True, halve=halve))
     got = np.asarray(build(jnp.asarray(X, jnp.float32), jnp.asarray(curvature, jnp.float32)).inverse, np.float64)
     xa = np.hstack([X, np.ones((3 * d, 1))])
-    expected = np.linalg.inv(0.7 * (xa.T * curvature) @ xa + np.eye(d + 1))
-    assert_inverse_close(got, expected, _lagged_inverse_error(xa, 0.7 * curvature))
+    expected = np.linalg.inv((xa.T * curvature) @ xa + np.eye(d + 1) / 0.7)
+    assert_inverse_close(got, expected, _lagged_inverse_error(xa, 0.7 * curvature))  # 0.7 x the unit-shift form
 
 
-def test_default_hessian_refresh_only_where_it_was_measured(monkeypatch):
-    from lmprobe_jax.functional import _newton_cg
+def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
+    """One place picks the defaults per backend; solver_options resolves them for a shape: the in-solve
+    inverse only for binary, non-wide layers whose inverses fit in a quarter of the device's memory."""
+    from lmprobe_jax.functional import _path
 
-    assert _newton_cg.default_hessian_refresh(4096, None, False, 32) == 0  # the CPU: the path's lagged inverse
+    cpu, gpu = default_policy("cpu"), default_policy("gpu")
+    assert cpu.hessian_refresh_cg == 0 and cpu.fused_max_rows and cpu.halve_builds and cpu.lagged_build_factor
+    assert gpu.hessian_refresh_cg > 0 and not gpu.fused_max_rows and not gpu.halve_builds
+    assert hash(gpu) == hash(default_policy("gpu"))  # hashable and equal: one compiled program per policy
 
     class Device:  # an 80 GB accelerator, as an H100 reports itself
         def memory_stats(self):
             return {"bytes_limit": 80 * 10**9}
 
-    monkeypatch.setattr(_newton_cg.jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(_newton_cg.jax, "devices", lambda: [Device()])
-    assert _newton_cg.default_hessian_refresh(4096, None, False, 32) == _newton_cg._HESSIAN_REFRESH_CG
-    assert _newton_cg.default_hessian_refresh(4096, 5, False, 32) == 0  # softmax: no (D+1)^2 inverse
-    assert _newton_cg.default_hessian_refresh(4096, None, True, 32) == 0  # wide layers: Woodbury instead
+    monkeypatch.setattr(_path.jax, "devices", lambda: [Device()])
+
+    def resolved(shape, n_outputs=None, batch=None):
+        return solver_options(shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                              precondition_rank=None, layer_batch_size=batch, policy=gpu)["policy"]
+
+    assert resolved((32, 6144, 4096), batch=32).hessian_refresh_cg == gpu.hessian_refresh_cg
+    assert resolved((32, 6144, 4096), 5, batch=32).hessian_refresh_cg == 0  # softmax: no (D+1)^2 inverse
+    wide = resolved((32, 100, 4096), batch=32)
+    assert wide.woodbury and wide.hessian_refresh_cg == 0 and wide.nystrom_rank == 0 and wide.quasi_newton_memory == 0
     # 32 layers of 8192 features at once need 4 x 8.6 GB > 20 GB; 8 at a time fit.
-    assert _newton_cg.default_hessian_refresh(8192, None, False, 32) == 0
-    assert _newton_cg.default_hessian_refresh(8192, None, False, 8) == _newton_cg._HESSIAN_REFRESH_CG
-    opts = solver_options((32, 6144, 8192), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                          precondition_rank=None, layer_batch_size=8)
-    assert opts["hessian_refresh"] == _newton_cg._HESSIAN_REFRESH_CG and opts["layer_batch_size"] == 8
+    assert resolved((32, 6144, 8192), batch=32).hessian_refresh_cg == 0
+    assert resolved((32, 6144, 8192), batch=8).hessian_refresh_cg == gpu.hessian_refresh_cg
+    with pytest.raises(TypeError, match="policy must be a SolverPolicy"):
+        solver_options((1, 10, 3), None, fit_intercept=True, max_iter=1, max_cg_iter=None, precondition_rank=None,
+                       layer_batch_size=None, policy={"quasi_newton_memory": 0})
 
 
 def _dot_precisions(jaxpr) -> list:
@@ -300,16 +326,14 @@ def _dot_precisions(jaxpr) -> list:
 def test_every_product_is_full_precision(solver):
     """JAX's default precision rounds float32 products to TF32 on NVIDIA GPUs (see _precision): every
     product the solvers trace must ask for full precision, so a plain `@` slipping in fails here."""
-    from lmprobe_jax.functional import _newton_cg
-
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.normal(size=(2, 40, 6)), jnp.float32)
     y = (np.arange(40) % 2).astype(np.int32)
     if solver == "refreshed":
         opts = solver_options(X.shape, None, fit_intercept=True, max_iter=10, max_cg_iter=None,
-                              precondition_rank=None, layer_batch_size=2)
-        opts["hessian_refresh"] = 3
-        run = lambda X: _newton_cg.solve_layers(
+                              precondition_rank=None, layer_batch_size=2,
+                              policy=dataclasses.replace(NEWTON, hessian_refresh_cg=3))
+        run = lambda X: solve_layers(
             BINARY_LOGISTIC, X, jnp.asarray(y, jnp.float32), jnp.ones((1, 40)), jnp.asarray([1.0]), tol=1e-7, **opts)
     else:
         fit = F.fit_logistic(X, y, [0.1, 1.0])
@@ -404,11 +428,12 @@ def test_woodbury_inverse_is_the_inverse_newton_matrix(fit_intercept):
     Xj = jnp.asarray(X, jnp.float32)
     approx = _woodbury.woodbury_inverse(
         Xj, _woodbury.layer_kernel(Xj, fit_intercept=fit_intercept), jnp.asarray(curvature, jnp.float32),
-        fit_intercept=fit_intercept,
+        fit_intercept=fit_intercept, products=PRODUCTS, halve=True,
     )
     v = rng.normal(size=D + 1)
     coef, intercept = _woodbury.apply_woodbury(approx, Xj, jnp.asarray(v[:D], jnp.float32),
-                                               jnp.asarray(v[D], jnp.float32), fit_intercept=fit_intercept)
+                                               jnp.asarray(v[D], jnp.float32), fit_intercept=fit_intercept,
+                                               products=PRODUCTS)
     expected = np.linalg.solve(H, v if fit_intercept else v[:D])
     got = np.append(coef, intercept) if fit_intercept else np.asarray(coef)
     # Through the N x N kernel: kappa(H) times the kernel's formation (a sum of D products per entry)
@@ -429,9 +454,9 @@ def test_wide_layers_take_the_woodbury_path_to_the_same_optimum():
     def solve(woodbury):
         opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
                               precondition_rank=None, layer_batch_size=None)
-        assert opts["woodbury"] and opts["precondition_rank"] == 0
+        assert opts["policy"].woodbury and opts["policy"].nystrom_rank == 0
         if not woodbury:
-            opts.update(woodbury=False, precondition_rank=16)
+            opts["policy"] = dataclasses.replace(opts["policy"], woodbury=False, nystrom_rank=16)
         return solve_layers(BINARY_LOGISTIC, jnp.asarray(X), jnp.asarray(y), jnp.ones((1, N)), Cs, tol=1e-7, **opts)
 
     exact, nystrom = solve(True), solve(False)

@@ -10,7 +10,19 @@ or an array larger than ``memory_budget``, and stream it from disk a chunk of la
 hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
 """
 
-from . import _aot, _checks, _cv, _logistic, _mass_mean, _metrics, _multinomial, _newton_cg, _ridge
+from . import (
+    _aot,
+    _checks,
+    _cv,
+    _logistic,
+    _mass_mean,
+    _metrics,
+    _multinomial,
+    _newton_cg,
+    _nystrom,
+    _path,
+    _ridge,
+)
 from ._cv import CVResult, cross_validate_group_lasso
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._group_lasso import GroupLassoFit, fit_group_lasso, group_lasso_alpha_max
@@ -26,6 +38,7 @@ from ._metrics import (
     roc_auc,
 )
 from ._multinomial import MultinomialFit
+from ._policy import SolverPolicy, default_policy
 from ._predict import decision_function, predict, predict_proba
 from ._programs import register as _register
 from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO
@@ -60,8 +73,8 @@ fit_mass_mean = streams_layers(copies=6)(_mass_mean.fit_mass_mean)
 cross_validate_logistic = streams_layers(copies=4)(_cv.cross_validate_logistic)
 cross_validate_ridge = streams_layers(copies=3)(_cv.cross_validate_ridge)
 
-_aot.register_types(_newton_cg.NewtonCGResult, _newton_cg.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
-_register(_newton_cg.solve_layers, _newton_cg.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
+_aot.register_types(_newton_cg.SolveResult, _nystrom.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
+_register(_path.solve_layers, _path.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
           _cv._score_fold_fits, _cv._fold_mean_at, _cv._with_refit, _metrics._fold_scores, _checks._sum_is_finite)
 
 __all__ = [
@@ -76,6 +89,7 @@ __all__ = [
     "MultinomialFit",
     "RidgeFit",
     "RidgeLOO",
+    "SolverPolicy",
     "alpha_for_k_layers",
     "binary_accuracy",
     "binary_log_loss",
@@ -84,6 +98,7 @@ __all__ = [
     "cross_validate_logistic",
     "cross_validate_ridge",
     "decision_function",
+    "default_policy",
     "fast_auto",
     "fit_group_lasso",
     "fit_logistic",

@@ -19,10 +19,13 @@ from jax import Array
 
 from . import _aot, _checks, _metrics
 from ._folds import HeldOut, held_out_rows, stratified_folds
+from ._glm import DEFAULT_TOL
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._multinomial import SOFTMAX, MultinomialFit
-from ._newton_cg import NewtonCGResult, layer_preconditioners, solve_layers, solver_options
+from ._newton_cg import SolveResult
+from ._path import layer_preconditioners, solve_layers, solver_options
+from ._policy import SolverPolicy
 from ._precision import einsum
 from ._predict import decision_function
 from ._ridge import validated_solve
@@ -98,13 +101,14 @@ def cross_validate_logistic(
     multinomial: bool | None = None,
     sample_weight: Any = None,
     fit_intercept: bool = True,
-    tol: float = 1e-7,
+    tol: float = DEFAULT_TOL,
     cv_tol: float = 1e-4,
     max_iter: int = 100,
     max_cg_iter: int | None = None,
     precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
     n_classes: int | None = None,
+    policy: SolverPolicy | None = None,
 ) -> CVResult:
     """K-fold cross-validated L2 logistic regression on every layer over a ``C`` grid, with refit.
 
@@ -123,8 +127,8 @@ def cross_validate_logistic(
       tol: tolerance of the refit (as in :func:`fit_logistic`).
       cv_tol: tolerance of the fold problems, which only score the grid: scikit-learn's gradient
         criterion alone (no objective-gap bound), as in ``LogisticRegressionCV``.
-      sample_weight, fit_intercept, max_iter, max_cg_iter, precondition_rank, layer_batch_size: as in
-        :func:`fit_logistic`.
+      sample_weight, fit_intercept, max_iter, max_cg_iter, precondition_rank, layer_batch_size, policy: as
+        in :func:`fit_logistic`.
       n_classes: only for labels traced by a transformation of yours (say ``vmap`` over label sets),
         which must then be codes ``0 .. n_classes - 1``, with ``folds`` given as fold ids.
 
@@ -156,14 +160,14 @@ def cross_validate_logistic(
     options = solver_options(
         (X3.shape[0], n, X3.shape[2]), int(classes.size) if softmax else None, fit_intercept=fit_intercept,
         max_iter=max_iter, max_cg_iter=max_cg_iter, precondition_rank=precondition_rank,
-        layer_batch_size=layer_batch_size,
+        layer_batch_size=layer_batch_size, policy=policy,
     )
     # One preconditioner per layer for the folds and the refit alike (computed and compiled once).
     precond = None
-    if options["precondition_rank"]:
+    if options["policy"].nystrom_rank:
         precond = _aot.call(
-            layer_preconditioners, X=X3, rank=options["precondition_rank"], fit_intercept=options["fit_intercept"],
-            layer_batch_size=options["layer_batch_size"],
+            layer_preconditioners, X=X3, fit_intercept=options["fit_intercept"],
+            layer_batch_size=options["layer_batch_size"], policy=options["policy"],
         )
     folds_res = _aot.call(
         solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(train), Cs=jnp.asarray(Cs),
@@ -204,7 +208,7 @@ def _score_fold_fits(fit: Any, X3: Array, y: Array, held_out: HeldOut, *, softma
 
 
 @jax.jit
-def _fold_mean_at(folds_res: NewtonCGResult, best: Array) -> tuple[Array, Array]:
+def _fold_mean_at(folds_res: SolveResult, best: Array) -> tuple[Array, Array]:
     """The folds' mean solution at each layer's best ``C``: ``(L, 1, [K,] D)`` and ``(L, 1, [K])``, where
     the refit starts (each fold saw most of the samples, so their mean is near the refit's optimum)."""
     layers = jnp.arange(best.shape[0])
@@ -212,7 +216,7 @@ def _fold_mean_at(folds_res: NewtonCGResult, best: Array) -> tuple[Array, Array]
 
 
 @jax.jit
-def _with_refit(folds_res: NewtonCGResult, refit_res: NewtonCGResult) -> tuple[NewtonCGResult, Array, Array]:
+def _with_refit(folds_res: SolveResult, refit_res: SolveResult) -> tuple[SolveResult, Array, Array]:
     """The refit's fields ``(L, ...)``, and ``n_iter`` / ``converged`` ``(L, G, F + 1)``: the folds' then
     the refit's (repeated over ``G``)."""
     n_layers, _, G = folds_res.n_iter.shape

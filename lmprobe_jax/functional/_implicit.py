@@ -30,7 +30,9 @@ from jax import Array
 
 from . import _aot
 from ._checks import is_concrete
-from ._newton_cg import GLMLoss, NewtonCGResult, solve_layers
+from ._glm import GLMLoss
+from ._newton_cg import SolveResult
+from ._path import solve_layers
 from ._precision import einsum
 
 # Relative residual of the conjugate-gradient solve with the Hessian in a derivative (float32 floor).
@@ -47,7 +49,7 @@ def _objective(loss: GLMLoss, X: Array, y: Array, s: Array, Cs: Array, fit_inter
         z = einsum("lwg...d,lnd->lwg...n", coef, X.astype(coef.dtype)) + intercept[..., None]
 
         def data(z_one: Array) -> Array:  # one problem's per-sample losses (N,)
-            return loss.value(z_one, y)
+            return loss.evaluate(z_one, y)[0]
 
         losses = jax.vmap(jax.vmap(jax.vmap(data)))(z)  # (L, W, G, N)
         weighted = Cs[:, None, :] * jnp.sum(s[None, :, None, :] * losses, axis=-1)  # (L, W, G)
@@ -89,8 +91,8 @@ def _implicit_solution(loss: GLMLoss, fit_intercept: bool) -> Callable:
     return solution
 
 
-def solve_problems(loss: GLMLoss, X: Array, y: Array, sample_weight: Array, Cs: Array, **options) -> NewtonCGResult:
-    """:func:`._newton_cg.solve_layers` (same arguments), with ``coef`` and ``intercept`` reverse-differentiable
+def solve_problems(loss: GLMLoss, X: Array, y: Array, sample_weight: Array, Cs: Array, **options) -> SolveResult:
+    """:func:`._path.solve_layers` (same arguments), with ``coef`` and ``intercept`` reverse-differentiable
     with respect to ``X`` ``(L, N, D)``, ``sample_weight`` ``(W, N)`` and ``Cs`` ``(G,)`` through their
     optimality condition (see the module docstring) when any of them is traced (under a caller's ``jit``,
     ``vmap``, ``grad``, ...). Concrete inputs run the solver alone: nothing else is traced or compiled."""

@@ -21,33 +21,37 @@ from jax import Array
 
 from . import _checks
 from ._batching import squeeze_axes
+from ._glm import DEFAULT_TOL, GLMLoss
 from ._implicit import solve_problems
-from ._newton_cg import GLMLoss, solver_options
+from ._path import solver_options
+from ._policy import SolverPolicy
 from ._woodbury import use_woodbury
 
 
-def _binary_value(z: Array, y: Array) -> Array:
-    # log(1 + exp(-margin)) through softplus, finite for every float z.
-    return jax.nn.softplus(-(2 * y - 1) * z)
-
-
-def _binary_grad(z: Array, y: Array) -> Array:
-    return jax.nn.sigmoid(z) - y
-
-
-def _binary_hvp(z: Array, y: Array, u: Array) -> Array:
-    del y  # The logistic curvature does not depend on the label.
+def _binary_evaluate(z: Array, y: Array) -> tuple[Array, Array, Array]:
+    # log(1 + exp(-margin)) through softplus, finite for every float z; the probability is the aux.
     p = jax.nn.sigmoid(z)
+    return jax.nn.softplus(-(2 * y - 1) * z), p - y, p
+
+
+def _binary_hvp(p: Array, u: Array) -> Array:
     return p * (1 - p) * u
 
 
-def _binary_curvature(z: Array, y: Array) -> Array:
-    del y
-    p = jax.nn.sigmoid(z)
+def _binary_curvature(p: Array) -> Array:
     return p * (1 - p)
 
 
-BINARY_LOGISTIC = GLMLoss(value=_binary_value, grad=_binary_grad, hvp=_binary_hvp, curvature=_binary_curvature)
+def _binary_null_intercept(y: Array, weight: Array, n_outputs: None) -> Array:
+    del n_outputs
+    # The log-odds of the weighted positive rate, shrunk by half a sample each way so it stays finite.
+    n = y.shape[0]
+    rate = (n * jnp.sum(weight * y) + 0.5) / (n + 1.0)
+    return jnp.log(rate) - jnp.log1p(-rate)
+
+
+BINARY_LOGISTIC = GLMLoss(evaluate=_binary_evaluate, hvp=_binary_hvp, curvature=_binary_curvature,
+                          null_intercept=_binary_null_intercept)
 
 
 class LogisticFit(NamedTuple):
@@ -76,46 +80,54 @@ def fit_logistic(
     *,
     sample_weight: Any = None,
     fit_intercept: bool = True,
-    tol: float = 1e-7,
+    tol: float = DEFAULT_TOL,
     max_iter: int = 100,
     max_cg_iter: int | None = None,
     precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
+    policy: SolverPolicy | None = None,
 ) -> LogisticFit:
     """Fit binary L2 logistic regression on every layer (and every ``C``) in one compiled solve.
 
     Matches ``sklearn.linear_model.LogisticRegression(C=C, fit_intercept=..., sample_weight=...)`` number
-    for number (see the module docstring for the objective). Solved by truncated Newton (Newton-CG with
-    a Nyström-preconditioned CG); a grid of ``C`` is solved as a warm-started path in increasing ``C``,
-    whose later, harder solves may be preconditioned with an exact inverse Hessian from earlier on the
-    path when layers are solved one at a time (the CPU default; see ``layer_batch_size``); on an
-    accelerator, with the exact inverse Newton matrix, rebuilt inside the solve whenever CG work grows
-    (for up to 8192 features: ``(D+1)^2`` floats per layer). Wide layers
-    (``N^2 <= 16 D``) are preconditioned with the exact inverse Newton matrix, rebuilt at every Newton
-    step through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused).
+    for number at a tight ``tol`` (see the module docstring for the objective). Every solve starts with
+    L-BFGS from the intercept-only optimum (its first step is the mass-mean direction) and hands over to
+    Newton-CG when the data show the quasi-Newton steps stopped paying, by progress per pass over ``X``
+    (:mod:`._newton_cg`). A grid of ``C`` is solved as a warm-started path in increasing ``C``; with layers
+    solved one at a time (the CPU default; see ``layer_batch_size``) each layer starts from the best
+    multiple of the previous layer's solution, and a path's later, harder solves may be preconditioned
+    with an exact inverse Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is
+    rebuilt inside the solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per
+    layer). Wide layers (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton
+    matrix through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused). Which parts are
+    used is the ``policy``'s (:class:`~lmprobe_jax.functional.SolverPolicy`); none changes the optimum.
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations, float16/bfloat16/float32/float64 (computed in float32,
         or float64 when ``jax_enable_x64`` is on and ``X`` is float64).
       y: ``(N,)`` two distinct labels; the larger one is the positive class.
       C: inverse regularisation strength, a scalar or a 1-D grid (adds a ``G`` axis after ``L``).
-        Traced: a new value or grid of the same length does not recompile.
+        Traced: a new value or grid of the same length does not recompile. Any ``C > 0`` is solved in
+        scikit-learn's scaled objective, so ``C = 1e12`` ("no regularisation") stays finite in float32.
       sample_weight: ``(N,)`` non-negative weights, default ones.
       fit_intercept: fit an unpenalised intercept.
       tol: stop when the max-abs gradient of scikit-learn's scaled objective
-        ``mean_s(loss) + ||w||^2 / (2 C sum s)`` is ``<= tol`` (scikit-learn's ``tol``) *and* the last
-        Newton step predicted a relative objective gap ``<= tol``; or at the float floor. The second
-        test matters on nearly separable layers, where the loss is small against ``C N``: there the
-        gradient test alone left a 9e-5 relative gap at ``C = 100``, ``tol = 1e-7``.
-      max_iter: most Newton iterations per problem.
+        ``mean_s(loss) + ||w||^2 / (2 C sum s)`` is ``<= tol`` (scikit-learn's ``tol``) *and* a Newton
+        step predicted a relative objective gap ``<= tol``; or at the float floor. The default 1e-7 reaches
+        scikit-learn's tight-tolerance optimum to float32 rounding; scikit-learn's own default, 1e-4, ends
+        at a lower objective than its default fit (the gap test is the difference: on nearly separable
+        layers the gradient test alone is loose). Traced: a new value does not recompile.
+      max_iter: most iterations per problem (quasi-Newton and Newton).
       max_cg_iter: most conjugate-gradient steps per Newton iteration (default ``min(D + 1, 250)``).
       precondition_rank: rank of the randomized Nyström preconditioner of each layer's Gram matrix
-        (default ``min(64, D)``; 0 for plain CG). A solver setting: the optimum does not depend on it.
+        (default ``min(64, D)``, built where the layer's spectrum is far from flat; 0 for none). A solver
+        setting: the optimum does not depend on it.
       layer_batch_size: solve this many layers at a time (default: 1 on the CPU, all on an accelerator).
-        Peak memory is about ``L * N * D * 4`` bytes for ``X`` plus ``k * G * (N + D) * 4 * 8`` bytes of
-        solver state for ``k`` layers at a time; on an accelerator also ``k * (D + 1)^2 * 4`` bytes for
-        the inverse Newton matrices (2.1 GB for 32 layers of 4096 features), a few times that while
-        they are built.
+        Peak memory is about ``L * N * D * 4`` bytes for ``X`` plus ``k * G * (N + 20 (D + 1)) * 4`` bytes
+        of solver state for ``k`` layers at a time (the L-BFGS memory holds 2 x 10 vectors of ``D + 1``);
+        on an accelerator also ``k * (D + 1)^2 * 4`` bytes for the inverse Newton matrices (2.1 GB for 32
+        layers of 4096 features), a few times that while they are built.
+      policy: the solver's parts (default :func:`~lmprobe_jax.functional.default_policy`: the backend's).
 
     Returns:
       A :class:`LogisticFit`.
@@ -138,6 +150,7 @@ def fit_logistic(
     options = solver_options(
         (X3.shape[0], n, X3.shape[2]), None, fit_intercept=fit_intercept, max_iter=max_iter,
         max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
+        policy=policy,
     )
     rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = solve_problems(

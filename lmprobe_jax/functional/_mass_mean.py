@@ -25,9 +25,17 @@ from jax import Array
 
 from . import _checks
 from ._batching import any_across_batch, default_layer_batch_size, over_layers
+from ._glm import GLM
 from ._logistic import BINARY_LOGISTIC
-from ._newton_cg import newton_cg
+from ._newton_cg import Settings, minimise
+from ._policy import default_policy
 from ._precision import matmul
+from ._preconditioners import identity
+from ._products import products
+
+# The one-feature calibration: Newton steps from the start (a 2 x 2 system; CG's two steps solve it).
+_CALIBRATION = Settings(tol=1e-7, gap_tol=1e-7, max_iter=50, max_cg_iter=2, memory=0, switch_window=1,
+                        switch_progress=0.5, switch_after=0)
 
 
 class MassMeanFit(NamedTuple):
@@ -83,10 +91,11 @@ def mass_mean_solve(
         centre = jnp.sum(s * projection[:, 0]) / jnp.sum(s)
         spread = jnp.sqrt(jnp.sum(s * (projection[:, 0] - centre) ** 2) / jnp.sum(s))
         spread = jnp.maximum(spread, jnp.finfo(dtype).tiny)
-        cal = newton_cg(
-            BINARY_LOGISTIC, projection / spread, y, s, calibration_C, jnp.zeros(1, dtype), jnp.zeros((), dtype),
-            fit_intercept=True, tol=1e-7, max_iter=50, max_cg_iter=2,
-        )
+        glm = GLM(BINARY_LOGISTIC, True, products(default_policy().fused_max_rows))
+        data = glm.data(projection / spread, y, s, calibration_C)
+        start = glm.null_point(data, None)
+        cal = minimise(glm, data, start, jnp.broadcast_to(start.intercept, y.shape), jnp.int32(0), precond=identity(),
+                       settings=_CALIBRATION)
         return MassMeanFit(coef=theta * (cal.coef[0] / spread), intercept=cal.intercept, direction=theta)
 
     return over_layers(layer, X, layer_batch_size=layer_batch_size)

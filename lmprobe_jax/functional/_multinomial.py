@@ -24,40 +24,52 @@ from jax import Array
 
 from . import _checks
 from ._batching import squeeze_axes
+from ._glm import DEFAULT_TOL, GLMLoss
 from ._implicit import solve_problems
-from ._newton_cg import GLMLoss, solver_options
+from ._path import solver_options
+from ._policy import SolverPolicy
 
 
-def _softmax_value(z: Array, y: Array) -> Array:
-    # log sum_k e^{z_k} - z_y, as m + log1p(sum_{k != k*} e^{d_k - m}) with d = z - z_y and m = d_{k*} its
-    # largest entry. The difference of logsumexp(z) and z_y cancels: for a confidently right sample
+def _softmax_evaluate(z: Array, y: Array) -> tuple[Array, Array, Array]:
+    # log sum_k e^{z_k} - z_y, as m + log1p(S), S = sum_{k != k*} e^{d_k - m}, with d = z - z_y and m = d_{k*}
+    # its largest entry. The difference of logsumexp(z) and z_y cancels: for a confidently right sample
     # (loss ~ e^{-margin}) it is float32 noise of order 1e-7 * |z_y|, which hid the line search's small
-    # decreases at large C (a stalled refit on separable data). Here nothing cancels.
+    # decreases at large C (a stalled refit on separable data). Here nothing cancels, and the same
+    # exponentials give the probabilities: p = e^{d - m} / (1 + S), with e^0 = 1 at k*.
     d = z - jnp.take_along_axis(z, y[None, :].astype(jnp.int32), axis=0)
     top = jnp.argmax(d, axis=0)
     m = jnp.take_along_axis(d, top[None], axis=0)[0]
-    others = jnp.where(jnp.arange(z.shape[0])[:, None] == top[None], 0.0, jnp.exp(d - m))
-    return m + jnp.log1p(jnp.sum(others, axis=0))
+    is_top = jnp.arange(z.shape[0])[:, None] == top[None]
+    e = jnp.exp(d - m)
+    others = jnp.sum(jnp.where(is_top, 0.0, e), axis=0)
+    p = jnp.where(is_top, 1.0, e) / (1.0 + others)
+    return m + jnp.log1p(others), p - jax.nn.one_hot(y, z.shape[0], dtype=z.dtype, axis=0), p
 
 
-def _softmax_grad(z: Array, y: Array) -> Array:
-    return jax.nn.softmax(z, axis=0) - jax.nn.one_hot(y, z.shape[0], dtype=z.dtype, axis=0)
+def _softmax_value(z: Array, y: Array) -> Array:
+    return _softmax_evaluate(z, y)[0]
 
 
-def _softmax_hvp(z: Array, y: Array, u: Array) -> Array:
-    del y  # The softmax curvature does not depend on the label.
-    p = jax.nn.softmax(z, axis=0)
+def _softmax_hvp(p: Array, u: Array) -> Array:
     pu = p * u
     return pu - p * jnp.sum(pu, axis=0, keepdims=True)
 
 
-def _softmax_curvature(z: Array, y: Array) -> Array:
-    del y
-    p = jax.nn.softmax(z, axis=0)
+def _softmax_curvature(p: Array) -> Array:
     return p * (1 - p)
 
 
-SOFTMAX = GLMLoss(value=_softmax_value, grad=_softmax_grad, hvp=_softmax_hvp, curvature=_softmax_curvature)
+def _softmax_null_intercept(y: Array, weight: Array, n_classes: int) -> Array:
+    # Log class frequencies (half a sample added to each, so absent classes stay finite), centred: the
+    # softmax optimum with W = 0, in scikit-learn's sum-zero form.
+    n = y.shape[0]
+    counts = n * jax.ops.segment_sum(weight, y.astype(jnp.int32), num_segments=n_classes)
+    logs = jnp.log(counts + 0.5)
+    return logs - jnp.mean(logs)
+
+
+SOFTMAX = GLMLoss(evaluate=_softmax_evaluate, hvp=_softmax_hvp, curvature=_softmax_curvature,
+                  null_intercept=_softmax_null_intercept)
 
 
 class MultinomialFit(NamedTuple):
@@ -83,12 +95,13 @@ def fit_multinomial(
     *,
     sample_weight: Any = None,
     fit_intercept: bool = True,
-    tol: float = 1e-7,
+    tol: float = DEFAULT_TOL,
     max_iter: int = 100,
     max_cg_iter: int | None = None,
     precondition_rank: int | None = None,
     layer_batch_size: int | None = None,
     n_classes: int | None = None,
+    policy: SolverPolicy | None = None,
 ) -> MultinomialFit:
     """Fit K-class softmax regression on every layer (and every ``C``) in one compiled solve.
 
@@ -99,8 +112,11 @@ def fit_multinomial(
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations (see :func:`fit_logistic`).
       y: ``(N,)`` class labels (any sortable values); classes are the sorted distinct labels.
-      C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, precondition_rank,
-        layer_batch_size: as in :func:`fit_logistic`.
+      C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size, policy: as in
+        :func:`fit_logistic`.
+      precondition_rank: as in :func:`fit_logistic`, but by default none: softmax's curvature gathers on
+        the few samples near each class's margin, far from the Gram preconditioner's model, and it cost
+        passes on every class count measured (benchmarks/RESULTS.md).
       n_classes: only for labels traced by a transformation of yours (say ``vmap`` over label sets),
         which must then be codes ``0 .. n_classes - 1`` (the number of classes sets the program's shapes).
 
@@ -121,6 +137,7 @@ def fit_multinomial(
     options = solver_options(
         (X3.shape[0], n, X3.shape[2]), int(classes.size), fit_intercept=fit_intercept, max_iter=max_iter,
         max_cg_iter=max_cg_iter, precondition_rank=precondition_rank, layer_batch_size=layer_batch_size,
+        policy=policy,
     )
     rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = solve_problems(

@@ -1,107 +1,63 @@
-r"""Truncated Newton (Newton-CG) for L2-penalised generalised linear models, one problem at a time.
+r"""The solver core: one problem, a quasi-Newton phase, then truncated Newton (Newton-CG), one loop.
 
-The solver minimises, for one design matrix ``X`` of shape ``(N, D)``,
+It minimises the scaled objective of :mod:`._glm` for one design matrix. Every iteration picks a
+direction, searches along it without a pass over ``X`` (:mod:`._linesearch`), and takes one pass for
+the new gradient:
 
-.. math::
+* **quasi-Newton** (L-BFGS, :mod:`._lbfgs`): the direction costs one pass (``X d``); two per iteration
+  in all. A solve starts here: from the intercept-only optimum (or the best multiple of a warm start),
+  its first direction is the preconditioned gradient, i.e. the mass-mean (or, with a Nystrom
+  preconditioner, LDA-like) direction, with an exact step. On well-conditioned problems it reaches
+  scikit-learn's tolerance in a handful of passes.
+* **Newton-CG**: the direction solves ``H d = -g`` by preconditioned conjugate gradients, two passes per
+  CG step; CG's own products give ``X d``. Inexact Newton with the forcing term of Eisenstat & Walker
+  converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances.
 
-    F(W, b) = C \sum_i s_i \, \ell(z_i, y_i) + \tfrac12 \lVert W \rVert_F^2,
-    \qquad z_i = W x_i + b,
+The data decide when to hand over: once the best scaled gradient of the last ``switch_window``
+quasi-Newton iterations is above ``switch_progress`` times the best before them (each quasi-Newton
+iteration buys less than a Newton step would), or the quasi-Newton line search can no longer measure
+progress, the solve continues in Newton-CG and stays there. Under ``vmap`` the phase is one for the
+batch (any problem's hand-over moves them all), so each iteration runs one kind of step.
 
-which is scikit-learn's ``LogisticRegression`` objective (intercept ``b`` unpenalised). ``W`` is ``(D,)``
-for a scalar linear predictor (binary logistic) or ``(K, D)`` for a vector one (multinomial, laid out as
-scikit-learn's ``coef_``); the predictor ``z`` is then ``(N,)`` or ``(K, N)``. The loss
-enters only through its derivatives with respect to ``z`` (a :class:`GLMLoss`), so every solver iteration
-costs matrix products with ``X`` and ``O(N K)`` elementwise work:
-
-* the gradient ``C (s * dl/dz) X + W`` — one pass over ``X``;
-* each conjugate-gradient step, a Hessian-vector product ``C X^T (s * d2l/dz2 [X v]) + v`` — two passes;
-* the line search works on ``z + t * (X d)``, where ``X d`` is accumulated from the CG steps' own
-  products, so it costs no pass over ``X`` at all.
-
-Written for one problem; batching over a regularisation grid, cross-validation folds (sample weights)
-and layers is done with ``jax.vmap`` by the callers. When ``X`` is shared (``in_axes=None``) across a
-batch of problems, the products in :mod:`._products` become one matrix-matrix product per step that
-reads ``X`` once for all of them. Under vmap the ``while_loop`` runs until the slowest problem stops; finished problems
-are carried through unchanged, so their ``n_iter`` stays exact.
-
-Stopping rule: the *scaled* gradient ``grad F / (C sum_i s_i)`` — the gradient of scikit-learn's
-internal objective ``mean_s(loss) + ||W||^2 / (2 C sum s)`` on which its ``tol`` acts — has max-abs
-entry ``<= tol``, *and* the last Newton step's decrement ``-g.d / 2`` (an estimate of ``F - min F``) was
-at most ``tol * F``. The first is scikit-learn's criterion; alone it is loose when ``F`` is small
-against ``C sum s`` (nearly separable layers at large ``C``: a 9e-5 relative objective gap at
-``tol=1e-7`` on the benchmark's deepest layer), which the second closes. Or the float floor is
-reached (counted as converged): once the Newton decrement says the remaining decrease is below the float
-resolution of ``F``, full Newton steps stop lowering the gradient; or, with the gradient test met, two
-steps in a row lowered ``F`` by less than its float resolution (the gap estimate is then rounding
-noise). A failed line search otherwise also stops the loop, unconverged.
+Stopping rule: the scaled gradient's max-abs entry is ``<= tol`` (scikit-learn's criterion) *and* the
+last direction's estimate of the relative objective gap, ``-g.d / (2 F)`` (the Newton decrement in the
+Newton phase), is at most ``gap_tol``. The first alone is loose when ``F`` is small (nearly separable
+layers at large ``C``), which the second closes. Or the float floor is reached (counted as converged):
+the Newton decrement is below the float resolution of ``F`` and a full Newton step no longer lowers the
+gradient; or, with the gradient test met, two Newton steps in a row lowered ``F`` by less than its float
+resolution. A Newton step whose line search finds no decrease stops the loop, unconverged.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
-import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._batching import any_across_batch, default_layer_batch_size, over_layers
-from ._checks import check_positive_int, compute_dtype
-from ._hessian_inverse import (
-    LaggedHessianInverse,
-    apply_lagged_inverse,
-    lagged_build_threshold,
-    lagged_hessian_inverse,
-    no_lagged_inverse,
-)
-from ._nystrom import NystromApprox, apply_preconditioner, nystrom_gram
-from ._precision import vdot
-from ._products import matvec, rmatvec
-from ._woodbury import apply_woodbury, layer_kernel, use_woodbury, woodbury_inverse
-
-# The Armijo constant and the most halvings tried before the step is declared impossible.
-_ARMIJO_C1 = 1e-4
-_MAX_HALVINGS = 30
+from ._batching import any_across_batch
+from ._glm import GLM, Evaluation, GLMData, Params, axpy, dot, flatten, guard, optimality, unflatten
+from ._lbfgs import LBFGSMemory, empty_memory, lbfgs_direction, remember
+from ._linesearch import line_search
+from ._preconditioners import Preconditioner
 
 
-class GLMLoss(NamedTuple):
-    """A per-sample loss, given by its derivatives with respect to the linear predictor ``z``.
-
-    Each function maps a predictor ``z`` of shape ``(N,)`` (scalar) or ``(K, N)`` (vector, class axis
-    first) and labels ``y`` of shape ``(N,)`` to per-sample results; none applies sample weights.
-
-    Attributes:
-      value: ``(z, y) -> (N,)`` the loss of each sample.
-      grad: ``(z, y) -> like z``, ``dl/dz``.
-      hvp: ``(z, y, u) -> like z``, the per-sample Hessian ``d2l/dz2`` applied to ``u``.
-      curvature: ``(z, y) -> like z``, the diagonal of that Hessian (sizes the preconditioner).
-    """
-
-    value: Callable[[Array, Array], Array]
-    grad: Callable[[Array, Array], Array]
-    hvp: Callable[[Array, Array, Array], Array]
-    curvature: Callable[[Array, Array], Array]
-
-
-class NewtonCGResult(NamedTuple):
+class SolveResult(NamedTuple):
     """Solution of one problem.
 
     Attributes:
       coef: ``(D,)`` or ``(K, D)``.
       intercept: ``()`` or ``(K,)``; zero when ``fit_intercept`` is False.
-      n_iter: int32 ``()``, Newton iterations taken.
+      n_iter: int32 ``()``, iterations taken (quasi-Newton and Newton).
       converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol`` and the
-        last Newton step's estimate of the relative objective gap was ``<= tol``, or when
-        the solve reached the float floor: the Newton decrement (twice the predicted decrease
-        ``F - min F``) was below ``eps * F`` and a full Newton step no longer lowered the gradient
-        (float32 rounding of the gradient can sit above a tight ``tol``), or the gradient test held
-        and two steps in a row lowered ``F`` by less than ``eps * F``.
-        False when ``max_iter`` ran out, when the line search could not decrease the objective
-        before either held, or when the iterate became non-finite.
+        last direction's estimate of the relative objective gap was ``<= gap_tol``, or when the solve
+        reached the float floor (see the module docstring). False when ``max_iter`` ran out, when a
+        Newton step's line search could not decrease the objective, or when the iterate became
+        non-finite.
       optimality: ``()``, the scaled gradient's max-abs entry at the returned solution.
-      n_cg: int32 ``()``, conjugate-gradient steps over all Newton iterations (each is two passes over
-        ``X``: the solve's work).
+      n_cg: int32 ``()``, conjugate-gradient steps (two passes over ``X`` each).
+      n_passes: int32 ``()``, passes over ``X`` in all: the solve's work.
     """
 
     coef: Array
@@ -110,561 +66,274 @@ class NewtonCGResult(NamedTuple):
     converged: Array
     optimality: Array
     n_cg: Array
+    n_passes: Array
 
     def as_fit(self, fit_type: type) -> tuple:
         """These arrays as ``fit_type``, a NamedTuple whose fields are some of these (by name)."""
         return fit_type(*(getattr(self, name) for name in fit_type._fields))
 
 
-class _NewtonState(NamedTuple):
-    coef: Array  # (D,) or (K, D)
-    intercept: Array  # () or (K,)
-    z: Array  # (N,) or (K, N): coef @ X^T + intercept, kept current so steps need no pass over X
-    grad_coef: Array  # like coef: gradient of F
-    grad_intercept: Array  # like intercept
-    optimality: Array  # (): max |grad F| / (C sum s)
-    optimality0: Array  # (): the same at the starting point
-    gap: Array  # (): -slope / (2 F) of the last Newton direction: its estimate of (F - min F) / F
+class Settings(NamedTuple):
+    """The settings of one solve: ``tol``, ``gap_tol`` and ``max_iter`` may be traced (a new value does not
+    recompile); the rest are static.
+
+    Attributes:
+      tol: the scaled-gradient tolerance.
+      gap_tol: bound on the relative objective-gap estimate (``inf``: the gradient test alone).
+      max_iter: most iterations.
+      max_cg_iter: most CG steps per Newton step.
+      memory: L-BFGS pairs (0: Newton-CG from the first step).
+      switch_window, switch_progress, switch_after: the hand-over rule (see the module docstring); it
+        is not applied before ``switch_after`` quasi-Newton iterations.
+      refine: Newton steps in the step length after the first (:mod:`._linesearch`).
+    """
+
+    tol: float
+    gap_tol: float
+    max_iter: int
+    max_cg_iter: int
+    memory: int
+    switch_window: int
+    switch_progress: float
+    switch_after: int
+    refine: int = 1
+
+
+class _Phase(NamedTuple):
+    """Which kind of step comes next, and the progress per pass each kind made last (see :func:`_next_phase`)."""
+
+    newton: Array  # bool (): Newton-CG steps (else quasi-Newton)
+    locked: Array  # bool (): Newton-CG to the end (the quasi-Newton phase can no longer finish the solve)
+    since: Array  # int32 (): iterations since the phase began (a quasi-Newton phase is judged from switch_after on)
+    best: Array  # (switch_window + 1,): the best optimality after each of the phase's last iterations
+    qn_rate: Array  # (): decades of optimality per pass over X of the last judged quasi-Newton window
+    newton_rate: Array  # (): the same for the last Newton step (a prior until one is taken)
+
+
+class _Progress(NamedTuple):
     n_iter: Array  # int32 ()
-    stalled: Array  # bool (): the last line search found no decreasing step
-    at_floor: Array  # bool (): float32 rounding, not the optimiser, now limits progress (see body)
-    n_cg: Array  # int32 (): CG steps so far
-    unresolved: Array  # bool (): the last step lowered F by less than F's float resolution
-    inverse: LaggedHessianInverse | None  # with hessian_refresh: the inverse Newton matrix CG uses
-    last_cg: Array  # int32 (): CG steps of the last Newton step
+    n_cg: Array  # int32 ()
+    n_passes: Array  # int32 ()
+    phase: _Phase
+    stalled: Array  # bool (): a Newton step's line search found no decrease
+    at_floor: Array  # bool (): float rounding, not the optimiser, now limits progress
+    unresolved: Array  # bool (): the last Newton step lowered F by less than its float resolution
+    last_cg: Array  # int32 (): CG steps of the last Newton step (0 after a quasi-Newton one)
+
+
+class _State(NamedTuple):
+    params: Params
+    z: Array  # the predictor at params, kept current so no step needs a pass to find it
+    ev: Evaluation  # the loss at z, kept so no line search or CG step evaluates it again
+    grad: Params
+    optimality: Array  # ()
+    gap: Array  # (): the last direction's estimate of the relative objective gap
+    memory: LBFGSMemory | None
+    precond: Any  # the preconditioner's state
+    progress: _Progress
+
+
+def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tuple[Params, Array]:
+    """``(start, z)``: the best point on the ray from ``null`` (``W = 0`` and the best intercept) through
+    ``candidate``, found with one pass over ``X``. Its step may be 0 (the cold start) or beyond 1."""
+    d = Params(candidate.coef - null.coef, candidate.intercept - null.intercept)
+    a = glm.predictor(data.X, d)
+    z = jnp.broadcast_to(null.intercept[..., None], a.shape).astype(a.dtype)
+    ev = glm.evaluate(data, z)
+    slope = jnp.sum(ev.residual * a)  # W = 0 at null: the penalty has no slope there
+    t = line_search(glm, data, null, z, ev, slope, d, a, refine=2)[0].step
+    return axpy(t, d, null), z + t * a
+
+
+def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, *, precond: Preconditioner,
+             settings: Settings) -> SolveResult:
+    """Minimise the scaled objective from ``start`` (predictor ``z0``, found with ``passes0`` passes).
+
+    Args:
+      glm: the model (static): loss, intercept, products.
+      data: the problem's arrays (:meth:`GLM.data`).
+      start: the starting point; ``z0`` its predictor.
+      passes0: int32 ``()``, passes over ``X`` already spent on the start (counted in ``n_passes``).
+      precond: the preconditioner (see :mod:`._preconditioners`).
+      settings: static settings.
+
+    Returns:
+      A :class:`SolveResult`.
+    """
+    s = settings
+    dtype = z0.dtype
+    ev0 = glm.evaluate(data, z0)
+    g0 = glm.gradient(data, start, ev0)
+    opt0 = optimality(g0)
+    size = start.coef.size + start.intercept.size
+    memory = empty_memory(s.memory, size, dtype) if s.memory else None
+    progress = _Progress(
+        n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1, phase=_first_phase(opt0, s),
+        stalled=jnp.bool_(False), at_floor=jnp.bool_(False), unresolved=jnp.bool_(False), last_cg=jnp.int32(0),
+    )
+    init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
+                  precond.build(data, glm.curvature(data, ev0.aux)), progress)
+
+    def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
+        g_norm = jnp.sqrt(dot(st.grad, st.grad))
+        # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
+        # the optimum, tight near it; relative to the starting gradient, so it does not depend on C.
+        forcing = jnp.minimum(0.1, jnp.sqrt(st.optimality / guard(opt0)))
+        # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
+        floor = 0.5 * s.tol / guard(g_norm)
+        forcing = jnp.minimum(0.3, jnp.maximum(forcing, floor))
+        cg_precond = precond
+        if s.memory:
+            # The quasi-Newton phase's inverse-Hessian estimate as CG's preconditioner (Morales & Nocedal,
+            # "Automatic preconditioning by limited memory quasi-Newton updating", SIAM J. Optim. 2000),
+            # on top of the layer's: it knows the curvature along the directions already explored.
+            def apply_memory(state: Any, v: Params) -> Params:
+                def apply_m(u: Array) -> Array:
+                    return flatten(precond.apply(state, unflatten(u, v)))
+
+                return unflatten(-lbfgs_direction(st.memory, flatten(v), apply_m), v)
+
+            cg_precond = precond._replace(apply=apply_memory)
+        # A Newton step taken to compare it with the quasi-Newton phase (not locked in) gets a CG budget of
+        # about two quasi-Newton windows' passes: its direction is still a descent direction if cut short.
+        budget = jnp.where(st.progress.phase.locked, s.max_cg_iter, min(s.max_cg_iter, 2 * s.switch_window))
+        return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate, (forcing * g_norm) ** 2, budget)
+
+    def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
+        def apply_m(v: Array) -> Array:
+            return flatten(precond.apply(pstate, unflatten(v, st.grad)))
+
+        d = unflatten(lbfgs_direction(st.memory, flatten(st.grad), apply_m), st.grad)
+        return d, glm.predictor(data.X, d), jnp.int32(0), jnp.bool_(False)
+
+    def cond(st: _State) -> Array:
+        pr = st.progress
+        unfinished = ~_converged(st, s) & ~pr.stalled & ~pr.at_floor
+        return (pr.n_iter < s.max_iter) & unfinished & jnp.isfinite(st.optimality)
+
+    def body(st: _State) -> _State:
+        pr = st.progress
+        pstate = precond.refresh(st.precond, data, glm.curvature(data, st.ev.aux), pr.last_cg)
+        newton = any_across_batch(pr.phase.newton)
+        if s.memory:
+            d, a, k, solved = jax.lax.cond(newton, newton_direction, quasi_newton_direction, st, pstate)
+        else:
+            d, a, k, solved = newton_direction(st, pstate)
+        ls, ev = line_search(glm, data, st.params, st.z, st.ev, dot(st.grad, d), d, a, refine=s.refine)
+        params = axpy(ls.step, d, st.params)
+        z = st.z + ls.step * a
+        g = glm.gradient(data, params, ev)
+        opt = optimality(g)
+        memory = st.memory
+        if s.memory:
+            step = flatten(Params(ls.step * d.coef, ls.step * d.intercept))
+            remembered = remember(memory, step, flatten(g) - flatten(st.grad))
+            memory = remembered
+        # A gap test is passed on a Newton decrement only: the quasi-Newton estimate of the gap can be
+        # off by orders of magnitude on ill-conditioned layers, so a met gradient test hands over too.
+        met = (opt <= s.tol) & (s.gap_tol < float("inf"))
+        step_passes = jnp.where(newton, 2 * k, 1) + 1
+        phase = _next_phase(pr.phase, newton, opt, step_passes, (ls.step == 0) | ls.at_precision | met, s)
+        passes = pr.n_passes + step_passes
+        stalled = newton & (ls.step == 0) & ~ls.at_precision
+        # The gradient test is met and two Newton steps in a row lowered F by less than its float
+        # resolution: the gap estimate is then rounding noise, not a gap the optimiser can close.
+        settled = newton & (opt <= s.tol) & ~ls.at_precision & ls.unresolved & pr.unresolved
+        # Only a Newton decrement passes the gap test (see above): a quasi-Newton step leaves it open.
+        gap = jnp.where(newton | (s.gap_tol == float("inf")), ls.gap, jnp.inf)
+        new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
+            pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
+        # In the precision regime, a full Newton step that does not lower the gradient means float
+        # rounding now sets the gradient: keep the better iterate and stop there. Only for a direction CG
+        # solved to its forcing tolerance: a decrement from a CG cut short (or broken down by rounding, as
+        # when lambda is below float32's resolution of X^T S X) says nothing of the gap, and counting it
+        # returned a zero probe as converged on wide separable layers at C = 1e20.
+        at_floor = newton & solved & ls.at_precision & (opt >= st.optimality)
+        kept = st._replace(precond=pstate, progress=pr._replace(
+            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
+        return jax.tree.map(lambda a_, b_: jnp.where(at_floor, a_, b_), kept, new)
+
+    st = jax.lax.while_loop(cond, body, init)
+    pr = st.progress
+    return SolveResult(
+        coef=st.params.coef, intercept=st.params.intercept, n_iter=pr.n_iter,
+        converged=_converged(st, s) | pr.at_floor,
+        optimality=st.optimality, n_cg=pr.n_cg, n_passes=pr.n_passes,
+    )
+
+
+def _first_phase(opt0: Array, s: Settings) -> _Phase:
+    prior = jnp.log10(1.0 / s.switch_progress) / (2 * s.switch_window)  # what a Newton step is assumed to do
+    return _Phase(jnp.bool_(s.memory == 0), jnp.bool_(s.memory == 0), jnp.int32(0),
+                  jnp.full(s.switch_window + 1, opt0), jnp.zeros((), opt0.dtype), prior.astype(opt0.dtype))
+
+
+def _next_phase(ph: _Phase, newton: Array, opt: Array, passes: Array, forced: Array, s: Settings) -> _Phase:
+    """The phase after a step of the kind ``newton`` that cost ``passes`` passes and left ``opt``.
+
+    Progress is measured in decades of the best scaled gradient per pass over ``X``. A quasi-Newton
+    phase, once ``switch_after`` iterations old, hands over to Newton-CG when its last ``switch_window``
+    iterations made less progress per pass than the last Newton step did (or, before any, than the prior
+    a ``switch_progress`` reduction over the window sets); a Newton step hands back when it made less than
+    that window did. ``forced`` (the quasi-Newton step could not measure progress, or a gap test must be
+    passed on a Newton decrement) locks the solve into Newton-CG.
+    """
+    best_now = jnp.minimum(ph.best[-1], opt)
+    best = jnp.concatenate([ph.best[1:], best_now[None]])
+    fresh = jnp.full_like(ph.best, best_now)
+    decades = lambda before: jnp.log10(guard(before) / guard(best_now))
+    # Quasi-Newton: judge the window.
+    judged = ph.since + 1 >= max(s.switch_window, s.switch_after)
+    qn_rate = jnp.where(judged, decades(best[0]) / (2 * s.switch_window), ph.qn_rate)
+    leave = forced | (judged & (qn_rate < ph.newton_rate))
+    after_qn = _Phase(leave, forced, jnp.where(leave, 0, ph.since + 1), jnp.where(leave, fresh, best), qn_rate,
+                      ph.newton_rate)
+    # Newton: judge the step.
+    step_rate = decades(ph.best[-1]) / guard(passes.astype(opt.dtype))
+    locked = ph.locked | forced
+    back = ~locked & (step_rate < ph.qn_rate)
+    since_back = max(s.switch_after - s.switch_window, 0)  # the memory is filled: one window decides
+    after_newton = _Phase(~back, locked, jnp.where(back, since_back, ph.since + 1), jnp.where(back, fresh, best),
+                          ph.qn_rate, step_rate)
+    return jax.tree.map(lambda a, b: jnp.where(newton, a, b), after_newton, after_qn)
+
+
+def _converged(st: _State, s: Settings) -> Array:
+    return (st.optimality <= s.tol) & (st.gap <= s.gap_tol)
 
 
 class _CGState(NamedTuple):
-    d_coef: Array  # the Newton direction being built
-    d_intercept: Array
-    a: Array  # X @ d_coef + d_intercept, accumulated from the products below
-    r_coef: Array  # residual -g - H d
-    r_intercept: Array
-    p_coef: Array  # search direction
-    p_intercept: Array
-    rr: Array  # (): r . r, the squared residual norm the stopping rule tests
-    rz: Array  # (): r . P^-1 r, the preconditioned inner product CG's step sizes use
+    d: Params  # the Newton direction being built
+    a: Array  # X d, accumulated from the products below
+    r: Params  # residual -g - H d
+    p: Params  # search direction
+    rr: Array  # (): r.r, the squared residual norm the stopping rule tests
+    rz: Array  # (): r.M r, the preconditioned inner product CG's step sizes use
     k: Array  # int32 (): CG iterations taken
 
 
-def _dot(a: Array, b: Array) -> Array:
-    return vdot(a, b)
+def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond: Preconditioner, pstate: Any,
+                        tol2: Array, max_steps: Array | int) -> tuple[Params, Array, Array, Array]:
+    """``(d, X d, steps, solved)``: preconditioned CG on ``H d = -g`` (``H`` at the point whose loss ``aux``
+    is given) until ``|r|^2 <= tol2`` (``solved``) or ``max_steps``."""
 
+    def cond(cg: _CGState) -> Array:
+        # r.M r > 0 always holds for a positive definite M; if rounding ever breaks it, stopping keeps the
+        # direction built so far (a descent direction) instead of stepping on garbage.
+        return (cg.k < max_steps) & (cg.rr > tol2) & (cg.rz > 0)
 
-def newton_cg(
-    loss: GLMLoss,
-    X: Array,
-    y: Array,
-    sample_weight: Array,
-    C: Array,
-    coef0: Array,
-    intercept0: Array,
-    *,
-    fit_intercept: bool,
-    tol: float,
-    max_iter: int,
-    max_cg_iter: int,
-    precond: NystromApprox | None = None,
-    gap_tol: float | None = None,
-    lagged: LaggedHessianInverse | None = None,
-    kernel: Array | None = None,
-    hessian_refresh: int = 0,
-) -> NewtonCGResult:
-    """Minimise ``C sum_i s_i l(x_i W + b, y_i) + ||W||^2 / 2`` by truncated Newton.
+    def body(cg: _CGState) -> _CGState:
+        hp, u = glm.hvp(data, aux, cg.p)
+        alpha = cg.rz / guard(dot(cg.p, hp))  # H is positive definite up to rounding
+        r = axpy(-alpha, hp, cg.r)
+        m = precond.apply(pstate, r)
+        rz = dot(r, m)
+        beta = rz / guard(cg.rz)
+        return _CGState(axpy(alpha, cg.p, cg.d), cg.a + alpha * u, r, axpy(beta, cg.p, m), dot(r, r), rz, cg.k + 1)
 
-    Args:
-      loss: the per-sample loss.
-      X: ``(N, D)`` design matrix (float32 or float64; the computation runs in its dtype).
-      y: ``(N,)`` labels in the form ``loss`` expects.
-      sample_weight: ``(N,)`` non-negative weights; zeros drop samples (how CV folds are expressed).
-      C: ``()`` inverse regularisation strength, ``> 0``.
-      coef0: ``(D,)`` or ``(K, D)`` starting point; ``intercept0`` ``()`` or ``(K,)``.
-      fit_intercept: whether ``b`` is optimised (static).
-      tol: stop when ``max |grad F| / (C sum s) <= tol`` (traced: a new value does not recompile).
-      max_iter: most Newton iterations (traced).
-      max_cg_iter: most CG iterations per Newton step (static).
-      precond: a Nyström approximation of ``[X, 1]^T [X, 1]`` to precondition CG with, or None.
-      gap_tol: bound on the relative objective-gap estimate (traced; default ``tol``; ``inf`` keeps
-        scikit-learn's gradient criterion alone, as cross-validation folds do).
-      lagged: for a scalar predictor, an inverse Hessian from earlier on a path; once ``lagged.active``,
-        CG is preconditioned with it instead of ``precond`` (see :mod:`._hessian_inverse`).
-      kernel: for a scalar predictor, ``[X, 1] [X, 1]^T`` ``(N, N)`` (:func:`._woodbury.layer_kernel`):
-        CG is then preconditioned with the exact inverse Newton matrix, rebuilt at every Newton step
-        through it (:mod:`._woodbury`; for wide ``X``), instead of ``precond`` and ``lagged``.
-      hessian_refresh: for a scalar predictor, when ``> 0`` (static): before every Newton step that
-        follows one whose CG took at least this many steps, the exact inverse Newton matrix
-        ``(C [X, 1]^T S [X, 1] + I)^-1`` at the current iterate is (re)built
-        (:func:`._hessian_inverse.lagged_hessian_inverse`) and preconditions CG from then on, in place
-        of ``precond`` (which serves the steps before) and ``lagged``.
-
-    Returns:
-      A :class:`NewtonCGResult`.
-    """
-    dtype = X.dtype
-    gap_tol = tol if gap_tol is None else gap_tol
-    C = jnp.asarray(C, dtype)
-    s = sample_weight.astype(dtype)
-    scale = C * jnp.sum(s)  # turns F's gradient into scikit-learn's mean-loss gradient
-
-    def intercept_part(v: Array) -> Array:
-        return v if fit_intercept else jnp.zeros_like(v)
-
-    def gradient(coef: Array, z: Array) -> tuple[Array, Array, Array]:
-        dz = C * s * loss.grad(z, y)
-        g_coef = rmatvec(X, dz) + coef
-        g_int = intercept_part(jnp.sum(dz, axis=-1))
-        opt = jnp.maximum(jnp.max(jnp.abs(g_coef)), jnp.max(jnp.abs(g_int))) / scale
-        return g_coef, g_int, opt
-
-    def solve_newton_direction(st: _NewtonState, lagged: LaggedHessianInverse | None) -> _CGState:
-        """Conjugate gradients on ``H d = -g``, preconditioned when ``precond`` is given."""
-        g_norm = jnp.sqrt(_dot(st.grad_coef, st.grad_coef) + _dot(st.grad_intercept, st.grad_intercept))
-        # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
-        # the optimum, tight near it, which keeps Newton's superlinear convergence. It is relative to
-        # the starting gradient, not to scikit-learn's C-scaled one, so the CG effort does not depend
-        # on how C scales the objective; the 0.1 cap measured faster than 0.5 (fewer Newton steps).
-        forcing = jnp.minimum(0.1, jnp.sqrt(st.optimality / st.optimality0))
-        # No tighter than the stopping test needs: the next gradient is, to first order, the CG
-        # residual, so a residual of half the tolerance (in the 2-norm, which bounds the tested max-abs
-        # entry) already passes it. Solving further only polishes a step that ends the loop anyway;
-        # on the benchmark's 8-C grid this cut CG steps by ~10% (up to 0.3: above, more Newton steps).
-        floor = 0.5 * tol * scale / jnp.maximum(g_norm, jnp.finfo(dtype).tiny)
-        forcing = jnp.minimum(0.3, jnp.maximum(forcing, floor))
-        cg_tol2 = (forcing * g_norm) ** 2
-        if precond is None:
-            def solve_gram(v_coef: Array, v_int: Array) -> tuple[Array, Array]:
-                return v_coef, v_int
-        else:
-            # H ~ a (A + I / a), with a = C * mean curvature (per class for a vector predictor).
-            a = C * jnp.sum(s * loss.curvature(st.z, y), axis=-1) / s.shape[0]
-            mu = 1.0 / jnp.maximum(a, jnp.finfo(dtype).tiny)
-
-            def solve_gram(v_coef: Array, v_int: Array) -> tuple[Array, Array]:
-                m_coef, m_int = apply_preconditioner(precond, mu, v_coef, v_int)
-                if m_int.ndim:
-                    # Softmax is unchanged by adding one constant to every intercept: H is singular
-                    # along that direction, and the gradient has no part in it. The per-class mu
-                    # would put some in; removing the mean keeps CG in H's range.
-                    m_int = m_int - jnp.mean(m_int, axis=-1, keepdims=True)
-                return m_coef, intercept_part(m_int)
-
-        if kernel is not None:
-            exact = woodbury_inverse(X, kernel, C * s * loss.curvature(st.z, y), fit_intercept=fit_intercept)
-
-        def solve_m(v_coef: Array, v_int: Array) -> tuple[Array, Array]:
-            if kernel is not None:
-                m_coef, m_int = apply_woodbury(exact, X, v_coef, v_int, fit_intercept=fit_intercept)
-                return m_coef, intercept_part(m_int)
-            if lagged is None:
-                return solve_gram(v_coef, v_int)
-
-            def solve_lagged() -> tuple[Array, Array]:
-                m_coef, m_int = apply_lagged_inverse(lagged, v_coef, v_int)
-                return m_coef, intercept_part(m_int)
-
-            # The flag is shared by every problem of a layer (the folds' vmap leaves it unbatched); under
-            # a vmap of the caller's, any_across_batch keeps it one flag, so this stays a branch (one of
-            # the two runs), not a select that would compute both.
-            return jax.lax.cond(any_across_batch(lagged.active), solve_lagged, lambda: solve_gram(v_coef, v_int))
-
-        def cond(cg: _CGState) -> Array:
-            # r.P^-1 r > 0 always holds for a positive definite P; if rounding ever breaks it, stopping
-            # keeps the direction built so far (a descent direction) instead of stepping on garbage.
-            return (cg.k < max_cg_iter) & (cg.rr > cg_tol2) & (cg.rz > 0)
-
-        def body(cg: _CGState) -> _CGState:
-            u = matvec(X, cg.p_coef) + cg.p_intercept[..., None]
-            hu = C * s * loss.hvp(st.z, y, u)
-            hp_coef = rmatvec(X, hu) + cg.p_coef
-            hp_int = intercept_part(jnp.sum(hu, axis=-1))
-            curvature = _dot(cg.p_coef, hp_coef) + _dot(cg.p_intercept, hp_int)
-            # F is strongly convex (the penalty adds I), so curvature > 0 up to rounding.
-            alpha = cg.rz / jnp.maximum(curvature, jnp.finfo(dtype).tiny)
-            r_coef = cg.r_coef - alpha * hp_coef
-            r_int = cg.r_intercept - alpha * hp_int
-            m_coef, m_int = solve_m(r_coef, r_int)
-            rz = _dot(r_coef, m_coef) + _dot(r_int, m_int)
-            beta = rz / jnp.maximum(cg.rz, jnp.finfo(dtype).tiny)
-            return _CGState(
-                d_coef=cg.d_coef + alpha * cg.p_coef,
-                d_intercept=cg.d_intercept + alpha * cg.p_intercept,
-                a=cg.a + alpha * u,
-                r_coef=r_coef,
-                r_intercept=r_int,
-                p_coef=m_coef + beta * cg.p_coef,
-                p_intercept=m_int + beta * cg.p_intercept,
-                rr=_dot(r_coef, r_coef) + _dot(r_int, r_int),
-                rz=rz,
-                k=cg.k + 1,
-            )
-
-        r_coef, r_int = -st.grad_coef, -st.grad_intercept
-        m_coef, m_int = solve_m(r_coef, r_int)
-        init = _CGState(
-            d_coef=jnp.zeros_like(st.coef),
-            d_intercept=jnp.zeros_like(st.intercept),
-            a=jnp.zeros_like(st.z),
-            r_coef=r_coef,
-            r_intercept=r_int,
-            p_coef=m_coef,
-            p_intercept=m_int,
-            rr=g_norm**2,
-            rz=_dot(r_coef, m_coef) + _dot(r_int, m_int),
-            k=jnp.int32(0),
-        )
-        return jax.lax.while_loop(cond, body, init)
-
-    def line_search(st: _NewtonState, cg: _CGState) -> tuple[Array, Array, Array, Array]:
-        """``(t, at_precision, gap, unresolved)``: the largest ``t`` in ``1, 1/2, 1/4, ...`` meeting
-        Armijo's condition, or 0 if none does; ``t = 1`` once the decrease is below float resolution
-        (see below); the Newton decrement's estimate of the relative objective gap; and whether the
-        step's decrease of ``F`` is below the float resolution of ``F``.
-
-        The decrease ``F(t) - F(0)`` is summed from per-sample differences ``l(z + t a) - l(z)`` rather
-        than as a difference of two totals: in float32 the totals carry rounding of order
-        ``1e-7 * F``, which would hide the small decreases of the last Newton steps.
-        """
-        slope = _dot(st.grad_coef, cg.d_coef) + _dot(st.grad_intercept, cg.d_intercept)
-        base = loss.value(st.z, y)
-        wd = _dot(st.coef, cg.d_coef)
-        dd = _dot(cg.d_coef, cg.d_coef)
-
-        def decrease(t: Array) -> Array:
-            data = C * jnp.sum(s * (loss.value(st.z + t * cg.a, y) - base))
-            return data + t * wd + 0.5 * t * t * dd
-
-        def cond(carry: tuple[Array, Array, Array]) -> Array:
-            t, k, ok = carry
-            return (~ok) & (k < _MAX_HALVINGS)
-
-        def body(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-            t, k, _ = carry
-            t = t * 0.5
-            return t, k + 1, decrease(t) <= _ARMIJO_C1 * t * slope
-
-        t0 = jnp.asarray(1.0, dtype)
-        ok0 = (slope < 0) & (decrease(t0) <= _ARMIJO_C1 * t0 * slope)
-        t, _, ok = jax.lax.while_loop(cond, body, (t0, jnp.int32(0), ok0))
-        # The Newton decrement -slope / 2 estimates F - min F. Below the float resolution of F itself,
-        # the line search can no longer measure progress; there the model is quadratic to working
-        # precision, so the full Newton step is taken without a test (the caller then judges it by
-        # the gradient, which float32 still resolves).
-        objective = C * jnp.sum(s * base) + 0.5 * _dot(st.coef, st.coef)
-        at_precision = -slope <= jnp.finfo(dtype).eps * objective
-        t = jnp.where(at_precision, t0, jnp.where(ok, t, jnp.zeros_like(t)))
-        unresolved = -decrease(t) <= jnp.finfo(dtype).eps * objective
-        return t, at_precision, -slope / (2 * objective), unresolved
-
-    def cond(st: _NewtonState) -> Array:
-        unfinished = ((st.optimality > tol) | (st.gap > gap_tol)) & ~st.stalled & ~st.at_floor
-        return (st.n_iter < max_iter) & unfinished & jnp.isfinite(st.optimality)
-
-    def refreshed_inverse(st: _NewtonState) -> LaggedHessianInverse | None:
-        """With ``hessian_refresh``, the state's inverse Newton matrix, (re)built at this iterate when the
-        last step's CG work says the preconditioner in use no longer pays; without, the state's None."""
-        if not hessian_refresh:
-            return st.inverse
-        due = st.last_cg >= hessian_refresh
-
-        def build() -> LaggedHessianInverse:
-            return lagged_hessian_inverse(X, s * loss.curvature(st.z, y), C, fit_intercept=fit_intercept)
-
-        # One decision for a whole vmapped batch (layers): a batched predicate would build every step.
-        return jax.lax.cond(any_across_batch(due), build, lambda: st.inverse)
-
-    def body(st: _NewtonState) -> _NewtonState:
-        inverse = refreshed_inverse(st)
-        cg = solve_newton_direction(st, inverse if hessian_refresh else lagged)
-        t, at_precision, gap, unresolved = line_search(st, cg)
-        coef = st.coef + t * cg.d_coef
-        intercept = st.intercept + t * cg.d_intercept
-        z = st.z + t * cg.a
-        g_coef, g_int, opt = gradient(coef, z)
-        stalled = (t == 0) & ~at_precision
-        # The gradient test is met and two steps in a row lowered F by less than its float resolution:
-        # the gap estimate is then float32 noise (Newton directions from a gradient at its rounding
-        # floor), not a gap the optimiser can close. On wide nearly separable layers (200 x 4096,
-        # C = 100) it sat at 2e-7 above tol = 1e-7 while F changed by single ulps, and the solves ran to
-        # max_iter; the objective gap to scikit-learn's float64 optimum after 100 steps was the same
-        # (3e-7 / 8e-7) as where this now stops (6-9 steps). One such step alone measured too early.
-        settled = (opt <= tol) & ~at_precision & unresolved & st.unresolved
-        new = _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.optimality0, gap, st.n_iter + 1,
-                           stalled, settled, st.n_cg + cg.k, unresolved, inverse, cg.k)
-        # In the precision regime, a full Newton step that does not lower the gradient means float32
-        # rounding (not the optimiser) now sets the gradient: keep the better iterate and stop there.
-        at_floor = at_precision & (opt >= st.optimality)
-        kept = st._replace(n_iter=st.n_iter + 1, at_floor=jnp.bool_(True), n_cg=st.n_cg + cg.k, inverse=inverse,
-                           last_cg=cg.k)
-        return jax.tree.map(lambda a, b: jnp.where(at_floor, a, b), kept, new)
-
-    coef0 = coef0.astype(dtype)
-    intercept0 = intercept_part(intercept0.astype(dtype))
-    z0 = matvec(X, coef0) + intercept0[..., None]
-    g_coef, g_int, opt = gradient(coef0, z0)
-    inf = jnp.asarray(jnp.inf, dtype)
-    init = _NewtonState(
-        coef0, intercept0, z0, g_coef, g_int, opt, opt, inf, jnp.int32(0), jnp.bool_(False), jnp.bool_(False),
-        jnp.int32(0), jnp.bool_(False),
-        no_lagged_inverse(X.shape[-1], dtype) if hessian_refresh else None, jnp.int32(0),
-    )
-    st = jax.lax.while_loop(cond, body, init)
-    return NewtonCGResult(
-        coef=st.coef,
-        intercept=st.intercept,
-        n_iter=st.n_iter,
-        converged=((st.optimality <= tol) & (st.gap <= gap_tol)) | st.at_floor,
-        optimality=st.optimality,
-        n_cg=st.n_cg,
-    )
-
-
-def default_precondition_rank(n_features: int, rank: int | None) -> int:
-    """``rank`` if given (0 disables), else ``min(64, D)``: on the benchmark's 768-feature layers, rank
-    32-128 all halved the solve time; 64 was the fastest."""
-    if rank is None:
-        return min(64, n_features)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= n_features:
-        raise ValueError(f"precondition_rank must be an integer in [0, D={n_features}] or None; got {rank!r}.")
-    return rank
-
-
-def default_max_cg_iter(n_features: int) -> int:
-    """CG solves the ``(D+1)``-dimensional Newton system exactly in ``D+1`` steps in exact arithmetic;
-    with the forcing sequence it needs far fewer. The cap only guards against a stalled inner loop."""
-    return min(n_features + 1, 250)
-
-
-# On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many
-# steps. H100, 32 layers x 6144 x 4096, C = 1 (`python benchmarks/gpu_sweep.py --studies refresh`):
-# never 2.78 s (715 lock-step CG steps); 10: 1.95 s (61); 20: 1.55 s (113); 40: 1.72 s (136); the 8-C grid
-# 7.52 -> 4.68 s at 20. Each build (a weighted Gram and a (D+1)-square inverse per layer) costs ~0.1-0.2 s.
-_HESSIAN_REFRESH_CG = 20
-
-
-# Device memory assumed where the backend does not report its limit.
-_ASSUMED_DEVICE_BYTES = 16 * 2**30
-
-
-def default_hessian_refresh(n_features: int, n_outputs: int | None, woodbury: bool, layers_at_once: int = 1) -> int:
-    """newton_cg's ``hessian_refresh`` for this problem: :data:`_HESSIAN_REFRESH_CG` on an accelerator for
-    scalar predictors whose inverses fit, else 0 (off).
-
-    They fit when ``layers_at_once`` layers' ``(D+1)^2`` float32 inverses, four times over (room for a
-    build's Gram matrix, Cholesky factor and triangular inverse beside the inverse in use), take at most
-    a quarter of the device's memory (32 layers of 4096 features: 8.6 GB of an H100's 80). Otherwise
-    (wide models, many layers at once) the solve keeps the Nystrom preconditioner alone; a smaller
-    ``layer_batch_size`` brings the inverses back.
-    """
-    if jax.default_backend() == "cpu" or n_outputs is not None or woodbury:
-        return 0
-    stats = jax.devices()[0].memory_stats() or {}
-    budget = stats.get("bytes_limit", _ASSUMED_DEVICE_BYTES) / 4
-    if 4 * layers_at_once * (n_features + 1) ** 2 * 4 > budget:
-        return 0
-    return _HESSIAN_REFRESH_CG
-
-
-def solver_options(
-    shape: tuple[int, int, int],
-    n_outputs: int | None,
-    *,
-    fit_intercept: bool,
-    max_iter: int,
-    max_cg_iter: int | None,
-    precondition_rank: int | None,
-    layer_batch_size: int | None,
-) -> dict:
-    """Validate the public solver settings for ``X`` of ``shape`` ``(L, N, D)`` and fill in defaults.
-
-    Returns the static keyword arguments of :func:`solve_layers` other than ``tol``.
-    """
-    n_layers, n_samples, n_features = shape
-    n_coef = n_features * (n_outputs or 1)
-    rank = default_precondition_rank(n_features, precondition_rank)
-    # Wide binary layers get the exact inverse Newton matrix (see _woodbury), which leaves nothing for
-    # a Nystrom preconditioner to do.
-    woodbury = n_outputs is None and use_woodbury(n_samples, n_features)
-    batch = default_layer_batch_size(n_layers, layer_batch_size)
-    return dict(
-        n_outputs=n_outputs,
-        fit_intercept=bool(fit_intercept),
-        max_iter=check_positive_int(max_iter, "max_iter"),
-        max_cg_iter=default_max_cg_iter(n_coef) if max_cg_iter is None else check_positive_int(
-            max_cg_iter, "max_cg_iter"
-        ),
-        precondition_rank=0 if woodbury else rank,
-        layer_batch_size=batch,
-        woodbury=woodbury,
-        hessian_refresh=default_hessian_refresh(n_features, n_outputs, woodbury, min(batch, n_layers)),
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("rank", "fit_intercept", "layer_batch_size"))
-def layer_preconditioners(X: Array, *, rank: int, fit_intercept: bool, layer_batch_size: int) -> NystromApprox:
-    """Every layer's rank-``rank`` Nyström approximation of ``[X, 1]^T [X, 1]`` (fields with a leading
-    ``L`` axis), for :func:`solve_layers`'s ``precond``.
-
-    Computed apart so that several solves on the same ``X`` share it (a cross-validation's folds and its
-    refit): each solve then neither recomputes it nor compiles its QR, Cholesky and SVD again (~0.8 s of
-    a solve's ~2.5 s compile on the CPU).
-    """
-    dtype = compute_dtype(X.dtype)
-    return over_layers(
-        lambda x: _preconditioner(x.astype(dtype), rank, fit_intercept), X, layer_batch_size=layer_batch_size
-    )
-
-
-def _preconditioner(x: Array, rank: int, fit_intercept: bool) -> NystromApprox:
-    return nystrom_gram(x, rank, fit_intercept=fit_intercept)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "loss", "n_outputs", "fit_intercept", "max_cg_iter", "precondition_rank", "layer_batch_size", "woodbury",
-        "hessian_refresh",
-    ),
-)
-def solve_layers(
-    loss: GLMLoss,
-    X: Array,
-    y: Array,
-    sample_weight: Array,
-    Cs: Array,
-    *,
-    n_outputs: int | None,
-    fit_intercept: bool,
-    tol: float,
-    max_iter: int,
-    max_cg_iter: int,
-    precondition_rank: int,
-    layer_batch_size: int,
-    gap_tol: float | None = None,
-    precond: NystromApprox | None = None,
-    init: tuple[Array, Array] | None = None,
-    woodbury: bool = False,
-    hessian_refresh: int = 0,
-) -> NewtonCGResult:
-    """Every (layer, weight set, C) problem in one compiled call.
-
-    A grid is solved as a regularisation path: ``C`` in increasing order (``lax.scan``), each solve
-    warm-started from the previous ``C``'s solution (extrapolated along the path from the third value
-    on), with the weight sets (CV folds) batched at every step. Small ``C`` are the easy, nearly
-    quadratic problems; starting the hard, large-``C`` ones near their optimum cut the 8-value grid's
-    solve time by about 2x against all problems solved from zero in lock-step (where every batched step
-    waits for the slowest problem). The ``C`` order given is kept in the output.
-
-    CG is preconditioned with the layer's Nyström approximation of its Gram matrix. For a scalar
-    predictor with layers solved one at a time (the CPU default), a path also builds the exact inverse
-    Hessian at a solution once the CG work justifies it, and preconditions the following ``C`` with it
-    (:mod:`._hessian_inverse`; on the benchmark's 8-C grid, CG steps 6070 -> 2053, time -26%; 2048-2102
-    over the Nystrom test matrix's seeds 0-3). With ``hessian_refresh`` (the accelerator default for a
-    scalar predictor and one weight set), each Newton loop instead builds the exact inverse Newton matrix
-    at its current iterate whenever a step's CG grew long (:func:`newton_cg`; H100, 32 x 6144 x 4096:
-    C=1 2.78 -> 1.55 s, the 8-C grid 7.52 -> 4.68 s).
-
-    Args:
-      loss: the per-sample loss (static; hashable).
-      X: ``(L, N, D)`` in any float storage; computed in :func:`compute_dtype` of it.
-      y: ``(N,)`` labels as ``loss`` expects them.
-      sample_weight: ``(W, N)``; one row per weight set (CV folds are weight sets sharing ``X``).
-      Cs: ``(G,)`` shared by all layers, or ``(L, G)``, one grid per layer.
-      n_outputs: None for a scalar predictor (``coef`` ``(D,)``), ``K`` for a vector one (``(K, D)``).
-      precondition_rank: rank of the per-layer Nyström preconditioner shared by all of a layer's
-        problems (0: plain CG).
-      gap_tol: see :func:`newton_cg`.
-      precond: the preconditioners from :func:`layer_preconditioners` (same ``X`` and rank), or None to
-        compute them here.
-      init: ``(coef (L, W, [K,] D), intercept (L, W, [K]))`` where the first (smallest) ``C`` of each
-        path starts, or None for zeros.
-      woodbury: precondition CG with the exact inverse Newton matrix through the layer's ``N x N``
-        kernel (scalar predictors; :mod:`._woodbury`, chosen by :func:`solver_options` for wide ``X``).
-      hessian_refresh: :func:`newton_cg`'s, for scalar predictors with a single weight set (ignored
-        otherwise: it would hold one ``(D+1)^2`` matrix per fold); chosen by :func:`solver_options`.
-
-    Returns:
-      :class:`NewtonCGResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
-    """
-    dtype = compute_dtype(X.dtype)
-    X = X.astype(dtype)
-    weights = sample_weight.astype(dtype)
-    Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
-    lead = () if n_outputs is None else (n_outputs,)
-
-    n_samples, n_features = X.shape[1:]
-    n_c = Cs.shape[-1]
-    # The lagged inverse Hessian (see _hessian_inverse) for scalar predictors on a path, when layers are
-    # solved one at a time. Under a vmap over layers the build decision would be one for all of them
-    # (any_across_batch: any layer due rebuilds every layer's inverse); vmapped layers (the accelerator
-    # default) get the in-loop inverse (hessian_refresh) instead, or the Nystrom preconditioner alone. It is
-    # built after the second C at the earliest, for the ones after: a path of two or fewer never gets
-    # one (nor its compile time).
-    # The exact inverse Newton matrix, rebuilt inside each Newton loop (newton_cg's hessian_refresh), for
-    # scalar predictors with one weight set: it would be one (D+1)^2 matrix per fold otherwise.
-    refresh = hessian_refresh if n_outputs is None and weights.shape[0] == 1 and not woodbury else 0
-    use_lagged = n_outputs is None and layer_batch_size == 1 and n_c > 2 and not woodbury and not refresh
-    threshold = lagged_build_threshold(n_samples, n_features, weights.shape[0])
-
-    def layer(per_layer: tuple) -> NewtonCGResult:
-        x, cs, precond_l, init_l = per_layer
-        if precond_l is None and precondition_rank:
-            precond_l = _preconditioner(x, precondition_rank, fit_intercept)
-        kernel = layer_kernel(x, fit_intercept=fit_intercept) if woodbury else None
-
-        def one(
-            lagged: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array
-        ) -> NewtonCGResult:
-            return newton_cg(
-                loss, x, y, s, c, coef0, intercept0, fit_intercept=fit_intercept, tol=tol,
-                max_iter=max_iter, max_cg_iter=max_cg_iter, precond=precond_l, gap_tol=gap_tol, lagged=lagged,
-                kernel=kernel, hessian_refresh=refresh,
-            )
-
-        def update_lagged(lagged: LaggedHessianInverse, res: NewtonCGResult, c_next: Array, n_done: Array):
-            """(Re)build the inverse Hessian at these solutions (curvatures averaged over the weight sets,
-            scaled by the next ``C``) when this ``C``'s CG work says the one in use no longer pays."""
-            # Not after the first C: its solve starts cold, so its CG count says little about the path's.
-            due = (n_done >= 1) & (jnp.max(res.n_cg) * (n_c - 1 - n_done) >= threshold)
-
-            def build() -> LaggedHessianInverse:
-                z = matvec(x, res.coef) + res.intercept[..., None]  # (W, N)
-                curvature = jnp.mean(weights * loss.curvature(z, y), axis=0)
-                return lagged_hessian_inverse(x, curvature, c_next, fit_intercept=fit_intercept)
-
-            # Under a vmap of the caller's (say over label sets), one decision for the whole batch:
-            # a batched predicate would make the cond a select that builds at every C.
-            return jax.lax.cond(any_across_batch(due), build, lambda: lagged)
-
-        def step(carry: tuple, cs_here: tuple[Array, Array]) -> tuple[tuple, NewtonCGResult]:
-            # Secant predictor along the path: the last solution moved on by the last change, scaled to
-            # this log-C step (at most 1x, so an uneven grid cannot throw the start far off). Free: no
-            # pass over X. On the benchmark's 8-C grid it saved 1-3 Newton steps per C on the nearly
-            # separable layer (CG steps -16% at tol 1e-7, -20% at 1e-4 over three layers).
-            last, before, log_last, log_before, n_done, lagged = carry
-            c, c_next = cs_here
-            log_c = jnp.log(c)
-            ratio = jnp.clip((log_c - log_last) / jnp.maximum(log_last - log_before, jnp.finfo(dtype).tiny), 0, 1)
-            ratio = jnp.where(n_done >= 2, ratio, 0)
-            start = jax.tree.map(lambda a, b: a + ratio * (a - b), last, before)
-            res = jax.vmap(functools.partial(one, lagged), in_axes=(0, None, 0, 0))(weights, c, *start)
-            if lagged is not None:
-                lagged = update_lagged(lagged, res, c_next, n_done)
-            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, lagged), res
-
-        n_w = weights.shape[0]
-        if init_l is None:
-            init_l = (jnp.zeros((n_w,) + lead + x.shape[-1:], dtype), jnp.zeros((n_w,) + lead, dtype))
-        else:
-            init_l = tuple(a.astype(dtype) for a in init_l)
-        order = jnp.argsort(cs)
-        log0 = jnp.zeros((), dtype)
-        lagged0 = no_lagged_inverse(n_features, dtype) if use_lagged else None
-        carry0 = (init_l, init_l, log0, log0, jnp.int32(0), lagged0)
-        ascending = cs[order]
-        # Each step also sees the next C (the lagged inverse is scaled for it; the last step's is never
-        # used, as nothing is left to build for).
-        _, path = jax.lax.scan(step, carry0, (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
-        unsorted = jnp.argsort(order)
-        return NewtonCGResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
-
-    return over_layers(layer, (X, Cs, precond, init), layer_batch_size=layer_batch_size)
+    r = Params(-g.coef, -g.intercept)
+    m = precond.apply(pstate, r)
+    zero = Params(jnp.zeros_like(g.coef), jnp.zeros_like(g.intercept))
+    init = _CGState(zero, jnp.zeros_like(aux), r, m, dot(r, r), dot(r, m), jnp.int32(0))
+    cg = jax.lax.while_loop(cond, body, init)
+    return cg.d, cg.a, cg.k, cg.rr <= tol2

@@ -39,10 +39,11 @@ from jax import Array
 
 from . import _checks
 from ._logistic import BINARY_LOGISTIC, LogisticFit
-from ._newton_cg import default_max_cg_iter, default_precondition_rank
 from ._nystrom import apply_preconditioner, nystrom_gram
+from ._path import default_max_cg_iter, default_precondition_rank
+from ._policy import default_policy
 from ._precision import vdot
-from ._products import matvec, rmatvec
+from ._products import matvec, products, rmatvec
 from ._ridge import MulticlassRidgeFit, RidgeFit, ridge_targets
 from ._sources import LayerSource, prefetched, read_chunk
 
@@ -191,7 +192,8 @@ class _LayerRows:
         n = self.source.shape[1]
         step = max(1, -(-n // min(_SKETCH_ROWS, self.row_block)))
         sub = np.asarray(self.source.layer(self.layer)[::step], np.float32)
-        approx = nystrom_gram(jnp.asarray(sub), rank, fit_intercept=self.fit_intercept)
+        approx = nystrom_gram(jnp.asarray(sub), rank, fit_intercept=self.fit_intercept,
+                              products=products(default_policy().fused_max_rows))
         return approx._replace(eig=approx.eig * (n / sub.shape[0]))
 
 

@@ -13,9 +13,7 @@ intercept's unit vector) is a rank-one downdate (Sherman-Morrison):
 ``H^{-1} = M + q q^T / (1 - q_e)`` with ``q = M e``. Preconditioned with ``H^{-1}`` itself, CG solves the
 Newton system in one step. Building it costs the ``N x N`` inverse (``~N^3`` flops) and one pass over
 ``X`` per Newton step; applying it, two passes. ``K`` is computed once per layer and serves every
-``C`` and every fold (only ``R`` changes). On a 200 x 4096 layer, CG otherwise took ~14 steps per Newton
-step, plain or with the rank-64 Nystrom preconditioner (whose ``64 x 4096`` basis costs as much to
-apply as ``X``).
+``C`` and every fold (only ``R`` changes).
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from jax import Array
 
 from ._hessian_inverse import spd_inverse
 from ._precision import matmul, vdot
-from ._products import matvec, rmatvec
+from ._products import Products
 
 
 class WoodburyInverse(NamedTuple):
@@ -47,16 +45,11 @@ class WoodburyInverse(NamedTuple):
     downdate: Array
 
 
-def use_woodbury(n_samples: int, n_features: int) -> bool:
-    """Whether a ``(N, D)`` binary layer is wide enough for the exact inverse: ``N^2 <= 16 D`` (and
-    ``N <= D / 2``).
-
-    Per Newton step it costs ~``N^3`` flops against the ~10-15 CG steps of ``4 N D`` it replaces.
-    Measured on 12 layers, 8-C grid / C=1, one core, against the Nystrom and lagged-inverse path:
-    200 x 4096 0.27 / 0.13 s vs 0.81 / 0.33 s; 400 x 4096 1.02 / 0.45 vs 1.23 / 0.47; 800 x 4096
-    5.1 / 2.2 vs 2.5 / 0.81 (slower); 200 x 768 0.12 / 0.045 vs 0.069 / 0.037 (slower).
-    """
-    return n_samples * n_samples <= 16 * n_features and 2 * n_samples <= n_features
+def use_woodbury(n_samples: int, n_features: int, ratio: float = 16.0) -> bool:
+    """Whether a ``(N, D)`` binary layer is wide enough for the exact inverse: ``N^2 <= ratio D`` (and
+    ``N <= D / 2``). Per Newton step it costs ~``N^3`` flops against the ~10-15 CG steps of ``4 N D`` it
+    replaces (the policy's ``woodbury_ratio``; measurements in benchmarks/RESULTS.md)."""
+    return n_samples * n_samples <= ratio * n_features and 2 * n_samples <= n_features
 
 
 def layer_kernel(X: Array, *, fit_intercept: bool) -> Array:
@@ -69,30 +62,34 @@ def _inner(approx: WoodburyInverse, u: Array) -> Array:
     return approx.root * matmul(approx.inner_inverse, approx.root * u)
 
 
-def _apply_m(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, fit_intercept: bool) -> tuple[Array, Array]:
-    w = _inner(approx, matvec(X, v_coef) + (v_int if fit_intercept else 0.0))
-    return v_coef - rmatvec(X, w), (v_int - jnp.sum(w)) if fit_intercept else v_int
+def _apply_m(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, fit_intercept: bool,
+             products: Products) -> tuple[Array, Array]:
+    w = _inner(approx, products.matvec(X, v_coef) + (v_int if fit_intercept else 0.0))
+    return v_coef - products.rmatvec(X, w), (v_int - jnp.sum(w)) if fit_intercept else v_int
 
 
-def woodbury_inverse(X: Array, kernel: Array, curvature: Array, *, fit_intercept: bool) -> WoodburyInverse:
-    """``H^{-1}`` for the curvatures ``curvature`` ``(N,)`` (``C`` times sample weight times ``l''``)."""
+def woodbury_inverse(X: Array, kernel: Array, curvature: Array, *, fit_intercept: bool, products: Products,
+                     halve: bool) -> WoodburyInverse:
+    """``H^{-1}`` for the curvatures ``curvature`` ``(N,)`` (``C`` times sample weight times ``l''``);
+    ``halve``: the policy's ``halve_builds``."""
     root = jnp.sqrt(jnp.maximum(curvature, 0.0))
     inner = jnp.eye(root.shape[0], dtype=X.dtype) + root[:, None] * kernel * root[None, :]
-    approx = WoodburyInverse(root, spd_inverse(inner), jnp.zeros(X.shape[1:], X.dtype), jnp.zeros((), X.dtype),
+    approx = WoodburyInverse(root, spd_inverse(inner, halve), jnp.zeros(X.shape[1:], X.dtype), jnp.zeros((), X.dtype),
                              jnp.zeros((), X.dtype))
     if not fit_intercept:
         return approx
     # q = M e: A e is the column of ones, so no product with X is needed to form it.
     w = _inner(approx, jnp.ones(X.shape[:1], X.dtype))
-    q_coef, q_int = -rmatvec(X, w), 1.0 - jnp.sum(w)
+    q_coef, q_int = -products.rmatvec(X, w), 1.0 - jnp.sum(w)
     # 1 - q_e = 1 / (H^-1)_ee > 0 for a positive definite H (any sample with curvature); rounding guard.
     downdate = 1.0 / jnp.maximum(1.0 - q_int, jnp.finfo(X.dtype).eps)
     return approx._replace(q_coef=q_coef, q_int=q_int, downdate=downdate)
 
 
-def apply_woodbury(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, *, fit_intercept: bool) -> tuple[Array, Array]:
+def apply_woodbury(approx: WoodburyInverse, X: Array, v_coef: Array, v_int: Array, *, fit_intercept: bool,
+                   products: Products) -> tuple[Array, Array]:
     """``H^{-1} v`` for ``v = (v_coef (D,), v_int ())``."""
-    m_coef, m_int = _apply_m(approx, X, v_coef, v_int, fit_intercept)
+    m_coef, m_int = _apply_m(approx, X, v_coef, v_int, fit_intercept, products)
     if not fit_intercept:
         return m_coef, m_int
     scale = approx.downdate * (vdot(approx.q_coef, v_coef) + approx.q_int * v_int)

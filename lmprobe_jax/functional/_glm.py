@@ -1,0 +1,182 @@
+r"""One L2-penalised generalised linear model, in scikit-learn's scaled units: the objective the solvers see.
+
+For one design matrix ``X`` ``(N, D)``, sample weights ``s`` and inverse regularisation ``C``,
+
+.. math::
+
+    \tilde F(W, b) = \sum_i \omega_i \, \ell(z_i, y_i) + \tfrac{\lambda}{2} \lVert W \rVert_F^2,
+    \qquad z_i = W x_i + b, \quad \omega_i = \frac{s_i}{\sum_j s_j}, \quad \lambda = \frac{1}{C \sum_j s_j},
+
+which is scikit-learn's ``LogisticRegression`` objective ``C sum_i s_i l_i + ||W||^2 / 2`` divided by
+``C sum s`` (scikit-learn's own solvers use this scaling, and its ``tol`` acts on this gradient). Every
+quantity stays of order one whatever ``C`` is: in the unscaled form a Hessian-vector product grows as
+``C`` and CG's inner products as ``C^2``, which overflowed float32 from ``C ~ 1e10`` (NaN weights) and
+at ``C = 1e12`` made every CG step zero (a zero probe reported as converged).
+
+``W`` is ``(D,)`` for a scalar predictor (binary logistic) or ``(K, D)`` for a vector one (softmax,
+laid out as scikit-learn's ``coef_``); ``z`` is then ``(N,)`` or ``(K, N)``. The loss enters only through
+its derivatives in ``z`` (a :class:`GLMLoss`), so each gradient costs one pass over ``X`` and each
+Hessian-vector product two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import Array
+
+from ._precision import vdot
+from ._products import Products
+
+# The solvers' default tol: tight enough that a float32 fit is scikit-learn's float64 optimum to within
+# its rounding (tests/_tolerance.py derives every comparison from it). tol=1e-4 is scikit-learn's default.
+DEFAULT_TOL = 1e-7
+
+
+class GLMLoss(NamedTuple):
+    """A per-sample loss, given by its derivatives with respect to the linear predictor ``z``.
+
+    A predictor ``z`` is ``(N,)`` (scalar) or ``(K, N)`` (vector, class axis first), labels ``y``
+    ``(N,)``; nothing here applies sample weights.
+
+    Attributes:
+      evaluate: ``(z, y) -> (value (N,), dl/dz like z, aux)``: the loss of each sample, its gradient, and
+        what its Hessian needs (the probabilities), from one evaluation of the link function.
+      hvp: ``(aux, u) -> like z``, the per-sample Hessian ``d2l/dz2`` at ``aux`` applied to ``u``.
+      curvature: ``aux -> like z``, the diagonal of that Hessian (sizes the preconditioners).
+      null_intercept: ``(y, weight, n_outputs) -> like an intercept``, the intercept that minimises the
+        loss with ``W = 0`` (where a cold solve starts); ``weight`` ``(N,)`` sums to one, ``n_outputs`` is
+        ``K`` (None for a scalar predictor).
+    """
+
+    evaluate: Callable[[Array, Array], tuple[Array, Array, Array]]
+    hvp: Callable[[Array, Array], Array]
+    curvature: Callable[[Array], Array]
+    null_intercept: Callable[[Array, Array, int | None], Array]
+
+
+class Evaluation(NamedTuple):
+    """The loss at one predictor, weighted: ``losses`` ``(N,)`` ``omega l``, ``residual`` (like ``z``)
+    ``omega dl/dz``, and the loss's ``aux`` (see :class:`GLMLoss`). The solver keeps the current point's,
+    so neither a line search nor a CG step evaluates the link function again."""
+
+    losses: Array
+    residual: Array
+    aux: Array
+
+
+class Params(NamedTuple):
+    """A point (or a direction) of the problem: ``coef`` ``(D,)`` or ``(K, D)``, ``intercept`` ``()`` or ``(K,)``."""
+
+    coef: Array
+    intercept: Array
+
+
+def dot(a: Params, b: Params) -> Array:
+    """The inner product of two points as one flat vector, at full precision."""
+    return vdot(a.coef, b.coef) + vdot(a.intercept, b.intercept)
+
+
+def axpy(t: Array, d: Params, p: Params) -> Params:
+    """``p + t d``."""
+    return Params(p.coef + t * d.coef, p.intercept + t * d.intercept)
+
+
+def flatten(p: Params) -> Array:
+    """``(P,)``: ``coef`` row by row, then the intercept."""
+    return jnp.concatenate([p.coef.reshape(-1), p.intercept.reshape(-1)])
+
+
+def unflatten(v: Array, like: Params) -> Params:
+    """The inverse of :func:`flatten` for points shaped as ``like``."""
+    n = like.coef.size
+    return Params(v[:n].reshape(like.coef.shape), v[n:].reshape(like.intercept.shape))
+
+
+class GLMData(NamedTuple):
+    """One problem's arrays (see the module docstring).
+
+    Attributes:
+      X: ``(N, D)``.
+      y: ``(N,)`` labels as the loss expects them.
+      weight: ``(N,)`` ``omega = s / sum s`` (zeros drop samples: how CV folds are expressed).
+      penalty: ``()`` ``lambda = 1 / (C sum s)``.
+      C: ``()`` the problem's ``C`` (preconditioners built in ``C``'s units use it).
+    """
+
+    X: Array
+    y: Array
+    weight: Array
+    penalty: Array
+    C: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GLM:
+    """The static half of a problem: its loss, whether it has an intercept, and the products it uses."""
+
+    loss: GLMLoss
+    fit_intercept: bool
+    products: Products
+
+    def data(self, X: Array, y: Array, sample_weight: Array, C: Array) -> GLMData:
+        """The problem's arrays for ``X`` ``(N, D)``, labels, weights ``s`` ``(N,)`` and ``C`` ``()``."""
+        s = sample_weight.astype(X.dtype)
+        total = jnp.sum(s)
+        C = jnp.asarray(C, X.dtype)
+        return GLMData(X, y, s / total, 1.0 / (C * total), C)
+
+    def intercept_part(self, v: Array) -> Array:
+        return v if self.fit_intercept else jnp.zeros_like(v)
+
+    def null_point(self, data: GLMData, n_outputs: int | None) -> Params:
+        """``W = 0`` and the best intercept for it (zero without an intercept)."""
+        lead = () if n_outputs is None else (n_outputs,)
+        coef = jnp.zeros(lead + data.X.shape[1:], data.X.dtype)
+        return Params(coef, self.intercept_part(self.loss.null_intercept(data.y, data.weight, n_outputs).astype(data.X.dtype)))
+
+    def predictor(self, X: Array, p: Params) -> Array:
+        """``z = W X^T + b``: one pass over ``X``."""
+        return self.products.matvec(X, p.coef) + p.intercept[..., None]
+
+    def evaluate(self, data: GLMData, z: Array) -> Evaluation:
+        """The weighted loss, residual and aux at predictor ``z`` (no pass over ``X``)."""
+        value, grad, aux = self.loss.evaluate(z, data.y)
+        return Evaluation(data.weight * value, data.weight * grad, aux)
+
+    def objective(self, data: GLMData, p: Params, ev: Evaluation) -> Array:
+        return jnp.sum(ev.losses) + 0.5 * data.penalty * vdot(p.coef, p.coef)
+
+    def gradient(self, data: GLMData, p: Params, ev: Evaluation) -> Params:
+        """The gradient of the scaled objective at ``p`` (``ev`` its evaluation): one pass over ``X``."""
+        r = ev.residual
+        return Params(self.products.rmatvec(data.X, r) + data.penalty * p.coef, self.intercept_part(jnp.sum(r, axis=-1)))
+
+    def curvature(self, data: GLMData, aux: Array) -> Array:
+        """``omega * d2l/dz2`` (its diagonal for a vector predictor), like ``z``."""
+        return data.weight * self.loss.curvature(aux)
+
+    def weighted_hvp(self, data: GLMData, aux: Array, u: Array) -> Array:
+        """``omega * d2l/dz2 u`` per sample."""
+        return data.weight * self.loss.hvp(aux, u)
+
+    def hvp(self, data: GLMData, aux: Array, v: Params) -> tuple[Params, Array]:
+        """``(H v, X v_coef + v_intercept)`` at the point whose ``aux`` is given: two passes over ``X``."""
+        u = self.predictor(data.X, v)
+        hu = self.weighted_hvp(data, aux, u)
+        hv = Params(self.products.rmatvec(data.X, hu) + data.penalty * v.coef, self.intercept_part(jnp.sum(hu, axis=-1)))
+        return hv, u
+
+
+def optimality(g: Params) -> Array:
+    """The max-abs entry of the scaled gradient: scikit-learn's ``tol`` test."""
+    return jnp.maximum(jnp.max(jnp.abs(g.coef)), jnp.max(jnp.abs(g.intercept), initial=0.0))
+
+
+def guard(x: Array) -> Array:
+    """``x`` with its magnitude floored at the dtype's smallest normal (a safe divisor for ``x >= 0``)."""
+    return jnp.maximum(x, jnp.finfo(x.dtype).tiny)
+

@@ -1,0 +1,81 @@
+r"""Limited-memory BFGS directions, preconditioned: the cheap phase of every solve.
+
+With the last ``m`` steps ``s_j`` and gradient changes ``y_j``, the L-BFGS approximation of the inverse
+Hessian applied to the gradient is the two-loop recursion (Nocedal & Wright, *Numerical Optimization*,
+2nd ed., Algorithm 7.4), started from ``H_0 = gamma M``: ``M`` is the layer's preconditioner (the
+identity, or a Nystrom approximation of the inverse Gram matrix) and ``gamma = s.y / y.M y`` from the
+newest pair (Shanno-Phua scaling under ``M``'s metric). Each iteration then costs two passes over ``X``
+(the direction's product ``X d`` and the new gradient); the line search works on ``z + t X d`` and costs
+none. As in optax's ``scale_by_lbfgs``, the memory is a ring of stacked arrays indexed by a counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._glm import guard
+from ._precision import vdot
+
+
+class LBFGSMemory(NamedTuple):
+    """The newest ``m`` curvature pairs, as a ring.
+
+    Attributes:
+      s: ``(m, P)`` steps; slot ``(count - 1) % m`` holds the newest.
+      y: ``(m, P)`` the gradient changes over those steps.
+      rho: ``(m,)`` ``1 / s.y``, zero for slots not (yet) filled, or whose pair was skipped.
+      count: int32 ``()``, pairs offered so far.
+    """
+
+    s: Array
+    y: Array
+    rho: Array
+    count: Array
+
+
+def empty_memory(m: int, size: int, dtype: jnp.dtype) -> LBFGSMemory:
+    return LBFGSMemory(jnp.zeros((m, size), dtype), jnp.zeros((m, size), dtype), jnp.zeros(m, dtype), jnp.int32(0))
+
+
+def remember(memory: LBFGSMemory, s: Array, y: Array) -> LBFGSMemory:
+    """``memory`` with the pair ``(s, y)`` added, unless ``s.y`` is not safely positive (a step the line
+    search rejected, or curvature lost to rounding): BFGS needs ``s.y > 0`` to stay positive definite."""
+    sy = vdot(s, y)
+    ok = sy > jnp.finfo(s.dtype).eps * jnp.sqrt(vdot(s, s) * vdot(y, y))
+    slot = memory.count % memory.rho.shape[0]
+    return LBFGSMemory(
+        memory.s.at[slot].set(jnp.where(ok, s, memory.s[slot])),
+        memory.y.at[slot].set(jnp.where(ok, y, memory.y[slot])),
+        memory.rho.at[slot].set(jnp.where(ok, 1.0 / guard(sy), memory.rho[slot])),
+        memory.count + ok.astype(jnp.int32),
+    )
+
+
+def lbfgs_direction(memory: LBFGSMemory, g: Array, apply_m: Callable[[Array], Array]) -> Array:
+    """``-H g`` for the flat gradient ``g`` ``(P,)``, with ``H_0 = gamma M`` (``apply_m``: ``v -> M v``)."""
+    m = memory.rho.shape[0]
+    newest = (memory.count - 1) % m
+    order = (newest - jnp.arange(m)) % m  # newest first; empty slots have rho = 0 and drop out
+
+    def backward(q: Array, i: Array) -> tuple[Array, Array]:
+        alpha = memory.rho[i] * vdot(memory.s[i], q)
+        return q - alpha * memory.y[i], alpha
+
+    q, alphas = jax.lax.scan(backward, g, order)
+    y_new = memory.y[newest]
+    my = apply_m(y_new)
+    gamma = jnp.where(memory.count > 0, vdot(memory.s[newest], y_new) / guard(vdot(y_new, my)), 1.0)
+    r = gamma * apply_m(q)
+
+    def forward(r: Array, step: tuple[Array, Array]) -> tuple[Array, None]:
+        i, alpha = step
+        beta = memory.rho[i] * vdot(memory.y[i], r)
+        return r + (alpha - beta) * memory.s[i], None
+
+    r, _ = jax.lax.scan(forward, r, (order[::-1], alphas[::-1]))
+    return -r

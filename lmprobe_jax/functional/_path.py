@@ -1,0 +1,276 @@
+"""Every layer, weight set (CV fold) and ``C`` of a GLM fit in one compiled call, and the choices behind it.
+
+:func:`solver_options` turns the public settings and a :class:`~._policy.SolverPolicy` into the static
+options of :func:`solve_layers` for one problem shape (which preconditioner, whether the in-solve
+inverse fits in memory, ...): the only place where shape decides a part.
+
+:func:`solve_layers` solves a ``C`` grid as a path: ``C`` in increasing order (``lax.scan``), each solve
+warm-started from the previous ``C``'s solution (extrapolated along the path from the third value on),
+with the weight sets batched (``vmap``) at every step. Small ``C`` are the easy, nearly quadratic
+problems; starting the hard, large-``C`` ones near their optimum beats solving all from zero in
+lock-step (where every batched step waits for the slowest problem). When layers are solved one at a
+time (the CPU default), each layer's first ``C`` starts from the best multiple of the previous layer's
+solution (adjacent layers of a residual stream read alike), and a binary path builds the exact inverse
+Hessian at a solution once its CG work justifies it (:mod:`._hessian_inverse`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._batching import any_across_batch, default_layer_batch_size, over_layers
+from ._checks import check_positive_int, compute_dtype
+from ._glm import GLM, GLMLoss, Params
+from ._hessian_inverse import (
+    LaggedHessianInverse,
+    lagged_build_threshold,
+    lagged_hessian_inverse,
+    no_lagged_inverse,
+)
+from ._newton_cg import Settings, SolveResult, minimise, warm_start
+from ._nystrom import NystromApprox
+from ._policy import SolverPolicy, default_policy
+from ._preconditioners import Preconditioner, identity, lagged, layer_nystrom, nystrom, refreshed, woodbury
+from ._products import products
+from ._woodbury import layer_kernel, use_woodbury
+
+# Device memory assumed where the backend does not report its limit.
+_ASSUMED_DEVICE_BYTES = 16 * 2**30
+
+
+def default_precondition_rank(n_features: int, rank: int | None, policy: SolverPolicy | None = None) -> int:
+    """``rank`` if given (0 disables), else ``min(policy.nystrom_rank, D)``."""
+    if rank is None:
+        return min((policy or default_policy()).nystrom_rank, n_features)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= n_features:
+        raise ValueError(f"precondition_rank must be an integer in [0, D={n_features}] or None; got {rank!r}.")
+    return rank
+
+
+def default_max_cg_iter(n_coef: int) -> int:
+    """CG solves the Newton system exactly in ``n_coef + 1`` steps in exact arithmetic; with the forcing
+    sequence it needs far fewer. The cap only guards against a stalled inner loop."""
+    return min(n_coef + 1, 250)
+
+
+def _inverse_fits(n_features: int, layers_at_once: int) -> bool:
+    """Whether ``layers_at_once`` layers' ``(D+1)^2`` float32 inverses, four times over (room for a
+    build's Gram matrix, Cholesky factor and triangular inverse beside the inverse in use), take at most a
+    quarter of the device's memory (32 layers of 4096 features: 8.6 GB of an H100's 80)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    budget = stats.get("bytes_limit", _ASSUMED_DEVICE_BYTES) / 4
+    return 4 * layers_at_once * (n_features + 1) ** 2 * 4 <= budget
+
+
+def solver_options(
+    shape: tuple[int, int, int],
+    n_outputs: int | None,
+    *,
+    fit_intercept: bool,
+    max_iter: int,
+    max_cg_iter: int | None,
+    precondition_rank: int | None,
+    layer_batch_size: int | None,
+    policy: SolverPolicy | None = None,
+) -> dict:
+    """Validate the public solver settings for ``X`` of ``shape`` ``(L, N, D)``, fill in defaults, and
+    resolve ``policy`` (default :func:`~._policy.default_policy`) for this shape.
+
+    Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
+    with ``nystrom_rank`` set to the rank used (0 for softmax unless ``precondition_rank`` asks: its
+    curvature gathers on the few samples near each class's margin, far from the Gram's model), ``woodbury`` to whether this shape takes the kernel
+    inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
+    take one CG step), and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
+    """
+    if policy is None:
+        policy = default_policy()
+    if not isinstance(policy, SolverPolicy):
+        raise TypeError(f"policy must be a SolverPolicy or None; got {type(policy).__name__}.")
+    n_layers, n_samples, n_features = shape
+    n_coef = n_features * (n_outputs or 1)
+    rank = default_precondition_rank(n_features, precondition_rank, policy)
+    if n_outputs is not None and precondition_rank is None:
+        rank = 0  # softmax: the Gram preconditioner cost passes on every regime measured (RESULTS.md)
+    wide = n_outputs is None and use_woodbury(n_samples, n_features, policy.woodbury_ratio)
+    batch = default_layer_batch_size(n_layers, layer_batch_size)
+    refresh = policy.hessian_refresh_cg
+    if n_outputs is not None or wide or (refresh and not _inverse_fits(n_features, min(batch, n_layers))):
+        refresh = 0
+    resolved = dataclasses.replace(
+        policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
+        quasi_newton_memory=0 if wide else policy.quasi_newton_memory,
+    )
+    return {
+        "n_outputs": n_outputs,
+        "fit_intercept": bool(fit_intercept),
+        "max_iter": check_positive_int(max_iter, "max_iter"),
+        "max_cg_iter": default_max_cg_iter(n_coef) if max_cg_iter is None else check_positive_int(
+            max_cg_iter, "max_cg_iter"),
+        "layer_batch_size": batch,
+        "policy": resolved,
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("fit_intercept", "layer_batch_size", "policy"))
+def layer_preconditioners(X: Array, *, fit_intercept: bool, layer_batch_size: int, policy: SolverPolicy) -> NystromApprox:
+    """Every layer's Nystrom approximation for :func:`solve_layers`'s ``precond`` (fields with a leading
+    ``L`` axis; rank ``policy.nystrom_rank``, skipped where the spectrum is flat: :func:`layer_nystrom`).
+
+    Computed apart so that several solves on the same ``X`` share it (a cross-validation's folds and its
+    refit): each solve then neither recomputes it nor compiles its QR, Cholesky and SVD again.
+    """
+    dtype = compute_dtype(X.dtype)
+    return over_layers(lambda x: _nystrom_of(x.astype(dtype), fit_intercept, policy), X, layer_batch_size=layer_batch_size)
+
+
+def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
+    return layer_nystrom(x, policy.nystrom_rank, fit_intercept=fit_intercept, products=products(policy.fused_max_rows),
+                         probe_rank=policy.nystrom_probe_rank, decay=policy.nystrom_decay)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("loss", "n_outputs", "fit_intercept", "max_cg_iter", "layer_batch_size", "policy"),
+)
+def solve_layers(
+    loss: GLMLoss,
+    X: Array,
+    y: Array,
+    sample_weight: Array,
+    Cs: Array,
+    *,
+    n_outputs: int | None,
+    fit_intercept: bool,
+    tol: float,
+    max_iter: int,
+    max_cg_iter: int,
+    layer_batch_size: int,
+    policy: SolverPolicy,
+    gap_tol: float | None = None,
+    precond: NystromApprox | None = None,
+    init: tuple[Array, Array] | None = None,
+) -> SolveResult:
+    """Every (layer, weight set, C) problem in one compiled call (see the module docstring).
+
+    Args:
+      loss: the per-sample loss (static; hashable).
+      X: ``(L, N, D)`` in any float storage; computed in :func:`compute_dtype` of it.
+      y: ``(N,)`` labels as ``loss`` expects them.
+      sample_weight: ``(W, N)``; one row per weight set (CV folds are weight sets sharing ``X``).
+      Cs: ``(G,)`` shared by all layers, or ``(L, G)``, one grid per layer.
+      n_outputs: None for a scalar predictor (``coef`` ``(D,)``), ``K`` for a vector one (``(K, D)``).
+      tol, max_iter: the stopping test's tolerance and the most iterations (traced: a new value does not
+        recompile).
+      policy: the solver's parts, resolved for this shape by :func:`solver_options`.
+      gap_tol: bound on the relative objective-gap estimate (traced; default ``tol``; ``inf`` keeps
+        scikit-learn's gradient criterion alone, as cross-validation folds do).
+      precond: the Nystrom approximations from :func:`layer_preconditioners` (same ``X`` and policy), or
+        None to compute them here.
+      init: ``(coef (L, W, [K,] D), intercept (L, W, [K]))`` where the first (smallest) ``C`` of each
+        path starts (its best multiple), or None (the previous layer's solution, or zeros).
+
+    Returns:
+      :class:`~._newton_cg.SolveResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
+    """
+    dtype = compute_dtype(X.dtype)
+    X = X.astype(dtype)
+    weights = sample_weight.astype(dtype)
+    Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
+    lead = () if n_outputs is None else (n_outputs,)
+    glm = GLM(loss, bool(fit_intercept), products(policy.fused_max_rows))
+    settings = Settings(tol, tol if gap_tol is None else gap_tol, max_iter, max_cg_iter, policy.quasi_newton_memory,
+                        policy.switch_window, policy.switch_progress, policy.switch_after,
+                        policy.line_search_refine)
+    n_samples, n_features = X.shape[1:]
+    n_w, n_c = weights.shape[0], Cs.shape[-1]
+    scalar = n_outputs is None
+    # The in-solve inverse for one weight set only (it would be one (D+1)^2 matrix per fold otherwise).
+    refresh = policy.hessian_refresh_cg if scalar and n_w == 1 else 0
+    # The path's lagged inverse needs layers solved one at a time: under a vmap over layers its build
+    # decision would be one for all of them. A path of two or fewer C never gets one (nor its compile).
+    use_lagged = (scalar and layer_batch_size == 1 and n_c > 2 and policy.lagged_build_factor > 0
+                  and not policy.woodbury and not refresh)
+    threshold = lagged_build_threshold(n_samples, n_features, n_w, policy.lagged_build_factor)
+
+    def layer_preconditioner(x: Array, approx: NystromApprox | None) -> Preconditioner:
+        if policy.woodbury:
+            return woodbury(glm, x, layer_kernel(x, fit_intercept=fit_intercept), halve=policy.halve_builds)
+        if policy.nystrom_rank:
+            base = nystrom(glm, _nystrom_of(x, fit_intercept, policy) if approx is None else approx)
+        else:
+            base = identity()
+        return refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base
+
+    def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
+        base = layer_preconditioner(x, approx)
+
+        def one(inverse: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array) -> SolveResult:
+            data = glm.data(x, y, s, c)
+            begin, z0 = warm_start(glm, data, glm.null_point(data, n_outputs), Params(coef0, intercept0))
+            precond_c = base if inverse is None else lagged(glm, inverse, base)
+            return minimise(glm, data, begin, z0, jnp.int32(1), precond=precond_c, settings=settings)
+
+        def update_lagged(inverse: LaggedHessianInverse, res: SolveResult, c_next: Array, n_done: Array):
+            """(Re)build the inverse Hessian at these solutions (curvatures averaged over the weight sets,
+            for the next ``C``) when this ``C``'s CG work says the one in use no longer pays."""
+            # Not after the first C: its solve starts cold, so its CG count says little about the path's.
+            due = (n_done >= 1) & (jnp.max(res.n_cg) * (n_c - 1 - n_done) >= threshold)
+
+            def build() -> LaggedHessianInverse:
+                totals = jnp.sum(weights, axis=1, keepdims=True)  # (W, 1)
+                z = glm.predictor(x, Params(res.coef, res.intercept))  # (W, N)
+                curvature = jnp.mean(weights / totals * loss.curvature(loss.evaluate(z, y)[2]), axis=0)
+                penalty = jnp.mean(1.0 / (c_next * totals))
+                return lagged_hessian_inverse(x, curvature, penalty, fit_intercept=fit_intercept,
+                                              halve=policy.halve_builds)
+
+            # Under a vmap of the caller's (say over label sets), one decision for the whole batch:
+            # a batched predicate would make the cond a select that builds at every C.
+            return jax.lax.cond(any_across_batch(due), build, lambda: inverse)
+
+        def step(carry: tuple, cs_here: tuple[Array, Array]) -> tuple[tuple, SolveResult]:
+            # Secant predictor along the path: the last solution moved on by the last change, scaled to
+            # this log-C step (at most 1x, so an uneven grid cannot throw the start far off). No pass over X.
+            last, before, log_last, log_before, n_done, inverse = carry
+            c, c_next = cs_here
+            log_c = jnp.log(c)
+            ratio = jnp.clip((log_c - log_last) / jnp.maximum(log_last - log_before, jnp.finfo(dtype).tiny), 0, 1)
+            ratio = jnp.where(n_done >= 2, ratio, 0)
+            begin = jax.tree.map(lambda a, b: a + ratio * (a - b), last, before)
+            res = jax.vmap(functools.partial(one, inverse), in_axes=(0, None, 0, 0))(weights, c, *begin)
+            if inverse is not None:
+                inverse = update_lagged(inverse, res, c_next, n_done)
+            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse), res
+
+        order = jnp.argsort(cs)
+        log0 = jnp.zeros((), dtype)
+        inverse0 = no_lagged_inverse(n_features, dtype) if use_lagged else None
+        ascending = cs[order]
+        # Each step also sees the next C (the lagged inverse is built for it; the last step's is unused).
+        _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0),
+                               (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
+        unsorted = jnp.argsort(order)
+        return SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
+
+    zeros = (jnp.zeros((n_w,) + lead + (n_features,), dtype), jnp.zeros((n_w,) + lead, dtype))
+    if init is not None:
+        init = tuple(a.astype(dtype) for a in init)
+    if layer_batch_size == 1 and policy.layer_warm_start and init is None:
+        def next_layer(previous: tuple[Array, Array], per_layer: tuple) -> tuple[tuple[Array, Array], SolveResult]:
+            x, cs, approx = per_layer
+            res = layer(x, cs, approx, previous)
+            first = jnp.argmin(cs)
+            return (res.coef[:, first], res.intercept[:, first]), res
+
+        return jax.lax.scan(next_layer, zeros, (X, Cs, precond))[1]
+
+    def each_layer(per_layer: tuple) -> SolveResult:
+        x, cs, approx, start = per_layer
+        return layer(x, cs, approx, zeros if start is None else start)
+
+    return over_layers(each_layer, (X, Cs, precond, init), layer_batch_size=layer_batch_size)

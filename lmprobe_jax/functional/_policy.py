@@ -1,0 +1,94 @@
+"""How the solvers solve: a static, hashable policy object, and the one place that picks its defaults.
+
+A :class:`SolverPolicy` chooses the solver's parts (products with ``X``, preconditioners, the
+quasi-Newton phase, the builds of exact inverses) and the numbers that tune them. It never changes
+*what* is solved: every policy reaches the same optimum, to the same ``tol``. It is passed to the
+solvers as a static argument (a new policy compiles a new program), so an alternative is compared by
+passing another policy, never by flipping a module-level switch. ``benchmarks/solver_choices.py`` does
+exactly that; the measurements behind each default are in ``benchmarks/RESULTS.md``.
+
+:func:`default_policy` is the only function in the solvers that looks at the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverPolicy:
+    """The solver's parts and their settings (frozen, hashable: a static argument of the solvers).
+
+    Attributes:
+      quasi_newton_memory: pairs kept by the L-BFGS phase that starts every solve (0: Newton-CG from
+        the first step).
+      switch_window: quasi-Newton iterations over which progress is judged.
+      switch_progress: the phase hands over to Newton-CG once the best scaled gradient of the last
+        ``switch_window`` iterations is above this fraction of the best before them (the quasi-Newton
+        steps stopped paying: each costs two passes over ``X``, a Newton step one plus two per CG step).
+      switch_after: quasi-Newton iterations before that rule applies (L-BFGS's first iterations, while
+        its memory fills, gain least).
+      line_search_refine: Newton steps in the step length after the quadratic model's (each costs
+        ``O(N K)`` elementwise work, no pass over ``X``; :mod:`._linesearch`).
+      nystrom_rank: rank of the per-layer Nystrom preconditioner of the Gram matrix (0: none); the
+        public ``precondition_rank`` overrides it.
+      nystrom_decay: the rank-``nystrom_rank`` preconditioner is built only where the layer's spectrum is
+        not flat: when the largest eigenvalue of a rank-``nystrom_probe_rank`` sketch is at least this
+        times its smallest (0: always build).
+      nystrom_probe_rank: rank of that sketch.
+      lagged_build_factor: a ``C`` path (layers solved one at a time) builds the exact inverse Hessian at a
+        solution once the CG work left exceeds this times the build's cost (0: never; see
+        :mod:`._hessian_inverse`).
+      hessian_refresh_cg: rebuild the exact inverse Newton matrix inside a solve after a Newton step whose
+        CG took at least this many steps (0: never; accelerators, where its build is cheap).
+      woodbury_ratio: precondition wide binary layers, ``N^2 <= woodbury_ratio * D`` (and ``2 N <= D``),
+        with the exact inverse Newton matrix through the ``N x N`` kernel (:mod:`._woodbury`; 0: never).
+        Resolved per shape by :func:`._path.solver_options` into ``woodbury``.
+      woodbury: whether this shape takes the kernel inverse (set by ``solver_options``).
+      fused_max_rows: products ``V @ X^T`` with 2 to this many rows are written as a fused elementwise sum
+        (XLA's CPU backend runs it in one pass over ``X``; 0: always the dot; see :mod:`._products`).
+      halve_builds: build exact inverses from half-size blocks (the weighted Gram's symmetric blocks, the
+        triangular inverse by halves): fewer flops on the CPU, many more programs to autotune elsewhere.
+      layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
+        of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
+        is never worse in objective).
+    """
+
+    quasi_newton_memory: int = 10
+    switch_window: int = 8
+    switch_progress: float = 0.5
+    switch_after: int = 10
+    line_search_refine: int = 0
+    nystrom_rank: int = 64
+    nystrom_decay: float = 4.0
+    nystrom_probe_rank: int = 8
+    lagged_build_factor: float = 1.5
+    hessian_refresh_cg: int = 0
+    woodbury_ratio: float = 16.0
+    woodbury: bool = False
+    fused_max_rows: int = 16
+    halve_builds: bool = True
+    layer_warm_start: bool = True
+
+
+# On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many
+# steps (H100, 32 x 6144 x 4096, C = 1: never 2.78 s, 10: 1.95 s, 20: 1.55 s, 40: 1.72 s; RESULTS.md).
+_ACCELERATOR_REFRESH_CG = 20
+
+
+def default_policy(backend: str | None = None) -> SolverPolicy:
+    """The policy the solvers use unless given one: the CPU's (``backend`` ``"cpu"``) or an accelerator's.
+
+    The CPU keeps the fused products, builds by halves and the path's lagged inverse; accelerators
+    (measured on an H100) rebuild the exact inverse Newton matrix inside the solve instead, keep XLA's
+    dot and whole products, and always build the Nystrom preconditioner (its products are cheap there).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if backend == "cpu":
+        return SolverPolicy()
+    return SolverPolicy(
+        nystrom_decay=0.0, lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG,
+        fused_max_rows=0, halve_builds=False,
+    )

@@ -1,0 +1,155 @@
+"""The solver engine's parts, each on its own: losses, the line search, L-BFGS, the phase rule, policies."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+import lmprobe_jax.functional as F
+from lmprobe_jax.functional import _newton_cg
+from lmprobe_jax.functional._glm import GLM, Params
+from lmprobe_jax.functional._lbfgs import empty_memory, lbfgs_direction, remember
+from lmprobe_jax.functional._linesearch import line_search
+from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._multinomial import SOFTMAX
+from lmprobe_jax.functional._products import products
+
+
+@pytest.mark.parametrize("loss, shape", [(BINARY_LOGISTIC, (50,)), (SOFTMAX, (4, 50))])
+def test_loss_derivatives_match_autodiff(loss, shape):
+    """evaluate's gradient and hvp's products are the derivatives of its value (one link evaluation)."""
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=shape) * 3, jnp.float32)
+    y = jnp.asarray(rng.integers(0, shape[0] if len(shape) == 2 else 2, 50),
+                    jnp.int32 if len(shape) == 2 else jnp.float32)
+    u = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    _, grad, aux = loss.evaluate(z, y)
+
+    def total(z):
+        return jnp.sum(loss.evaluate(z, y)[0])
+
+    np.testing.assert_allclose(grad, jax.grad(total)(z), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss.hvp(aux, u), jax.jvp(jax.grad(total), (z,), (u,))[1], rtol=1e-4, atol=1e-5)
+    diag = jax.vmap(lambda e: jax.jvp(jax.grad(total), (z,), (e,))[1])(jnp.eye(z.size).reshape((-1,) + shape))
+    np.testing.assert_allclose(loss.curvature(aux), (diag.reshape(z.size, -1).diagonal()).reshape(shape),
+                               rtol=1e-4, atol=1e-6)
+
+
+def _problem(n=120, d=5, C=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    y = jnp.asarray((rng.normal(size=n) + X[:, 0] > 0).astype(np.float32))
+    glm = GLM(BINARY_LOGISTIC, True, products(16))
+    return glm, glm.data(X, y, jnp.ones(n), jnp.float32(C))
+
+
+def test_line_search_is_scale_free_and_refuses_ascent():
+    """The first trial is the quadratic model's minimiser along d: the same point whatever d's length,
+    exactly the unit step for a Newton direction; an ascent direction gets no step."""
+    glm, data = _problem()
+    p = Params(jnp.zeros(5), jnp.zeros(()))
+    z = glm.predictor(data.X, p)
+    ev = glm.evaluate(data, z)
+    g = glm.gradient(data, p, ev)
+    steps = []
+    for scale in (1.0, 10.0, 0.01):
+        d = Params(-scale * g.coef, -scale * g.intercept)
+        a = glm.predictor(data.X, d)
+        info, _ = line_search(glm, data, p, z, ev, jnp.vdot(g.coef, d.coef) + g.intercept * d.intercept, d, a, refine=0)
+        steps.append(float(info.step) * scale)
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-4)
+    # The Newton direction (H solved exactly in float64): t0 = 1.
+    A = np.hstack([np.asarray(data.X, np.float64), np.ones((120, 1))])
+    curv = np.asarray(glm.curvature(data, ev.aux), np.float64)
+    H = (A.T * curv) @ A + np.diag(np.r_[np.full(5, float(data.penalty)), 0.0])
+    step = -np.linalg.solve(H, np.r_[np.asarray(g.coef, np.float64), float(g.intercept)])
+    d = Params(jnp.asarray(step[:5], jnp.float32), jnp.asarray(step[5], jnp.float32))
+    info, _ = line_search(glm, data, p, z, ev, jnp.vdot(g.coef, d.coef) + g.intercept * d.intercept, d,
+                          glm.predictor(data.X, d), refine=0)
+    assert abs(float(info.step) - 1.0) < 1e-3
+    up = Params(g.coef, g.intercept)
+    info, after = line_search(glm, data, p, z, ev, jnp.vdot(g.coef, g.coef) + g.intercept**2, up,
+                              glm.predictor(data.X, up), refine=0)
+    assert float(info.step) == 0.0
+    np.testing.assert_array_equal(after.losses, ev.losses)
+
+
+def test_lbfgs_memory_meets_the_secant_equation_and_skips_bad_pairs():
+    rng = np.random.default_rng(1)
+    M = rng.normal(size=(6, 6))
+    H = M @ M.T + np.eye(6)
+    memory = empty_memory(3, 6, jnp.float32)
+    s = rng.normal(size=6)
+    memory = remember(memory, jnp.asarray(s, jnp.float32), jnp.asarray(H @ s, jnp.float32))
+    # The newest pair: the inverse estimate maps y to s (secant equation), whatever H_0.
+    np.testing.assert_allclose(-lbfgs_direction(memory, jnp.asarray(H @ s, jnp.float32), lambda v: 3.0 * v), s,
+                               rtol=1e-4)
+    before = memory
+    memory = remember(memory, jnp.asarray(s, jnp.float32), jnp.asarray(-s, jnp.float32))  # s.y < 0: not kept
+    assert int(memory.count) == int(before.count)
+    np.testing.assert_array_equal(memory.s, before.s)
+
+
+def test_phase_rule_hands_over_by_progress_per_pass():
+    s = _newton_cg.Settings(tol=1e-7, gap_tol=1e-7, max_iter=100, max_cg_iter=50, memory=10, switch_window=2,
+                            switch_progress=0.5, switch_after=2)
+    phase = _newton_cg._first_phase(jnp.float32(1.0), s)
+    assert not bool(phase.newton)
+    no = jnp.bool_(False)
+    # Fast quasi-Newton progress (10x per iteration) keeps the phase; a stall hands over.
+    fast = _newton_cg._next_phase(phase, no, jnp.float32(0.1), jnp.int32(2), no, s)
+    fast = _newton_cg._next_phase(fast, no, jnp.float32(0.01), jnp.int32(2), no, s)
+    assert not bool(fast.newton)
+    slow = _newton_cg._next_phase(fast, no, jnp.float32(0.0099), jnp.int32(2), no, s)
+    slow = _newton_cg._next_phase(slow, no, jnp.float32(0.0098), jnp.int32(2), no, s)
+    assert bool(slow.newton) and not bool(slow.locked)
+    # A Newton step that gains less per pass than the quasi-Newton window did hands back; a forced one locks.
+    back = _newton_cg._next_phase(slow, jnp.bool_(True), jnp.float32(0.0098), jnp.int32(40), no, s)
+    assert not bool(back.newton)
+    forced = _newton_cg._next_phase(phase, no, jnp.float32(0.5), jnp.int32(2), jnp.bool_(True), s)
+    assert bool(forced.newton) and bool(forced.locked)
+    kept = _newton_cg._next_phase(forced, jnp.bool_(True), jnp.float32(0.5), jnp.int32(40), no, s)
+    assert bool(kept.newton)
+
+
+POLICIES = {
+    "default": {},
+    "Newton-CG only": {"quasi_newton_memory": 0},
+    "no Nystrom": {"nystrom_rank": 0},
+    "Nystrom always": {"nystrom_decay": 0.0},
+    "cold layers": {"layer_warm_start": False},
+    "dot products": {"fused_max_rows": 0},
+    "whole builds": {"halve_builds": False, "lagged_build_factor": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_policy_reaches_the_same_optimum(binary_layers, name):
+    """A policy chooses how, never what: each reaches scikit-learn's optimum on a grid path and a fit."""
+    X, y = binary_layers
+    policy = dataclasses.replace(F.default_policy(), **POLICIES[name])
+    Cs = [0.01, 1.0, 100.0]
+    fit = F.fit_logistic(X.astype(np.float32), y, Cs, tol=1e-7, policy=policy)
+    assert bool(fit.converged.all())
+    for l in range(3):
+        for g, C in enumerate(Cs):
+            ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X[l], y).coef_[0]
+            assert np.linalg.norm(np.asarray(fit.coef[l, g]) - ref) / np.linalg.norm(ref) < 1e-4
+    m = F.fit_multinomial(X.astype(np.float32), np.arange(len(y)) % 3, 1.0, tol=1e-7, policy=policy)
+    assert bool(m.converged.all())
+
+
+def test_layer_warm_start_is_never_worse_than_cold():
+    """The previous layer's solution enters only as the best multiple of it: on a layer it fits badly
+    (sign flipped), the start is the cold one, and the solve still reaches the optimum."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2, 300, 6)).astype(np.float32)
+    y = (X[0, :, 0] > 0).astype(int)
+    X[1] = -X[0]  # the same problem, mirrored: the previous solution is exactly wrong for it
+    warm = F.fit_logistic(X, y, 1.0, tol=1e-7)
+    cold = F.fit_logistic(X, y, 1.0, tol=1e-7, policy=dataclasses.replace(F.default_policy(), layer_warm_start=False))
+    np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(warm.coef[1], -warm.coef[0], rtol=1e-4, atol=1e-5)
