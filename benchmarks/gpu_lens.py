@@ -39,15 +39,10 @@ from lmprobe_jax.lens import fit_tuned_lens, logit_lens_metrics, readout_from_ar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lens_anchors import torch_loop, tuned_lens_steps
+from measure import proc_status_bytes
 from recording import record
 
 METRICS = ("kl_final_lens", "kl_lens_final", "ce_next_token", "entropy", "top1_agreement", "topk_overlap")
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        fields = dict(line.split(":", 1) for line in handle)
-    return int(fields["VmHWM"].split()[0]) / 1024
 
 
 def _jax_peak_mb() -> float:
@@ -142,7 +137,7 @@ def metrics_section(maps, final, next_ids, readout, t_norm, t_weight, device, re
         + "\n".join(rows)
         + "\n\nLargest difference, ours (128/2048) against the torch loop, per metric: "
         + ", ".join(f"{name} {gap:.1e}" for name, gap in zip(METRICS, gaps, strict=True))
-        + f". Host peak resident set of the process so far {_peak_rss_mb():.0f} MB."
+        + f". Host peak resident set of the process so far {proc_status_bytes('VmHWM') / 2**20:.0f} MB."
     )
 
 

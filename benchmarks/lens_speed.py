@@ -40,6 +40,7 @@ from lmprobe_jax_store import cache_root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lens_anchors import torch_loop
 from lens_exactness import texts_for
+from measure import proc_status_bytes
 from recording import record
 
 
@@ -104,18 +105,6 @@ def speed(args) -> str:
     )
 
 
-def _rss_anon_mb() -> float:
-    with open("/proc/self/status") as handle:
-        fields = dict(line.split(":", 1) for line in handle)
-    return int(fields["RssAnon"].split()[0]) / 1024
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        fields = dict(line.split(":", 1) for line in handle)
-    return int(fields["VmHWM"].split()[0]) / 1024
-
-
 def memory(args) -> str:
     store = extract_token_streams(
         smollm2_directory(), texts_for(8, 20), cache_dir=cache_root() / "activations", progress=False
@@ -135,7 +124,7 @@ def memory(args) -> str:
             maps.append(np.load(path, mmap_mode="r"))
         next_ids = rng.integers(0, 49152, size=T)
         run = min(args.memory_run, T)
-        base_anon = _rss_anon_mb()
+        base_anon = proc_status_bytes("RssAnon") / 2**20
         peak_anon = base_anon
         t0 = time.perf_counter()
         for _, _, _ in iter_token_stats(
@@ -145,7 +134,7 @@ def memory(args) -> str:
             maps[-1][:run],
             next_ids[:run],
         ):
-            peak_anon = max(peak_anon, _rss_anon_mb())
+            peak_anon = max(peak_anon, proc_status_bytes("RssAnon") / 2**20)
         seconds = time.perf_counter() - t0
     full = L * T * 49152 * 4 / 2**30
     return (
@@ -154,7 +143,7 @@ def memory(args) -> str:
         f"the first {run} tokens ({seconds:.0f} s; every chunk runs the same program, so the working set "
         f"does not depend on how many chunks run). Anonymous memory (RssAnon) before the run "
         f"{base_anon:.0f} MB (Python, jax, torch, the readout), peak during it {peak_anon:.0f} MB; process "
-        f"peak resident set (VmHWM, file pages included) {_peak_rss_mb():.0f} MB. The (L, T, V) float32 "
+        f"peak resident set (VmHWM, file pages included) {proc_status_bytes('VmHWM') / 2**20:.0f} MB. The (L, T, V) float32 "
         f"logits of the whole run would be {full:.0f} GB."
     )
 

@@ -11,6 +11,12 @@ import jax
 import numpy as np
 
 
+def proc_status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``...) in bytes."""
+    with open("/proc/self/status") as handle:
+        return int(next(line for line in handle if line.startswith(field + ":")).split()[1]) * 1024
+
+
 def first_call(fn):
     """(result, seconds) of one call of a JAX callable (blocks on its result): its trace and compile."""
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+from measure import proc_status_bytes
 from recording import record
 
 import lmprobe_jax.functional as F
@@ -40,20 +41,15 @@ from lmprobe_jax_store import ActivationStore
 GB = 1e9
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        return int(next(line for line in handle if line.startswith(field)).split()[1]) * 1024
-
-
 def measured(fn):
     """``(result, seconds, peak RSS bytes, peak growth bytes)`` of ``fn()`` (blocks on its result)."""
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # the high-water mark restarts from the current RSS
-    before = _status("VmRSS")
+    before = proc_status_bytes("VmRSS")
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn())
     seconds = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = proc_status_bytes("VmHWM")
     return out, seconds, peak, peak - before
 
 

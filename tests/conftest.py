@@ -8,6 +8,13 @@ os.environ.setdefault("LMPROBE_JAX_COMPILATION_CACHE", "0")
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so a clean checkout's result does not depend on
+# chance; HYPOTHESIS_PROFILE=explore draws fresh ones (and 10x as many) to look for new failures.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmprobe_jax.layers import LayerSpec, parse_layers
+from lmprobe_jax.layers import EMBEDDINGS, LayerSpec, parse_layers
 
 n_layers_st = st.integers(min_value=1, max_value=200)
 
@@ -107,4 +107,4 @@ def test_arbitrary_text_parses_or_raises_value_error(n_layers, text):
     except ValueError:
         return
     assert spec.mode in ("fixed", "auto", "fast_auto", "sweep") and spec.layers
-    assert all(0 <= i < n_layers for i in spec.layers)
+    assert all(i == EMBEDDINGS or 0 <= i < n_layers for i in spec.layers)

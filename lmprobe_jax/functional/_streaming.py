@@ -135,6 +135,8 @@ def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwa
     is_array = isinstance(X, np.ndarray)
     if not (isinstance(X, LayerSource) or (is_array and X.ndim in (2, 3)) or _is_store(X)):
         return fn(X, *args, **kwargs)  # JAX arrays, lists: the in-memory solver as it is
+    if is_array and X.size == 0:
+        return fn(X, *args, **kwargs)  # nothing to stream: the solver's own checks say what is wrong
     single = is_array and X.ndim == 2
     source = layer_source(X[None] if single else X)
     n_layers, n_rows, n_features = source.shape
