@@ -252,7 +252,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # A direction from a CG that did not reach its tolerance counts too where the gradient is already
         # within its own float rounding (ill-conditioned layers: outlier features of scale 400 put the
         # float32 floor of a softmax gradient near 1e-5, and CG's rounding keeps it from converging).
-        at_rounding = opt <= rounding_scale * jnp.sqrt(jnp.sum(jnp.square(ev.residual)))
+        at_rounding = within_rounding(g, ev.residual, rounding_scale)
         at_floor = newton & (solved | at_rounding) & ls.at_precision & (opt >= st.optimality)
         kept = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
@@ -268,15 +268,26 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
 
 
 def gradient_rounding_scale(X: Array) -> Array:
-    r"""``c`` such that ``c ||r||_2`` bounds the float rounding of the data part of the gradient, ``X^T r``.
+    r"""``(D + 1,)`` ``c`` such that ``c_j ||r||_2`` bounds the float rounding of ``(X^T r)_j`` (the last entry
+    for the intercept's column of ones).
 
     Each entry is a sum of ``N`` products; with probabilistic rounding (Higham & Mary 2019, lambda = 8)
     its error is at most ``8 sqrt(N) u sum_i |x_ij r_i| <= 8 sqrt(N) u ||x_j||_2 ||r||_2`` (Cauchy-Schwarz),
-    so ``c = 8 sqrt(N) u max_j ||x_j||_2``: one pass over ``X``, once per problem.
+    so ``c_j = 8 sqrt(N) u ||x_j||_2``: one pass over ``X``, once per problem.
     """
-    n = X.shape[0]
+    n = jnp.asarray(X.shape[0], X.dtype)
     u = jnp.finfo(X.dtype).eps / 2
-    return 8 * jnp.sqrt(jnp.asarray(n, X.dtype)) * u * jnp.sqrt(jnp.max(jnp.sum(jnp.square(X), axis=0)))
+    norms = jnp.concatenate([jnp.sqrt(jnp.sum(jnp.square(X), axis=0)), jnp.sqrt(n)[None]])
+    return 8 * jnp.sqrt(n) * u * norms
+
+
+def within_rounding(g: Params, residual: Array, scale: Array) -> Array:
+    """Whether every gradient entry is within its float rounding (:func:`gradient_rounding_scale`), for
+    ``residual`` ``(N,)`` or ``(K, N)`` (one bound per class row)."""
+    r = jnp.sqrt(jnp.sum(jnp.square(residual), axis=-1))[..., None]  # (1,) or (K, 1)
+    bound = r * scale
+    coef = jnp.abs(g.coef).reshape(bound.shape[:-1] + (-1,))
+    return jnp.all(coef <= bound[..., :-1]) & jnp.all(jnp.abs(g.intercept) <= bound[..., -1])
 
 
 def _first_phase(opt0: Array, s: Settings) -> _Phase:

@@ -82,10 +82,10 @@ def solver_options(
     resolve ``policy`` (default :func:`~._policy.default_policy`) for this shape.
 
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
-    with ``nystrom_rank`` set to the rank used (0 for softmax unless ``precondition_rank`` asks: its
-    curvature gathers on the few samples near each class's margin, far from the Gram's model), ``woodbury`` to whether this shape takes the kernel
+    with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
+    take one CG step), ``quasi_newton_memory`` to 0 for softmax (see below), and ``hessian_refresh_cg``
+    to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
         policy = default_policy()
@@ -94,8 +94,6 @@ def solver_options(
     n_layers, n_samples, n_features = shape
     n_coef = n_features * (n_outputs or 1)
     rank = default_precondition_rank(n_features, precondition_rank, policy)
-    if n_outputs is not None and precondition_rank is None:
-        rank = 0  # softmax: the Gram preconditioner cost passes on every regime measured (RESULTS.md)
     wide = n_outputs is None and use_woodbury(n_samples, n_features, policy.woodbury_ratio)
     batch = default_layer_batch_size(n_layers, layer_batch_size)
     refresh = policy.hessian_refresh_cg
@@ -103,7 +101,9 @@ def solver_options(
         refresh = 0
     resolved = dataclasses.replace(
         policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
-        quasi_newton_memory=0 if wide else policy.quasi_newton_memory,
+        # Softmax takes Newton-CG from the first step: its quasi-Newton phase left raw (outlier-feature)
+        # layers unconverged after 100 iterations where Newton-CG needs 7-17 (RESULTS.md, 2026-12-04).
+        quasi_newton_memory=0 if wide or n_outputs is not None else policy.quasi_newton_memory,
     )
     return {
         "n_outputs": n_outputs,
