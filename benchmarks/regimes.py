@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import os
 import platform
 import sys
@@ -55,6 +56,11 @@ from lmprobe_jax.functional._path import solve_layers, solver_options
 
 GRID = np.logspace(-3, 2, 8)
 TIGHTER = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+
+
+def default_tol_of(solver) -> float:
+    """The solver's default ``tol`` (through the streaming wrapper, which keeps the signature)."""
+    return inspect.signature(solver).parameters["tol"].default
 
 
 @contextlib.contextmanager
@@ -140,7 +146,7 @@ def sklearn_c1(reg, tol):
 def binary_c1(reg, rounds):
     rows = []
     reg.set_reference(F.fit_logistic(reg.X, reg.y, [1.0], tol=1e-7), [1.0])
-    default_tol = F.fit_logistic.__kwdefaults__["tol"]
+    default_tol = default_tol_of(F.fit_logistic)
     ours = {tol: functools.partial(F.fit_logistic, reg.X, reg.y, 1.0, tol=tol) for tol in (default_tol, 1e-7)}
     for run in ours.values():
         first_call(run)
@@ -196,7 +202,7 @@ def binary_path(reg, rounds):
     checked = sorted({0, reg.L // 2, reg.L - 1})
     gaps = [reg.gap(l, C, fit.coef[l, g], fit.intercept[l, g]) for l in checked for g, C in enumerate(GRID)]
     sk_gaps = [reg.gap(l, C, *sk[l * len(GRID) + g]) for l in checked for g, C in enumerate(GRID)]
-    passes = ours_counts(reg.X, reg.y, GRID, F.fit_logistic.__kwdefaults__["tol"])[0] / reg.L
+    passes = ours_counts(reg.X, reg.y, GRID, default_tol_of(F.fit_logistic))[0] / reg.L
     return [(reg.name, "8-C path, defaults", t_ours, t_sk, max(gaps), max(sk_gaps), passes, 2 * log["calls"] / reg.L,
              f"gaps on layers {checked} x 8 C; all converged {bool(np.asarray(fit.converged).all())}")]
 
@@ -241,7 +247,7 @@ def softmax_c1(name, scale, rounds):
     codes = np.unique(y, return_inverse=True)[1]
     x64 = X[0].astype(np.float64)
     total = 1.0 * len(codes)
-    default_tol = F.fit_multinomial.__kwdefaults__["tol"]
+    default_tol = default_tol_of(F.fit_multinomial)
     ours = {tol: functools.partial(F.fit_multinomial, X[0], codes, 1.0, tol=tol) for tol in (default_tol, 1e-7)}
     for run in ours.values():
         first_call(run)

@@ -70,7 +70,7 @@ class SolverPolicy:
     woodbury: bool = False
     fused_max_rows: int = 16
     halve_builds: bool = True
-    layer_warm_start: bool = True
+    layer_warm_start: bool = False
 
 
 # On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many

@@ -139,14 +139,14 @@ def ridge_rows(
 
 @jax.jit
 def _block_gradient(x: Array, y: Array, s: Array, z: Array, C: Array) -> tuple[Array, Array]:
-    dz = C * s * BINARY_LOGISTIC.grad(z, y)
+    dz = C * s * BINARY_LOGISTIC.evaluate(z, y)[1]
     return rmatvec(x, dz), jnp.sum(dz)
 
 
 @jax.jit
 def _block_hvp(x: Array, y: Array, s: Array, z: Array, C: Array, p_coef: Array, p_int: Array):
     u = matvec(x, p_coef) + p_int
-    hu = C * s * BINARY_LOGISTIC.hvp(z, y, u)
+    hu = C * s * BINARY_LOGISTIC.hvp(BINARY_LOGISTIC.evaluate(z, y)[2], u)
     return u, rmatvec(x, hu), jnp.sum(hu)
 
 
@@ -207,7 +207,7 @@ def _precondition(precond: Any, mu: float, fit_intercept: bool, v_coef: Array, v
 def _newton_direction(rows: _LayerRows, z: Array, C: Array, g_coef: Array, g_int: Array, precond: Any,
                       cg_tol: float, max_cg_iter: int) -> tuple[Array, Array, Array, int]:
     """Conjugate gradients on ``H d = -g``, one pass over the rows per step: ``(d_coef, d_int, X d, steps)``."""
-    curvature = C * jnp.sum(rows.s * BINARY_LOGISTIC.curvature(z, rows.y)) / rows.s.shape[0]
+    curvature = C * jnp.sum(rows.s * BINARY_LOGISTIC.curvature(BINARY_LOGISTIC.evaluate(z, rows.y)[2])) / rows.s.shape[0]
     mu = 1.0 / max(float(curvature), 1e-30)  # H ~ a (A + I / a), a = C * mean curvature (as in-memory)
     r_coef, r_int = -g_coef, -g_int
     p_coef, p_int = _precondition(precond, mu, rows.fit_intercept, r_coef, r_int)
@@ -231,11 +231,11 @@ def _armijo_step(rows: _LayerRows, z: Array, xd: Array, C: Array, coef: Array, d
                  objective: float) -> float | None:
     """The largest ``t`` in ``1, 1/2, ...`` meeting Armijo's condition along ``z + t X d`` (no pass over the
     rows; the decrease is summed per sample, as in-memory), or None when none does."""
-    base = BINARY_LOGISTIC.value(z, rows.y)
+    base = BINARY_LOGISTIC.evaluate(z, rows.y)[0]
     wd, dd = float(vdot(coef, d_coef)), float(vdot(d_coef, d_coef))
     t = 1.0
     for _ in range(_MAX_HALVINGS + 1):
-        data = float(C * jnp.sum(rows.s * (BINARY_LOGISTIC.value(z + t * xd, rows.y) - base)))
+        data = float(C * jnp.sum(rows.s * (BINARY_LOGISTIC.evaluate(z + t * xd, rows.y)[0] - base)))
         if slope < 0 and data + t * wd + 0.5 * t * t * dd <= _ARMIJO_C1 * t * slope:
             return t
         t *= 0.5
@@ -262,7 +262,7 @@ def _newton(rows: _LayerRows, C: float, coef: Array, intercept: Array, z: Array,
         forcing = min(0.3, max(min(0.1, (opt / opt0) ** 0.5), 0.5 * tol * scale / max(g_norm, 1e-30)))
         d_coef, d_int, xd, _ = _newton_direction(rows, z, C, *g, precond, forcing * g_norm, max_cg_iter)
         slope = float(vdot(g[0], d_coef) + g[1] * d_int)
-        objective = float(C * jnp.sum(rows.s * BINARY_LOGISTIC.value(z, rows.y)) + 0.5 * vdot(coef, coef))
+        objective = float(C * jnp.sum(rows.s * BINARY_LOGISTIC.evaluate(z, rows.y)[0]) + 0.5 * vdot(coef, coef))
         # Below the float resolution of F the line search cannot measure progress: take the full step.
         at_precision = -slope <= eps * objective
         t = 1.0 if at_precision else _armijo_step(rows, z, xd, C, coef, d_coef, slope, objective)
