@@ -106,6 +106,19 @@ def _predict_data(est: BaseEstimator, X: Any) -> np.ndarray:
     return validate_data(est, X, reset=False, dtype=[np.float64, np.float32])
 
 
+# Above this C the float32 solve, in C's units, loses the loss against the penalty (zero steps, overflow).
+_FLOAT32_LARGE_C = 1e8
+
+
+def _large_c_advice(est: BaseEstimator) -> str:
+    C = np.max(np.asarray(getattr(est, "Cs_", getattr(est, "C", 0.0)), float), initial=0.0)
+    if C < _FLOAT32_LARGE_C:
+        return ""
+    return (f" C={C:g} is beyond what a float32 solve resolves (on standardised features it fails from C ~ 1e10): for an unregularised "
+            "fit pass C=1e6, whose solution's scaled gradient differs from any larger C's by at most "
+            "max|coef_| / (1e6 * sum(sample_weight)).")
+
+
 def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndarray) -> None:
     """One ConvergenceWarning per fit, naming the layers that did not converge."""
     bad = np.flatnonzero(~np.asarray(converged, bool).reshape(-1))
@@ -113,7 +126,8 @@ def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndar
         where = f" (layers {bad.tolist()})" if hasattr(est, "n_layers_") else ""
         warnings.warn(
             f"{type(est).__name__} failed to converge{where} after {int(np.max(n_iter))} iteration(s). Increase "
-            f"max_iter (max_iter={est.max_iter}) or loosen tol (tol={est.tol}), or standardise the features.",
+            f"max_iter (max_iter={est.max_iter}) or loosen tol (tol={est.tol}), or standardise the features."
+            + _large_c_advice(est),
             ConvergenceWarning,
             stacklevel=3,
         )

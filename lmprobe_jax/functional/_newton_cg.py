@@ -151,6 +151,18 @@ def _dot(a: Array, b: Array) -> Array:
     return vdot(a, b)
 
 
+def gradient_rounding_scale(X: Array) -> Array:
+    r"""``c`` such that ``c ||r||_2`` bounds the float rounding of each entry of ``X^T r`` (``X`` ``(N, D)``).
+
+    Each entry is a sum of ``N`` products; with probabilistic rounding (Higham & Mary 2019, lambda = 8)
+    its error is at most ``8 sqrt(N) u sum_i |x_ij r_i| <= 8 sqrt(N) u ||x_j||_2 ||r||_2`` (Cauchy-Schwarz),
+    so ``c = 8 sqrt(N) u max_j ||x_j||_2``: one pass over ``X`` per problem.
+    """
+    u = jnp.finfo(X.dtype).eps / 2
+    n = jnp.asarray(X.shape[0], X.dtype)
+    return 8 * jnp.sqrt(n) * u * jnp.sqrt(jnp.max(jnp.sum(jnp.square(X), axis=0)))
+
+
 def newton_cg(
     loss: GLMLoss,
     X: Array,
@@ -209,12 +221,17 @@ def newton_cg(
     def intercept_part(v: Array) -> Array:
         return v if fit_intercept else jnp.zeros_like(v)
 
-    def gradient(coef: Array, z: Array) -> tuple[Array, Array, Array]:
-        dz = C * s * loss.grad(z, y)
+    rounding_scale = gradient_rounding_scale(X)
+
+    def gradient(coef: Array, z: Array) -> tuple[Array, Array, Array, Array]:
+        """``(g_coef, g_intercept, optimality, rounding)``: the gradient, its scaled max-abs entry, and
+        a bound on that entry's float rounding (see :func:`gradient_rounding_scale`)."""
+        r = s * loss.grad(z, y)
+        dz = C * r
         g_coef = rmatvec(X, dz) + coef
         g_int = intercept_part(jnp.sum(dz, axis=-1))
         opt = jnp.maximum(jnp.max(jnp.abs(g_coef)), jnp.max(jnp.abs(g_int))) / scale
-        return g_coef, g_int, opt
+        return g_coef, g_int, opt, rounding_scale * jnp.sqrt(_dot(r, r)) / jnp.sum(s)
 
     def solve_newton_direction(st: _NewtonState, lagged: LaggedHessianInverse | None) -> _CGState:
         """Conjugate gradients on ``H d = -g``, preconditioned when ``precond`` is given."""
@@ -379,7 +396,7 @@ def newton_cg(
         coef = st.coef + t * cg.d_coef
         intercept = st.intercept + t * cg.d_intercept
         z = st.z + t * cg.a
-        g_coef, g_int, opt = gradient(coef, z)
+        g_coef, g_int, opt, rounding = gradient(coef, z)
         stalled = (t == 0) & ~at_precision
         # The gradient test is met and two steps in a row lowered F by less than its float resolution:
         # the gap estimate is then float32 noise (Newton directions from a gradient at its rounding
@@ -391,8 +408,10 @@ def newton_cg(
         new = _NewtonState(coef, intercept, z, g_coef, g_int, opt, st.optimality0, gap, st.n_iter + 1,
                            stalled, settled, st.n_cg + cg.k, unresolved, inverse, cg.k)
         # In the precision regime, a full Newton step that does not lower the gradient means float32
-        # rounding (not the optimiser) now sets the gradient: keep the better iterate and stop there.
-        at_floor = at_precision & (opt >= st.optimality)
+        # rounding (not the optimiser) now sets the gradient: keep the better iterate and stop there;
+        # only where the gradient is within its own rounding (at C >= 1e10 the unscaled arithmetic
+        # loses everything, CG steps come out zero, and a zero probe was reported converged).
+        at_floor = at_precision & (opt >= st.optimality) & (opt <= rounding)
         kept = st._replace(n_iter=st.n_iter + 1, at_floor=jnp.bool_(True), n_cg=st.n_cg + cg.k, inverse=inverse,
                            last_cg=cg.k)
         return jax.tree.map(lambda a, b: jnp.where(at_floor, a, b), kept, new)
@@ -400,7 +419,7 @@ def newton_cg(
     coef0 = coef0.astype(dtype)
     intercept0 = intercept_part(intercept0.astype(dtype))
     z0 = matvec(X, coef0) + intercept0[..., None]
-    g_coef, g_int, opt = gradient(coef0, z0)
+    g_coef, g_int, opt, _ = gradient(coef0, z0)
     inf = jnp.asarray(jnp.inf, dtype)
     init = _NewtonState(
         coef0, intercept0, z0, g_coef, g_int, opt, opt, inf, jnp.int32(0), jnp.bool_(False), jnp.bool_(False),
