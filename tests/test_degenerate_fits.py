@@ -5,6 +5,7 @@ float32 ridge on a nearly singular layer."""
 import warnings
 
 import _tolerance as T
+import jax
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
@@ -31,6 +32,18 @@ def test_every_c_is_solved_or_reported_unconverged(shape):
         if not bool(fit.converged[g]):
             continue
         region = T.glm_region(X, y, C, tol=1e-7)
+        T.assert_within(T.as_theta(fit.coef[g], fit.intercept[g]), region.optimum, 2 * region.radius, f"C={C:g}")
+
+
+def test_float64_solves_the_c_float32_cannot():
+    rng = np.random.default_rng(32)
+    X = rng.normal(size=(500, 32))
+    y = (X @ rng.normal(size=32) + 2 * rng.normal(size=500) > 0).astype(int)
+    with jax.enable_x64(True):
+        fit = F.fit_logistic(X, y, C=[1e12, 1e20])
+    assert fit.coef.dtype == np.float64 and bool(np.all(np.asarray(fit.converged)))
+    for g, C in enumerate((1e12, 1e20)):
+        region = T.glm_region(X, y, C, tol=1e-7, precision="float64")
         T.assert_within(T.as_theta(fit.coef[g], fit.intercept[g]), region.optimum, 2 * region.radius, f"C={C:g}")
 
 
