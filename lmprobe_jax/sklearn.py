@@ -116,7 +116,7 @@ def _large_c_advice(est: BaseEstimator) -> str:
         return ""
     return (f" C={C:g} is beyond what a float32 solve resolves (on standardised features it fails from C ~ 1e10): for an unregularised "
             "fit pass C=1e6, whose solution's scaled gradient differs from any larger C's by at most "
-            "max|coef_| / (1e6 * sum(sample_weight)); or enable jax_enable_x64 and pass float64 X.")
+            "max|coef_| / (1e6 * sum(sample_weight)); or pass float64 X, which is solved in float64.")
 
 
 def _warn_unconverged(est: BaseEstimator, converged: np.ndarray, n_iter: np.ndarray) -> None:

@@ -58,7 +58,8 @@ def test_an_unresolvable_c_warns_with_the_fix():
     assert any(issubclass(w.category, ConvergenceWarning) and "pass C=1e6" in str(w.message) for w in caught)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        LogisticProbe(C=1e6).fit(X, y)  # the advice works
+        LogisticProbe(C=1e6).fit(X, y)  # the advice works, either way
+        assert LogisticProbe(C=1e12).fit(X.astype(np.float64), y).coef_.dtype == np.float64
 
 
 def test_a_mass_mean_class_without_weight_is_refused():
