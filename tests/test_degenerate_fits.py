@@ -1,10 +1,44 @@
-"""Degenerate inputs that once gave a silently wrong fit (issue 20, item 9): a mass-mean class with no
-weight, LDA with more dimensions than rows and no shrinkage, float32 ridge on a nearly singular layer."""
+"""Degenerate inputs that once gave a silently wrong fit (issue 20, items 1 and 9): a logistic C too large
+for float32, a mass-mean class with no weight, LDA with more dimensions than rows and no shrinkage,
+float32 ridge on a nearly singular layer."""
 
+import _tolerance as T
+import jax
 import numpy as np
 import pytest
 
 import lmprobe_jax.functional as F
+
+LARGE_CS = [1e-3, 1.0, 1e4, 1e8, 1e10, 2e10, 1e12, 1e16, 1e20]
+
+
+@pytest.mark.parametrize("shape", [(2000, 64), (500, 32), (300, 8)])
+def test_every_c_is_solved(shape):
+    """C = 1e12 is how users ask for no regularisation; solved in C's units, float32 lost the loss against
+    the penalty from C ~ 1e10 (a zero probe was reported converged, NaN from 2e10). Every fit reported
+    converged must lie in the region its stopping test and float32 rounding allow around scikit-learn's
+    float64 optimum (tests/_tolerance.py)."""
+    n, d = shape
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X @ rng.normal(size=d) + 2 * rng.normal(size=n) > 0).astype(int)  # not separable: an optimum at any C
+    fit = F.fit_logistic(X, y, C=LARGE_CS)
+    assert bool(np.all(np.asarray(fit.converged)))  # the scaled objective solves every C
+    for g, C in enumerate(LARGE_CS):
+        region = T.glm_region(X, y, C, tol=1e-7)
+        T.assert_within(T.as_theta(fit.coef[g], fit.intercept[g]), region.optimum, 2 * region.radius, f"C={C:g}")
+
+
+def test_float64_solves_the_c_float32_cannot():
+    rng = np.random.default_rng(32)
+    X = rng.normal(size=(500, 32))
+    y = (X @ rng.normal(size=32) + 2 * rng.normal(size=500) > 0).astype(int)
+    with jax.enable_x64(True):
+        fit = F.fit_logistic(X, y, C=[1e12, 1e20])
+    assert fit.coef.dtype == np.float64 and bool(np.all(np.asarray(fit.converged)))
+    for g, C in enumerate((1e12, 1e20)):
+        region = T.glm_region(X, y, C, tol=1e-7, precision="float64")
+        T.assert_within(T.as_theta(fit.coef[g], fit.intercept[g]), region.optimum, 2 * region.radius, f"C={C:g}")
 
 
 def test_a_mass_mean_class_without_weight_is_refused():
