@@ -84,7 +84,7 @@ def solver_options(
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), ``quasi_newton_memory`` to 0 for softmax (see below), and ``hessian_refresh_cg``
+    take one CG step), ``quasi_newton_memory`` to the softmax one for softmax, and ``hessian_refresh_cg``
     to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
@@ -101,9 +101,8 @@ def solver_options(
         refresh = 0
     resolved = dataclasses.replace(
         policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
-        # Softmax takes Newton-CG from the first step: its quasi-Newton phase left raw (outlier-feature)
-        # layers unconverged after 100 iterations where Newton-CG needs 7-17 (RESULTS.md, 2026-12-04).
-        quasi_newton_memory=0 if wide or n_outputs is not None else policy.quasi_newton_memory,
+        quasi_newton_memory=0 if wide else (
+            policy.softmax_quasi_newton_memory if n_outputs is not None else policy.quasi_newton_memory),
     )
     return {
         "n_outputs": n_outputs,

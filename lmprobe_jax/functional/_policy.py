@@ -24,6 +24,9 @@ class SolverPolicy:
     Attributes:
       quasi_newton_memory: pairs kept by the L-BFGS phase that starts every solve (0: Newton-CG from
         the first step).
+      softmax_quasi_newton_memory: the same for softmax solves. 0 by default: on raw activations with
+        outlier features the quasi-Newton phase left multi-class layers unconverged after 100 iterations
+        where Newton-CG from the first step needs 5-17 (``benchmarks/softmax_policies.py``).
       switch_window: quasi-Newton iterations over which progress is judged.
       switch_progress: the phase hands over to Newton-CG once the best scaled gradient of the last
         ``switch_window`` iterations is above this fraction of the best before them (the quasi-Newton
@@ -53,10 +56,12 @@ class SolverPolicy:
         triangular inverse by halves): fewer flops on the CPU, many more programs to autotune elsewhere.
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
-        is never worse in objective).
+        is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
+        streamed chunks, layer-sharded meshes and a subset of layers give the whole call's fits.
     """
 
     quasi_newton_memory: int = 10
+    softmax_quasi_newton_memory: int = 0
     switch_window: int = 8
     switch_progress: float = 0.5
     switch_after: int = 10
