@@ -256,7 +256,13 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         at_floor = newton & (solved | at_rounding) & ls.at_precision & (opt >= st.optimality)
         kept = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
-        return jax.tree.map(lambda a_, b_: jnp.where(at_floor, a_, b_), kept, new)
+        # A step that overflowed (separable softmax layers at C >= 1e8) is not taken: the last finite
+        # iterate is kept and the solve stops there, unconverged.
+        overflowed = ~(jnp.isfinite(opt) & jnp.all(jnp.isfinite(params.coef)) & jnp.all(jnp.isfinite(params.intercept)))
+        broken = st._replace(precond=pstate, progress=pr._replace(
+            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, stalled=jnp.bool_(True), last_cg=k))
+        new = jax.tree.map(lambda a_, b_: jnp.where(overflowed, a_, b_), broken, new)
+        return jax.tree.map(lambda a_, b_: jnp.where(at_floor & ~overflowed, a_, b_), kept, new)
 
     st = jax.lax.while_loop(cond, body, init)
     pr = st.progress
