@@ -28,11 +28,29 @@ def test_every_c_is_solved_or_reported_unconverged(shape):
     y = (X @ rng.normal(size=d) + 2 * rng.normal(size=n) > 0).astype(int)  # not separable: an optimum at any C
     fit = F.fit_logistic(X, y, C=LARGE_CS)
     assert bool(np.all(np.asarray(fit.converged)[:4]))  # the ordinary range is solved
+    assert np.isfinite(np.asarray(fit.coef)).all() and np.isfinite(np.asarray(fit.intercept)).all()
     for g, C in enumerate(LARGE_CS):
         if not bool(fit.converged[g]):
             continue
         region = T.glm_region(X, y, C, tol=1e-7)
         T.assert_within(T.as_theta(fit.coef[g], fit.intercept[g]), region.optimum, 2 * region.radius, f"C={C:g}")
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_softmax_at_large_c_is_finite_and_solved_or_reported_unconverged(separable):
+    """Separable softmax layers at C >= 1e8 overflowed inside CG and returned NaN weights (unconverged);
+    the overflowing step is now refused and the last finite iterate kept."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    y = np.argmax(X[:, :3] + (0.0 if separable else 0.7) * rng.normal(size=(90, 3)), axis=1)
+    X32 = X.astype(np.float32)
+    Cs = [1.0, 1e4, 1e8, 1e10, 1e12]
+    fit = F.fit_multinomial(X32, y, Cs)
+    assert np.isfinite(np.asarray(fit.coef)).all() and np.isfinite(np.asarray(fit.intercept)).all()
+    assert bool(np.all(np.asarray(fit.converged)[:2]))
+    for g, C in enumerate(Cs):  # a converged fit meets the stopping test in float64 (up to its rounding)
+        if bool(fit.converged[g]):
+            assert T.scaled_gradient_excess(X32, y, T.as_theta(fit.coef[g], fit.intercept[g]), C) <= 0, C
 
 
 def test_float64_solves_the_c_float32_cannot():

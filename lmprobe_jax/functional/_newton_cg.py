@@ -414,7 +414,13 @@ def newton_cg(
         at_floor = at_precision & (opt >= st.optimality) & (opt <= rounding)
         kept = st._replace(n_iter=st.n_iter + 1, at_floor=jnp.bool_(True), n_cg=st.n_cg + cg.k, inverse=inverse,
                            last_cg=cg.k)
-        return jax.tree.map(lambda a, b: jnp.where(at_floor, a, b), kept, new)
+        # A step that overflowed (separable softmax layers at C >= 1e8: CG's products in C's units) is
+        # not taken: the last finite iterate is kept and the solve stops there, unconverged.
+        overflowed = ~(jnp.isfinite(opt) & jnp.all(jnp.isfinite(coef)) & jnp.all(jnp.isfinite(intercept)))
+        broken = st._replace(n_iter=st.n_iter + 1, stalled=jnp.bool_(True), n_cg=st.n_cg + cg.k, inverse=inverse,
+                             last_cg=cg.k)
+        new = jax.tree.map(lambda a, b: jnp.where(overflowed, a, b), broken, new)
+        return jax.tree.map(lambda a, b: jnp.where(at_floor & ~overflowed, a, b), kept, new)
 
     coef0 = coef0.astype(dtype)
     intercept0 = intercept_part(intercept0.astype(dtype))
