@@ -19,6 +19,7 @@ lda                   MassMeanProbe(iid=True) (shared covariance)     LinearDisc
 group_lasso           GroupLassoProbe                                 --
 ensemble              EnsembleClassifier (a C path, averaged)         --
 svm                   --                                              SVC(kernel="linear", probability=True)
+sgd_gpu               SGDGPUClassifier (minibatch SGD on JAX)         --
 sgd                   --                                              SGDClassifier(loss="log_loss")
 ===================== ============================================= ======================================
 """
@@ -34,6 +35,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from . import functional as F
 from .exceptions import NotFittedError
+from .sgd import (
+    SGDGPUClassifier,
+    _stable_sigmoid_proba,  # noqa: F401  (lmprobe.classifiers has it: same import path)
+)
 from .sklearn import (
     GroupLassoProbe,
     LogisticCVProbe,
@@ -187,10 +192,8 @@ REGISTRY: dict[str, Entry] = {
     ),
     "svm": Entry(None, frozenset(), _sk("sklearn.svm", "SVC", kernel="linear", probability=True)),
     "sgd": Entry(None, frozenset(), _sk("sklearn.linear_model", "SGDClassifier", loss="log_loss")),
+    "sgd_gpu": Entry(SGDGPUClassifier, frozenset(SGDGPUClassifier().get_params()), None),
 }
-
-#: Every classifier name (lmprobe's ``BUILTIN_CLASSIFIERS``).
-BUILTIN_CLASSIFIERS = frozenset(REGISTRY)
 
 #: lmprobe's name for the mass-mean estimator.
 MassMeanClassifier = MassMeanProbe
@@ -223,6 +226,7 @@ def _register_savable() -> None:
         MassMeanProbe,
         GroupLassoProbe,
         EnsembleClassifier,
+        SGDGPUClassifier,
         LogisticRegression,
         LogisticRegressionCV,
         Ridge,
