@@ -49,6 +49,8 @@ _LAZY = {
     "set_cache_dtype": "cache",
     "set_cache_limit": "cache",
     "PerLayerScaler": "scaling",
+    "set_profiling": "profiling",
+    "is_profiling": "profiling",
 }
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "enable_compilation_cache",
     "evict",
     "functional",
+    "is_profiling",
     "load_activations",
     "load_layer_across_prompts",
     "load_layer_last_token",
@@ -81,6 +84,7 @@ __all__ = [
     "set_cache_dtype",
     "set_cache_limit",
     "set_max_threads",
+    "set_profiling",
     "sweep_activations",
 ]
 
