@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from typing_extensions import Self
+
 profile_logger = logging.getLogger("lmprobe_jax.profile")
 
 _enabled = os.environ.get("LMPROBE_PROFILE", "0") not in ("0", "")
@@ -62,11 +64,11 @@ class ProfileAccumulator:
         self.total = 0.0
         self._start = 0.0
 
-    def __enter__(self) -> ProfileAccumulator:
+    def __enter__(self) -> Self:
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.total = time.perf_counter() - self._start
         parts = ", ".join(f"{k}: {_fmt_time(v)}" for k, v in self.sections.items())
         profile_logger.info("%s: %s%s", self.name, _fmt_time(self.total), f" ({parts})" if parts else "")

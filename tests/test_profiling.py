@@ -37,12 +37,11 @@ def test_off_records_nothing():
 
 
 def test_sections_are_timed_inside_the_total_and_repeated_ones_add_up(profiling, caplog):
-    with caplog.at_level(logging.INFO, logger="lmprobe_jax.profile"):
-        with profile_op("op") as acc:
-            assert isinstance(acc, ProfileAccumulator) and current() is acc
-            for _ in range(2):
-                with profile_section(acc, "sleep"):
-                    time.sleep(0.02)
+    with caplog.at_level(logging.INFO, logger="lmprobe_jax.profile"), profile_op("op") as acc:
+        assert isinstance(acc, ProfileAccumulator) and current() is acc
+        for _ in range(2):
+            with profile_section(acc, "sleep"):
+                time.sleep(0.02)
     assert current() is None
     times = acc.as_dict()
     assert times["sleep"] >= 0.04 and times["total"] >= times["sleep"]
