@@ -25,7 +25,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score,
 from lmprobe_jax_store import layer_order
 
 from .. import functional as F
-from ..classifiers import COMPUTE_BACKENDS, build_classifier, check_name, linear_fit, validate_classifier
+from ..classifiers import (
+    _resolve_compute_backend,
+    build_classifier,
+    check_name,
+    linear_fit,
+    validate_classifier,
+)
 from ..exceptions import NotFittedError
 from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
@@ -77,8 +83,8 @@ class Probe(BaseEstimator):
       preprocessing, pca_components: ``"standard"``, ``"pca:N"`` (or ``"pca"`` with ``pca_components``),
         ``"standard+pca:N"``.
       mass_mean_augment: append the projection on the class-mean difference as one more feature.
-      compute_backend: accepted for lmprobe compatibility (``"sklearn"``, ``"auto"``, ``"jax"``): the
-        built-in classifiers always run on JAX, on whatever device JAX has.
+      compute_backend: ``"sklearn"`` / ``"auto"`` (the built-in estimators, on JAX's device, GPU included)
+        or ``"cuml"`` (RAPIDS cuML's estimators where cuML has one; needs cuML installed).
       cache_dir: where activations are cached (default :func:`default_cache_dir`); None disables it.
       progress: show extraction progress bars.
 
@@ -168,11 +174,7 @@ class Probe(BaseEstimator):
             raise ValueError("backend='local' does not support remote=True: use backend='nnsight' for NDIF.")
         if isinstance(self.dtype, str) and self.dtype.removeprefix("torch.") not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}: use one of {DTYPES} or None (float32).")
-        if self.compute_backend not in COMPUTE_BACKENDS:
-            raise ValueError(
-                f"Unknown compute_backend {self.compute_backend!r}: lmprobe-jax runs its classifiers on JAX "
-                f"(CPU or GPU, whichever JAX has); choose one of {COMPUTE_BACKENDS}."
-            )
+        _resolve_compute_backend(self.compute_backend)  # an unknown name, or "cuml" without cuML, raises
 
     def _check_fit_params(self) -> None:
         """Parameters lmprobe checks when fitting rather than at construction."""
@@ -195,7 +197,14 @@ class Probe(BaseEstimator):
             if self.random_state is not None and "random_state" in est.get_params():
                 est.set_params(random_state=self.random_state)
             return est
-        return build_classifier(self._classifier_name(), self.random_state, self.classifier_kwargs)
+        return build_classifier(
+            self._classifier_name(), self.random_state, self.classifier_kwargs, self._compute_backend
+        )
+
+    @property
+    def _compute_backend(self) -> str:
+        """``"sklearn"`` or ``"cuml"``: what ``compute_backend`` builds (lmprobe's attribute)."""
+        return _resolve_compute_backend(self.compute_backend)
 
     @property
     def _classifier_template(self) -> BaseEstimator:
