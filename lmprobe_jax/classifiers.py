@@ -27,7 +27,7 @@ sgd                   --                                              SGDClassif
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -249,25 +249,36 @@ _register_savable()
 
 @functools.cache
 def cuml_available() -> bool:
-    """Whether RAPIDS cuML is installed (checked once; ``cuml_available.cache_clear()`` checks again)."""
-    return importlib.util.find_spec("cuml") is not None
+    """Whether RAPIDS cuML imports (checked once; ``cuml_available.cache_clear()`` checks again)."""
+    try:
+        importlib.import_module("cuml")
+    except ImportError:
+        return False
+    return True
 
 
 def _resolve_compute_backend(compute_backend: str) -> str:
     """``"sklearn"`` or ``"cuml"``: what ``compute_backend`` builds (lmprobe's helper; see
     :data:`COMPUTE_BACKENDS`). Raises ValueError for an unknown name, ImportError for ``"cuml"`` without
     cuML."""
+    _check_compute_backend(compute_backend)
+    if compute_backend == "cuml" and not cuml_available():
+        raise ImportError(_NO_CUML)
+    return "cuml" if compute_backend == "cuml" else "sklearn"
+
+
+_NO_CUML = (
+    "compute_backend='cuml' requires cuML (RAPIDS: https://docs.rapids.ai/install); without it use 'sklearn' "
+    "or 'auto', whose estimators already run on JAX's GPU."
+)
+
+
+def _check_compute_backend(compute_backend: str) -> None:
     if compute_backend not in COMPUTE_BACKENDS:
         raise ValueError(
             f"Unknown compute_backend {compute_backend!r}: choose one of {COMPUTE_BACKENDS} (lmprobe-jax's own "
             "estimators run on JAX's device, GPU included, under 'sklearn' and 'auto')."
         )
-    if compute_backend == "cuml" and not cuml_available():
-        raise ImportError(
-            "compute_backend='cuml' requires cuML (RAPIDS: https://docs.rapids.ai/install); without it use "
-            "'sklearn' or 'auto', whose estimators already run on JAX's GPU."
-        )
-    return "cuml" if compute_backend == "cuml" else "sklearn"
 
 
 _CUML = {
@@ -286,7 +297,11 @@ def _build_cuml_classifier(name: str, classifier_kwargs: dict | None = None) -> 
     if name not in _CUML:
         return None
     module, cls, defaults = _CUML[name]
-    estimator = getattr(getattr(importlib.import_module("cuml"), module), cls)  # cuml.linear_model.Ridge
+    try:
+        cuml = importlib.import_module("cuml")
+    except ImportError as err:
+        raise ImportError(_NO_CUML) from err
+    estimator = getattr(getattr(cuml, module), cls)  # e.g. cuml.linear_model.Ridge
     return estimator(**{**defaults, **(classifier_kwargs or {})})
 
 
@@ -305,7 +320,8 @@ def build_classifier(
     lmprobe's signature). ``compute_backend`` (:data:`COMPUTE_BACKENDS`): ``"cuml"`` builds cuML's
     estimator for the names it has, the table's for the others."""
     check_name(name)
-    if _resolve_compute_backend(compute_backend) == "cuml" and name in _CUML:
+    _check_compute_backend(compute_backend)
+    if compute_backend == "cuml" and name in _CUML:
         return _build_cuml_classifier(name, classifier_kwargs)
     entry = REGISTRY[name]
     kwargs = dict(classifier_kwargs or {})
