@@ -93,3 +93,11 @@ def test_the_interface_and_refusals(tiny_models):
         _get_decoder_layers(object())
     with pytest.raises(ValueError, match="empty"):
         LocalBackend(tiny_models["llama"], device="cpu").extract_batch(["a"], [])
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])  # num_hidden_layers / n_layer in the config
+def test_depth_from_the_config_is_the_loaded_model_s(tiny_models, name):
+    from lmprobe_jax.extraction import get_num_layers_from_config
+
+    model, _ = LocalBackend(tiny_models[name], device="cpu")._load()
+    assert get_num_layers_from_config(tiny_models[name]) == len(_get_decoder_layers(model)) == 4
