@@ -199,18 +199,18 @@ class SGDGPUClassifier(ClassifierMixin, BaseEstimator):
         X_d, y_d, w_d = put(X), put(codes), put(weight)
         cosine = optax.cosine_decay_schedule(self.lr, max(self.epochs, 1))
         plateau = _Plateau(float(self.lr))
+        batch = int(min(self.batch_size, n))  # one minibatch of all rows, not one padded to batch_size
         best_loss, best_params, stale = float("inf"), params, 0
         every = 1 if self.epochs <= 10 else 10
 
         self.train_loss_: list[float] = []
         for epoch in range(self.epochs):
-            lr = {None: self.lr, "cosine": float(cosine(epoch)), "reduce_on_plateau": plateau.learning_rate}[
-                self.scheduler
-            ]
+            if self.scheduler == "cosine":
+                lr = float(cosine(epoch))
+            else:
+                lr = plateau.learning_rate  # constant unless reduce_on_plateau lowers it
             order = put(rng.permutation(n).astype(np.int32))
-            params, loss = sgd_epoch(
-                params, X_d, y_d, w_d, order, lr, self.weight_decay, batch_size=int(self.batch_size)
-            )
+            params, loss = sgd_epoch(params, X_d, y_d, w_d, order, lr, self.weight_decay, batch_size=batch)
             loss = float(loss)
             self.train_loss_.append(loss)
             if self.scheduler == "reduce_on_plateau":
