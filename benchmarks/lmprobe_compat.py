@@ -19,7 +19,10 @@ same stand-in model, so both counts come from the same machine and packages.
 
 Usage:
   python benchmarks/lmprobe_compat.py [--reference --lmprobe-path DIR] [--files test_probe.py ...]
-      [--json out.json] [--record]
+      [--json out.json] [--record] [--keep DIR] [--against REF/report.xml]
+
+``--against`` a ``--reference`` run's ``report.xml`` (kept with ``--keep``) adds a second table: per test
+file, the tests lmprobe itself passes and how many of those pass here (the figures RESULTS.md quotes).
 
 Prints passed / failed / errors / skipped per test file and in total, and for the Probe-API subset:
 the tests whose function, or a fixture they use, calls ``Probe`` / ``LinearProbe`` or uses
@@ -244,9 +247,10 @@ def against(report: Path, reference: Path) -> dict[str, Counter]:
     """Per test file, of the tests lmprobe itself passes (``reference``, a ``--reference`` run's report):
     how many (``lmprobe``) and how many of them pass here (``ours``); Probe-API ones also under ``API``."""
     ours, ref = outcomes(report), outcomes(reference)
+    ran = {name for name, _ in ours}  # with --files, only those files
     per_file: dict[str, Counter] = {API: Counter()}
     for (name, test), (outcome, api) in ref.items():
-        if outcome != "passed":
+        if outcome != "passed" or name not in ran:
             continue
         passed = ours.get((name, test), ("missing", False))[0] == "passed"
         for key in (name, API) if api else (name,):

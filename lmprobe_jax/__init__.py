@@ -8,6 +8,8 @@
   :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through :mod:`lmprobe_jax_store`).
 * Baselines (:class:`BaselineProbe`, :class:`ActivationBaseline`, :class:`BaselineBattery`),
   :class:`ProbeEnsemble`, and cache management (:mod:`lmprobe_jax.cache`), with lmprobe's names.
+* :func:`set_profiling` (:mod:`lmprobe_jax.profiling`): each Probe call's step times; lmprobe's backend
+  objects in :mod:`lmprobe_jax.backends` (imports torch).
 * :func:`sweep_activations` — a per-layer cross-validated sweep straight from activations.
 * :func:`parse_layers` — the layer-spec grammar.
 * :func:`enable_compilation_cache` — keep compiled solvers on disk between processes.
