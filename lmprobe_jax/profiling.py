@@ -4,8 +4,9 @@
 :class:`~lmprobe_jax.Probe` method log its time and its steps' times to the ``lmprobe_jax.profile``
 logger and leave them on the probe as ``last_profile_`` (a dict of seconds: ``"total"`` and one entry
 per step: ``extract_and_pool``, ``scale`` -- the feature pipeline: scaling, and preprocessing when set
---, ``fit``, ``transform``, ``predict``). Off, a profiled call costs one flag check. The steps' results
-are host arrays when a step ends (JAX's asynchronous dispatch has finished), so each time is the step's.
+--, ``fit``, ``transform``, ``predict``). Off, nothing is timed or logged: each step costs one
+context-manager entry (a few microseconds). The steps' results are host arrays when a step ends (JAX's
+asynchronous dispatch has finished), so each time is the step's.
 
     import lmprobe_jax
     lmprobe_jax.set_profiling(True)
