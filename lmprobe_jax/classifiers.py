@@ -321,7 +321,7 @@ def build_classifier(
     estimator for the names it has, the table's for the others."""
     check_name(name)
     _check_compute_backend(compute_backend)
-    if compute_backend == "cuml" and name in _CUML:
+    if compute_backend == "cuml" and name in _CUML_SUPPORTED_CLASSIFIERS:
         return _build_cuml_classifier(name, classifier_kwargs)
     entry = REGISTRY[name]
     kwargs = dict(classifier_kwargs or {})
