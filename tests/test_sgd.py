@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from lmprobe_jax.sgd import SGDGPUClassifier, _Plateau, _plateau_step, _stable_sigmoid_proba
+from lmprobe_jax.sgd import SGDGPUClassifier, _plateau_start, _plateau_step, _stable_sigmoid_proba
 
 
 def data(n=120, d=4, seed=0):
@@ -131,12 +131,13 @@ def test_plateau_rule_is_pytorchs_reduce_on_plateau():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=5, factor=0.5)
     losses = [1.0, 0.9, 0.9, 0.89995, 0.95, 0.9, 0.9, 0.9, 0.8, *[0.8] * 14, 0.5, *[0.6] * 8]
-    state = _Plateau(0.1)
-    for loss in losses:
+    state, apart = _plateau_start(0.1, 2), False  # two layers: the second sees the losses one epoch late
+    for before, loss in zip([1.0, *losses], losses, strict=False):
         sched.step(loss)
-        state = _plateau_step(state, loss)
-        assert state.learning_rate == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
-    assert state.learning_rate < 0.1 / 4  # the sequence did trigger reductions
+        state = _plateau_step(state, np.array([loss, before]))
+        assert state.learning_rate[0] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        apart |= state.learning_rate[1] != state.learning_rate[0]
+    assert state.learning_rate[0] < 0.1 / 4 and apart  # reductions happened, per layer
 
 
 def test_early_stopping_keeps_the_best_epoch():
@@ -177,3 +178,37 @@ def test_labels_predictions_and_refusals():
         SGDGPUClassifier(scheduler="step")
     with pytest.raises(ValueError, match="not available"):
         SGDGPUClassifier(device="tpu:7").fit(X, y)
+
+
+def test_a_3d_fit_trains_each_layer_as_its_own_2d_fit():
+    """``(L, N, D)``: every layer gets the initialisation and row orders of its own 2-D fit with the same
+    ``random_state``; each layer is checked against the float64 replay of that 2-D run."""
+    X, y, s = data(n=50, d=6, seed=1)
+    X3 = np.stack([X, X[:, ::-1], 0.5 - X])
+    kw = {"lr": 0.1, "epochs": 6, "batch_size": 16, "weight_decay": 0.01}
+    est = SGDGPUClassifier(**kw, random_state=7, device="cpu").fit(X3, y, sample_weight=s)
+    assert est.coef_.shape == (3, 6) and est.intercept_.shape == (3, 1) and est.train_loss_.shape == (3, 6)
+    for i in range(3):
+        theta, _, bounds, _, _ = _replay(X3[i], y, s, **kw, seed=7)
+        layer = est.select_layer(i)
+        assert layer.coef_.shape == (6,) and layer.intercept_.shape == (1,)
+        T.assert_within(np.r_[layer.coef_, layer.intercept_], theta, bounds[-1], f"layer {i} vs its replay")
+        np.testing.assert_array_equal(layer.predict(X3[i]), est.predict(X3)[i])
+    scores = est.decision_function(X3).astype(np.float64)
+    np.testing.assert_allclose(est.predict_proba(X3)[..., 1], expit(scores), rtol=1e-12)
+
+
+def test_each_layer_stops_early_on_its_own():
+    """A layer with constant features stops improving (its loss reaches float32's floor) long before an
+    informative one: it stops, keeps its best epoch's parameters, and its history ends there (NaN after);
+    the informative layer trains on."""
+    X, y, _ = data(n=100, d=8, seed=3)
+    X3 = np.stack([X, np.ones_like(X)])
+    kw = {"lr": 0.01, "device": "cpu", "random_state": 42, "early_stopping": 5}
+    est = SGDGPUClassifier(epochs=400, **kw).fit(X3, y)
+    ran = np.isfinite(est.train_loss_).sum(axis=1)
+    assert ran[1] < ran[0] and np.isfinite(est.train_loss_[1, : ran[1]]).all()
+    best = int(np.nanargmin(est.train_loss_[1]))
+    assert ran[1] == best + 6
+    cut = SGDGPUClassifier(epochs=best + 1, **{**kw, "early_stopping": None}).fit(X3, y)
+    np.testing.assert_array_equal(est.coef_[1], cut.coef_[1])  # the same run, stopped at its best epoch
