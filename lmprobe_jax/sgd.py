@@ -310,3 +310,11 @@ class SGDGPUClassifier(_PerLayer, ClassifierMixin, BaseEstimator):
         """``classes_[1]`` where the logit is >= 0, else ``classes_[0]`` ``(N,)`` (``(L, N)``)."""
         positive = self.decision_function(X) >= 0  # checks fitted before classes_ is read
         return self.classes_[positive.astype(int)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """Accuracy (a float; ``(L,)`` per-layer accuracies for ``(L, N, D)``)."""
+        if np.ndim(X) != 3:
+            return float(super().score(X, y, sample_weight=sample_weight))
+        hit = self.predict(X) == np.asarray(y)[None]
+        w = np.ones(hit.shape[1]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        return hit @ w / w.sum()

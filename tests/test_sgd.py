@@ -194,6 +194,7 @@ def test_a_3d_fit_trains_each_layer_as_its_own_2d_fit():
         assert layer.coef_.shape == (6,) and layer.intercept_.shape == (1,)
         T.assert_within(np.r_[layer.coef_, layer.intercept_], theta, bounds[-1], f"layer {i} vs its replay")
         np.testing.assert_array_equal(layer.predict(X3[i]), est.predict(X3)[i])
+        assert est.score(X3, y)[i] == layer.score(X3[i], y)
     scores = est.decision_function(X3).astype(np.float64)
     np.testing.assert_allclose(est.predict_proba(X3)[..., 1], expit(scores), rtol=1e-12)
 
