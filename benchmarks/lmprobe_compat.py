@@ -19,7 +19,10 @@ same stand-in model, so both counts come from the same machine and packages.
 
 Usage:
   python benchmarks/lmprobe_compat.py [--reference --lmprobe-path DIR] [--files test_probe.py ...]
-      [--json out.json] [--record]
+      [--json out.json] [--record] [--keep DIR] [--against REF/report.xml]
+
+``--against`` a ``--reference`` run's ``report.xml`` (kept with ``--keep``) adds a second table: per test
+file, the tests lmprobe itself passes and how many of those pass here (the figures RESULTS.md quotes).
 
 Prints passed / failed / errors / skipped per test file and in total, and for the Probe-API subset:
 the tests whose function, or a fixture they use, calls ``Probe`` / ``LinearProbe`` or uses
@@ -225,6 +228,44 @@ def tally(report: Path) -> dict[str, Counter]:
     return per_file
 
 
+def outcomes(report: Path) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Per test ``(file, id)``: its outcome and whether it is a Probe-API test."""
+    out = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        classname = case.get("classname") or case.get("name", "")
+        name = next((part for part in classname.split(".") if part.startswith("test_")), "?")
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = child.tag
+        api = any(p.get("name") == "probe_api" for p in case.iter("property"))
+        out[(f"{name}.py", f"{classname}::{case.get('name')}")] = (outcome, api)
+    return out
+
+
+def against(report: Path, reference: Path) -> dict[str, Counter]:
+    """Per test file, of the tests lmprobe itself passes (``reference``, a ``--reference`` run's report):
+    how many (``lmprobe``) and how many of them pass here (``ours``); Probe-API ones also under ``API``."""
+    ours, ref = outcomes(report), outcomes(reference)
+    ran = {name for name, _ in ours}  # with --files, only those files
+    per_file: dict[str, Counter] = {API: Counter()}
+    for (name, test), (outcome, api) in ref.items():
+        if outcome != "passed" or name not in ran:
+            continue
+        passed = ours.get((name, test), ("missing", False))[0] == "passed"
+        for key in (name, API) if api else (name,):
+            per_file.setdefault(key, Counter()).update({"lmprobe": 1, "ours": int(passed)})
+    return per_file
+
+
+def against_table(per_file: dict[str, Counter]) -> str:
+    rows = ["| file | lmprobe passes | lmprobe-jax passes of those |", "|---|---:|---:|"]
+    for name in [*sorted(set(per_file) - {API}), API]:
+        c = per_file[name]
+        rows.append(f"| {name} | {c['lmprobe']} | {c['ours']} |")
+    return "\n".join(rows)
+
+
 def table(per_file: dict[str, Counter]) -> str:
     rows = ["| file | passed | failed | errors | skipped |", "|---|---:|---:|---:|---:|"]
     total = Counter()
@@ -250,6 +291,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the per-file counts to this JSON file")
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     parser.add_argument("--keep", help="work in this directory and keep it (default: a temporary one)")
+    parser.add_argument(
+        "--against",
+        help="a --reference run's report.xml: also count, per file, the tests lmprobe passes that pass here",
+    )
     args = parser.parse_args()
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="lmprobe_compat."))
@@ -275,6 +320,8 @@ def main() -> None:
     run_pytest(tests, env, args.files, report)
     per_file = tally(report)
     text = table(per_file)
+    if args.against:
+        text += "\n\n" + against_table(against(report, Path(args.against)))
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({k: dict(v) for k, v in per_file.items()}, indent=1))

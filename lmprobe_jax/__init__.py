@@ -8,6 +8,8 @@
   :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through :mod:`lmprobe_jax_store`).
 * Baselines (:class:`BaselineProbe`, :class:`ActivationBaseline`, :class:`BaselineBattery`),
   :class:`ProbeEnsemble`, and cache management (:mod:`lmprobe_jax.cache`), with lmprobe's names.
+* :func:`set_profiling` (:mod:`lmprobe_jax.profiling`): each Probe call's step times; lmprobe's backend
+  objects in :mod:`lmprobe_jax.backends` (imports torch).
 * :func:`sweep_activations` — a per-layer cross-validated sweep straight from activations.
 * :func:`parse_layers` — the layer-spec grammar.
 * :func:`enable_compilation_cache` — keep compiled solvers on disk between processes.
@@ -49,6 +51,8 @@ _LAZY = {
     "set_cache_dtype": "cache",
     "set_cache_limit": "cache",
     "PerLayerScaler": "scaling",
+    "set_profiling": "profiling",
+    "is_profiling": "profiling",
 }
 
 __all__ = [
@@ -74,6 +78,7 @@ __all__ = [
     "enable_compilation_cache",
     "evict",
     "functional",
+    "is_profiling",
     "load_activations",
     "load_layer_across_prompts",
     "load_layer_last_token",
@@ -81,6 +86,7 @@ __all__ = [
     "set_cache_dtype",
     "set_cache_limit",
     "set_max_threads",
+    "set_profiling",
     "sweep_activations",
 ]
 

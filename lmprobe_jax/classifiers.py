@@ -19,12 +19,15 @@ lda                   MassMeanProbe(iid=True) (shared covariance)     LinearDisc
 group_lasso           GroupLassoProbe                                 --
 ensemble              EnsembleClassifier (a C path, averaged)         --
 svm                   --                                              SVC(kernel="linear", probability=True)
+sgd_gpu               SGDGPUClassifier (minibatch SGD on JAX)         --
 sgd                   --                                              SGDClassifier(loss="log_loss")
 ===================== ============================================= ======================================
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -34,6 +37,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from . import functional as F
 from .exceptions import NotFittedError
+from .sgd import (
+    SGDGPUClassifier,
+    _stable_sigmoid_proba,  # noqa: F401  (lmprobe.classifiers has it: same import path)
+)
 from .sklearn import (
     GroupLassoProbe,
     LogisticCVProbe,
@@ -43,9 +50,13 @@ from .sklearn import (
     RidgeRegressionProbe,
 )
 
+COMPUTE_BACKENDS = ("sklearn", "auto", "cuml")
+"""``"sklearn"``: the estimators of the table (ours run on JAX's device, GPU included); ``"auto"``: the
+same (lmprobe picks cuML when installed; ours already use the accelerator, batched over layers);
+``"cuml"``: RAPIDS cuML's estimators for the names cuML has (:data:`_CUML_SUPPORTED_CLASSIFIERS`)."""
+
 # Arguments of scikit-learn's estimators that pick an algorithm, not a solution: ours reaches the same
 # optimum at tight tolerance whatever they say.
-COMPUTE_BACKENDS = ("sklearn", "auto", "jax")
 _HOW_NOT_WHAT = {"solver", "n_jobs", "verbose", "warm_start", "random_state", "dual", "copy_X"}
 
 
@@ -187,10 +198,8 @@ REGISTRY: dict[str, Entry] = {
     ),
     "svm": Entry(None, frozenset(), _sk("sklearn.svm", "SVC", kernel="linear", probability=True)),
     "sgd": Entry(None, frozenset(), _sk("sklearn.linear_model", "SGDClassifier", loss="log_loss")),
+    "sgd_gpu": Entry(SGDGPUClassifier, frozenset(SGDGPUClassifier().get_params()), None),
 }
-
-#: Every classifier name (lmprobe's ``BUILTIN_CLASSIFIERS``).
-BUILTIN_CLASSIFIERS = frozenset(REGISTRY)
 
 #: lmprobe's name for the mass-mean estimator.
 MassMeanClassifier = MassMeanProbe
@@ -223,6 +232,7 @@ def _register_savable() -> None:
         MassMeanProbe,
         GroupLassoProbe,
         EnsembleClassifier,
+        SGDGPUClassifier,
         LogisticRegression,
         LogisticRegressionCV,
         Ridge,
@@ -237,6 +247,64 @@ def _register_savable() -> None:
 _register_savable()
 
 
+@functools.cache
+def cuml_available() -> bool:
+    """Whether RAPIDS cuML imports (checked once; ``cuml_available.cache_clear()`` checks again)."""
+    try:
+        importlib.import_module("cuml")
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_compute_backend(compute_backend: str) -> str:
+    """``"sklearn"`` or ``"cuml"``: what ``compute_backend`` builds (lmprobe's helper; see
+    :data:`COMPUTE_BACKENDS`). Raises ValueError for an unknown name, ImportError for ``"cuml"`` without
+    cuML."""
+    _check_compute_backend(compute_backend)
+    if compute_backend == "cuml" and not cuml_available():
+        raise ImportError(_NO_CUML)
+    return "cuml" if compute_backend == "cuml" else "sklearn"
+
+
+_NO_CUML = (
+    "compute_backend='cuml' requires cuML (RAPIDS: https://docs.rapids.ai/install); without it use 'sklearn' "
+    "or 'auto', whose estimators already run on JAX's GPU."
+)
+
+
+def _check_compute_backend(compute_backend: str) -> None:
+    if compute_backend not in COMPUTE_BACKENDS:
+        raise ValueError(
+            f"Unknown compute_backend {compute_backend!r}: choose one of {COMPUTE_BACKENDS} (lmprobe-jax's own "
+            "estimators run on JAX's device, GPU included, under 'sklearn' and 'auto')."
+        )
+
+
+_CUML = {
+    "logistic_regression": ("linear_model", "LogisticRegression", {"max_iter": 1000}),
+    "ridge": ("linear_model", "Ridge", {"alpha": 1.0}),
+    "ridge_regression": ("linear_model", "Ridge", {"alpha": 1.0}),
+    "svm": ("svm", "SVC", {"probability": True}),
+}
+_CUML_SUPPORTED_CLASSIFIERS = frozenset(_CUML)
+"""The names cuML has an estimator for (lmprobe's: the same classes and defaults)."""
+
+
+def _build_cuml_classifier(name: str, classifier_kwargs: dict | None = None) -> Any:
+    """cuML's estimator for ``name`` with lmprobe's defaults and ``classifier_kwargs``, or None when cuML
+    has none (the caller then builds the table's). cuML's estimators take no ``random_state``."""
+    if name not in _CUML:
+        return None
+    module, cls, defaults = _CUML[name]
+    try:
+        cuml = importlib.import_module("cuml")
+    except ImportError as err:
+        raise ImportError(_NO_CUML) from err
+    estimator = getattr(getattr(cuml, module), cls)  # e.g. cuml.linear_model.Ridge
+    return estimator(**{**defaults, **(classifier_kwargs or {})})
+
+
 def check_name(name: str) -> None:
     if name not in REGISTRY:
         raise ValueError(f"Unknown classifier {name!r}: choose from {sorted(REGISTRY)} or pass an estimator.")
@@ -249,14 +317,12 @@ def build_classifier(
     compute_backend: str = "sklearn",
 ) -> BaseEstimator:
     """The unfitted estimator behind a classifier name, with ``classifier_kwargs`` (the module's table;
-    lmprobe's signature). ``compute_backend``: ``"sklearn"``, ``"auto"`` or ``"jax"`` all build the same
-    estimators (ours run on JAX's device); lmprobe's ``"cuml"`` is refused."""
+    lmprobe's signature). ``compute_backend`` (:data:`COMPUTE_BACKENDS`): ``"cuml"`` builds cuML's
+    estimator for the names it has, the table's for the others."""
     check_name(name)
-    if compute_backend not in COMPUTE_BACKENDS:
-        raise ValueError(
-            f"Unknown compute_backend {compute_backend!r}: lmprobe-jax runs its classifiers on JAX (CPU or "
-            f"GPU, whichever JAX has); choose one of {COMPUTE_BACKENDS}."
-        )
+    _check_compute_backend(compute_backend)
+    if compute_backend == "cuml" and name in _CUML_SUPPORTED_CLASSIFIERS:
+        return _build_cuml_classifier(name, classifier_kwargs)
     entry = REGISTRY[name]
     kwargs = dict(classifier_kwargs or {})
     ours = {
@@ -310,12 +376,12 @@ def resolve_classifier(
     return classifier
 
 
-def is_batched(name: Any, kwargs: dict | None) -> bool:
+def is_batched(name: Any, kwargs: dict | None, compute_backend: str = "sklearn") -> bool:
     """True when ``name`` with ``kwargs`` builds one of our estimators that a sweep batches."""
     return (
         isinstance(name, str)
         and name in BATCHED
-        and type(build_classifier(name, classifier_kwargs=kwargs)).__module__.startswith("lmprobe_jax")
+        and type(build_classifier(name, None, kwargs, compute_backend)).__module__.startswith("lmprobe_jax")
     )
 
 

@@ -225,7 +225,10 @@ class _BinaryLinearClassifier(_LinearClassifier):
                 f"LogisticProbe for more than two."
             )
         if classes.size < 2:
-            raise ValueError(f"y has one class only ({classes.tolist()}); a classifier needs two.")
+            raise ValueError(
+                f"Both classes must have training rows: y has one class only ({classes.tolist()}). Pass rows "
+                "of two classes."
+            )
         self.classes_ = classes
         return (y == classes[1]).astype(np.int32)
 

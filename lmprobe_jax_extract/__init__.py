@@ -9,6 +9,8 @@ exactly what produced it.
 * :func:`depth_analysis`, :func:`residual_erasure`, :func:`integrated_gradients` -- how each block writes
   to the residual stream and what skipping or erasing it does (Csordas et al.'s depth-efficiency
   measures), batched interventions on the model.
+* :class:`LocalBackend` / :class:`NnsightBackend` (:func:`resolve_backend`) -- lmprobe's backend objects:
+  a batch's unpooled hidden states at given layers, for code written against lmprobe's interface.
 * :func:`readout_from_checkpoint` -- that readout read from a checkpoint's safetensors files (only the
   shards holding it), without loading the model.
 * Layer ``i`` is the residual stream leaving decoder block ``i`` (before the final norm); the stream
@@ -20,6 +22,7 @@ This package never imports jax: the JAX side reads its stores as numpy arrays.
 from lmprobe_jax_store import EMBEDDINGS, POOLINGS, ActivationStore, library_version, resolve_layers
 
 from ._attribution import Erasure, IntegratedGradients, integrated_gradients, residual_erasure
+from ._backends import ExtractionBackend, LocalBackend, NnsightBackend, resolve_backend
 from ._blocks import find_decoder_layers
 from ._checkpoint import UnknownArchitecture, readout_from_checkpoint
 from ._depth import Contributions, DepthAnalysis, SkipEffects, depth_analysis
@@ -42,7 +45,10 @@ __all__ = [
     "Contributions",
     "DepthAnalysis",
     "Erasure",
+    "ExtractionBackend",
     "IntegratedGradients",
+    "LocalBackend",
+    "NnsightBackend",
     "SkipEffects",
     "UnknownArchitecture",
     "block_layout",
@@ -60,6 +66,7 @@ __all__ = [
     "pool",
     "readout_from_checkpoint",
     "residual_erasure",
+    "resolve_backend",
     "resolve_layers",
     "smollm2_directory",
 ]

@@ -62,7 +62,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     ]
     if not candidates:
         raise ValueError(
-            f"Could not find the decoder blocks of {type(model).__name__}: no ModuleList of identical "
+            f"Could not find decoder layers in {type(model).__name__}: no ModuleList of identical "
             f"blocks{'' if expected is None else f' of length {expected}'} was found. Pass a model whose "
             "blocks live in a ModuleList (every Hugging Face decoder does)."
         )

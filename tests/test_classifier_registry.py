@@ -80,7 +80,9 @@ def test_a_regressor_is_refused_for_classification():
 @pytest.mark.parametrize("name", sorted(set(REGISTRY) - {"group_lasso", "ridge_regression"}))
 def test_every_name_fits_predicts_and_round_trips(name, tmp_path):
     X, y = blobs()
-    probe = Probe(layers=0, classifier=name, random_state=0).fit_from_activations(X, y)
+    # lmprobe's SGD defaults (lr 0.01, 100 full-batch steps here) stop far from the optimum on 60 rows
+    kwargs = {"lr": 0.5} if name == "sgd_gpu" else None
+    probe = Probe(layers=0, classifier=name, classifier_kwargs=kwargs, random_state=0).fit_from_activations(X, y)
     pred = probe.predict_from_activations(X)
     assert np.mean(pred == y) > 0.7
     try:
@@ -103,3 +105,51 @@ def test_our_unfitted_estimators_raise_what_both_kinds_of_caller_catch(name):
                 getattr(est, method)(X)
             with pytest.raises(SkNotFittedError):
                 getattr(est, method)(X)
+
+
+def test_compute_backend_names_resolve_or_say_what_is_missing():
+    from lmprobe_jax.classifiers import _resolve_compute_backend, cuml_available
+
+    assert [_resolve_compute_backend(b) for b in ("sklearn", "auto")] == ["sklearn", "sklearn"]
+    with pytest.raises(ValueError, match="Unknown compute_backend"):
+        Probe(compute_backend="tensorflow")
+    cuml_available.cache_clear()
+    if not cuml_available():
+        with pytest.raises(ImportError, match="compute_backend='cuml' requires cuML"):
+            Probe(compute_backend="cuml")
+
+
+def test_cuml_builds_cumls_estimators_with_lmprobes_defaults(monkeypatch):
+    """cuML needs an NVIDIA GPU and RAPIDS, so it cannot run here: a stand-in ``cuml`` package whose
+    classes are scikit-learn's (cuML's are drop-ins with the same constructor arguments) checks which
+    class each name builds, with which arguments, and that a probe trains with it unbatched."""
+    import importlib.machinery
+    import types
+
+    from sklearn.linear_model import Ridge
+    from sklearn.svm import SVC
+
+    from lmprobe_jax.classifiers import _CUML_SUPPORTED_CLASSIFIERS, cuml_available, is_batched
+
+    cuml = types.ModuleType("cuml")
+    cuml.__spec__ = importlib.machinery.ModuleSpec("cuml", None)
+    cuml.linear_model = types.SimpleNamespace(LogisticRegression=LogisticRegression, Ridge=Ridge)
+    cuml.svm = types.SimpleNamespace(SVC=SVC)
+    monkeypatch.setitem(__import__("sys").modules, "cuml", cuml)
+    cuml_available.cache_clear()
+    try:
+        assert _CUML_SUPPORTED_CLASSIFIERS == {"logistic_regression", "ridge", "ridge_regression", "svm"}
+        est = build_classifier("logistic_regression", 3, {"C": 0.5}, compute_backend="cuml")
+        assert type(est) is LogisticRegression and est.max_iter == 1000 and est.C == 0.5
+        assert est.random_state is None  # cuML's estimators take none
+        assert type(build_classifier("ridge", compute_backend="cuml")) is Ridge
+        assert build_classifier("svm", compute_backend="cuml").probability is True
+        assert isinstance(build_classifier("mass_mean", compute_backend="cuml"), REGISTRY["mass_mean"].native)
+        assert not is_batched("logistic_regression", None, "cuml") and is_batched("logistic_regression", None)
+        X, y = blobs()
+        probe = Probe(layers=0, compute_backend="cuml").fit_from_activations(X, y)
+        assert probe._compute_backend == "cuml" and type(probe.classifier_) is LogisticRegression
+        features = probe._features(X[None].astype(np.float32))
+        np.testing.assert_array_equal(probe.predict_from_activations(X), probe.classifier_.predict(features))
+    finally:
+        cuml_available.cache_clear()

@@ -482,7 +482,7 @@ def test_decoder_blocks_fallback_search_and_failure():
             self.trunk.stack = torch.nn.ModuleList([Block() for _ in range(5)])
 
     assert extract.find_decoder_layers(Net())[0] == "trunk.stack"
-    with pytest.raises(ValueError, match="Could not find the decoder blocks"):
+    with pytest.raises(ValueError, match="Could not find decoder layers"):
         extract.find_decoder_layers(torch.nn.Linear(2, 2))
 
 

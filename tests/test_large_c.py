@@ -12,6 +12,7 @@ fraction of a percent: scikit-learn's own test allows the same.
 """
 
 
+import _tolerance as T
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,27 +21,6 @@ from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
 from lmprobe_jax.sklearn import LogisticCVProbe, LogisticProbe
-
-
-def scaled_gradient_excess(X, y, theta, C, fit_intercept, tol=1e-7):
-    """Largest ``|g_j| - (tol + rounding_j)`` of scikit-learn's scaled objective's float64 gradient at
-    ``theta`` (``(K, D + 1)``; ``y`` codes, softmax when ``K > 1``); <= 0 when the stopping test holds."""
-    n = len(y)
-    X1 = np.hstack([X, np.ones((n, 1))])
-    z = X1 @ theta.T  # (N, K)
-    if theta.shape[0] == 1:
-        p = 1 / (1 + np.exp(-z[:, 0]))
-        r = ((p - y) / n)[:, None]
-    else:
-        e = np.exp(z - z.max(1, keepdims=True))
-        r = (e / e.sum(1, keepdims=True) - np.eye(theta.shape[0])[y]) / n
-    penalty = np.hstack([theta[:, :-1], np.zeros((theta.shape[0], 1))]) / (C * n)
-    g = r.T @ X1 + penalty
-    if not fit_intercept:
-        g[:, -1] = 0
-    u = np.finfo(np.float32).eps / 2
-    rounding = 8 * np.sqrt(n) * u * np.linalg.norm(X1, axis=0)[None, :] * np.linalg.norm(r, axis=0)[:, None]
-    return float(np.max(np.abs(g) - (tol + 2 * rounding)))
 
 
 def problem(n, d, seed, separable, scale):
@@ -71,7 +51,7 @@ def test_a_converged_binary_fit_reaches_the_float64_optimum_for_any_c(log_c, sha
     assert np.isfinite(w).all() and np.isfinite(b)
     if bool(fit.converged):
         theta = np.append(w, b)[None, :]
-        assert scaled_gradient_excess(X, y, theta, C, fit_intercept) <= 0
+        assert T.scaled_gradient_excess(X, y, theta, C, fit_intercept=fit_intercept) <= 0
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,7 +66,7 @@ def test_a_converged_softmax_fit_reaches_the_float64_optimum_for_any_c(log_c, se
     W, b = np.asarray(fit.coef, np.float64), np.asarray(fit.intercept, np.float64)
     assert np.isfinite(W).all() and np.isfinite(b).all()
     if bool(fit.converged):
-        assert scaled_gradient_excess(X, y, np.hstack([W, b[:, None]]), C, True) <= 0
+        assert T.scaled_gradient_excess(X, y, np.hstack([W, b[:, None]]), C) <= 0
 
 
 @pytest.mark.parametrize("C", [2e10, 1e12])

@@ -25,11 +25,18 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score,
 from lmprobe_jax_store import layer_order
 
 from .. import functional as F
-from ..classifiers import COMPUTE_BACKENDS, build_classifier, check_name, linear_fit, validate_classifier
+from ..classifiers import (
+    _resolve_compute_backend,
+    build_classifier,
+    check_name,
+    linear_fit,
+    validate_classifier,
+)
 from ..exceptions import NotFittedError
 from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
 from ..pooling import pad_tokens, parse_pooling_strategy, reduce_token_scores, resolve_pooling
+from ..profiling import current, profile_section, profiled
 from ._features import (
     check_normalize_layers,
     check_preprocessing,
@@ -76,8 +83,8 @@ class Probe(BaseEstimator):
       preprocessing, pca_components: ``"standard"``, ``"pca:N"`` (or ``"pca"`` with ``pca_components``),
         ``"standard+pca:N"``.
       mass_mean_augment: append the projection on the class-mean difference as one more feature.
-      compute_backend: accepted for lmprobe compatibility (``"sklearn"``, ``"auto"``, ``"jax"``): the
-        built-in classifiers always run on JAX, on whatever device JAX has.
+      compute_backend: ``"sklearn"`` / ``"auto"`` (the built-in estimators, on JAX's device, GPU included)
+        or ``"cuml"`` (RAPIDS cuML's estimators where cuML has one; needs cuML installed).
       cache_dir: where activations are cached (default :func:`default_cache_dir`); None disables it.
       progress: show extraction progress bars.
 
@@ -167,11 +174,7 @@ class Probe(BaseEstimator):
             raise ValueError("backend='local' does not support remote=True: use backend='nnsight' for NDIF.")
         if isinstance(self.dtype, str) and self.dtype.removeprefix("torch.") not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}: use one of {DTYPES} or None (float32).")
-        if self.compute_backend not in COMPUTE_BACKENDS:
-            raise ValueError(
-                f"Unknown compute_backend {self.compute_backend!r}: lmprobe-jax runs its classifiers on JAX "
-                f"(CPU or GPU, whichever JAX has); choose one of {COMPUTE_BACKENDS}."
-            )
+        _resolve_compute_backend(self.compute_backend)  # an unknown name, or "cuml" without cuML, raises
 
     def _check_fit_params(self) -> None:
         """Parameters lmprobe checks when fitting rather than at construction."""
@@ -194,7 +197,14 @@ class Probe(BaseEstimator):
             if self.random_state is not None and "random_state" in est.get_params():
                 est.set_params(random_state=self.random_state)
             return est
-        return build_classifier(self._classifier_name(), self.random_state, self.classifier_kwargs)
+        return build_classifier(
+            self._classifier_name(), self.random_state, self.classifier_kwargs, self._compute_backend
+        )
+
+    @property
+    def _compute_backend(self) -> str:
+        """``"sklearn"`` or ``"cuml"``: what ``compute_backend`` builds (lmprobe's attribute)."""
+        return _resolve_compute_backend(self.compute_backend)
 
     @property
     def _classifier_template(self) -> BaseEstimator:
@@ -252,22 +262,23 @@ class Probe(BaseEstimator):
 
         from ..cache import storage_dtype
 
-        store = extract_activations(
-            self.model,
-            prompts,
-            layers=sorted(set(layers), key=layer_order),
-            pooling=pooling,
-            cache_dir=self._cache_dir,
-            batch_size=batch_size or self.batch_size,
-            dtype=self.dtype,
-            storage_dtype=storage_dtype(),
-            device=None if self.device == "auto" else self.device,
-            backend=self.backend,
-            remote=self.remote if remote is None else remote,
-            overwrite=invalidate_cache,
-            progress=self.progress,
-        )
-        X = store.stack(layers, pooling, dtype=np.float32)
+        with profile_section(current(), "extract_and_pool"):
+            store = extract_activations(
+                self.model,
+                prompts,
+                layers=sorted(set(layers), key=layer_order),
+                pooling=pooling,
+                cache_dir=self._cache_dir,
+                batch_size=batch_size or self.batch_size,
+                dtype=self.dtype,
+                storage_dtype=storage_dtype(),
+                device=None if self.device == "auto" else self.device,
+                backend=self.backend,
+                remote=self.remote if remote is None else remote,
+                overwrite=invalidate_cache,
+                progress=self.progress,
+            )
+            X = store.stack(layers, pooling, dtype=np.float32)
         return X, (store.offsets() if pooling == "all" else None)
 
     def _layer_spec(self, n_layers: int) -> LayerSpec:
@@ -289,6 +300,7 @@ class Probe(BaseEstimator):
             self._extract(prompts, spec.layers, pooling, batch_size=batch_size, remote=remote)
 
     # -- fitting --------------------------------------------------------------------------------------------
+    @profiled("Probe.fit")
     def fit(
         self,
         positive_prompts: list[str],
@@ -327,6 +339,7 @@ class Probe(BaseEstimator):
         self.n_model_layers_, self.input_layers_ = n_model, None
         return self
 
+    @profiled("Probe.fit_from_activations")
     def fit_from_activations(self, X: Any, y: Any, sample_weight: Any = None, n_layers: int = 1) -> Probe:
         """Fit from activations: ``(N, n_layers * D)`` (layers concatenated, lmprobe's layout) or
         ``(L, N, D)``. Int / list / named specs take every block of ``X`` as the probe's layers (as
@@ -390,7 +403,8 @@ class Probe(BaseEstimator):
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         """Classifier features of ``X`` ``(len(layers_), N, D)``."""
-        return np.asarray(self.features_.transform(layer_blocks(X)), np.float32)
+        with profile_section(current(), "transform"):
+            return np.asarray(self.features_.transform(layer_blocks(X)), np.float32)
 
     @property
     def preprocessing_pipeline_(self) -> Any:
@@ -408,6 +422,10 @@ class Probe(BaseEstimator):
     def _apply(self, features: np.ndarray, kind: str) -> np.ndarray:
         """``"proba"`` ``(N, K)``, ``"predict"`` ``(N,)`` labels / values: the built-in linear classifiers
         through :mod:`lmprobe_jax.functional`, any other estimator through its own methods."""
+        with profile_section(current(), "predict"):
+            return self._apply_classifier(features, kind)
+
+    def _apply_classifier(self, features: np.ndarray, kind: str) -> np.ndarray:
         fit = linear_fit(self.classifier_)
         if kind == "proba":
             self._check_classification("predict_proba")
@@ -463,12 +481,14 @@ class Probe(BaseEstimator):
         )
         return self._per_prompt(X, offsets, kind)
 
+    @profiled("Probe.predict")
     def predict(
         self, prompts: list[str], remote: bool | None = None, batch_size: int | None = None
     ) -> np.ndarray:
         """Class labels (regression: predictions) ``(N,)``; ``(N, T)`` with ``inference_pooling="all"``."""
         return self._predict_prompts(prompts, "predict", remote, batch_size)
 
+    @profiled("Probe.predict_proba")
     def predict_proba(
         self, prompts: list[str], remote: bool | None = None, batch_size: int | None = None
     ) -> np.ndarray:
@@ -502,6 +522,7 @@ class Probe(BaseEstimator):
             )
         return float(accuracy_score(y, pred))
 
+    @profiled("Probe.evaluate")
     def evaluate(self, prompts: list[str], labels: Any, remote: bool | None = None) -> dict:
         """accuracy, auroc (binary), f1, precision, recall, n_eval and eval_hash (``"sha256:..."``); for
         sweeps also ``layer_results`` (every layer's metrics), ``best_layer`` (chosen on the training set
@@ -514,14 +535,17 @@ class Probe(BaseEstimator):
             "\n".join(sorted(prompts + [str(v) for v in y.tolist()])).encode()
         ).hexdigest()
         meta = {"n_eval": len(prompts), "eval_hash": f"sha256:{digest}"}
+        acc = current()
         if self.sweep_result_ is None:
-            result = {
-                **classification_metrics(y, self.predict_proba(prompts, remote=remote), self.classes_),
-                **meta,
-            }
+            with profile_section(acc, "extract_and_predict"):
+                proba = self.predict_proba(prompts, remote=remote)
+            with profile_section(acc, "score"):
+                result = {**classification_metrics(y, proba, self.classes_), **meta}
         else:
-            proba = self.sweep_result_.predict_proba(prompts)
-            per_layer = {layer: classification_metrics(y, p, self.classes_) for layer, p in proba.items()}
+            with profile_section(acc, "extract_and_predict"):
+                proba = self.sweep_result_.predict_proba(prompts)
+            with profile_section(acc, "score"):
+                per_layer = {layer: classification_metrics(y, p, self.classes_) for layer, p in proba.items()}
             best = self.best_layer_
             if best is None:  # no cross-validation was possible: lmprobe's choice, on this set
                 best = max(per_layer, key=lambda layer: (per_layer[layer]["accuracy"], -layer_order(layer)))
@@ -552,10 +576,12 @@ class Probe(BaseEstimator):
             )
         return X3[[source.index(layer) for layer in self.layers_]] if source is not None else X3
 
+    @profiled("Probe.predict_from_activations")
     def predict_from_activations(self, X: Any) -> np.ndarray:
         """Predictions from activations laid out as in :meth:`fit_from_activations`."""
         return self._apply(self._features(self._check_activation_input(X)), "predict")
 
+    @profiled("Probe.predict_proba_from_activations")
     def predict_proba_from_activations(self, X: Any) -> np.ndarray:
         self._check_fitted()
         self._check_classification("predict_proba")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ...profiling import current, profile_section
 from .._features import build_features, fit_features, layer_blocks
 
 
@@ -22,11 +23,14 @@ def fit_blocks(probe: Any, X: np.ndarray, y: np.ndarray, layers: list[int], sw: 
         mass_mean_augment=probe.mass_mean_augment,
         random_state=probe.random_state,
     )
-    features = fit_features(pipeline, layer_blocks(X), y, sw)
+    acc = current()
+    with profile_section(acc, "scale"):
+        features = fit_features(pipeline, layer_blocks(X), y, sw)
     probe.features_ = pipeline
     probe.scaler_ = pipeline.named_steps.get("scale")
     probe.classifier_ = probe._new_classifier()
-    probe.classifier_.fit(features, y, **({} if sw is None else {"sample_weight": sw}))
+    with profile_section(acc, "fit"):
+        probe.classifier_.fit(features, y, **({} if sw is None else {"sample_weight": sw}))
 
 
 class Fixed:

@@ -37,7 +37,7 @@ class BatchedFit(NamedTuple):
 
 def can_batch(probe: Any) -> bool:
     return (
-        is_batched(probe._classifier_name(), probe.classifier_kwargs)
+        is_batched(probe._classifier_name(), probe.classifier_kwargs, probe._compute_backend)
         and probe.normalize_layers is not False
         and not probe.preprocessing
         and not probe.mass_mean_augment
