@@ -335,7 +335,9 @@ def test_streamed_fit_peaks_within_its_plan(tmp_path):
     thing the plan leaves out by design, the block of the input's mapped pages a copy holds before
     releasing them (``_sources._COPY_BLOCK_BYTES``, at most one stored layer). The interpreter's and XLA's
     own allocations must fit the plan's work space. Before issue 22's fix the plan left out the slice
-    (two-layer chunks grew 93.6 MB against 81.9 planned + 8.2 allowed here)."""
+    (two-layer chunks grew 93.6 MB against 81.9 planned + 8.2 allowed here), and a chunk JAX still held
+    (let go at a garbage pass) sometimes lived on beside the next two (one-layer chunks: 60.6 MB once in
+    9 runs, against 48.3 + 8.2)."""
     shape = (4, 8000, 512)
     X = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float16, shape=shape)
     rng = np.random.default_rng(0)
