@@ -8,8 +8,13 @@ chunk, then the high-water mark is reset (``/proc/self/clear_refs``) and the ful
 chunks" is the growth less the two chunks (the one solved, the one read), in float32 layers: what the
 solver itself held, against the plan's share for it (its copies of a layer and its work space).
 
+With --products NxD ..., instead: the two forms of a one-vector product ``X @ v`` (XLA's matrix-vector
+kernel ``X @ v``; the row form ``v[None] @ X.T``), each paired with ``X^T @ u`` in a 20-step loop as the
+solver's CG runs them: the compiled loop's temporaries (``memory_analysis``) and the time per product
+pair (median of --repeats interleaved rounds; pin the process with taskset for a fair figure).
+
 Usage: python benchmarks/streamed_memory.py [--dir /tmp/streamed-memory] [--shapes 4x40000x2048 ...]
-       [--chunk 1] [--keep]
+       [--chunk 1] [--keep] [--products 3000x768 8192x4096 ... --repeats 9]
 """
 
 from __future__ import annotations
@@ -63,13 +68,55 @@ def write_map(path: Path, shape: tuple[int, int, int]) -> None:
     path.with_suffix(".tmp.npy").rename(path)
 
 
+def products(shapes: list[str], repeats: int) -> None:
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    highest = jax.lax.Precision.HIGHEST
+    forms = {"X @ v": lambda X, v: jnp.matmul(X, v, precision=highest),
+             "v @ X^T": lambda X, v: jnp.matmul(v[None], X.T, precision=highest)[0]}
+
+    def loop(form):
+        def run(X, v):
+            def body(_, acc):  # X @ acc, then X^T of it: a CG step's product pair
+                return acc + 1e-9 * jnp.matmul(form(X, acc), X, precision=highest)
+            return jax.lax.fori_loop(0, 20, body, v)
+        return jax.jit(run)
+
+    print("| X (N x D) | " + " | ".join(f"{name}: temporaries, ms a pair" for name in forms) + " |")
+    print("|---|" + "---|" * len(forms))
+    for text in shapes:
+        n, d = (int(s) for s in text.split("x"))
+        X = jnp.asarray(np.random.default_rng(0).standard_normal((n, d), dtype=np.float32))
+        v = jnp.ones(d, jnp.float32)
+        runs = {name: loop(form) for name, form in forms.items()}
+        temp = {name: f.lower(X, v).compile().memory_analysis().temp_size_in_bytes for name, f in runs.items()}
+        times = {name: [] for name in runs}
+        for f in runs.values():
+            f(X, v).block_until_ready()
+        for _ in range(repeats):
+            for name, f in runs.items():
+                t0 = time.perf_counter()
+                f(X, v).block_until_ready()
+                times[name].append((time.perf_counter() - t0) / 20)
+        print(f"| {text} | " + " | ".join(f"{temp[k] / 1e6:.0f} MB, {np.median(times[k]) * 1e3:.2f}" for k in runs)
+              + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default="/tmp/streamed-memory")
     parser.add_argument("--shapes", nargs="*", default=["4x40000x2048", "3x8000x4096", "3x120000x512"])
     parser.add_argument("--chunk", type=int, default=1, help="layers a chunk")
+    parser.add_argument("--products", nargs="*", default=None, help="time the product forms at NxD instead")
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--keep", action="store_true", help="keep the memory maps for another run")
     args = parser.parse_args()
+    if args.products:
+        products(args.products, args.repeats)
+        return
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     print("| shape L x N x D | layers a chunk | one float32 layer (padded) | plan peak | measured growth | "
