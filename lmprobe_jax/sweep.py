@@ -181,7 +181,8 @@ def sweep_activations(
         axis, every device probing its own (the layer count must divide evenly).
 
     Peak memory: two float32 chunks (the one being probed, the next being read), the solver's copy of the
-    chunk padded to its row bucket, its copies of a layer (the logistic CV's: 4) and its work space,
+    chunk padded to its row bucket, the loop's copy of the layer being probed (chunks of two or more
+    layers), its copies of a layer (the logistic CV's: 4) and its work space,
     within ``memory_budget``; an in-memory ``X`` that fits is read as one chunk (one float32 copy of it
     besides ``X``).
 

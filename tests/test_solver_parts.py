@@ -57,6 +57,21 @@ def test_matvec_every_row_count_matches_numpy(n_rows, shape):
     assert_products_close(folds, "rd,nd->rnd", V, X)
 
 
+@pytest.mark.parametrize("shape", [(3000, 768), (8192, 4096), (20000, 6144)])
+def test_one_vector_products_hold_no_copy_of_x(shape):
+    # From D = 4096 on, XLA's CPU backend ran the row form v @ X^T by transposing X into a copy at every
+    # product: a float32 layer more in a streamed fit than its plan (issue 22). A product pair, alone and
+    # as the solver calls it (vmapped over one weight set), may hold vectors, not a second X.
+    X = jax.ShapeDtypeStruct(shape, jnp.float32)
+    for lead in ((), (1,)):
+        v = jax.ShapeDtypeStruct(lead + shape[1:], jnp.float32)
+        u = jax.ShapeDtypeStruct(lead + shape[:1], jnp.float32)
+        pair = (lambda X, v, u: (matvec(X, v), rmatvec(X, u))) if not lead else jax.vmap(
+            lambda X, v, u: (matvec(X, v), rmatvec(X, u)), in_axes=(None, 0, 0))
+        temp = jax.jit(pair).lower(X, v, u).compile().memory_analysis().temp_size_in_bytes
+        assert temp < 4 * shape[0] * shape[1] / 2, (shape, lead, temp)
+
+
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_nystrom_approximates_gram_from_below(fit_intercept):
     rng = np.random.default_rng(1)

@@ -60,7 +60,11 @@ from ._streaming import streams_layers
 # ``copies``: float32 copies of the layer being solved that each holds beyond X at its peak, measured
 # (peak RSS growth, 6 x 8000 x 512 float16 memory map, chunks of 2 layers, one core; RESULTS.md) and
 # rounded up: logistic 0.1, softmax (3 classes) 2.4, ridge 1.0, its LOO 2.4, mass-mean 1.9 (5.4 with
-# iid), the logistic CV (5 folds) 3.6, the ridge CV 2.6.
+# iid), the logistic CV (5 folds) 3.6, the ridge CV 2.6. The plan counts apart the loop's copy of the
+# layer a chunk of two or more takes (_budget.chunk_bytes); those figures, from two-layer chunks, may
+# include it (not remeasured). Logistic, remeasured with one- and two-layer chunks up to 40000 x 4096:
+# 0.03-0.22 beyond the chunks and that copy (benchmarks/streamed_memory.py; RESULTS.md, "Streamed fits'
+# peak memory").
 # ``padded_reads``: the solvers without per-row results read chunks padded to the compile bucket with
 # zero-weight rows (no padded copy); logistic only when N and the bucket choose the same preconditioner.
 fit_logistic = streams_layers(copies=0.5, rows=_logistic_rows, padded_reads=_logistic.same_settings_padded)(

@@ -2,7 +2,9 @@
 
 A streamed fit (:mod:`._streaming`) holds, at its peak, the chunk being solved and the chunk the reader
 thread is preparing, both in the compute dtype (float32), the solver's copy of the chunk with its rows
-padded to a compile bucket (:func:`._checks.bucket_rows`; none when ``N`` is a bucket size), plus the
+padded to a compile bucket (:func:`._checks.bucket_rows`; none when ``N`` is a bucket size), the copy of
+the layer being solved that the solver's loop over a chunk of two or more layers takes (XLA gives a
+loop's slice of its operand a buffer of its own; a one-layer chunk is used in place), plus the
 solver's own work space. The budget
 is a number of bytes; by default half of the memory the operating system reports as available when the
 fit starts (``psutil.virtual_memory().available``, else ``os.sysconf``), so that a fit on a shared
@@ -79,7 +81,8 @@ def chunk_bytes(
     """Peak bytes of a streamed solve whose chunks hold ``n_layers`` layers (see :func:`plan_chunks`)."""
     padded = bucket_rows(n_rows)
     per_layer = 2 * padded if padded_reads else 2 * n_rows + (padded if padded != n_rows else 0)
-    return int((n_layers * per_layer + extra_copies * padded) * n_features * itemsize + workspace)
+    sliced = padded if n_layers >= 2 else 0  # the loop over the chunk's layers copies out the one it solves
+    return int((n_layers * per_layer + sliced + extra_copies * padded) * n_features * itemsize + workspace)
 
 
 def plan_chunks(
@@ -88,12 +91,14 @@ def plan_chunks(
 ) -> ChunkPlan:
     """The largest chunk whose peak fits ``budget`` bytes.
 
-    A chunk of ``k`` layers of ``N`` rows peaks at ``(k (2 N + P) + extra_copies B) * D * itemsize +
-    workspace`` bytes: the chunk being solved and the chunk the reader prepares meanwhile, the solver's
-    copy of the chunk padded to ``B = bucket_rows(N)`` rows (``P = B``; ``P = 0`` when ``B = N``: no
-    copy), the ``extra_copies`` the solver makes of the (padded) layer it is solving (ridge's centred
-    copy: 1; layers are solved one at a time on the CPU), and ``workspace`` bytes that do not grow with
-    the chunk. A block of streamed rows is not padded: ``(2 + extra_copies) * rows * D * itemsize``.
+    A chunk of ``k`` layers of ``N`` rows peaks at ``(k (2 N + P) + [k >= 2] B + extra_copies B) * D *
+    itemsize + workspace`` bytes: the chunk being solved and the chunk the reader prepares meanwhile, the
+    solver's copy of the chunk padded to ``B = bucket_rows(N)`` rows (``P = B``; ``P = 0`` when ``B = N``:
+    no copy), the copy of the layer being solved that the solver's loop over layers slices out of a chunk
+    of two or more, the ``extra_copies`` the solver makes of the (padded) layer it is solving (ridge's
+    centred copy: 1; layers are solved one at a time on the CPU), and ``workspace`` bytes that do not
+    grow with the chunk. A block of streamed rows is not padded: ``(2 + extra_copies) * rows * D *
+    itemsize``.
 
     With ``padded_reads`` the chunks are read already padded (``2 B`` rows a layer, no copy).
 
@@ -108,10 +113,11 @@ def plan_chunks(
     sizes = {"extra_copies": extra_copies, "workspace": workspace, "itemsize": itemsize, "padded_reads": padded_reads}
     fixed = chunk_bytes(0, n_rows, n_features, **sizes)
     layer_bytes = chunk_bytes(1, n_rows, n_features, **sizes) - fixed
+    sliced = chunk_bytes(2, n_rows, n_features, **sizes) - fixed - 2 * layer_bytes  # from two layers on
     free = budget - fixed
     if free >= layer_bytes:
-        k = int(min(n_layers, free // layer_bytes))
-        return ChunkPlan(k, n_rows, int(budget - free + layer_bytes * k))
+        k = int(min(n_layers, max(1, (free - sliced) // layer_bytes)))
+        return ChunkPlan(k, n_rows, chunk_bytes(k, n_rows, n_features, **sizes))
     min_rows = min(n_rows, _MIN_ROW_BLOCK)
     per_row = (2 + extra_copies) * row_bytes
     if row_streaming and budget - workspace >= per_row * min_rows:

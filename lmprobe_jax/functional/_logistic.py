@@ -123,8 +123,9 @@ def fit_logistic(
         (default ``min(64, D)``, built where the layer's spectrum is far from flat; 0 for none). A solver
         setting: the optimum does not depend on it.
       layer_batch_size: solve this many layers at a time (default: 1 on the CPU, all on an accelerator).
-        Peak memory is about ``L * N * D * 4`` bytes for ``X`` plus ``k * G * (N + 20 (D + 1)) * 4`` bytes
-        of solver state for ``k`` layers at a time (the L-BFGS memory holds 2 x 10 vectors of ``D + 1``);
+        Peak memory is about ``L * N * D * 4`` bytes for ``X``, plus ``k * N * D * 4`` for the ``k``
+        layers the loop over layers copies out of ``X`` when ``k < L`` (one layer on the CPU: 1.3 GB at
+        80000 x 4096), plus ``k * G * (N + 20 (D + 1)) * 4`` bytes of solver state for ``k`` layers at a time (the L-BFGS memory holds 2 x 10 vectors of ``D + 1``);
         on an accelerator also ``k * (D + 1)^2 * 4`` bytes for the inverse Newton matrices (2.1 GB for 32
         layers of 4096 features), a few times that while they are built.
       policy: the solver's parts (default :func:`~lmprobe_jax.functional.default_policy`: the backend's).

@@ -53,10 +53,11 @@ def products(fused_max_rows: int) -> Products:
     @jax.custom_batching.custom_vmap
     def matvec(X: Array, v: Array) -> Array:
         out_shape = v.shape[:-1] + X.shape[:1]
-        if v.size == v.shape[-1] and X.shape[0] < X.shape[1]:
-            # A single vector and a wide X: XLA's matrix-vector kernel. The row form (1, D) @ X^T measured
-            # 4x slower there (1600 x 9216: 12 ms against 3.2 ms a product pair) but 20% faster on a tall X
-            # (3000 x 768); from 6 rows on the two forms tie.
+        if v.size == v.shape[-1]:
+            # A single vector: XLA's matrix-vector kernel on X as it lies. The row form (1, D) @ X^T measured
+            # 4x slower on a wide X (1600 x 9216), and from D = 4096 on XLA's CPU backend transposes X into
+            # a copy at every such product: one more layer in memory, 6x slower (8192 x 4096); elsewhere
+            # the two forms tie within noise (RESULTS.md, "Streamed fits' peak memory").
             return matmul(X, v.reshape(-1)).reshape(out_shape)
         return rows_times_transpose(_rows(v), X).reshape(out_shape)
 

@@ -20,8 +20,9 @@ others pad each chunk themselves, a copy the budget counts. Each chunk is the sa
 call runs, so on the CPU (layers solved one at a time) the
 streamed fit gives the in-memory result layer for layer; on an accelerator a chunk's layers share the
 solver's lock-step decisions, so results agree to the solver's tolerance. Peak host memory: two chunks
-in float32 (the one being solved and the one being read), the solver's copies of the layer it is
-solving, and its work space -- bounded by ``memory_budget`` (:mod:`._budget`) whatever the input's size.
+in float32 (the one being solved and the one being read), the copy of the layer being solved that the
+solver's loop over a chunk of two or more layers takes, the solver's copies of that layer, and its work
+space -- bounded by ``memory_budget`` (:mod:`._budget`) whatever the input's size.
 Memory-mapped input counts only while a chunk is copied out of it.
 
 With ``mesh=`` (a :class:`jax.sharding.Mesh`), or for a JAX array already sharded over one, the layers
@@ -58,11 +59,13 @@ _STREAMING_DOC = """
     solves its own, with the single-device result.
 
     Peak memory, streamed: two chunks in float32 (the one being solved, the one being read: ``2 k N D 4``
-    bytes for ``k`` layers a chunk) plus about {copies} float32 copies of one layer (the solver's
-    temporaries, measured) plus ``O((min(N, D) + 1)^2)`` work space -- at most ``memory_budget``, whatever
-    ``L``; input memory-mapped from disk counts one 32 MB block at a time. In memory (an array that fits
-    the budget): ``X``, a copy of it when it is writeable or not 64-byte aligned (none for a read-only,
-    aligned array), a float32 copy of half-precision input, and the same per-layer temporaries.
+    bytes for ``k`` layers a chunk), one more layer (``N D 4`` bytes) for chunks of ``k >= 2`` (the loop
+    over the chunk's layers copies out the one it solves; a one-layer chunk is used in place), plus about
+    {copies} float32 copies of one layer (the solver's temporaries, measured, rounded up) plus
+    ``O((min(N, D) + 1)^2)`` work space -- at most ``memory_budget``, whatever ``L``; input memory-mapped
+    from disk counts one 32 MB block at a time. In memory (an array that fits the budget): ``X``, a copy
+    of it when it is writeable or not 64-byte aligned (none for a read-only, aligned array), a float32 copy
+    of half-precision input, and the same per-layer temporaries (the loop's copy of a layer included).
 """
 
 
