@@ -376,7 +376,7 @@ def test_a_chunks_program_holds_no_more_than_the_plan_gives_the_solver():
     the work space (0.29 GB), so this fails on a transposed copy of ``X`` (XLA's CPU answer to
     ``v @ X^T`` from D = 4096 on: one more layer, issue 22) or on an unplanned slice."""
     from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
-    from lmprobe_jax.functional._newton_cg import solve_layers, solver_options
+    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     n, d, spec = 65536, 4096, jax.ShapeDtypeStruct  # n is a bucket size: chunks are read padded to it
     for k in (1, 2):
