@@ -834,31 +834,13 @@ def readout_error(meta: dict, arrays: dict, hidden, stream_error: float = 0.0) -
 
 
 def scaled_gradient_excess(X, y, theta, C, *, fit_intercept=True, tol=1e-7) -> float:
-    """Largest ``|g_j| - (tol + 2 rounding_j)`` of scikit-learn's scaled logistic/softmax objective's float64
-    gradient at ``theta`` (``(K, D + 1)``, from :func:`as_theta`; ``y`` codes, softmax when ``K > 1``;
-    unit sample weights; softmax intercepts may be centred, the gradient does not see a common shift).
-
-    ``rounding_j`` bounds what the float32 evaluation of entry ``j`` can hide: the sum's own rounding,
-    ``8 sqrt(N) u32 ||x_j|| ||r||`` (``r`` the weighted residuals), plus the residuals' error from the
-    float32 predictor; at most 0 when a float32 solve's stopping test ``max |g| <= tol`` held.
-    """
-    X, theta = np.asarray(X, np.float64), np.asarray(theta, np.float64)
-    n = len(y)
-    X1 = np.hstack([X, np.ones((n, 1))])
-    z = X1 @ theta.T  # (N, K)
-    if theta.shape[0] == 1:
-        p = 1 / (1 + np.exp(-z[:, 0]))
-        r = ((p - np.asarray(y)) / n)[:, None]
-    else:
-        e = np.exp(z - z.max(1, keepdims=True))
-        r = (e / e.sum(1, keepdims=True) - np.eye(theta.shape[0])[np.asarray(y)]) / n
-    penalty = np.hstack([theta[:, :-1], np.zeros((theta.shape[0], 1))]) / (C * n)
-    g = r.T @ X1 + penalty
-    if not fit_intercept:
-        g[:, -1] = 0
-    rounding = 8 * np.sqrt(n) * U32 * np.linalg.norm(X1, axis=0)[None, :] * np.linalg.norm(r, axis=0)[:, None]
-    # The residuals come from a float32 predictor z = X1 theta: each z_i off by 8 sqrt(D + 1) u |x_i|.|theta|,
-    # and a residual moves by at most the loss's curvature bound (1/4 binary, 1/2 softmax) times that.
-    dz = 8 * np.sqrt(X1.shape[1]) * U32 * (np.abs(X1) @ np.abs(theta).T)  # (N, K)
-    rounding = rounding + (0.25 if theta.shape[0] == 1 else 0.5) * (dz / n).T @ np.abs(X1)
+    """Largest ``|g_j| - (tol + 2 rounding_j)`` of scikit-learn's scaled objective's float64 gradient at
+    ``theta`` (``(K, D + 1)``, from :func:`as_theta`; softmax when ``K > 1``; unit sample weights), with
+    ``rounding`` what a float32 evaluation of it can hide (:func:`gradient_rounding` of the float32 data):
+    at most 0 when a float32 solve's stopping test ``max |g| <= tol`` held."""
+    theta = np.asarray(theta, np.float64)
+    p = problem(X, y, C, fit_intercept=fit_intercept, multinomial=theta.shape[0] > 1)
+    scale = p.C * p.s.sum()
+    g = gradient(p, theta) / scale
+    rounding = gradient_rounding(p, theta, data=False) / scale
     return float(np.max(np.abs(g) - (tol + 2 * rounding)))
