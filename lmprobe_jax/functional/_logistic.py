@@ -94,9 +94,8 @@ def fit_logistic(
     L-BFGS from the intercept-only optimum (its first step is the mass-mean direction) and hands over to
     Newton-CG when the data show the quasi-Newton steps stopped paying, by progress per pass over ``X``
     (:mod:`._newton_cg`). A grid of ``C`` is solved as a warm-started path in increasing ``C``; with layers
-    solved one at a time (the CPU default; see ``layer_batch_size``) each layer starts from the best
-    multiple of the previous layer's solution, and a path's later, harder solves may be preconditioned
-    with an exact inverse Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is
+    solved one at a time (the CPU default; see ``layer_batch_size``) a path's later, harder solves may be
+    preconditioned with an exact inverse Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is
     rebuilt inside the solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per
     layer). Wide layers (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton
     matrix through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused). Which parts are

@@ -9,9 +9,10 @@ warm-started from the previous ``C``'s solution (extrapolated along the path fro
 with the weight sets batched (``vmap``) at every step. Small ``C`` are the easy, nearly quadratic
 problems; starting the hard, large-``C`` ones near their optimum beats solving all from zero in
 lock-step (where every batched step waits for the slowest problem). When layers are solved one at a
-time (the CPU default), each layer's first ``C`` starts from the best multiple of the previous layer's
-solution (adjacent layers of a residual stream read alike), and a binary path builds the exact inverse
-Hessian at a solution once its CG work justifies it (:mod:`._hessian_inverse`).
+time (the CPU default), a binary path builds the exact inverse Hessian at a solution once its CG work
+justifies it (:mod:`._hessian_inverse`); with ``policy.layer_warm_start`` each layer's first ``C`` also
+starts from the best multiple of the previous layer's solution (off by default: a layer's fit then
+depends on its own data only).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def solve_layers(
       precond: the Nystrom approximations from :func:`layer_preconditioners` (same ``X`` and policy), or
         None to compute them here.
       init: ``(coef (L, W, [K,] D), intercept (L, W, [K]))`` where the first (smallest) ``C`` of each
-        path starts (its best multiple), or None (the previous layer's solution, or zeros).
+        path starts (its best multiple), or None (zeros, or the previous layer's solution under
+        ``policy.layer_warm_start``).
 
     Returns:
       :class:`~._newton_cg.SolveResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
