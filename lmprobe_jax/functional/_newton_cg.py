@@ -146,7 +146,7 @@ def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tupl
 
 
 def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, *, precond: Preconditioner,
-             settings: Settings) -> SolveResult:
+             settings: Settings, newton_first: Array | bool = False) -> SolveResult:
     """Minimise the scaled objective from ``start`` (predictor ``z0``, found with ``passes0`` passes).
 
     Args:
@@ -156,6 +156,8 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
       passes0: int32 ``()``, passes over ``X`` already spent on the start (counted in ``n_passes``).
       precond: the preconditioner (see :mod:`._preconditioners`).
       settings: static settings.
+      newton_first: bool ``()`` (traced): take Newton-CG steps from the first iteration, as with no
+        quasi-Newton memory (the caller saw an ill-conditioned layer: its Nystrom preconditioner is built).
 
     Returns:
       A :class:`SolveResult`.
@@ -168,7 +170,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     size = start.coef.size + start.intercept.size
     memory = empty_memory(s.memory, size, dtype) if s.memory else None
     progress = _Progress(
-        n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1, phase=_first_phase(opt0, s),
+        n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1, phase=_first_phase(opt0, s, jnp.asarray(newton_first)),
         stalled=jnp.bool_(False), at_floor=jnp.bool_(False), unresolved=jnp.bool_(False), last_cg=jnp.int32(0),
     )
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
@@ -296,9 +298,10 @@ def within_rounding(g: Params, residual: Array, scale: Array) -> Array:
     return jnp.all(coef <= bound[..., :-1]) & jnp.all(jnp.abs(g.intercept) <= bound[..., -1])
 
 
-def _first_phase(opt0: Array, s: Settings) -> _Phase:
+def _first_phase(opt0: Array, s: Settings, newton_first: Array) -> _Phase:
     prior = jnp.log10(1.0 / s.switch_progress) / (2 * s.switch_window)  # what a Newton step is assumed to do
-    return _Phase(jnp.bool_(s.memory == 0), jnp.bool_(s.memory == 0), jnp.int32(0),
+    newton = jnp.bool_(s.memory == 0) | newton_first
+    return _Phase(newton, newton, jnp.int32(0),
                   jnp.full(s.switch_window + 1, opt0), jnp.zeros((), opt0.dtype), prior.astype(opt0.dtype))
 
 

@@ -198,23 +198,27 @@ def solve_layers(
                   and not policy.woodbury and not refresh)
     threshold = lagged_build_threshold(n_samples, n_features, n_w, policy.lagged_build_factor)
 
-    def layer_preconditioner(x: Array, approx: NystromApprox | None) -> Preconditioner:
+    def layer_preconditioner(x: Array, approx: NystromApprox | None) -> tuple[Preconditioner, Array]:
+        """The layer's preconditioner, and whether its spectrum was found ill-conditioned (the Nystrom
+        approximation was built, not skipped as flat): its solves then take Newton steps from the start."""
         if policy.woodbury:
-            return woodbury(glm, x, layer_kernel(x, fit_intercept=fit_intercept), halve=policy.halve_builds)
+            return woodbury(glm, x, layer_kernel(x, fit_intercept=fit_intercept), halve=policy.halve_builds), jnp.bool_(True)
         if policy.nystrom_rank:
-            base = nystrom(glm, _nystrom_of(x, fit_intercept, policy) if approx is None else approx)
+            approx = _nystrom_of(x, fit_intercept, policy) if approx is None else approx
+            base, steep = nystrom(glm, approx), approx.eig[0] > 0
         else:
-            base = identity()
-        return refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base
+            base, steep = identity(), jnp.bool_(False)
+        return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
-        base = layer_preconditioner(x, approx)
+        base, steep = layer_preconditioner(x, approx)
 
         def one(inverse: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array) -> SolveResult:
             data = glm.data(x, y, s, c)
             begin, z0 = warm_start(glm, data, glm.null_point(data, n_outputs), Params(coef0, intercept0))
             precond_c = base if inverse is None else lagged(glm, inverse, base)
-            return minimise(glm, data, begin, z0, jnp.int32(1), precond=precond_c, settings=settings)
+            return minimise(glm, data, begin, z0, jnp.int32(1), precond=precond_c, settings=settings,
+                            newton_first=steep)
 
         def update_lagged(inverse: LaggedHessianInverse, res: SolveResult, c_next: Array, n_done: Array):
             """(Re)build the inverse Hessian at these solutions (curvatures averaged over the weight sets,
