@@ -115,6 +115,32 @@ def test_phase_rule_hands_over_by_progress_per_pass():
     assert bool(kept.newton)
 
 
+def _quasi_newton_steps(X: np.ndarray, y: np.ndarray) -> int:
+    """Quasi-Newton iterations of fit_logistic's solve of one layer at C=1 (from the solver's counts: a
+    quasi-Newton step costs 2 passes, a Newton step 1 + 2 per CG step, the start 2)."""
+    from lmprobe_jax.functional._path import solve_layers, solver_options
+
+    options = solver_options(X[None].shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None)
+    res = solve_layers(BINARY_LOGISTIC, jnp.asarray(X[None], jnp.float32), jnp.asarray(y, jnp.float32),
+                       jnp.ones((1, len(y))), jnp.asarray([1.0]), tol=1e-7, **options)
+    assert bool(res.converged.all())
+    return int(res.n_passes.sum() - 2 - 2 * res.n_cg.sum() - res.n_iter.sum())
+
+
+def test_the_phase_follows_the_layer_spectrum():
+    """Whether a solve starts with quasi-Newton steps is the data's call: a layer with massive-activation
+    features (the Nystrom sketch finds its spectrum steep) takes Newton-CG steps from the first iteration;
+    a standardised, isotropic layer (flat spectrum, no preconditioner built) starts with L-BFGS."""
+    rng = np.random.default_rng(3)
+    flat = rng.normal(size=(400, 32))
+    y = (flat @ rng.normal(size=32) + rng.normal(size=400) > 0).astype(int)
+    steep = flat.copy()
+    steep[:, :2] = 300.0 + 100.0 * flat[:, :2]
+    assert _quasi_newton_steps(steep, y) == 0
+    assert _quasi_newton_steps(flat, y) > 0
+
+
 POLICIES = {
     "default": {},
     "Newton-CG only": {"quasi_newton_memory": 0},

@@ -90,10 +90,11 @@ def fit_logistic(
     """Fit binary L2 logistic regression on every layer (and every ``C``) in one compiled solve.
 
     Matches ``sklearn.linear_model.LogisticRegression(C=C, fit_intercept=..., sample_weight=...)`` number
-    for number at a tight ``tol`` (see the module docstring for the objective). Every solve starts with
-    L-BFGS from the intercept-only optimum (its first step is the mass-mean direction) and hands over to
-    Newton-CG when the data show the quasi-Newton steps stopped paying, by progress per pass over ``X``
-    (:mod:`._newton_cg`). A grid of ``C`` is solved as a warm-started path in increasing ``C``; with layers
+    for number at a tight ``tol`` (see the module docstring for the objective). A solve on a layer
+    whose spectrum is flat starts with L-BFGS from the intercept-only optimum (its first step is the
+    mass-mean direction) and hands over to Newton-CG when the data show the quasi-Newton steps stopped
+    paying, by progress per pass over ``X``; a layer whose spectrum is steep (its Nystrom preconditioner
+    is built) takes Newton-CG steps from the first iteration (:mod:`._newton_cg`). A grid of ``C`` is solved as a warm-started path in increasing ``C``; with layers
     solved one at a time (the CPU default; see ``layer_batch_size``) a path's later, harder solves may be
     preconditioned with an exact inverse Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is
     rebuilt inside the solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per

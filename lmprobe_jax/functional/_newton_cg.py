@@ -5,10 +5,10 @@ direction, searches along it without a pass over ``X`` (:mod:`._linesearch`), an
 the new gradient:
 
 * **quasi-Newton** (L-BFGS, :mod:`._lbfgs`): the direction costs one pass (``X d``); two per iteration
-  in all. A solve starts here: from the intercept-only optimum (or the best multiple of a warm start),
-  its first direction is the preconditioned gradient, i.e. the mass-mean (or, with a Nystrom
-  preconditioner, LDA-like) direction, with an exact step. On well-conditioned problems it reaches
-  scikit-learn's tolerance in a handful of passes.
+  in all. A solve starts here unless its caller passes ``newton_first`` (the layer's spectrum is steep):
+  from the intercept-only optimum (or the best multiple of a warm start), its first direction is the
+  preconditioned gradient, i.e. the mass-mean direction, with an exact step. On well-conditioned
+  problems it reaches scikit-learn's tolerance in a handful of passes.
 * **Newton-CG**: the direction solves ``H d = -g`` by preconditioned conjugate gradients, two passes per
   CG step; CG's own products give ``X d``. Inexact Newton with the forcing term of Eisenstat & Walker
   converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances.
@@ -298,7 +298,7 @@ def within_rounding(g: Params, residual: Array, scale: Array) -> Array:
     return jnp.all(coef <= bound[..., :-1]) & jnp.all(jnp.abs(g.intercept) <= bound[..., -1])
 
 
-def _first_phase(opt0: Array, s: Settings, newton_first: Array) -> _Phase:
+def _first_phase(opt0: Array, s: Settings, newton_first: Array | bool = False) -> _Phase:
     prior = jnp.log10(1.0 / s.switch_progress) / (2 * s.switch_window)  # what a Newton step is assumed to do
     newton = jnp.bool_(s.memory == 0) | newton_first
     return _Phase(newton, newton, jnp.int32(0),

@@ -22,8 +22,9 @@ class SolverPolicy:
     """The solver's parts and their settings (frozen, hashable: a static argument of the solvers).
 
     Attributes:
-      quasi_newton_memory: pairs kept by the L-BFGS phase that starts every solve (0: Newton-CG from
-        the first step).
+      quasi_newton_memory: pairs kept by the L-BFGS phase that starts a solve on a layer whose spectrum
+        the Nystrom sketch finds flat (0: Newton-CG from the first step everywhere; a steep layer always
+        starts with Newton-CG).
       softmax_quasi_newton_memory: the same for softmax solves. 0 by default: on raw activations with
         outlier features the quasi-Newton phase left multi-class layers unconverged after 100 iterations
         where Newton-CG from the first step needs 5-17 (``benchmarks/softmax_policies.py``).
