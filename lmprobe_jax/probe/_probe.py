@@ -104,6 +104,13 @@ class Probe(BaseEstimator):
     ``preprocessing_pipeline_`` (its preprocessing steps, or None),
     ``layer_importances_``, ``sweep_result_`` (a :class:`LayerSweepResult`, sweep modes), ``sweep_``
     (the cross-validation table) and ``best_layer_``.
+
+    lmprobe's private-looking names that its users reach for are real here: ``_extractor`` (the
+    :class:`~lmprobe_jax.extraction.ActivationExtractor` every extraction goes through: loaded model,
+    backend, layers, batch size), ``_get_scaling_strategy``, ``_parse_preprocessing_spec``,
+    ``_preprocessing_includes_standard``, ``_get_remote``, ``_try_auroc``, ``_to_numpy``,
+    ``_train_pooling`` / ``_inference_pooling`` (None without a model), ``_classifier_template``,
+    ``_compute_backend``.
     """
 
     def __init__(
