@@ -28,8 +28,9 @@ class ActivationExtractor:
 
     * :meth:`extract_store`: pooled activations through :func:`lmprobe_jax_extract.extract_activations`
       (one forward pass for every layer, content-keyed cache, resume) -- what ``Probe`` uses;
-    * :meth:`extract_batch`: one batch's unpooled hidden states ``(B, T, D * len(layer_indices))`` and its
-      mask, through the backend object (:mod:`lmprobe_jax.backends`), as lmprobe's.
+    * :meth:`extract_batch` / :meth:`extract`: one batch's / every prompt's unpooled hidden states
+      ``(B, T, D * len(layer_indices))`` and the mask, through the backend object
+      (:mod:`lmprobe_jax.backends`), as lmprobe's.
 
     Both load the model through the same loader, which keeps the model loaded last, so
     ``extractor.model`` is the model extraction runs (for a model of the same dtype and device).
@@ -113,6 +114,26 @@ class ActivationExtractor:
         """``(activations (B, T, D * len(layer_indices)), attention_mask (B, T))`` torch tensors on the CPU
         for one batch, unpooled (the backend's ``extract_batch``)."""
         return self._backend.extract_batch(prompts, layer_indices, **kwargs)
+
+    def extract(
+        self, prompts: list[str], remote: bool = False, layers: list[int] | None = None
+    ) -> tuple[Any, Any]:
+        """Every prompt's unpooled hidden states at ``layers`` (default :attr:`layer_indices`), as lmprobe's:
+        :meth:`extract_batch` over batches of ``batch_size``, each zero-padded on the right to the longest:
+        ``(activations (N, T, D * L), attention_mask (N, T))``."""
+        import torch
+        import torch.nn.functional as nnf
+
+        layers = self.layer_indices if layers is None else layers
+        step = self.batch_size
+        parts = [
+            self.extract_batch(prompts[i : i + step], layers, remote=remote)
+            for i in range(0, len(prompts), step)
+        ]
+        width = max(mask.shape[1] for _, mask in parts)
+        acts = [nnf.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts]
+        masks = [nnf.pad(m, (0, width - m.shape[1])) for _, m in parts]
+        return torch.cat(acts), torch.cat(masks)
 
     def extract_store(
         self,
