@@ -51,7 +51,9 @@ class ProbeEnsemble:
         self.probes_ = self.probes
         total = float(sum(weights)) if weights is not None else float(len(probes))
         self.weights_ = np.asarray(weights if weights is not None else [1.0] * len(probes), float) / total
-        self._bootstrap: tuple[int | None] | None = None
+        # lmprobe's attributes: whether fit resamples the rows for each member, and the resampling seed
+        self._bootstrap_mode = False
+        self._bootstrap_seed: int | None = None
         self._fitted = False
 
     @classmethod
@@ -79,7 +81,7 @@ class ProbeEnsemble:
         if n_resamples < 1:
             raise ValueError(f"n_resamples must be at least 1, not {n_resamples}.")
         ensemble = cls([base_probe._with_params() for _ in range(n_resamples)], weights, voting)
-        ensemble._bootstrap = (random_state,)
+        ensemble._bootstrap_mode, ensemble._bootstrap_seed = True, random_state
         return ensemble
 
     # -- one extraction for every member ---------------------------------------------------------------------
@@ -119,16 +121,16 @@ class ProbeEnsemble:
             raise ValueError(
                 f"groups length ({len(groups)}) must match the number of training samples ({n})."
             )
-        if groups is not None and self._bootstrap is None:
+        if groups is not None and not self._bootstrap_mode:
             warnings.warn(
                 "groups parameter is ignored: it is used only by bootstrap ensembles (ProbeEnsemble.bootstrap).",
                 UserWarning,
                 stacklevel=2,
             )
         self._warm(prompts)
-        rng = np.random.default_rng(None if self._bootstrap is None else self._bootstrap[0])
+        rng = np.random.default_rng(self._bootstrap_seed)
         for probe in self.probes_:
-            rows = np.arange(n) if self._bootstrap is None else _resample(rng, y, groups, sw)
+            rows = _resample(rng, y, groups, sw) if self._bootstrap_mode else np.arange(n)
             probe.fit(
                 [prompts[i] for i in rows],
                 y[rows],
@@ -191,6 +193,8 @@ class ProbeEnsemble:
                 "n": len(self.probes_),
                 "weights": self.weights_.tolist(),
                 "voting": self.voting,
+                "bootstrap_mode": self._bootstrap_mode,
+                "bootstrap_seed": self._bootstrap_seed,
             },
         )
 
@@ -204,8 +208,26 @@ class ProbeEnsemble:
             raise ValueError(f"{path / 'ensemble.json'} is not an lmprobe-jax ensemble.")
         probes = [Probe.load(path / f"member_{i:02d}") for i in range(int(config["n"]))]
         ensemble = cls(probes, config["weights"], config["voting"])
+        ensemble._bootstrap_mode = bool(config.get("bootstrap_mode", False))
+        ensemble._bootstrap_seed = config.get("bootstrap_seed")
         ensemble._fitted = True
         return ensemble
+
+    @staticmethod
+    def _group_balanced_resample(
+        groups: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None, rng: np.random.Generator
+    ) -> np.ndarray:
+        """One group-balanced bootstrap draw (lmprobe's helper): ``ceil(N / n_groups)`` row indices from
+        each group, with replacement, within a group in proportion to ``sample_weight`` (uniform if
+        None). ``labels`` is not read (lmprobe's signature)."""
+        groups = np.asarray(groups)
+        per_group = math.ceil(len(groups) / np.unique(groups).size)
+        parts = []
+        for g in np.unique(groups):
+            members = np.flatnonzero(groups == g)
+            p = None if sample_weight is None else sample_weight[members] / sample_weight[members].sum()
+            parts.append(rng.choice(members, size=per_group, replace=True, p=p))
+        return np.concatenate(parts)
 
 
 def _resample(rng: np.random.Generator, y: np.ndarray, groups: Any, sw: np.ndarray | None) -> np.ndarray:
@@ -216,14 +238,7 @@ def _resample(rng: np.random.Generator, y: np.ndarray, groups: Any, sw: np.ndarr
         if groups is None:
             rows = rng.choice(n, size=n, replace=True)
         else:
-            groups = np.asarray(groups)
-            per_group = math.ceil(n / np.unique(groups).size)
-            parts = []
-            for g in np.unique(groups):
-                members = np.flatnonzero(groups == g)
-                p = None if sw is None else sw[members] / sw[members].sum()
-                parts.append(rng.choice(members, size=per_group, replace=True, p=p))
-            rows = np.concatenate(parts)
+            rows = ProbeEnsemble._group_balanced_resample(groups, y, sw, rng)
         if np.unique(y[rows]).size == classes.size:
             return rows
     raise ValueError(

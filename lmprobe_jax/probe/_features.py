@@ -32,8 +32,6 @@ from sklearn.preprocessing import StandardScaler
 
 from ..scaling import PerLayerScaler
 
-NORMALIZE = (True, False, "per_neuron", "per_layer")
-
 
 class MassMeanProjection(TransformerMixin, BaseEstimator):
     """One feature: the projection on the unit difference of the two class means (``classes_[1]`` minus
@@ -52,28 +50,41 @@ class MassMeanProjection(TransformerMixin, BaseEstimator):
         return (np.asarray(X, np.float64) @ self.direction_)[:, None].astype(np.float32)
 
 
-def check_normalize_layers(value: Any) -> None:
-    if value not in NORMALIZE:
-        raise ValueError(
-            f"Invalid normalize_layers {value!r}: choose True, False, 'per_neuron' or 'per_layer'."
-        )
+def scaling_strategy(normalize_layers: Any) -> str | None:
+    """``normalize_layers`` as the per-layer scaler's strategy: True -> ``"per_neuron"``,
+    ``"per_neuron"`` / ``"per_layer"`` as given, False -> None (no scaler); ValueError otherwise."""
+    if normalize_layers is False:
+        return None
+    if normalize_layers is True:
+        return "per_neuron"
+    if normalize_layers in ("per_neuron", "per_layer"):
+        return normalize_layers
+    raise ValueError(
+        f"Invalid normalize_layers {normalize_layers!r}: choose True, False, 'per_neuron' or 'per_layer'."
+    )
 
 
-def layer_scaler(n_layers: int, normalize_layers: bool | str) -> StandardScaler | PerLayerScaler:
-    """The unfitted scaler ``normalize_layers`` (True, ``"per_neuron"`` or ``"per_layer"``) asks for."""
-    check_normalize_layers(normalize_layers)
-    strategy = "per_layer" if normalize_layers == "per_layer" else "per_neuron"
+def layer_scaler(n_layers: int, strategy: str) -> StandardScaler | PerLayerScaler:
+    """The unfitted scaler of ``strategy`` (:func:`scaling_strategy`) for ``n_layers`` concatenated layers."""
     if n_layers == 1 and strategy == "per_neuron":
         return StandardScaler()
     return PerLayerScaler(n_layers, strategy=strategy)
 
 
+def split_preprocessing(preprocessing: str | Sequence[str] | None) -> list[str] | None:
+    """``"standard+pca:50"`` -> ``["standard", "pca:50"]``, a list as is, None -> None (the steps as
+    written, not yet checked: :func:`parse_preprocessing`)."""
+    if preprocessing is None:
+        return None
+    if isinstance(preprocessing, str):
+        return [step.strip() for step in preprocessing.split("+")]
+    return list(preprocessing)
+
+
 def parse_preprocessing(preprocessing: str | Sequence[str] | None) -> list[str]:
     """``"standard+pca:50"`` or ``["standard", "pca"]`` -> the list of step names (``"standard_scaler"``
     is an alias of ``"standard"``); raises for unknown steps."""
-    if preprocessing is None:
-        return []
-    steps = preprocessing.split("+") if isinstance(preprocessing, str) else list(preprocessing)
+    steps = split_preprocessing(preprocessing) or []
     names = []
     for step in steps:
         step = str(step).strip()
@@ -115,14 +126,15 @@ def build_features(
     """The unfitted feature pipeline of a probe reading ``n_layers`` concatenated layers."""
     steps: list = []
     pre_names = parse_preprocessing(preprocessing)
-    if normalize_layers is not False and pre_names[:1] == ["standard"]:
+    strategy = scaling_strategy(normalize_layers)
+    if strategy is not None and pre_names[:1] == ["standard"]:
         warnings.warn(
             f"normalize_layers={normalize_layers!r} is auto-disabled: preprocessing starts with 'standard', "
             "which standardises every feature anyway.",
             stacklevel=5,
         )
-    elif normalize_layers is not False:
-        steps.append(("scale", layer_scaler(n_layers, normalize_layers)))
+    elif strategy is not None:
+        steps.append(("scale", layer_scaler(n_layers, strategy)))
     pre = _steps(preprocessing, pca_components, random_state)
     if mass_mean_augment:
         body = Pipeline(pre) if pre else "passthrough"

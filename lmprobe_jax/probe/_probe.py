@@ -33,16 +33,18 @@ from ..classifiers import (
     validate_classifier,
 )
 from ..exceptions import NotFittedError
+from ..extraction import ActivationExtractor
 from ..functional._selection import _IMPORTANCE_METRICS as IMPORTANCE_METRICS
 from ..layers import LayerSpec, check_layer_spec, parse_layers
 from ..pooling import pad_tokens, parse_pooling_strategy, reduce_token_scores, resolve_pooling
 from ..profiling import current, profile_section, profiled
 from ._features import (
-    check_normalize_layers,
     check_preprocessing,
     layer_blocks,
     parse_preprocessing,
     preprocessing_steps,
+    scaling_strategy,
+    split_preprocessing,
 )
 from ._labels import check_labels, check_prompts, split_fit_args, to_numpy
 from ._modes import MODES
@@ -57,6 +59,14 @@ def default_cache_dir() -> Path | None:
     from ..cache import activation_cache_dir
 
     return activation_cache_dir()
+
+
+def auroc(labels: Any, proba: np.ndarray) -> float:
+    """Area under the ROC curve of two-class ``labels`` ``(N,)`` against ``proba``: ``(N, 2)`` class
+    probabilities (the second column scores) or ``(N,)`` scores; NaN unless ``labels`` hold two classes."""
+    proba, labels = np.asarray(proba), np.asarray(labels)
+    score = proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
+    return float(roc_auc_score(labels, score)) if np.unique(labels).size == 2 else float("nan")
 
 
 class Probe(BaseEstimator):
@@ -94,6 +104,13 @@ class Probe(BaseEstimator):
     ``preprocessing_pipeline_`` (its preprocessing steps, or None),
     ``layer_importances_``, ``sweep_result_`` (a :class:`LayerSweepResult`, sweep modes), ``sweep_``
     (the cross-validation table) and ``best_layer_``.
+
+    lmprobe's private-looking names that its users reach for are real here: ``_extractor`` (the
+    :class:`~lmprobe_jax.extraction.ActivationExtractor` every extraction goes through: loaded model,
+    backend, layers, batch size), ``_get_scaling_strategy``, ``_parse_preprocessing_spec``,
+    ``_preprocessing_includes_standard``, ``_get_remote``, ``_try_auroc``, ``_to_numpy``,
+    ``_train_pooling`` / ``_inference_pooling`` (None without a model), ``_classifier_template``,
+    ``_compute_backend``.
     """
 
     def __init__(
@@ -178,7 +195,19 @@ class Probe(BaseEstimator):
 
     def _check_fit_params(self) -> None:
         """Parameters lmprobe checks when fitting rather than at construction."""
-        check_normalize_layers(self.normalize_layers)
+        self._get_scaling_strategy()
+
+    def _get_scaling_strategy(self) -> str | None:
+        """``"per_neuron"``, ``"per_layer"`` or None (no scaler): what ``normalize_layers`` asks for
+        (lmprobe's helper; raises ValueError for any other value)."""
+        return scaling_strategy(self.normalize_layers)
+
+    # lmprobe's helper: the preprocessing steps as written, split on "+", or None
+    _parse_preprocessing_spec = staticmethod(split_preprocessing)
+
+    def _preprocessing_includes_standard(self) -> bool:
+        """Whether ``preprocessing`` has a StandardScaler step (lmprobe's helper)."""
+        return "standard" in parse_preprocessing(self.preprocessing)
 
     def _with_params(self, **changes: Any) -> Probe:
         """A new unfitted Probe with this one's parameters, some changed (the model's depth memo kept)."""
@@ -212,12 +241,14 @@ class Probe(BaseEstimator):
         return self._new_classifier()
 
     @property
-    def _train_pooling(self) -> str:
-        return self.train_pooling or self.pooling
+    def _train_pooling(self) -> str | None:
+        """The pooling of training prompts; None without a model (no prompts to pool), as lmprobe."""
+        return None if self.model is None else self.train_pooling or self.pooling
 
     @property
-    def _inference_pooling(self) -> str:
-        return self.inference_pooling or self.pooling
+    def _inference_pooling(self) -> str | None:
+        """The pooling of prompts at prediction; None without a model, as lmprobe."""
+        return None if self.model is None else self.inference_pooling or self.pooling
 
     @_inference_pooling.setter
     def _inference_pooling(self, value: str) -> None:
@@ -240,10 +271,44 @@ class Probe(BaseEstimator):
     def _n_model_layers(self) -> int:
         if getattr(self, "_model_layers", None) is None:
             self._check_model()
-            from lmprobe_jax_extract import model_layer_count
-
-            self._model_layers = model_layer_count(self.model)
+            self._model_layers = self._extractor.n_model_layers
         return self._model_layers
+
+    @property
+    def _extractor(self) -> ActivationExtractor | None:
+        """The :class:`~lmprobe_jax.extraction.ActivationExtractor` this probe extracts through (lmprobe's
+        attribute: ``_extractor.model`` is the loaded model, ``_extractor._backend`` the backend object),
+        reading the probe's layers (``layers_`` once fitted); None without a model. Made on first use and
+        again when a parameter it holds changes."""
+        if self.model is None:
+            return None
+        layers = self.layers_ if hasattr(self, "layers_") else self.layers
+        key = (self.model, self.device, layers, self.batch_size, self.auto_candidates, self.remote,
+               self.backend, self.dtype)  # fmt: skip
+        cached = self.__dict__.get("_extractor_cache")
+        if cached is None or not _same(cached[0], key):
+            extractor = ActivationExtractor(
+                self.model, self.device, layers, self.batch_size, self.auto_candidates, self.remote,
+                self.backend, self.dtype,
+            )  # fmt: skip
+            extractor._model_layers = getattr(self, "_model_layers", None)
+            cached = self.__dict__["_extractor_cache"] = (key, extractor)
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        """Pickles leave out the extractor (it may hold the loaded model); it is made again on use."""
+        state = super().__getstate__()
+        state.pop("_extractor_cache", None)
+        return state
+
+    # lmprobe's helpers, as its users call them: AUROC of labels and probabilities (NaN for one class),
+    # and a torch tensor / list / array as a numpy array
+    _try_auroc = staticmethod(auroc)
+    _to_numpy = staticmethod(to_numpy)
+
+    def _get_remote(self, remote: bool | None) -> bool:
+        """A call's ``remote=`` argument, or the probe's when None (lmprobe's helper)."""
+        return self.remote if remote is None else remote
 
     def _extract(
         self,
@@ -258,23 +323,14 @@ class Probe(BaseEstimator):
         """``(L, N, D)`` activations of ``layers`` in that order (for ``"all"``: ``(L, T, D)`` token rows
         and the ``(N + 1,)`` offsets of each prompt's rows; else offsets None)."""
         self._n_model_layers()
-        from lmprobe_jax_extract import extract_activations
-
-        from ..cache import storage_dtype
-
         with profile_section(current(), "extract_and_pool"):
-            store = extract_activations(
-                self.model,
+            store = self._extractor.extract_store(
                 prompts,
-                layers=sorted(set(layers), key=layer_order),
-                pooling=pooling,
+                pooling,
+                layers=layers,
                 cache_dir=self._cache_dir,
-                batch_size=batch_size or self.batch_size,
-                dtype=self.dtype,
-                storage_dtype=storage_dtype(),
-                device=None if self.device == "auto" else self.device,
-                backend=self.backend,
-                remote=self.remote if remote is None else remote,
+                batch_size=batch_size,
+                remote=self._get_remote(remote),
                 overwrite=invalidate_cache,
                 progress=self.progress,
             )
@@ -689,7 +745,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray
     y_pos, p_pos = y == classes[1], pred == classes[1]
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "auroc": float(roc_auc_score(y_pos, proba[:, 1])) if 0 < y_pos.sum() < len(y) else float("nan"),
+        "auroc": auroc(y_pos, proba),
         "f1": float(f1_score(y_pos, p_pos, zero_division=0)),
         "precision": float(precision_score(y_pos, p_pos, zero_division=0)),
         "recall": float(recall_score(y_pos, p_pos, zero_division=0)),
@@ -707,6 +763,12 @@ def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     if not np.all(np.isfinite(sw)) or np.any(sw < 0):
         raise ValueError("sample_weight must be finite and non-negative.")
     return sw
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Whether two parameter tuples hold the same values (objects such as models: the same object)."""
+    return all(x is y or (type(x) is type(y) and isinstance(x, (str, int, float, list, tuple)) and x == y)
+               for x, y in zip(a, b, strict=True))  # fmt: skip
 
 
 def _as_blocks(X: Any, n_layers: int) -> np.ndarray:

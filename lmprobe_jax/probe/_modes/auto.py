@@ -18,9 +18,10 @@ from .fixed import fit_blocks
 
 def scaled_blocks(probe: Any, X: np.ndarray) -> np.ndarray:
     """``X`` ``(L, N, D)`` standardised as the probe's ``normalize_layers`` says (unchanged if False)."""
-    if probe.normalize_layers is False:
+    strategy = probe._get_scaling_strategy()
+    if strategy is None:
         return X
-    flat = layer_scaler(X.shape[0], probe.normalize_layers).fit_transform(layer_blocks(X))
+    flat = layer_scaler(X.shape[0], strategy).fit_transform(layer_blocks(X))
     return flat.reshape(X.shape[1], X.shape[0], -1).transpose(1, 0, 2)
 
 
