@@ -158,7 +158,7 @@ def main() -> None:
     head = ("| shape L x N x D | layers a chunk | one float32 layer (padded) | plan peak | measured growth | "
             "beyond the two chunks: planned / measured | growth / plan |")
     if args.store:
-        print(head[:-1] + " process peak RSS (before the fit) | CPU s | converged |\n|---|---|---|---|---|---|---|---|---|---|")
+        print(head + " process peak RSS (before the fit) | CPU s | converged |\n|---|---|---|---|---|---|---|---|---|---|")
         from lmprobe_jax_store import ActivationStore
 
         store = ActivationStore(args.store)
