@@ -12,8 +12,8 @@ With --store PATH (an activation store, e.g. from synthetic_store.py) instead of
 --fit-layers layers of the store, streamed by --solver (``fit_logistic``, or ``cross_validate_logistic``
 with a 5-fold CV over C = 0.1, 1, 10 and the refit) within --budget (or the plan for --chunk layers a
 chunk when --budget is not given), in a fresh process; the first call, compile included (no warm-up: a
-solve of one layer of a large store takes minutes), so the growth is an upper bound of the plan's
-figure. The whole process's peak RSS (VmHWM) is printed too.
+solve of one layer of a large store takes minutes), so the growth also holds the compiler's memory, which
+the plan does not count. The whole process's peak RSS (VmHWM) is printed too.
 
 With --products NxD ..., instead: the two forms of a one-vector product ``X @ v`` (XLA's matrix-vector
 kernel ``X @ v``; the row form ``v[None] @ X.T``), each paired with ``X^T @ u`` in a 20-step loop as the
