@@ -535,6 +535,25 @@ def test_gpu_scale_script_checks_the_mesh_against_one_device():
 def test_out_of_core_script_reports_equal_streamed_fits(store):
     out = run_benchmark("out_of_core.py", str(store.path), "--budget", "1.5MB", "--subset", "2", "--cv-layers", "2",
                         "--rounds", "1")
-    gaps = [float(g) for g in __import__("re").findall(r"coef gap ([0-9.e+-]+)", out)]
-    assert gaps and max(gaps) <= 1e-5
-    assert "streamed from the store" in out and f"all {L} layers" in out
+    table = out.rsplit("| workload |", 1)[1]  # the final table (rows are also printed as they come)
+    gaps = [float(g) for g in __import__("re").findall(r"coef gap ([0-9.e+-]+)", table)]
+    assert len(gaps) == 2 and max(gaps) <= 1e-5  # fit_logistic's and the CV refit's (see the module docstring)
+    assert "streamed from the store, warm" in table and f"all {L} layers" in table and "best C equal: True" in table
+
+
+def test_out_of_core_script_times_one_layer_chunks_cold_and_warm(store):
+    """--chunk-layers 1 sizes the streamed calls' budget to one layer a chunk; --cold adds a run of each
+    call after its programs were cleared (compile included)."""
+    out = run_benchmark("out_of_core.py", str(store.path), "--chunk-layers", "1", "--subset", "3", "--rounds", "1",
+                        "--only", "subset", "cvfit", "--C", "0.1", "1", "--folds", "3", "--cold")
+    table = out.rsplit("| workload |", 1)[1]
+    for name in ("fit_logistic", "cross_validate_logistic"):
+        sizes = {"extra_copies": getattr(F, name).streamed_copies, "workspace": F._streaming.default_workspace(N, D),
+                 "padded_reads": name == "fit_logistic" and F._logistic.same_settings_padded(N, D)}
+        budget = F._budget.chunk_bytes(1, N, D, **sizes) + 1
+        assert F._budget.plan_chunks(L, N, D, budget=budget, **sizes).layers == 1 < L
+        assert f"budget of the streamed call: {F._budget.format_bytes(budget)})" in table
+        assert f"{name} " in table
+    assert table.count("streamed from the store, cold") == table.count("streamed from the store, warm") == 2
+    gaps = [float(g) for g in __import__("re").findall(r"coef gap ([0-9.e+-]+)", table)]
+    assert len(gaps) == 4 and max(gaps) <= 1e-5  # cold and warm, each solver
