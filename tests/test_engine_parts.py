@@ -96,7 +96,7 @@ def test_lbfgs_memory_meets_the_secant_equation_and_skips_bad_pairs():
 def test_phase_rule_hands_over_by_progress_per_pass():
     s = _newton_cg.Settings(tol=1e-7, gap_tol=1e-7, max_iter=100, max_cg_iter=50, memory=10, switch_window=2,
                             switch_progress=0.5, switch_after=2)
-    phase = _newton_cg._first_phase(jnp.float32(1.0), s)
+    phase = _newton_cg._first_phase(jnp.float32(1.0), s, jnp.bool_(False))
     assert not bool(phase.newton)
     no = jnp.bool_(False)
     # Fast quasi-Newton progress (10x per iteration) keeps the phase; a stall hands over.

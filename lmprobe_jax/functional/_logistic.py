@@ -94,11 +94,11 @@ def fit_logistic(
     whose spectrum is flat starts with L-BFGS from the intercept-only optimum (its first step is the
     mass-mean direction) and hands over to Newton-CG when the data show the quasi-Newton steps stopped
     paying, by progress per pass over ``X``; a layer whose spectrum is steep (its Nystrom preconditioner
-    is built) takes Newton-CG steps from the first iteration (:mod:`._newton_cg`). A grid of ``C`` is solved as a warm-started path in increasing ``C``; with layers
-    solved one at a time (the CPU default; see ``layer_batch_size``) a path's later, harder solves may be
-    preconditioned with an exact inverse Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is
-    rebuilt inside the solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per
-    layer). Wide layers (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton
+    is built) takes Newton-CG steps from the first iteration (:mod:`._newton_cg`). A grid of ``C`` is
+    solved as a warm-started path in increasing ``C``; with layers solved one at a time (the CPU default;
+    see ``layer_batch_size``) a path's later, harder solves may be preconditioned with an exact inverse
+    Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is rebuilt inside the
+    solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per layer). Wide layers (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton
     matrix through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused). Which parts are
     used is the ``policy``'s (:class:`~lmprobe_jax.functional.SolverPolicy`); none changes the optimum.
 

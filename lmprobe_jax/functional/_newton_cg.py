@@ -170,7 +170,8 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     size = start.coef.size + start.intercept.size
     memory = empty_memory(s.memory, size, dtype) if s.memory else None
     progress = _Progress(
-        n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1, phase=_first_phase(opt0, s, jnp.asarray(newton_first)),
+        n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1,
+        phase=_first_phase(opt0, s, jnp.asarray(newton_first)),
         stalled=jnp.bool_(False), at_floor=jnp.bool_(False), unresolved=jnp.bool_(False), last_cg=jnp.int32(0),
     )
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
@@ -298,7 +299,7 @@ def within_rounding(g: Params, residual: Array, scale: Array) -> Array:
     return jnp.all(coef <= bound[..., :-1]) & jnp.all(jnp.abs(g.intercept) <= bound[..., -1])
 
 
-def _first_phase(opt0: Array, s: Settings, newton_first: Array | bool = False) -> _Phase:
+def _first_phase(opt0: Array, s: Settings, newton_first: Array) -> _Phase:
     prior = jnp.log10(1.0 / s.switch_progress) / (2 * s.switch_window)  # what a Newton step is assumed to do
     newton = jnp.bool_(s.memory == 0) | newton_first
     return _Phase(newton, newton, jnp.int32(0),

@@ -202,7 +202,8 @@ def solve_layers(
         """The layer's preconditioner, and whether its spectrum was found ill-conditioned (the Nystrom
         approximation was built, not skipped as flat): its solves then take Newton steps from the start."""
         if policy.woodbury:
-            return woodbury(glm, x, layer_kernel(x, fit_intercept=fit_intercept), halve=policy.halve_builds), jnp.bool_(True)
+            kernel = layer_kernel(x, fit_intercept=fit_intercept)
+            return woodbury(glm, x, kernel, halve=policy.halve_builds), jnp.bool_(True)
         if policy.nystrom_rank:
             approx = _nystrom_of(x, fit_intercept, policy) if approx is None else approx
             base, steep = nystrom(glm, approx), approx.eig[0] > 0
