@@ -6,6 +6,7 @@
   — the classifier names.
 * :class:`Probe` (``LinearProbe``) / :class:`LayerSweepResult` — lmprobe's high-level API (models through
   :mod:`lmprobe_jax_extract`, imported only when a model is used; stores through :mod:`lmprobe_jax_store`).
+* :class:`SampleScan` — a PCA lens of every layer's stream, attention and MLP writes over a corpus.
 * Baselines (:class:`BaselineProbe`, :class:`ActivationBaseline`, :class:`BaselineBattery`),
   :class:`ProbeEnsemble`, and cache management (:mod:`lmprobe_jax.cache`), with lmprobe's names.
 * :func:`set_profiling` (:mod:`lmprobe_jax.profiling`): each Probe call's step times; lmprobe's backend
@@ -39,6 +40,7 @@ _LAZY = {
     "BaselineResult": "battery",
     "BaselineResults": "battery",
     "ProbeEnsemble": "ensemble",
+    "SampleScan": "sample_scan",
     "CacheInfo": "cache",
     "CachedPromptInfo": "cache",
     "ModelCacheInfo": "cache",
@@ -70,6 +72,7 @@ __all__ = [
     "PerLayerScaler",
     "Probe",
     "ProbeEnsemble",
+    "SampleScan",
     "SweepResult",
     "__version__",
     "cache_info",

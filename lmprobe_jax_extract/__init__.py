@@ -30,6 +30,7 @@ from ._extract import BACKENDS, check_prompts, extract_activations
 from ._layout import SUPPORTED_MODEL_TYPES, BlockLayout, block_layout
 from ._pooling import pool
 from ._readout import check_readout, export_readout
+from ._signals import SIGNALS, SignalBatch, SignalCapture, check_signals
 from ._source import clear_model_cache, gguf_to_directory, model_layer_count, smollm2_directory
 from ._tokens import extract_token_streams
 
@@ -39,6 +40,7 @@ __all__ = [
     "BACKENDS",
     "EMBEDDINGS",
     "POOLINGS",
+    "SIGNALS",
     "SUPPORTED_MODEL_TYPES",
     "ActivationStore",
     "BlockLayout",
@@ -49,11 +51,14 @@ __all__ = [
     "IntegratedGradients",
     "LocalBackend",
     "NnsightBackend",
+    "SignalBatch",
+    "SignalCapture",
     "SkipEffects",
     "UnknownArchitecture",
     "block_layout",
     "check_prompts",
     "check_readout",
+    "check_signals",
     "clear_model_cache",
     "depth_analysis",
     "export_readout",

@@ -8,6 +8,7 @@ The per-layer solvers also take an activation store, a :class:`LayerSource`, an 
 or an array larger than ``memory_budget``, and stream it from disk a chunk of layers at a time
 (:mod:`._streaming`); ``fit_logistic`` and ``fit_ridge`` also stream the rows of a layer too large to
 hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
+:func:`fit_pca` gives every layer's principal components (the sample scan's lens).
 """
 
 from . import (
@@ -38,6 +39,7 @@ from ._metrics import (
     roc_auc,
 )
 from ._multinomial import MultinomialFit
+from ._pca import PCAFit, fit_pca, max_component_auroc, pca_project
 from ._policy import SolverPolicy, default_policy
 from ._predict import decision_function, predict, predict_proba
 from ._programs import register as _register
@@ -91,6 +93,7 @@ __all__ = [
     "MassMeanFit",
     "MulticlassRidgeFit",
     "MultinomialFit",
+    "PCAFit",
     "RidgeFit",
     "RidgeLOO",
     "SolverPolicy",
@@ -108,6 +111,7 @@ __all__ = [
     "fit_logistic",
     "fit_mass_mean",
     "fit_multinomial",
+    "fit_pca",
     "fit_ridge",
     "fold_scores",
     "group_lasso_alpha_max",
@@ -116,8 +120,10 @@ __all__ = [
     "layer_mesh",
     "layer_source",
     "layers_kept",
+    "max_component_auroc",
     "multiclass_accuracy",
     "multiclass_log_loss",
+    "pca_project",
     "predict",
     "predict_proba",
     "resolve_candidates",
