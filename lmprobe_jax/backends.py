@@ -5,8 +5,10 @@ from lmprobe_jax_extract._backends import (  # noqa: F401  (lmprobe's private he
     ExtractionBackend,
     LocalBackend,
     NnsightBackend,
+    _get_attn_submodule,
     _get_decoder_layers,
     _get_local_model,
+    _get_mlp_submodule,
     clear_local_model_cache,
     resolve_backend,
 )

@@ -42,6 +42,26 @@ def _get_decoder_layers(model: Any) -> torch.nn.ModuleList:
     return find_decoder_layers(model)[1]
 
 
+def _named_child(block: Any, names: tuple[str, ...], what: str) -> torch.nn.Module:
+    for name in names:
+        if hasattr(block, name):
+            return getattr(block, name)
+    raise ValueError(
+        f"Cannot find the {what} sub-module of {type(block).__name__}: expected one of {names}. For the "
+        "attention / MLP signals of another architecture pass layout=BlockLayout(...)."
+    )
+
+
+def _get_attn_submodule(block: Any) -> torch.nn.Module:
+    """The attention sub-module of a decoder block (lmprobe's helper; the names :mod:`._layout` knows)."""
+    return _named_child(block, ("self_attn", "attention", "attn"), "attention")
+
+
+def _get_mlp_submodule(block: Any) -> torch.nn.Module:
+    """The MLP sub-module of a decoder block (lmprobe's helper)."""
+    return _named_child(block, ("mlp", "feed_forward", "ffn"), "MLP")
+
+
 def _get_local_model(model_name: Any, device: str = "auto", dtype: Any = torch.float32) -> tuple[Any, Any]:
     """``(model, tokenizer)``: ``model_name`` (a hub id, a directory, a ``.gguf`` file) loaded in ``dtype``
     on ``device`` (``"auto"``: CUDA when available, else the CPU), in eval mode; the last one loaded is
