@@ -59,19 +59,19 @@ def main() -> None:
     }
     tmp = Path(tempfile.mkdtemp(prefix="scan_vs_lmprobe."))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-    maps = {}
+    maps, scans = {}, {}
     with threadpool_limits(args.threads):
         for r in range(args.rounds):
             for name, run in (runs.items() if r % 2 == 0 else reversed(runs.items())):
                 t0 = time.perf_counter()
-                scan = run(tmp / f"{name.split()[0]}-{r}")
+                scan = scans[name] = run(tmp / f"{name.split()[0]}-{r}")
                 t_run = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 maps[name] = scan.separability_map()
                 times[name].append((t_run, time.perf_counter() - t0))
                 print(name, f"round {r}: run {t_run:.1f} s, separability_map {times[name][-1][1]:.2f} s", flush=True)
         if args.figure:
-            scan.plot(prompts[0], title=prompts[0]).savefig(args.figure, dpi=90, bbox_inches="tight")
+            scans["lmprobe-jax"].plot(prompts[0], title=prompts[0]).savefig(args.figure, dpi=90, bbox_inches="tight")
 
     median = {name: np.median(np.array(t), axis=0) for name, t in times.items()}
     ours, theirs = maps["lmprobe-jax"], maps["lmprobe 0.10.3"]

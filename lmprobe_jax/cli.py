@@ -785,6 +785,38 @@ def cmd_depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .sample_scan import SampleScan
+
+    data = read_prompts(Path(args.prompts), args.text_column, args.label_column)
+    labels = [0] * len(data.prompts) if data.labels is None else list(np.asarray(data.labels).tolist())
+    model = str(smollm2_directory()) if args.model == "smollm2" else args.model
+    scan = SampleScan.run(
+        data.prompts, labels, model, args.out, signals=args.signals.split(","), n_components=args.components,
+        dtype=args.dtype, batch_size=args.batch_size, backend=args.backend, memory_budget=args.memory_budget,
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    written = [out]
+    if len(set(map(str, labels))) == 2:
+        auroc = scan.separability_map()
+        rows = [{"layer": layer, **dict(zip(scan.signals, map(float, auroc[layer]), strict=True))}
+                for layer in range(scan.n_layers)]
+        written += write_json_csv(out, "separability", {"signals": scan.signals, "auroc": auroc.tolist()}, rows)
+    else:
+        _say(args, "the labels do not hold two classes: no separability map")
+    if args.plot is not None:
+        try:
+            fig = scan.plot(args.plot, title=args.plot)
+        except ImportError:
+            _say(args, "matplotlib is not installed: no figure (pip install matplotlib)")
+        else:
+            fig.savefig(out / "scan.png", dpi=110, bbox_inches="tight")
+            written.append(out / "scan.png")
+    _say(args, "wrote " + ", ".join(map(str, written)))
+    return 0
+
+
 def _add_lens(add) -> None:
     p = add("lens", "logit lens, tuned lens and next-token probes for every layer; lens.json, .csv, .png")
     p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2'")
@@ -949,6 +981,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="model dtype (None: the checkpoint's)")
     p.set_defaults(run=cmd_depth)
+
+    p = add("scan", "a PCA lens of every layer's stream / attention / MLP writes over a corpus (SampleScan)",
+            fits=False)
+    p.add_argument("--model", required=True, help="model directory, .gguf file, hub id, or 'smollm2' (offline)")
+    p.add_argument("--prompts", required=True, help=".txt (one text per line), .jsonl or .csv, as extract")
+    p.add_argument("--text-column", default="text", help="the text column of a .jsonl / .csv")
+    p.add_argument("--label-column", default=None,
+                   help="the label column (two classes give separability.csv); default: 'label' if present")
+    p.add_argument("--out", required=True, help="the scan directory (+ separability.json/.csv, scan.png)")
+    p.add_argument("--signals", default="attn_delta,mlp_delta",
+                   help="comma-separated: residual, attn_delta, mlp_delta")
+    p.add_argument("--components", type=int, default=64, help="principal components per layer and signal")
+    p.add_argument("--batch-size", type=int, default=4, help="texts of one length per forward pass")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="the model's compute dtype (default: float32)")
+    p.add_argument("--backend", default="local", choices=["local", "nnsight"], help="how blocks are hooked")
+    p.add_argument("--memory-budget", default=None, help="memory for one PCA program, e.g. 4GB")
+    p.add_argument("--plot", default=None, help="also draw this text through the lens (scan.png)")
+    p.set_defaults(run=cmd_scan)
     return parser
 
 

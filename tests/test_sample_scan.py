@@ -278,3 +278,30 @@ def test_a_damaged_scan_is_refused(tiny_models, tmp_path):
     np.save(scan_dir / "projections.npy", np.zeros((1, 4, 3, 2), np.float32))
     with pytest.raises(ValueError, match="damaged"):
         SampleScan(scan_dir)
+
+
+def test_cli_writes_the_scan_its_map_and_figure(tiny_models, tmp_path):
+    import csv
+
+    pytest.importorskip("matplotlib")
+    from lmprobe_jax.cli import main
+
+    table = tmp_path / "corpus.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(PROMPTS, LABELS, strict=True))
+    out = tmp_path / "scan"
+    argv = ["scan", "--model", str(tiny_models["llama"]), "--prompts", str(table), "--out", str(out),
+            "--components", "3", "--plot", PROMPTS[0], "--quiet"]
+    assert main(argv) == 0
+    scan = SampleScan(out)
+    assert scan.samples["label"] == LABELS and scan.signals == ["attn_delta", "mlp_delta"]
+    with open(out / "separability.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    want = scan.separability_map()
+    assert [int(r["layer"]) for r in rows] == list(range(scan.n_layers))
+    np.testing.assert_allclose([[float(r[s]) for s in scan.signals] for r in rows], want, rtol=1e-12)
+    assert (out / "scan.png").stat().st_size > 0
+    assert main([*argv[:6], str(tmp_path / "bad"), "--signals", "router_logits", "--quiet"]) == 1
+    assert not (tmp_path / "bad").exists()
