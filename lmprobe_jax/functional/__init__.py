@@ -44,6 +44,7 @@ from ._policy import SolverPolicy, default_policy
 from ._predict import decision_function, predict, predict_proba
 from ._programs import register as _register
 from ._ridge import MulticlassRidgeFit, RidgeFit, RidgeLOO
+from ._row_streaming import logistic_cv_rows as _logistic_cv_rows
 from ._row_streaming import logistic_rows as _logistic_rows
 from ._row_streaming import ridge_rows as _ridge_rows
 from ._selection import (
@@ -76,8 +77,9 @@ fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows, padded_reads=lambda n_r
     _ridge.fit_ridge)
 ridge_loo = streams_layers(copies=3)(_ridge.ridge_loo)
 fit_mass_mean = streams_layers(copies=6)(_mass_mean.fit_mass_mean)
-cross_validate_logistic = streams_layers(copies=4)(_cv.cross_validate_logistic)
-cross_validate_ridge = streams_layers(copies=3)(_cv.cross_validate_ridge)
+cross_validate_logistic = streams_layers(copies=4, rows=_logistic_cv_rows, keeps_layer_axis=True)(
+    _cv.cross_validate_logistic)
+cross_validate_ridge = streams_layers(copies=3, keeps_layer_axis=True)(_cv.cross_validate_ridge)
 
 _aot.register_types(_newton_cg.SolveResult, _nystrom.NystromApprox, HeldOut, LogisticFit, MultinomialFit)
 _register(_path.solve_layers, _path.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,

@@ -89,6 +89,47 @@ def _fold_ids(y: np.ndarray, folds: Any, groups: Any, random_state: int | None) 
     return np.unique(ids, return_inverse=True)[1].astype(np.int32)
 
 
+def logistic_cv_setup(
+    y: Any, n: int, C: Any, *, folds: Any, groups: Any, random_state: int | None, scoring: str,
+    multinomial: bool | None, sample_weight: Any, n_classes: int | None,
+) -> tuple[Any, np.ndarray, bool, np.ndarray, Any, np.ndarray]:
+    """The checked inputs of a logistic CV (in memory or row-streamed, so both refuse and fold alike):
+    ``(codes (N,), classes (K,), softmax, sample weights (N,), C grid (G,), fold ids (N,))``."""
+    codes, classes = _checks.check_class_labels(y, n, n_classes=n_classes)
+    softmax = classes.size > 2 if multinomial is None else bool(multinomial)
+    if not softmax and classes.size != 2:
+        _checks.check_binary_labels(y, n)  # raises the binary message
+    if scoring not in ("accuracy", "log_loss", "roc_auc") or (softmax and scoring == "roc_auc"):
+        options = "'accuracy' or 'log_loss'" if softmax else "'accuracy', 'log_loss' or 'roc_auc'"
+        raise ValueError(f"scoring={scoring!r} is not available here; use {options}.")
+    sw = _checks.check_sample_weight(sample_weight, n)
+    Cs, _ = _checks.check_grid(C, "C")
+    return codes, classes, softmax, sw, Cs, _fold_ids(codes, folds, groups, random_state)
+
+
+def training_weights(fold_ids: np.ndarray, sw: Any) -> np.ndarray:
+    """``(F, N)``: fold ``f``'s training problem as sample weights, ``sw`` outside fold ``f``, 0 in it."""
+    n_folds = int(fold_ids.max()) + 1
+    return (fold_ids[None, :] != np.arange(n_folds)[:, None]) * np.asarray(sw)
+
+
+def scored_held_out(fold_ids: np.ndarray, sw: Any) -> HeldOut:
+    """Each fold's held-out rows ``(F, M)`` with their sample weights, ``M`` padded to its compile bucket
+    (padding weighs 0)."""
+    held_out = held_out_rows(fold_ids)
+    held_out = HeldOut(*(_checks.pad_rows(a, _checks.bucket_rows(a.shape[1])) for a in held_out))
+    return held_out._replace(weight=held_out.weight * sw[held_out.index])
+
+
+def chosen_value(scores: Array, scoring: str, grid: Any) -> tuple[Any, Any]:
+    """``(best_index (L,), best_value (L,))`` from held-out ``scores`` ``(L, G, F)``: the best mean over
+    folds, first of ties (numpy when concrete; traced under a caller's jit)."""
+    best = _best(scores, scoring)
+    best = np.asarray(best) if _checks.is_concrete(best) else best
+    value = grid[best] if isinstance(best, np.ndarray) and isinstance(grid, np.ndarray) else jnp.asarray(grid)[best]
+    return best, value
+
+
 def cross_validate_logistic(
     X: Any,
     y: Any,
@@ -140,20 +181,11 @@ def cross_validate_logistic(
       A :class:`CVResult` whose ``fit`` is a :class:`LogisticFit` (or :class:`MultinomialFit`).
     """
     X3, _, n = _checks.check_bucketed_activations(X)
-    codes, classes = _checks.check_class_labels(y, n, n_classes=n_classes)
-    softmax = classes.size > 2 if multinomial is None else bool(multinomial)
-    if not softmax and classes.size != 2:
-        _checks.check_binary_labels(y, n)  # raises the binary message
-    if scoring not in ("accuracy", "log_loss", "roc_auc") or (softmax and scoring == "roc_auc"):
-        options = "'accuracy' or 'log_loss'" if softmax else "'accuracy', 'log_loss' or 'roc_auc'"
-        raise ValueError(f"scoring={scoring!r} is not available here; use {options}.")
-    sw = _checks.check_sample_weight(sample_weight, n)
-    Cs, _ = _checks.check_grid(C, "C")
-    fold_ids = _fold_ids(codes, folds, groups, random_state)
-    n_folds = int(fold_ids.max()) + 1
+    codes, classes, softmax, sw, Cs, fold_ids = logistic_cv_setup(
+        y, n, C, folds=folds, groups=groups, random_state=random_state, scoring=scoring, multinomial=multinomial,
+        sample_weight=sample_weight, n_classes=n_classes)
     rows = X3.shape[1]  # padded rows weigh nothing in any fold (see _checks.bucket_rows)
-    test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
-    train = _checks.pad_rows((1.0 - test) * sw, rows)
+    train = _checks.pad_rows(training_weights(fold_ids, sw), rows)
     codes_rows = _checks.pad_rows(codes, rows)
     loss = SOFTMAX if softmax else BINARY_LOGISTIC
     y_solver = jnp.asarray(codes_rows if softmax else codes_rows.astype(np.float32))
@@ -174,17 +206,12 @@ def cross_validate_logistic(
         tol=_checks.check_tol(cv_tol), gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    held_out = held_out_rows(fold_ids)
-    held_out = HeldOut(*(_checks.pad_rows(a, _checks.bucket_rows(a.shape[1])) for a in held_out))
-    held_out = held_out._replace(weight=held_out.weight * sw[held_out.index])  # padding keeps weight 0
     acc, ll, auc = _aot.call(
-        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=jnp.asarray(codes_rows), held_out=held_out,
-        softmax=softmax,
+        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=jnp.asarray(codes_rows),
+        held_out=scored_held_out(fold_ids, sw), softmax=softmax,
     )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
-    best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
-    best = np.asarray(best) if _checks.is_concrete(best) else best  # traced under a caller's jit
-    best_value = Cs[best] if isinstance(best, np.ndarray) and isinstance(Cs, np.ndarray) else jnp.asarray(Cs)[best]
+    best, best_value = chosen_value({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring, Cs)
     refit_res = _aot.call(
         solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(_checks.pad_rows(sw, rows)[None]),
         Cs=jnp.asarray(best_value)[:, None], tol=_checks.check_tol(tol), precond=precond,
@@ -327,8 +354,7 @@ def cross_validate_group_lasso(
     alphas, _ = _checks.check_grid(alpha, "alpha")
     fold_ids = _fold_ids(y01.astype(np.int32), folds, groups, random_state)
     n_folds = int(fold_ids.max()) + 1
-    test = (fold_ids[None, :] == np.arange(n_folds)[:, None]).astype(np.float32)  # (F, N)
-    weights = np.concatenate([(1.0 - test) * sw, sw[None]], axis=0)  # (F + 1, N): folds, then the refit
+    weights = np.concatenate([training_weights(fold_ids, sw), sw[None]], axis=0)  # (F + 1, N): folds, then the refit
     res = group_lasso_weight_sets(
         Xg, jnp.asarray(y01), jnp.asarray(weights), jnp.asarray(alphas), loss="logistic",
         fit_intercept=bool(fit_intercept), tol=_checks.check_tol(tol),

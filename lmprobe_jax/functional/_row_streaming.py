@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,9 @@ import numpy as np
 import scipy.linalg
 from jax import Array
 
-from . import _checks
+from . import _checks, _metrics
+from ._cv import CVResult, chosen_value, logistic_cv_setup, scored_held_out, training_weights
+from ._glm import DEFAULT_TOL
 from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._nystrom import apply_preconditioner, nystrom_gram
 from ._path import default_max_cg_iter, default_precondition_rank
@@ -152,7 +154,7 @@ def _block_hvp(x: Array, y: Array, s: Array, z: Array, C: Array, p_coef: Array, 
 
 @jax.jit
 def _block_predictor(x: Array, coef: Array, intercept: Array) -> Array:
-    return matvec(x, coef) + intercept
+    return matvec(x, coef) + intercept[..., None]
 
 
 class _LayerRows:
@@ -170,7 +172,8 @@ class _LayerRows:
         return _blocks(self.source, self.layer, self.row_block)
 
     def predictor(self, coef: Array, intercept: Array) -> Array:
-        return jnp.concatenate([_block_predictor(x, coef, intercept) for _, x in self._each()])
+        """``X coef + intercept``, ``([G,] N)`` for ``coef`` ``([G,] D)``: one pass."""
+        return jnp.concatenate([_block_predictor(x, coef, intercept) for _, x in self._each()], axis=-1)
 
     def gradient(self, z: Array, coef: Array, C: Array) -> tuple[Array, Array]:
         g_coef, g_int = coef, jnp.zeros(())
@@ -243,9 +246,11 @@ def _armijo_step(rows: _LayerRows, z: Array, xd: Array, C: Array, coef: Array, d
 
 
 def _newton(rows: _LayerRows, C: float, coef: Array, intercept: Array, z: Array, precond: Any, *, tol: float,
-            max_iter: int, max_cg_iter: int) -> tuple[Array, Array, Array, int, bool, float]:
+            gap_tol: float, max_iter: int, max_cg_iter: int) -> tuple[Array, Array, Array, int, bool, float]:
     """Truncated Newton for one ``C`` from ``(coef, intercept)`` with predictor ``z``; returns the solution,
-    its predictor, the Newton steps, whether it converged, and the scaled gradient's max-abs entry."""
+    its predictor ``(N,)``, the Newton steps, whether it converged, and the scaled gradient's max-abs
+    entry. Converged: that entry ``<= tol`` and the relative gap estimate ``<= gap_tol`` (``inf``: the
+    gradient test alone, as the CV's fold problems)."""
     eps = float(jnp.finfo(jnp.float32).eps)
     C = jnp.float32(C)
     scale = float(C * jnp.sum(rows.s))
@@ -275,8 +280,58 @@ def _newton(rows: _LayerRows, C: float, coef: Array, intercept: Array, z: Array,
         if at_precision and opt_new >= opt:  # the float floor: keep the better iterate
             return coef, intercept, z, n_iter, True, opt
         (coef, intercept, z), g, opt = new, g_new, opt_new
-        converged = opt <= tol and -slope / (2 * objective) <= tol
+        converged = opt <= tol and -slope / (2 * objective) <= gap_tol
     return coef, intercept, z, n_iter, converged, opt
+
+
+class _Solved(NamedTuple):
+    """One streamed solve: ``coef`` ``(D,)``, ``intercept`` ``()``, predictor ``z = X coef + intercept`` ``(N,)``
+    over every row (held-out ones included), Newton steps, convergence, scaled gradient's max-abs entry."""
+
+    coef: Array
+    intercept: Array
+    z: Array
+    n_iter: int
+    converged: bool
+    optimality: float
+
+
+def _path(rows: _LayerRows, Cs: np.ndarray, precond: Any, start: tuple[Array, Array, Array], *, tol: float,
+          gap_tol: float, max_iter: int, max_cg_iter: int) -> list[_Solved]:
+    """Each ``C`` of the grid ``(G,)`` solved from the previous one's solution, in increasing ``C`` from
+    ``start = (coef, intercept, z)``; the solves in the grid's order."""
+    out: list[Any] = [None] * Cs.size
+    state = start
+    for g in np.argsort(Cs, kind="stable"):
+        out[g] = _Solved(*_newton(rows, float(Cs[g]), *state, precond, tol=tol, gap_tol=gap_tol, max_iter=max_iter,
+                                  max_cg_iter=max_cg_iter))
+        state = out[g][:3]
+    return out
+
+
+def _origin(n: int, d: int) -> tuple[Array, Array, Array]:
+    return jnp.zeros(d), jnp.zeros(()), jnp.zeros(n)
+
+
+def _as_fit(path: list[_Solved]) -> LogisticFit:
+    """The solves of a grid as a :class:`LogisticFit` with fields ``(G, ...)``."""
+    columns = [np.stack([np.asarray(solved[i]) for solved in path]) for i in (0, 1, 3, 4, 5)]
+    return LogisticFit(*(jnp.asarray(a, t) for a, t in zip(columns, (jnp.float32, jnp.float32, jnp.int32, bool,
+                                                                      jnp.float32))))
+
+
+class _NewtonSettings(NamedTuple):
+    tol: float
+    max_iter: int
+    max_cg_iter: int
+    precondition_rank: int
+
+
+def _settings(d: int, tol: float, max_iter: int, max_cg_iter: int | None, precondition_rank: int | None) -> _NewtonSettings:
+    """The checked solver settings, with ``fit_logistic``'s defaults for ``D`` features."""
+    max_cg = default_max_cg_iter(d) if max_cg_iter is None else _checks.check_positive_int(max_cg_iter, "max_cg_iter")
+    return _NewtonSettings(_checks.check_tol(tol), _checks.check_positive_int(max_iter, "max_iter"), max_cg,
+                           default_precondition_rank(d, precondition_rank))
 
 
 def logistic_rows(
@@ -293,22 +348,67 @@ def logistic_rows(
     y01, _ = _checks.check_binary_labels(y, n)
     s = _checks.check_sample_weight(sample_weight, n)
     Cs, is_grid = _checks.check_grid(C, "C")
-    tol = _checks.check_tol(tol)
-    max_iter = _checks.check_positive_int(max_iter, "max_iter")
-    max_cg = default_max_cg_iter(d) if max_cg_iter is None else _checks.check_positive_int(max_cg_iter, "max_cg_iter")
+    opts = _settings(d, tol, max_iter, max_cg_iter, precondition_rank)
     rows = _LayerRows(source, layer, row_block, y01, s, bool(fit_intercept))
-    rank = default_precondition_rank(d, precondition_rank)
-    precond = rows.sketch(rank) if rank else None
-    coef, intercept, z = jnp.zeros(d), jnp.zeros(()), jnp.zeros(n)
-    out = [None] * Cs.size
-    for g in np.argsort(Cs, kind="stable"):  # a warm-started path in increasing C
-        coef, intercept, z, n_iter, converged, opt = _newton(
-            rows, float(Cs[g]), coef, intercept, z, precond, tol=tol, max_iter=max_iter, max_cg_iter=max_cg)
-        out[g] = (coef, intercept, n_iter, converged, opt)
-    fields = [np.stack([np.asarray(o[i]) for o in out]) for i in range(5)]
-    fit = LogisticFit(
-        coef=jnp.asarray(fields[0], jnp.float32), intercept=jnp.asarray(fields[1], jnp.float32),
-        n_iter=jnp.asarray(fields[2], jnp.int32), converged=jnp.asarray(fields[3], bool),
-        optimality=jnp.asarray(fields[4], jnp.float32),
-    )
+    precond = rows.sketch(opts.precondition_rank) if opts.precondition_rank else None
+    fit = _as_fit(_path(rows, Cs, precond, _origin(n, d), tol=opts.tol, gap_tol=opts.tol, max_iter=opts.max_iter,
+                        max_cg_iter=opts.max_cg_iter))
     return fit if is_grid else LogisticFit(*(a[0] for a in fit))
+
+
+def logistic_cv_rows(
+    source: LayerSource, layer: int, row_block: int, y: Any, C: Any = (0.01, 0.1, 1.0, 10.0), *, folds: Any = 5,
+    groups: Any = None, random_state: int | None = 0, scoring: str = "accuracy", multinomial: bool | None = None,
+    sample_weight: Any = None, fit_intercept: bool = True, tol: float = DEFAULT_TOL, cv_tol: float = 1e-4,
+    max_iter: int = 100, max_cg_iter: int | None = None, precondition_rank: int | None = None,
+    layer_batch_size: int | None = None, n_classes: int | None = None, policy: Any = None,
+) -> CVResult:
+    """:func:`cross_validate_logistic` (binary) on layer ``layer`` of ``source``, reading ``row_block`` rows
+    at a time: the same folds, scores, choice of ``C`` and refit, for one layer (no layer axis: scores
+    ``(G, F)``, ``best_index`` ``()``, ``fit.coef`` ``(D,)``, ``n_iter`` ``(G, F + 1)``).
+
+    Fold ``f`` is the streamed Newton path over the grid with sample weights ``s * [fold_id != f]``,
+    stopped at ``cv_tol`` by the gradient test alone (as in memory); its held-out decision values are
+    ``X coef + intercept`` for the ``G`` solutions, one pass. The refit on all rows at the best
+    ``C`` starts from the folds' mean solution there, stopped at ``tol``. One Nyström preconditioner for
+    all. Passes over the layer: one per Newton and CG step of every problem, ``F + 1`` problems (folds
+    solved one after another, each reading the layer itself), plus one per fold for its scores and one
+    for the refit's start.
+    ``policy`` and ``layer_batch_size`` choose the in-memory engine's parts: unused here.
+    """
+    del layer_batch_size, policy  # one layer, one streamed engine
+    n, d = source.shape[1:]
+    codes, _, softmax, sw, Cs, fold_ids = logistic_cv_setup(
+        y, n, C, folds=folds, groups=groups, random_state=random_state, scoring=scoring, multinomial=multinomial,
+        sample_weight=sample_weight, n_classes=n_classes)
+    if softmax:
+        raise ValueError(
+            "cross_validate_logistic streams the rows of a layer for two classes only; these labels ask for a "
+            "softmax fit. Give a memory_budget that holds one whole layer, or fewer rows."
+        )
+    opts = _settings(d, tol, max_iter, max_cg_iter, precondition_rank)
+    cv_tol = _checks.check_tol(cv_tol)
+    fold_rows = [_LayerRows(source, layer, row_block, codes, w, bool(fit_intercept))
+                 for w in training_weights(fold_ids, sw)]
+    precond = fold_rows[0].sketch(opts.precondition_rank) if opts.precondition_rank else None
+    paths = [_path(rows, Cs, precond, _origin(n, d), tol=cv_tol, gap_tol=float("inf"), max_iter=opts.max_iter,
+                   max_cg_iter=opts.max_cg_iter) for rows in fold_rows]  # (F, G) solves
+    # Decision values afresh (one pass a fold), not the predictors the solves accumulated step by step.
+    z = jnp.stack([rows.predictor(*_as_fit(path)[:2]) for rows, path in zip(fold_rows, paths)])  # (F, G, N)
+    acc, ll, auc = (a.T for a in _metrics.fold_scores(z, jnp.asarray(codes), scored_held_out(fold_ids, sw)))  # (G, F)
+    best, best_value = chosen_value({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring][None], scoring, Cs)
+    b = int(best[0])
+    coef0 = jnp.mean(jnp.stack([path[b].coef for path in paths]), axis=0)
+    intercept0 = jnp.mean(jnp.stack([path[b].intercept for path in paths]))
+    rows = _LayerRows(source, layer, row_block, codes, sw, bool(fit_intercept))
+    refit = _path(rows, Cs[b:b + 1], precond, (coef0, intercept0, rows.predictor(coef0, intercept0)), tol=opts.tol,
+                  gap_tol=opts.tol, max_iter=opts.max_iter, max_cg_iter=opts.max_cg_iter)
+
+    def per_problem(field: int) -> Array:  # (G, F + 1): the folds', then the refit's (repeated over G)
+        return jnp.asarray([[path[g][field] for path in paths] + [refit[0][field]] for g in range(Cs.size)])
+
+    return CVResult(
+        grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=jnp.full_like(acc, jnp.nan), best_index=jnp.asarray(b),
+        best_value=best_value[0], fit=LogisticFit(*(a[0] for a in _as_fit(refit))), fold_ids=fold_ids,
+        n_iter=per_problem(3).astype(jnp.int32), converged=per_problem(4).astype(bool),
+    )

@@ -76,6 +76,7 @@ class _Streaming(NamedTuple):
     workspace: Callable[[int, int], int]
     rows: Callable[..., Any] | None
     padded_reads: Callable[[int, int], bool] | None
+    keeps_layer_axis: bool
 
 
 def default_workspace(n_rows: int, n_features: int) -> int:
@@ -89,6 +90,7 @@ def default_workspace(n_rows: int, n_features: int) -> int:
 def streams_layers(
     *, copies: float = 0.0, workspace: Callable[[int, int], int] = default_workspace,
     rows: Callable[..., Any] | None = None, padded_reads: Callable[[int, int], bool] | None = None,
+    keeps_layer_axis: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a per-layer solver ``fn(X, *args, **kwargs)`` take stores, iterators and oversized arrays.
 
@@ -103,11 +105,13 @@ def streams_layers(
         appended, ``y`` padded with its first label and ``sample_weight`` with zeros (its result has no
         per-row field and no setting depends on ``N``); chunks are then read padded to
         :func:`._checks.bucket_rows` rows. None: the solver pads each chunk itself.
+      keeps_layer_axis: whether the solver's result for one ``(N, D)`` layer keeps a layer axis of 1 (the
+        CVs); else a streamed single layer's result drops it too.
 
     The wrapped function gains the keywords ``memory_budget`` and ``mesh``; its docstring gains a
     paragraph saying so.
     """
-    spec = _Streaming(float(copies), workspace, rows, padded_reads)
+    spec = _Streaming(float(copies), workspace, rows, padded_reads, bool(keeps_layer_axis))
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -140,8 +144,9 @@ def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwa
         return fn(X, *args, **kwargs)  # JAX arrays, lists: the in-memory solver as it is
     if is_array and X.size == 0:
         return fn(X, *args, **kwargs)  # nothing to stream: the solver's own checks say what is wrong
-    single = is_array and X.ndim == 2
-    source = layer_source(X[None] if single else X)
+    one_layer = is_array and X.ndim == 2
+    source = layer_source(X[None] if one_layer else X)
+    single = one_layer and not spec.keeps_layer_axis  # a result without the layer axis
     n_layers, n_rows, n_features = source.shape
     limit = _budget.memory_budget(budget)
     plan = _budget.plan_chunks(
