@@ -28,7 +28,7 @@ per Newton step and once per CG step (the in-memory solver's passes over ``X``, 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -60,9 +60,11 @@ def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[s
     n = source.shape[1]
     slices = [slice(a, min(a + row_block, n)) for a in range(0, n, row_block)]
     jobs = (functools.partial(read_chunk, source, range(layer, layer + 1), rows, np.float32) for rows in slices)
-    for rows, chunk in zip(slices, prefetched(jobs)):
-        yield rows, jax.device_put(chunk[0])  # read-only and page-aligned: used in place on the CPU
-        del chunk
+    chunks = prefetched(jobs)
+    for rows in slices:  # not zip: its reused result tuple would hold the last block through the next read
+        x = jax.device_put(next(chunks)[0])  # read-only and page-aligned: used in place on the CPU
+        yield rows, x
+        del x
 
 
 # -- ridge ------------------------------------------------------------------------------------------
@@ -167,28 +169,28 @@ class _LayerRows:
         self.fit_intercept = fit_intercept
         self.passes = 0
 
-    def _each(self) -> Iterator[tuple[slice, Array]]:
+    def _map(self, fn: Callable[[slice, Array], Any]) -> list[Any]:
+        """``fn(rows, X[rows])`` of every block, in order: one pass."""
         self.passes += 1
-        return _blocks(self.source, self.layer, self.row_block)
+        out = []
+        for rows, x in _blocks(self.source, self.layer, self.row_block):
+            out.append(fn(rows, x))
+            del x  # dropped before the next read, so the reader's collection frees it (no full gc pass)
+        return out
 
     def predictor(self, coef: Array, intercept: Array) -> Array:
         """``X coef + intercept``, ``([G,] N)`` for ``coef`` ``([G,] D)``: one pass."""
-        return jnp.concatenate([_block_predictor(x, coef, intercept) for _, x in self._each()], axis=-1)
+        return jnp.concatenate(self._map(lambda rows, x: _block_predictor(x, coef, intercept)), axis=-1)
 
     def gradient(self, z: Array, coef: Array, C: Array) -> tuple[Array, Array]:
-        g_coef, g_int = coef, jnp.zeros(())
-        for rows, x in self._each():
-            gc, gi = _block_gradient(x, self.y[rows], self.s[rows], z[rows], C)
-            g_coef, g_int = g_coef + gc, g_int + gi
+        parts = self._map(lambda rows, x: _block_gradient(x, self.y[rows], self.s[rows], z[rows], C))
+        g_coef, g_int = functools.reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]), parts, (coef, jnp.zeros(())))
         return g_coef, g_int * self.fit_intercept
 
     def hvp(self, z: Array, C: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
-        us, h_coef, h_int = [], p_coef, jnp.zeros(())
-        for rows, x in self._each():
-            u, hc, hi = _block_hvp(x, self.y[rows], self.s[rows], z[rows], C, p_coef, p_int)
-            us.append(u)
-            h_coef, h_int = h_coef + hc, h_int + hi
-        return jnp.concatenate(us), h_coef, h_int * self.fit_intercept
+        parts = self._map(lambda rows, x: _block_hvp(x, self.y[rows], self.s[rows], z[rows], C, p_coef, p_int))
+        h_coef, h_int = functools.reduce(lambda a, b: (a[0] + b[1], a[1] + b[2]), parts, (p_coef, jnp.zeros(())))
+        return jnp.concatenate([part[0] for part in parts]), h_coef, h_int * self.fit_intercept
 
     def sketch(self, rank: int) -> Any:
         """Nyström approximation of ``[X, 1]^T [X, 1]`` from evenly spaced rows, scaled to all ``N``."""
