@@ -58,7 +58,7 @@ workspace = F._streaming.default_workspace(N, D)
 padded = spec is F.fit_logistic and F._logistic.same_settings_padded(N, D)
 sizes = dict(extra_copies=spec.streamed_copies, workspace=workspace, padded_reads=padded)
 budget = settings["budget"] or F._budget.chunk_bytes(k, N, D, **sizes) + 1
-plan = F._budget.plan_chunks(L, N, D, budget=F._budget.memory_budget(budget), **sizes)
+plan = F._budget.plan_chunks(L, N, D, budget=F._budget.memory_budget(budget), row_streaming=spec.streams_rows, **sizes)
 k = plan.layers
 if not settings["store"]:
     spec(X[:k + 1], y, memory_budget=budget, **kwargs)  # compile the chunk's program first
@@ -70,10 +70,10 @@ started = time.process_time()
 fit = spec(X, y, memory_budget=budget, **kwargs)
 grown = status("VmHWM") - before
 layer = F._checks.bucket_rows(N) * D * 4
-chunks = 2 * k * (F._checks.bucket_rows(N) if padded else N) * D * 4  # the chunk solved, the chunk read
+chunks = 2 * k * (F._checks.bucket_rows(N) if padded else plan.rows) * D * 4  # the chunk (or rows) solved, the one read
 converged = fit.converged if hasattr(fit, "converged") else fit.fit.converged
 print("RESULT", plan.layers, plan.peak_bytes, grown, layer, chunks, int(np.sum(converged)), status("VmHWM"),
-      before, round(time.process_time() - started))
+      before, round(time.process_time() - started), plan.rows)
 """
 
 
@@ -158,7 +158,8 @@ def main() -> None:
     head = ("| shape L x N x D | layers a chunk | one float32 layer (padded) | plan peak | measured growth | "
             "beyond the two chunks: planned / measured | growth / plan |")
     if args.store:
-        print(head + " process peak RSS (before the fit) | CPU s | converged |\n|---|---|---|---|---|---|---|---|---|---|")
+        print(head + " process peak RSS (before the fit) | CPU s | converged | rows a block |\n"
+              + "|" + "---|" * 11)
         from lmprobe_jax_store import ActivationStore
 
         store = ActivationStore(args.store)
@@ -179,7 +180,7 @@ def main() -> None:
 
 def row(text: str, figures: list[int]) -> None:
     layers, plan, grown, layer, chunks, converged, *store = figures
-    extra = f" {store[0] / 1e9:.2f} GB ({store[1] / 1e9:.2f} GB) | {store[2]} | {converged} |" if store else ""
+    extra = f" {store[0] / 1e9:.2f} GB ({store[1] / 1e9:.2f} GB) | {store[2]} | {converged} | {store[3]} |" if store else ""
     print(f"| {text} | {layers} | {layer / 1e6:.0f} MB | {plan / 1e6:.0f} MB | {grown / 1e6:.0f} MB | "
           f"{(plan - chunks) / layer:.2f} / {(grown - chunks) / layer:.2f} layers | {grown / plan:.2f} |{extra}",
           flush=True)

@@ -6,8 +6,8 @@ a NamedTuple of arrays and matches the scikit-learn estimator named in its docst
 
 The per-layer solvers also take an activation store, a :class:`LayerSource`, an iterator of layer chunks
 or an array larger than ``memory_budget``, and stream it from disk a chunk of layers at a time
-(:mod:`._streaming`); ``fit_logistic`` and ``fit_ridge`` also stream the rows of a layer too large to
-hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
+(:mod:`._streaming`); ``fit_logistic``, ``fit_ridge`` and the binary ``cross_validate_logistic`` also
+stream the rows of a layer too large to hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
 :func:`fit_pca` gives every layer's principal components (the sample scan's lens).
 """
 
@@ -70,6 +70,8 @@ from ._streaming import streams_layers
 # peak memory").
 # ``padded_reads``: the solvers without per-row results read chunks padded to the compile bucket with
 # zero-weight rows (no padded copy); logistic only when N and the bucket choose the same preconditioner.
+# ``rows``: the row-streamed solver for a layer whose rows do not fit (_row_streaming); its blocks are
+# planned with the in-memory ``copies`` per row, though it copies none (smaller blocks, not more memory).
 fit_logistic = streams_layers(copies=0.5, rows=_logistic_rows, padded_reads=_logistic.same_settings_padded)(
     _logistic.fit_logistic)
 fit_multinomial = streams_layers(copies=3)(_multinomial.fit_multinomial)

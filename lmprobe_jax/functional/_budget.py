@@ -131,5 +131,6 @@ def plan_chunks(
         f"of it, padded rows included, and "
         f"{format_bytes(workspace)} of solver work space). "
         f"Raise memory_budget to at least {format_bytes(need)}"
-        + ("." if row_streaming else " (of the solvers, only fit_logistic and fit_ridge stream the rows of a layer).")
+        + ("." if row_streaming else " (of the solvers, only fit_logistic, fit_ridge and the binary "
+                                      "cross_validate_logistic stream the rows of a layer).")
     )

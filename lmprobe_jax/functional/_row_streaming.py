@@ -1,6 +1,6 @@
 r"""Solvers for a layer whose rows do not fit in memory: every product with ``X`` is a sum over row blocks.
 
-Two of the package's objectives are streamed over rows (the layer is read from its memory map a block
+Three of the package's solvers are streamed over rows (the layer is read from its memory map a block
 at a time, on a reader thread one block ahead; see :mod:`._streaming` for when this is used):
 
 * **ridge** (:func:`ridge_rows`, what :func:`fit_ridge` solves): one pass accumulates the weighted,
@@ -19,10 +19,20 @@ at a time, on a reader thread one block ahead; see :mod:`._streaming` for when t
   ``N / n_sub``). Stopping rule as :func:`fit_logistic`: the scaled gradient's max-abs entry ``<= tol``
   and the last Newton decrement's relative gap estimate ``<= tol``, or the float floor. A ``C`` grid is
   solved as a warm-started path in increasing ``C``.
+* **binary logistic cross-validation** (:func:`logistic_cv_rows`, what :func:`cross_validate_logistic`
+  solves for two classes): the in-memory CV's folds, scores, choice of ``C`` and refit
+  (:mod:`._cv`), each fold a :func:`logistic_rows` path whose sample weights are zero on its held-out
+  rows, its held-out decision values one more pass. Softmax CV does not stream rows.
 
-Memory: two row blocks in float32, ``O(N)`` vectors (``z``, ``X d``, one CG product), and
-``O(D^2)`` for ridge's Gram matrix (float64). Time: ridge reads the layer twice; logistic reads it once
-per Newton step and once per CG step (the in-memory solver's passes over ``X``, from disk).
+Memory: two row blocks in float32 (``2 r D 4`` bytes for ``r`` rows a block; each block is dropped
+before the next is read), ``O(N)`` vectors (``z``, ``X d``, one CG product; for the CV also its
+``F`` folds' weights and ``F G`` held-out decision values), the Nyström sketch's subsample (at most
+``min(8192, r)`` rows of the layer) and ``O(D^2)`` for ridge's Gram matrix (float64). As a multiple of
+the input ``N D b`` bytes (``b = 2`` for float16): ``8 r / (b N)`` for the blocks, plus about
+``4 (F G + 2 F + 10) / (b D)`` for the vectors -- for 80000 x 4096 float16 in 2000-row blocks, 0.1
+plus 0.02 of the layer (measured: benchmarks/streamed_memory.py, RESULTS.md). Time: ridge reads the
+layer twice; logistic reads it once per Newton step and once per CG step (the in-memory solver's passes
+over ``X``, from disk); the CV does so for each of its ``F + 1`` problems, folds one after another.
 """
 
 from __future__ import annotations

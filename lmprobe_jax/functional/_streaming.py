@@ -9,8 +9,9 @@ is wrapped by :func:`streams_layers`, which lets it also take
   prepares the next chunk (:func:`._sources.prefetched`);
 * an iterator of ``(k, N, D)`` layer chunks, solved as they come (the next one is pulled on the reader
   thread while the current one is solved; the solver pads each to its compile bucket, a copy);
-* for the solvers that can (``fit_logistic``, ``fit_ridge``), a single layer whose rows do not fit: its
-  rows are streamed (:mod:`._row_streaming`).
+* for the solvers that can (``fit_logistic``, ``fit_ridge``, the binary ``cross_validate_logistic``), a
+  single layer whose rows do not fit: its rows are streamed (:mod:`._row_streaming`), a block of rows at
+  a time; peak memory is then two blocks plus ``O(N + D^2)``, whatever ``N`` (see that module).
 
 Chunks are read with their rows already padded to the solver's compile bucket
 (:func:`._checks.bucket_rows`) for the solvers whose result has no per-row field (``fit_logistic``,
@@ -122,6 +123,7 @@ def streams_layers(
                      "time, every pass over the layer read from disk)") if rows else ""
         wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(rows=rows_note, copies=f"{copies:g}")
         wrapper.streamed_copies = spec.copies  # for callers that plan their own chunks (the sweep)
+        wrapper.streams_rows = spec.rows is not None
         return wrapper
 
     return decorate
