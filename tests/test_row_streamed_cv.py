@@ -37,15 +37,12 @@ def rows_budget(rows: int, n: int = N, d: int = D) -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> ActivationStore:
-    """A float16 store of 3 layers x 700 x 40 (the middle layer carries the most signal)."""
-    return write_synthetic_store(tmp_path_factory.mktemp("rowcv") / "store", n_layers=L, n_rows=N, n_features=D,
-                                 rank=8, n_outliers=2, pool_rows=512)
-
-
-@pytest.fixture(scope="module")
-def stacked(store) -> np.ndarray:
-    return store.stack(None, dtype=np.float32)
+def data(tmp_path_factory) -> tuple[ActivationStore, np.ndarray]:
+    """A float16 store of 3 layers x 700 x 40 (the middle layer carries the most signal) and its float32
+    stack (the same values: float16 widens exactly)."""
+    store = write_synthetic_store(tmp_path_factory.mktemp("rowcv") / "store", n_layers=L, n_rows=N, n_features=D,
+                                  rank=8, n_outliers=2, pool_rows=512)
+    return store, store.stack(None, dtype=np.float32)
 
 
 def score_slack(X, y, theta, radius: float, weights) -> tuple[float, float, float]:
@@ -75,11 +72,12 @@ def fold_slacks(X, y, fold_ids, sw) -> np.ndarray:
     return out
 
 
-def test_row_streamed_cv_gives_the_in_memory_cv(store, stacked, monkeypatch):
+def test_row_streamed_cv_gives_the_in_memory_cv(data, monkeypatch):
     """Before row streaming this budget was refused ("too small for one layer"); now every block read
     holds at most the planned rows, and folds, scores, choice of C and refit are the in-memory CV's
     within the derived bounds (a fold trained on its held-out rows, the held-out weights dropped, another
     C's refit or a misaligned score each lie far outside)."""
+    store, stacked = data
     y, sw = store.labels, np.linspace(0.5, 1.5, N)
     budget = rows_budget(300)
     plan = F._budget.plan_chunks(L, N, D, budget=budget, extra_copies=F.cross_validate_logistic.streamed_copies,
@@ -124,9 +122,10 @@ def test_row_streamed_cv_gives_the_in_memory_cv(store, stacked, monkeypatch):
     assert compared >= 2  # the data decides C on most layers: the refits are compared, not skipped
 
 
-def test_one_row_streamed_layer_keeps_its_layer_axis_and_folds_groups_alike(stacked, store):
+def test_one_row_streamed_layer_keeps_its_layer_axis_and_folds_groups_alike(data):
     """A single ``(N, D)`` layer's CV has ``L = 1`` in memory; streamed rows must not drop that axis, and
     groups must place whole groups in one fold exactly as in memory (the fold assignment is shared)."""
+    store, stacked = data
     y, groups = store.labels, np.arange(N) // 7
     want = F.cross_validate_logistic(stacked[1], y, C=[1.0], folds=3, groups=groups)
     got = F.cross_validate_logistic(stacked[1], y, C=[1.0], folds=3, groups=groups, memory_budget=rows_budget(300))
@@ -136,12 +135,13 @@ def test_one_row_streamed_layer_keeps_its_layer_axis_and_folds_groups_alike(stac
     assert got.accuracy.shape == (1, 1, 3) and got.fit.coef.shape == (1, D)
 
 
-def test_row_streamed_cv_refuses_what_it_cannot_do_before_reading(store, stacked, monkeypatch):
+def test_row_streamed_cv_refuses_what_it_cannot_do_before_reading(data, monkeypatch):
     """A budget below one block of 256 rows, and labels that ask for a softmax fit (rows are streamed for
     two classes only), are refused with what to do, before any row is read or anything written."""
     def no_reads(*args, **kwargs):
         raise AssertionError("rows were read before the input was refused")
 
+    store, stacked = data
     monkeypatch.setattr(F._row_streaming, "_blocks", no_reads)
     before = sorted(p.name for p in Path(store.path).rglob("*"))
     with pytest.raises(ValueError, match="too small for one block of 256 rows.*Raise memory_budget"):

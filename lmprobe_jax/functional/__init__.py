@@ -7,8 +7,9 @@ a NamedTuple of arrays and matches the scikit-learn estimator named in its docst
 The per-layer solvers also take an activation store, a :class:`LayerSource`, an iterator of layer chunks
 or an array larger than ``memory_budget``, and stream it from disk a chunk of layers at a time
 (:mod:`._streaming`); ``fit_logistic``, ``fit_ridge`` and the binary ``cross_validate_logistic`` also
-stream the rows of a layer too large to hold. The group-lasso solvers couple every layer in one model and take in-memory ``(L, N, D)`` only.
-:func:`fit_pca` gives every layer's principal components (the sample scan's lens).
+stream the rows of a layer too large to hold. The group-lasso solvers couple every layer in one model
+and take in-memory ``(L, N, D)`` only. :func:`fit_pca` gives every layer's principal components (the
+sample scan's lens).
 """
 
 from . import (
