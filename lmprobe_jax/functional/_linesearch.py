@@ -52,10 +52,11 @@ class LineSearchInfo(NamedTuple):
 
 
 def line_search(glm: GLM, data: GLMData, p: Params, z: Array, ev: Evaluation, slope: Array, d: Params, a: Array, *,
-                refine: int) -> tuple[LineSearchInfo, Evaluation]:
+                refine: int, first: Array | float | None = None) -> tuple[LineSearchInfo, Evaluation]:
     """Search along ``d`` (``a = X d_coef + d_intercept``) from ``p`` (predictor ``z``, evaluation ``ev``),
-    where the objective's slope is ``slope = g.d``. Returns the outcome and the evaluation at the step
-    taken (``ev`` itself when no step is)."""
+    where the objective's slope is ``slope = g.d``. The ``refine`` Newton steps in ``t`` start from
+    ``first`` (default: the quadratic model's minimiser ``t_0``). Returns the outcome and the evaluation
+    at the step taken (``ev`` itself when no step is)."""
     dtype = z.dtype
     wd = vdot(p.coef, d.coef)
     dd = vdot(d.coef, d.coef)
@@ -73,7 +74,7 @@ def line_search(glm: GLM, data: GLMData, p: Params, z: Array, ev: Evaluation, sl
         d1 = jnp.sum(e.residual * a) + data.penalty * (wd + t * dd)
         return jnp.maximum(t - d1 / guard(curvature(e)), 0.5 * t)  # a safeguard; the halving below takes over
 
-    t0 = jax.lax.fori_loop(0, refine, newton_in_t, -slope / guard(curvature(ev)))
+    t0 = jax.lax.fori_loop(0, refine, newton_in_t, -slope / guard(curvature(ev)) if first is None else first)
 
     def cond(carry: tuple[Array, Array, Evaluation, Array]) -> Array:
         t, k, _, change = carry

@@ -134,14 +134,20 @@ class _State(NamedTuple):
 
 
 def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tuple[Params, Array]:
-    """``(start, z)``: the best point on the ray from ``null`` (``W = 0`` and the best intercept) through
-    ``candidate``, found with one pass over ``X``. Its step may be 0 (the cold start) or beyond 1."""
+    r"""``(start, z)``: the best point on the ray ``null + t (candidate - null)`` from ``null`` (``W = 0`` and
+    the best intercept) through ``candidate``, found with one pass over ``X``. Its step may be 0 (the cold
+    start) or beyond 1.
+
+    ``phi(t)`` needs only ``z_null + t X (candidate - null)``, so Newton steps in ``t`` cost no pass. They
+    start at ``t = 1``, the candidate itself: a path's previous solution is near the optimum, where
+    ``phi``'s curvature (falling with the margins on nearly separable layers) is far below its value at
+    ``null``, and steps from the quadratic model at ``null`` stopped well short of it."""
     d = Params(candidate.coef - null.coef, candidate.intercept - null.intercept)
     a = glm.predictor(data.X, d)
     z = jnp.broadcast_to(null.intercept[..., None], a.shape).astype(a.dtype)
     ev = glm.evaluate(data, z)
     slope = jnp.sum(ev.residual * a)  # W = 0 at null: the penalty has no slope there
-    t = line_search(glm, data, null, z, ev, slope, d, a, refine=2)[0].step
+    t = line_search(glm, data, null, z, ev, slope, d, a, refine=2, first=1.0)[0].step
     return axpy(t, d, null), z + t * a
 
 
