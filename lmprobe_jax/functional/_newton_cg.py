@@ -147,7 +147,10 @@ def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tupl
     z = jnp.broadcast_to(null.intercept[..., None], a.shape).astype(a.dtype)
     ev = glm.evaluate(data, z)
     slope = jnp.sum(ev.residual * a)  # W = 0 at null: the penalty has no slope there
-    t = line_search(glm, data, null, z, ev, slope, d, a, refine=2, first=1.0)[0].step
+    ls = line_search(glm, data, null, z, ev, slope, d, a, refine=2, first=1.0)[0]
+    # Where F cannot measurably fall along the ray (the cold start's zeros differ from null in the intercept
+    # alone, whose slope there is rounding), the search would take its first trial untested: stay at null.
+    t = jnp.where(ls.at_precision, 0.0, ls.step)
     return axpy(t, d, null), z + t * a
 
 
