@@ -24,14 +24,15 @@ def first_call(fn):
     return out, time.perf_counter() - t0
 
 
-def timed_rounds(runs, rounds):
-    """{name: (result, [seconds per round])}: each zero-argument callable once per round, in turn."""
+def timed_rounds(runs, rounds, clock=time.perf_counter):
+    """{name: (result, [seconds per round])}: each zero-argument callable once per round, in turn, timed by
+    ``clock`` (wall time by default; ``time.process_time`` for the CPU time of a pinned process)."""
     times, results = {name: [] for name in runs}, {}
     for _ in range(rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             results[name] = jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: (results[name], times[name]) for name in runs}
 
 
