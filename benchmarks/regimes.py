@@ -14,8 +14,9 @@ classes). Workloads (``--workloads``):
          against LogisticRegressionCV on the same folds, each at its defaults.
 
 Every contender runs in this process on one pinned core (os.sched_setaffinity; BLAS at one thread). Timings
-are CPU seconds (the process's time), medians over --rounds rounds, in each of which every contender of a row runs once, in turn (the range is
-given too); compile time is excluded (each JAX program runs once first). Exactness: relative objective
+are CPU seconds (the process's time), medians over --rounds rounds, in each of which every contender of a
+row runs once, in turn (the range is given too); compile time is excluded (each JAX program runs once
+first). Exactness: relative objective
 gaps ``(F - F*) / F*`` against a float64 optimum (binary: Newton steps in numpy from our tol-1e-7 solution;
 softmax: the lowest objective any run reached, ours at tol 1e-9 included, evaluated in float64). Work:
 passes over X per problem (ours counted by the solver; scikit-learn's two per loss-and-gradient call, each
