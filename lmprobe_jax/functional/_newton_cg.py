@@ -186,6 +186,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
                   precond.build(data, glm.curvature(data, ev0.aux)), progress)
     rounding_scale = gradient_rounding_scale(data.X)
+    explored = any_across_batch(~jnp.asarray(newton_first))  # a quasi-Newton phase may fill the memory
 
     def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         g_norm = jnp.sqrt(dot(st.grad, st.grad))
@@ -199,12 +200,15 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         if s.memory:
             # The quasi-Newton phase's inverse-Hessian estimate as CG's preconditioner (Morales & Nocedal,
             # "Automatic preconditioning by limited memory quasi-Newton updating", SIAM J. Optim. 2000),
-            # on top of the layer's: it knows the curvature along the directions already explored.
+            # on top of the layer's: it knows the curvature along the directions already explored. Not on a
+            # layer solved Newton-first: its Nystrom preconditioner already holds that curvature, and the
+            # recursion at every CG step cost 20% of a raw path's time for no fewer passes (RESULTS.md).
             def apply_memory(state: Any, v: Params) -> Params:
                 def apply_m(u: Array) -> Array:
                     return flatten(precond.apply(state, unflatten(u, v)))
 
-                return unflatten(-lbfgs_direction(st.memory, flatten(v), apply_m), v)
+                return jax.lax.cond(explored, lambda: unflatten(-lbfgs_direction(st.memory, flatten(v), apply_m), v),
+                                    lambda: precond.apply(state, v))
 
             cg_precond = precond._replace(apply=apply_memory)
         # A Newton step taken to compare it with the quasi-Newton phase (not locked in) gets a CG budget of
