@@ -15,7 +15,6 @@ a pyarrow Table); ``router_logits`` (mixture-of-experts routers) is not captured
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from lmprobe_jax_store import (
     finish_scan,
     open_scan_projections,
     read_scan,
-    scan_partial_dir,
+    writing_scan,
 )
 
 if TYPE_CHECKING:
@@ -46,13 +45,6 @@ def _backend(backend: str) -> str:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS)}; got {backend!r}.")
     return _BACKENDS[backend]
-
-
-def _model_id(model: Any) -> str:
-    if isinstance(model, (str, Path)):
-        return str(model)
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_name_or_path", "") or type(model).__name__)
 
 
 def _fit_weights(lengths: list[int], generative_masks: Sequence[Any] | None) -> np.ndarray:
@@ -93,15 +85,10 @@ def _layer_chunk(n_layers: int, n_rows: int, dim: int, chunk_size: int | str, me
 
 def _padded(X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows padded with zeros of weight 0 to the solvers' compile bucket (one program for near sizes)."""
-    from lmprobe_jax.functional._checks import bucket_rows
+    from lmprobe_jax.functional._checks import bucket_rows, pad_rows
 
-    extra = bucket_rows(X.shape[1]) - X.shape[1]
-    if extra == 0:
-        return X, weights
-    return (
-        np.concatenate([X, np.zeros((X.shape[0], extra, X.shape[2]), X.dtype)], axis=1),
-        np.concatenate([weights, np.zeros(extra, weights.dtype)]),
-    )
+    rows = bucket_rows(X.shape[1])
+    return pad_rows(X, rows, axis=1), pad_rows(weights, rows)
 
 
 class SampleScan:
@@ -198,8 +185,7 @@ class SampleScan:
         n_signals, n_layers = len(capture.signals), capture.n_layers
         layers_per_chunk = _layer_chunk(n_layers, n_tokens, dim, chunk_size, memory_budget)
 
-        partial = scan_partial_dir(scan_dir)
-        try:
+        with writing_scan(scan_dir) as partial:
             staged = np.lib.format.open_memmap(
                 partial / "signals.npy", mode="w+", dtype=np.float32, shape=(n_signals, n_layers, n_tokens, dim)
             )
@@ -213,21 +199,19 @@ class SampleScan:
                 for start in range(0, n_layers, layers_per_chunk):
                     layers = slice(start, start + layers_per_chunk)
                     X, w = _padded(np.asarray(staged[s, layers]), weights)
-                    fit = fit_pca(jnp.asarray(X), k, jnp.asarray(w))
-                    projections[s, layers] = np.asarray(pca_project(jnp.asarray(X), fit))[:, :n_tokens]
+                    X = jnp.asarray(X)
+                    fit = fit_pca(X, k, jnp.asarray(w))
+                    projections[s, layers] = np.asarray(pca_project(X, fit))[:, :n_tokens]
                     parts.append([np.asarray(a) for a in (fit.components, fit.mean, fit.explained_variance)])
                 bases[name] = ScanBasis(*(np.concatenate(field) for field in zip(*parts, strict=True)))
             projections.flush()
             del projections, staged
             (partial / "signals.npy").unlink()
             finish_scan(
-                partial, scan_dir, model_id=_model_id(model_name), hidden_dim=dim, n_components=n_components,
+                partial, scan_dir, model_id=capture.model_id, hidden_dim=dim, n_components=n_components,
                 signals=list(capture.signals), prompts=list(prompts), labels=labels,
                 token_ids=capture.token_ids, bases=bases,
             )
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         return cls(scan_dir, backend=backend, model=model_name, tokenizer=tokenizer)
 
     # --- what the scan holds ---

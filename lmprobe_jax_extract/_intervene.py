@@ -63,8 +63,8 @@ class Intervention:
 
 
 class Loaded(NamedTuple):
-    """A model ready for interventions: the module, its tokenizer, its blocks, and an nnsight wrapper
-    (None for the local backend)."""
+    """A model ready for interventions: the module, its tokenizer, its blocks, an nnsight wrapper (None
+    for the local backend), and the model's id as :func:`._source.resolve_source` names it."""
 
     model: torch.nn.Module
     tokenizer: Any
@@ -72,6 +72,7 @@ class Loaded(NamedTuple):
     blocks: torch.nn.ModuleList
     traced: Any
     backend: str
+    source_id: str
 
 
 def load(
@@ -92,7 +93,7 @@ def load(
     tok = source.load_tokenizer()
     path, blocks = find_decoder_layers(net)
     traced = wrap_nnsight(net, tok) if backend == "nnsight" else None
-    return Loaded(net, tok, path, blocks, traced, backend)
+    return Loaded(net, tok, path, blocks, traced, backend, source.id)
 
 
 def tokenize_texts(tokenizer: Any, texts: Any, what: str = "texts") -> list[list[int]]:

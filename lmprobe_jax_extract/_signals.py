@@ -88,6 +88,7 @@ class SignalCapture:
         ``attn_delta`` / ``mlp_delta``).
 
     Attributes:
+      model_id: the model's id (a resolved directory, a hub id, or a loaded model's ``_name_or_path``).
       token_ids: one list of token ids per text.
       n_layers, hidden_size: the model's block count and stream width.
       tokenizer: the model's tokenizer.
@@ -108,6 +109,7 @@ class SignalCapture:
         self.signals = check_signals(signals)
         self._loaded: Loaded = load(model, tokenizer=tokenizer, dtype=dtype, device=device, backend=backend)
         self.tokenizer = self._loaded.tokenizer
+        self.model_id = self._loaded.source_id
         self.token_ids = tokenize_texts(self.tokenizer, texts)
         wants_writes = any(s != "residual" for s in self.signals)
         self._layout = block_layout(self._loaded.model, layout) if wants_writes else None

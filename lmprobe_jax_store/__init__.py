@@ -18,7 +18,7 @@ this package is the format between the two and needs only numpy, safetensors and
   (:func:`read_readout`, formula in :mod:`lmprobe_jax_store._readout`) -- so logits can be computed for any
   stream without torch.
 * Sample scans (:mod:`lmprobe_jax_store._scan`): :func:`read_scan` and the writer's steps
-  (:func:`scan_partial_dir`, :func:`open_scan_projections`, :func:`finish_scan`).
+  (:func:`writing_scan`, :func:`open_scan_projections`, :func:`finish_scan`).
 * :func:`cache_root` -- where models, stores and compiled programs are cached (``$LMPROBE_JAX_CACHE``).
 """
 
@@ -29,9 +29,8 @@ from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, prompt_hash, request_mi
 from ._poolings import POOLINGS, check_poolings
 from ._readout import NORM_KINDS, check_readout_arrays, check_readout_meta, readout_logits_numpy
 from ._safetensors import ALIGNMENT
-from ._scan import ScanBasis, ScanFiles, finish_scan, read_scan
+from ._scan import ScanBasis, ScanFiles, finish_scan, read_scan, writing_scan
 from ._scan import open_projections as open_scan_projections
-from ._scan import partial_dir as scan_partial_dir
 from ._store import ActivationStore
 from ._tokens import (
     NO_NEXT,
@@ -103,8 +102,8 @@ __all__ = [
     "readout_logits_numpy",
     "request_mismatches",
     "resolve_layers",
-    "scan_partial_dir",
     "shard_path",
     "store_lock",
     "store_root",
+    "writing_scan",
 ]

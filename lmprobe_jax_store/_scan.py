@@ -11,8 +11,9 @@ A scan directory holds::
     projections.npy        (S, L, n_tokens, k) float32, every token's coordinates, signals in metadata
                            order; memory-mapped on read, so (sample, layer, signal) is one slice
 
-A scan is written into ``<dir>.partial`` and renamed into place whole, so a directory that reads as a
-scan is complete.
+A scan is written into ``.<dir>.partial`` beside it, under the inter-process lock ``.<dir>.lock``, and
+renamed into place whole: a directory that reads as a scan is complete, and two processes writing one
+scan take turns.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import datetime
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from filelock import FileLock
 from safetensors.numpy import load_file, save_file
 
+from ._paths import sibling
 from ._version import library_version
+from ._writer import store_root
 
 SCAN_FORMAT = "lmprobe-jax-scan"
 SCAN_VERSION = 1
@@ -54,17 +60,24 @@ class ScanFiles(NamedTuple):
     projections: np.ndarray
 
 
-def partial_dir(scan_dir: str | Path) -> Path:
-    """A fresh, empty ``<scan_dir>.partial`` to write a scan into (a leftover one is removed)."""
-    scan_dir = Path(scan_dir)
-    if scan_dir.exists() and not (scan_dir / "metadata.json").exists() and any(scan_dir.iterdir()):
-        raise FileExistsError(
-            f"{scan_dir} exists and is not a scan: choose an empty or new directory for scan_dir."
-        )
-    partial = scan_dir.with_name(scan_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
+@contextmanager
+def writing_scan(scan_dir: str | Path) -> Iterator[Path]:
+    """Hold ``scan_dir``'s inter-process lock and give a fresh, empty partial directory to write the scan
+    into (a dead writer's leftover removed); the partial directory is removed if the block raises.
+    FileExistsError, before anything is created, for a non-empty directory that is not a scan."""
+    root = store_root(scan_dir)
+    if root.exists() and not (root / "metadata.json").exists() and any(root.iterdir()):
+        raise FileExistsError(f"{scan_dir} exists and is not a scan: choose an empty or new directory for scan_dir.")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(sibling(root, "lock")):
+        partial = sibling(root, "partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            yield partial
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
 
 
 def open_projections(partial: Path, shape: tuple[int, int, int, int]) -> np.ndarray:
@@ -86,7 +99,7 @@ def finish_scan(
     bases: dict[str, ScanBasis],
 ) -> None:
     """Write the small files next to ``partial``'s projections and rename ``partial`` to ``scan_dir``
-    (replacing a previous scan there)."""
+    (replacing a previous scan there); inside :func:`writing_scan`."""
     n_layers = int(next(iter(bases.values())).components.shape[0])
     metadata = {
         "format": SCAN_FORMAT,
@@ -115,7 +128,7 @@ def finish_scan(
         for field, value in basis._asdict().items():
             tensors[f"{name}.{field}"] = np.ascontiguousarray(value, np.float32)
     save_file(tensors, str(partial / "basis.safetensors"))
-    scan_dir = Path(scan_dir)
+    scan_dir = store_root(scan_dir)
     if scan_dir.exists():
         shutil.rmtree(scan_dir)
     os.replace(partial, scan_dir)

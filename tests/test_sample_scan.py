@@ -219,7 +219,7 @@ def test_a_prompt_projects_as_its_corpus_copy(scan):
     np.testing.assert_array_equal(single[:, :, 0], projections[:, :, 2])
 
 
-def test_scan_reloads_from_disk(scan):
+def test_scan_reloads_from_disk(scan, tiny_models):
     scan, scan_dir = scan
     loaded = SampleScan(scan_dir)
     assert (loaded.n_samples, loaded.n_layers, loaded.signals) == (6, 4, ["residual", "attn_delta", "mlp_delta"])
@@ -229,6 +229,7 @@ def test_scan_reloads_from_disk(scan):
     np.testing.assert_array_equal(loaded.get_projections(5), scan.get_projections(5))
     meta = json.loads((scan_dir / "metadata.json").read_text())
     assert meta["n_components"] == 4 and meta["hidden_dim"] == 64
+    assert meta["model_id"] == str(tiny_models["llama"].resolve())  # reloadable by project_prompt
 
 
 def test_plot_draws_a_panel_per_signal(scan):
@@ -305,3 +306,29 @@ def test_cli_writes_the_scan_its_map_and_figure(tiny_models, tmp_path):
     assert (out / "scan.png").stat().st_size > 0
     assert main([*argv[:6], str(tmp_path / "bad"), "--signals", "router_logits", "--quiet"]) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_writers_of_one_scan_take_turns(tmp_path):
+    """Two writers of one scan directory (threads here: the lock is a file lock, as between processes)
+    never hold a partial directory at once."""
+    import threading
+    import time
+
+    from lmprobe_jax_store import writing_scan
+
+    order, entered = [], threading.Event()
+
+    def first():
+        with writing_scan(tmp_path / "scan") as partial:
+            (partial / "mine").write_text("first")
+            entered.set()
+            time.sleep(0.5)
+            order.append(("first", (partial / "mine").read_text()))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait()
+    with writing_scan(tmp_path / "scan") as partial:
+        order.append(("second", sorted(p.name for p in partial.iterdir())))
+    thread.join()
+    assert order == [("first", "first"), ("second", [])]
