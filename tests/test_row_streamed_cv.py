@@ -150,3 +150,37 @@ def test_row_streamed_cv_refuses_what_it_cannot_do_before_reading(data, monkeypa
     with pytest.raises(ValueError, match="two classes only.*memory_budget that holds one whole layer"):
         F.cross_validate_logistic(store, three, memory_budget=rows_budget(300))
     assert sorted(p.name for p in Path(store.path).rglob("*")) == before
+
+
+def test_the_folds_share_each_pass_over_the_rows(data, monkeypatch):
+    """The streamed CV reads the layer once per solver step for all its folds, not once per fold: all its
+    passes (scores and refit included) are fewer than its fold problems make when each is solved alone,
+    with the same solver, settings and preconditioner (folds solved one after another, as before they were
+    batched, make that sum plus the rest). Blocks reach the solver in the store's float16, not as a
+    float32 copy made on the host."""
+    R = F._row_streaming
+    store, _ = data
+    y, sw = store.labels, np.linspace(0.5, 1.5, N)
+    source = F.layer_source(store)
+    passes, dtypes = [], set()
+    blocks = R._blocks
+
+    def counted(source, layer, row_block):
+        passes.append(layer)
+        for rows, x in blocks(source, layer, row_block):
+            dtypes.add(x.dtype)
+            yield rows, x
+
+    monkeypatch.setattr(R, "_blocks", counted)
+    cv = R.logistic_cv_rows(source, 1, 300, y, C=GRID, folds=3, sample_weight=sw, cv_tol=CV_TOL)
+    together = len(passes)
+    opts = R._settings(D, 1e-7, 100, None, None)
+    precond = R._LayerRows(source, 1, 300, y, sw, True).sketch(opts.precondition_rank)
+    alone = []
+    for w in R.training_weights(np.asarray(cv.fold_ids), sw):
+        passes.clear()
+        R._path(R._LayerRows(source, 1, 300, y, w, True), np.asarray(GRID), precond, R._origin(1, N, D), tol=CV_TOL,
+                gap_tol=np.inf, max_iter=opts.max_iter, max_cg_iter=opts.max_cg_iter)
+        alone.append(len(passes))
+    assert max(alone) < together < sum(alone), (together, alone)
+    assert dtypes == {np.dtype(np.float16)}

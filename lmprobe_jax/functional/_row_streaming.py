@@ -1,7 +1,9 @@
 r"""Solvers for a layer whose rows do not fit in memory: every product with ``X`` is a sum over row blocks.
 
-Three of the package's solvers are streamed over rows (the layer is read from its memory map a block
-at a time, on a reader thread one block ahead; see :mod:`._streaming` for when this is used):
+Three of the package's solvers are streamed over rows (see :mod:`._streaming` for when this is used).
+Each block of rows is handed to JAX as it lies in the store's memory map, in its stored dtype (no copy
+on the host; each program widens its block to float32), the kernel reading the next block ahead, and
+its pages are let go from the process once the pass moves on:
 
 * **ridge** (:func:`ridge_rows`, what :func:`fit_ridge` solves): one pass accumulates the weighted,
   centred Gram matrix ``Xs^T Xs`` and ``Xs^T ys`` (each block's moments merged by Chan, Golub and
@@ -21,23 +23,29 @@ at a time, on a reader thread one block ahead; see :mod:`._streaming` for when t
   solved as a warm-started path in increasing ``C``.
 * **binary logistic cross-validation** (:func:`logistic_cv_rows`, what :func:`cross_validate_logistic`
   solves for two classes): the in-memory CV's folds, scores, choice of ``C`` and refit
-  (:mod:`._cv`), each fold a :func:`logistic_rows` path whose sample weights are zero on its held-out
-  rows, its held-out decision values one more pass. Softmax CV does not stream rows.
+  (:mod:`._cv`), the ``F`` folds' paths solved together as one batch of problems whose sample weights
+  are zero on each fold's held-out rows: every pass over a block gives all ``F`` gradients or
+  Hessian-vector products (one ``(F, r) x (r, D)`` product), a fold that has converged stops stepping
+  while the others go on; the held-out decision values are one more pass. Softmax CV does not stream rows.
 
-Memory: two row blocks in float32 (``2 r D 4`` bytes for ``r`` rows a block; each block is dropped
-before the next is read), ``O(N)`` vectors (``z``, ``X d``, one CG product; for the CV also its
-``F`` folds' weights and ``F G`` held-out decision values), the Nyström sketch's subsample (at most
-``min(8192, r)`` rows of the layer) and ``O(D^2)`` for ridge's Gram matrix (float64). As a multiple of
-the input ``N D b`` bytes (``b = 2`` for float16): ``8 r / (b N)`` for the blocks, plus about
-``4 (F G + 2 F + 10) / (b D)`` for the vectors -- for 80000 x 4096 float16 in 2000-row blocks, 0.1
-plus 0.02 of the layer (measured: benchmarks/streamed_memory.py, RESULTS.md). Time: ridge reads the
-layer twice; logistic reads it once per Newton step and once per CG step (the in-memory solver's passes
-over ``X``, from disk); the CV does so for each of its ``F + 1`` problems, folds one after another.
+Memory: one row block as stored (its mapped pages) and its float32 widening inside each program
+(``r D 4`` bytes for ``r`` rows a block), ``O(N)`` vectors per problem (``z``, ``X d``, the curvature
+weights, a CG product, the line search's trial; ``P = 1`` for a fit, ``F`` for the CV's folds, plus its
+``F G`` held-out decision values), the Nyström sketch's subsample (at most ``min(8192, r)`` rows of the
+layer) and ``O(D^2)`` for ridge's Gram matrix (float64). As a multiple of the input ``N D b`` bytes
+(``b = 2`` for float16): ``(b + 4) r / (b N)`` for the block, plus about ``4 (F G + 6 F + 10) / (b D)``
+for the vectors -- for 80000 x 4096 float16 in 2000-row blocks, 0.08 plus 0.03 of the layer for a 5-fold
+CV over 3 values of ``C`` (the planner,
+:func:`._budget.plan_chunks`, counts two float32 blocks and the in-memory solver's copies per row: an
+upper bound). Time: ridge reads the layer twice; logistic reads it once per Newton step and once per CG
+step (the in-memory solver's passes over ``X``, from the page cache once the first pass has read it); the
+CV once per step of the fold that needs the most, for all folds, plus its refit's steps.
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -54,10 +62,9 @@ from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._nystrom import apply_preconditioner, nystrom_gram
 from ._path import default_max_cg_iter, default_precondition_rank
 from ._policy import default_policy
-from ._precision import vdot
 from ._products import matvec, products, rmatvec
 from ._ridge import MulticlassRidgeFit, RidgeFit, ridge_targets
-from ._sources import LayerSource, prefetched, read_chunk
+from ._sources import LayerSource, advise_pages
 
 _ARMIJO_C1 = 1e-4
 _MAX_HALVINGS = 30
@@ -66,15 +73,22 @@ _SKETCH_ROWS = 8192
 
 
 def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[slice, Array]]:
-    """``(rows, X[rows])`` of one layer, block by block, each read on the reader thread."""
-    n = source.shape[1]
-    slices = [slice(a, min(a + row_block, n)) for a in range(0, n, row_block)]
-    jobs = (functools.partial(read_chunk, source, range(layer, layer + 1), rows, np.float32) for rows in slices)
-    chunks = prefetched(jobs)
-    for rows in slices:  # not zip: its reused result tuple would hold the last block through the next read
-        x = jax.device_put(next(chunks)[0])  # read-only and page-aligned: used in place on the CPU
+    """``(rows, X[rows])`` of one layer, block by block, in the stored dtype: each block is handed to JAX as
+    it lies in the store's memory map (no copy on the CPU; the solvers' programs widen it to float32),
+    the next one read ahead by the kernel meanwhile, and its pages let go once the caller moves on."""
+    data = source.layer(layer)
+    for a in range(0, data.shape[0], row_block):
+        rows = slice(a, min(a + row_block, data.shape[0]))
+        advise_pages(data[rows.stop:rows.stop + row_block], mmap.MADV_WILLNEED)
+        x = jax.device_put(data[rows])
         yield rows, x
         del x
+        advise_pages(data[rows], mmap.MADV_DONTNEED)
+
+
+def _widened(x: Array) -> Array:
+    """A block in float32, inside the program that uses it (half-precision stores stay half on the host)."""
+    return x.astype(jnp.float32)
 
 
 # -- ridge ------------------------------------------------------------------------------------------
@@ -83,7 +97,7 @@ def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[s
 @functools.partial(jax.jit, static_argnames=("fit_intercept",))
 def _block_moments(x: Array, Y: Array, s: Array, *, fit_intercept: bool) -> tuple[Array, ...]:
     """One block's weight, weighted means and centred cross-products ``(sum s, xbar, ybar, M, P)``."""
-    total = jnp.sum(s)
+    x, total = _widened(x), jnp.sum(s)
     if fit_intercept:
         xbar = jnp.matmul(s, x, precision="highest") / total
         ybar = jnp.matmul(Y, s, precision="highest") / total
@@ -98,6 +112,7 @@ def _block_moments(x: Array, Y: Array, s: Array, *, fit_intercept: bool) -> tupl
 def _block_residual(x: Array, Y: Array, s: Array, xbar: Array, ybar: Array, coef: Array, *,
                     fit_intercept: bool) -> Array:
     """``(G, T, D)``: the block's part of ``Xs^T (ys - Xs w)`` for each alpha's ``w`` ``(G, T, D)``."""
+    x = _widened(x)
     if fit_intercept:
         x, Y = x - xbar, Y - ybar[:, None]
     residual = Y[None] - jnp.einsum("nd,gtd->gtn", x, coef, precision="highest")
@@ -149,33 +164,37 @@ def ridge_rows(
 
 
 # -- binary logistic ---------------------------------------------------------------------------------
+# A batch of P problems shares the layer and its labels and differs in its sample weights (the CV's
+# folds): every pass over a block serves all P, so folds cost one read per step, not one each.
 
 
 @jax.jit
 def _block_gradient(x: Array, y: Array, s: Array, z: Array, C: Array) -> tuple[Array, Array]:
-    dz = C * s * BINARY_LOGISTIC.evaluate(z, y)[1]
-    return rmatvec(x, dz), jnp.sum(dz)
+    dz = C * s * BINARY_LOGISTIC.evaluate(z, y)[1]  # (P, r)
+    return rmatvec(_widened(x), dz), jnp.sum(dz, axis=-1)
 
 
 @jax.jit
-def _block_hvp(x: Array, y: Array, s: Array, z: Array, C: Array, p_coef: Array, p_int: Array):
-    u = matvec(x, p_coef) + p_int
-    hu = C * s * BINARY_LOGISTIC.hvp(BINARY_LOGISTIC.evaluate(z, y)[2], u)
-    return u, rmatvec(x, hu), jnp.sum(hu)
+def _block_hvp(x: Array, w: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
+    x = _widened(x)
+    u = matvec(x, p_coef) + p_int[:, None]  # (P, r)
+    hu = w * u
+    return u, rmatvec(x, hu), jnp.sum(hu, axis=-1)
 
 
 @jax.jit
 def _block_predictor(x: Array, coef: Array, intercept: Array) -> Array:
-    return matvec(x, coef) + intercept[..., None]
+    return matvec(_widened(x), coef) + intercept[..., None]
 
 
 class _LayerRows:
-    """One layer's labels, weights and row blocks: the passes a streamed Newton solve makes over it."""
+    """One layer's labels ``(N,)``, the ``P`` problems' sample weights ``(P, N)`` and the layer's row
+    blocks: the passes a batch of streamed Newton solves makes over it."""
 
     def __init__(self, source: LayerSource, layer: int, row_block: int, y: np.ndarray, s: np.ndarray,
                  fit_intercept: bool):
         self.source, self.layer, self.row_block = source, layer, row_block
-        self.y, self.s = jnp.asarray(y, jnp.float32), jnp.asarray(s, jnp.float32)
+        self.y, self.s = jnp.asarray(y, jnp.float32), jnp.asarray(np.atleast_2d(s), jnp.float32)
         self.fit_intercept = fit_intercept
         self.passes = 0
 
@@ -184,23 +203,31 @@ class _LayerRows:
         self.passes += 1
         out = []
         for rows, x in _blocks(self.source, self.layer, self.row_block):
-            out.append(fn(rows, x))
-            del x  # dropped before the next read, so the reader's collection frees it (no full gc pass)
+            # Finished before the block's pages are let go: a computation still queued would map them back.
+            out.append(jax.block_until_ready(fn(rows, x)))
+            del x
         return out
 
     def predictor(self, coef: Array, intercept: Array) -> Array:
-        """``X coef + intercept``, ``([G,] N)`` for ``coef`` ``([G,] D)``: one pass."""
+        """``X coef + intercept``, ``(..., N)`` for ``coef`` ``(..., D)``: one pass."""
         return jnp.concatenate(self._map(lambda rows, x: _block_predictor(x, coef, intercept)), axis=-1)
 
     def gradient(self, z: Array, coef: Array, C: Array) -> tuple[Array, Array]:
-        parts = self._map(lambda rows, x: _block_gradient(x, self.y[rows], self.s[rows], z[rows], C))
-        g_coef, g_int = functools.reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]), parts, (coef, jnp.zeros(())))
-        return g_coef, g_int * self.fit_intercept
+        """``C X^T (s * dl/dz) + coef`` and its intercept part, ``(P, D)`` and ``(P,)``: one pass."""
+        parts = self._map(lambda rows, x: _block_gradient(x, self.y[rows], self.s[:, rows], z[:, rows], C))
+        g_coef = functools.reduce(jnp.add, (part[0] for part in parts), coef)
+        return g_coef, sum(part[1] for part in parts) * self.fit_intercept
 
-    def hvp(self, z: Array, C: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
-        parts = self._map(lambda rows, x: _block_hvp(x, self.y[rows], self.s[rows], z[rows], C, p_coef, p_int))
-        h_coef, h_int = functools.reduce(lambda a, b: (a[0] + b[1], a[1] + b[2]), parts, (p_coef, jnp.zeros(())))
-        return jnp.concatenate([part[0] for part in parts]), h_coef, h_int * self.fit_intercept
+    def curvature(self, z: Array, C: Array) -> Array:
+        """``C s d2l/dz2`` at ``z``, ``(P, N)``: the Hessian's weights for a Newton step (no pass)."""
+        return C * self.s * BINARY_LOGISTIC.curvature(BINARY_LOGISTIC.evaluate(z, self.y)[2])
+
+    def hvp(self, w: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
+        """``(X p, H p)`` for the weights ``w`` ``(P, N)``: ``(P, N)``, ``(P, D)``, ``(P,)``; one pass."""
+        parts = self._map(lambda rows, x: _block_hvp(x, w[:, rows], p_coef, p_int))
+        h_coef = functools.reduce(jnp.add, (part[1] for part in parts), p_coef)
+        h_int = sum(part[2] for part in parts) * self.fit_intercept
+        return jnp.concatenate([part[0] for part in parts], axis=-1), h_coef, h_int
 
     def sketch(self, rank: int) -> Any:
         """Nyström approximation of ``[X, 1]^T [X, 1]`` from evenly spaced rows, scaled to all ``N``."""
@@ -212,122 +239,185 @@ class _LayerRows:
         return approx._replace(eig=approx.eig * (n / sub.shape[0]))
 
 
-def _precondition(precond: Any, mu: float, fit_intercept: bool, v_coef: Array, v_int: Array) -> tuple[Array, Array]:
+def _precondition(precond: Any, mu: Array, fit_intercept: bool, v_coef: Array, v_int: Array) -> tuple[Array, Array]:
     if precond is None:
         return v_coef, v_int
     m_coef, m_int = apply_preconditioner(precond, mu, v_coef, v_int)
     return m_coef, m_int * fit_intercept
 
 
-def _newton_direction(rows: _LayerRows, z: Array, C: Array, g_coef: Array, g_int: Array, precond: Any,
-                      cg_tol: float, max_cg_iter: int) -> tuple[Array, Array, Array, int]:
-    """Conjugate gradients on ``H d = -g``, one pass over the rows per step: ``(d_coef, d_int, X d, steps)``."""
-    curvature = C * jnp.sum(rows.s * BINARY_LOGISTIC.curvature(BINARY_LOGISTIC.evaluate(z, rows.y)[2])) / rows.s.shape[0]
-    mu = 1.0 / max(float(curvature), 1e-30)  # H ~ a (A + I / a), a = C * mean curvature (as in-memory)
+def _dot(a_coef: Array, a_int: Array, b_coef: Array, b_int: Array) -> Array:
+    """Each problem's inner product of two ``(coef, intercept)`` vectors, ``(P,)``."""
+    return jnp.sum(a_coef * b_coef, axis=-1) + a_int * b_int
+
+
+class _CG(NamedTuple):
+    """Batched preconditioned CG on ``H d = -g``: each problem's iterate, residual, search direction and
+    scalars; ``running`` ``(P,)`` marks the problems still stepping."""
+
+    d_coef: Array
+    d_int: Array
+    xd: Array
+    r_coef: Array
+    r_int: Array
+    p_coef: Array
+    p_int: Array
+    rz: Array
+    rr: Array
+    running: Array
+
+
+@functools.partial(jax.jit, static_argnames=("n", "fit_intercept"))
+def _cg_start(g_coef: Array, g_int: Array, n: int, precond: Any, mu: Array, tol: Array, *, fit_intercept: bool) -> _CG:
     r_coef, r_int = -g_coef, -g_int
-    p_coef, p_int = _precondition(precond, mu, rows.fit_intercept, r_coef, r_int)
-    rz = float(vdot(r_coef, p_coef) + r_int * p_int)
-    rr = float(vdot(r_coef, r_coef) + r_int**2)
-    d_coef, d_int, xd = jnp.zeros_like(g_coef), jnp.zeros(()), jnp.zeros_like(z)
-    k = 0
-    while k < max_cg_iter and rr > cg_tol**2 and rz > 0:
-        u, h_coef, h_int = rows.hvp(z, C, p_coef, p_int)
-        step = rz / max(float(vdot(p_coef, h_coef) + p_int * h_int), 1e-30)
-        d_coef, d_int, xd = d_coef + step * p_coef, d_int + step * p_int, xd + step * u
-        r_coef, r_int = r_coef - step * h_coef, r_int - step * h_int
-        m_coef, m_int = _precondition(precond, mu, rows.fit_intercept, r_coef, r_int)
-        rz_new = float(vdot(r_coef, m_coef) + r_int * m_int)
-        p_coef, p_int = m_coef + (rz_new / rz) * p_coef, m_int + (rz_new / rz) * p_int
-        rz, rr, k = rz_new, float(vdot(r_coef, r_coef) + r_int**2), k + 1
-    return d_coef, d_int, xd, k
+    p_coef, p_int = _precondition(precond, mu, fit_intercept, r_coef, r_int)
+    rz, rr = _dot(r_coef, r_int, p_coef, p_int), _dot(r_coef, r_int, r_coef, r_int)
+    zeros = jnp.zeros_like(g_int)
+    return _CG(jnp.zeros_like(g_coef), zeros, jnp.zeros(g_int.shape + (n,)), r_coef, r_int, p_coef, p_int, rz, rr,
+               (rr > tol**2) & (rz > 0))
 
 
-def _armijo_step(rows: _LayerRows, z: Array, xd: Array, C: Array, coef: Array, d_coef: Array, slope: float,
-                 objective: float) -> float | None:
-    """The largest ``t`` in ``1, 1/2, ...`` meeting Armijo's condition along ``z + t X d`` (no pass over the
-    rows; the decrease is summed per sample, as in-memory), or None when none does."""
-    base = BINARY_LOGISTIC.evaluate(z, rows.y)[0]
-    wd, dd = float(vdot(coef, d_coef)), float(vdot(d_coef, d_coef))
-    t = 1.0
+@functools.partial(jax.jit, static_argnames="fit_intercept")
+def _cg_step(cg: _CG, u: Array, h_coef: Array, h_int: Array, precond: Any, mu: Array, tol: Array, *,
+             fit_intercept: bool) -> _CG:
+    """One CG step of the running problems from the products ``u = X p`` and ``H p``; the others keep theirs."""
+    step = jnp.where(cg.running, cg.rz / jnp.maximum(_dot(cg.p_coef, cg.p_int, h_coef, h_int), 1e-30), 0.0)
+    r_coef, r_int = cg.r_coef - step[:, None] * h_coef, cg.r_int - step * h_int
+    m_coef, m_int = _precondition(precond, mu, fit_intercept, r_coef, r_int)
+    rz = jnp.where(cg.running, _dot(r_coef, r_int, m_coef, m_int), cg.rz)
+    beta = jnp.where(cg.running, rz / jnp.where(cg.running, cg.rz, 1.0), 0.0)
+    rr = jnp.where(cg.running, _dot(r_coef, r_int, r_coef, r_int), cg.rr)
+    return _CG(cg.d_coef + step[:, None] * cg.p_coef, cg.d_int + step * cg.p_int, cg.xd + step[:, None] * u,
+               r_coef, r_int, jnp.where(cg.running[:, None], m_coef + beta[:, None] * cg.p_coef, cg.p_coef),
+               jnp.where(cg.running, m_int + beta * cg.p_int, cg.p_int), rz, rr, cg.running & (rr > tol**2) & (rz > 0))
+
+
+def _newton_direction(rows: _LayerRows, w: Array, g_coef: Array, g_int: Array, precond: Any, tol: np.ndarray,
+                      max_cg_iter: int) -> tuple[Array, Array, Array]:
+    """Conjugate gradients on ``H d = -g`` for every problem at once, one pass over the rows per step (for
+    all problems); each stops at its own residual ``tol`` (``inf``: no step). ``(d_coef, d_int, X d)``."""
+    # H ~ a (A + I / a), a = C * mean curvature (as in-memory)
+    mu = 1.0 / jnp.maximum(jnp.sum(w, axis=-1) / w.shape[-1], 1e-30)
+    tol = jnp.asarray(tol, jnp.float32)
+    cg = _cg_start(g_coef, g_int, w.shape[-1], precond, mu, tol, fit_intercept=rows.fit_intercept)
+    for _ in range(max_cg_iter):
+        if not bool(jnp.any(cg.running)):
+            break
+        cg = _cg_step(cg, *rows.hvp(w, cg.p_coef, cg.p_int), precond, mu, tol, fit_intercept=rows.fit_intercept)
+    return cg.d_coef, cg.d_int, cg.xd
+
+
+@jax.jit
+def _decrease(y: Array, s: Array, z: Array, xd: Array, t: Array, C: Array) -> Array:
+    """``C sum_i s_i (l(z_i + t (X d)_i) - l(z_i))`` per problem, ``(P,)``, summed per sample (no pass)."""
+    loss = BINARY_LOGISTIC.evaluate
+    return C * jnp.sum(s * (loss(z + t[:, None] * xd, y)[0] - loss(z, y)[0]), axis=-1)
+
+
+def _armijo_steps(rows: _LayerRows, z: Array, xd: Array, C: Array, coef: Array, d_coef: Array, slope: np.ndarray,
+                  todo: np.ndarray) -> np.ndarray:
+    """Per problem in ``todo``, the largest ``t`` in ``1, 1/2, ...`` meeting Armijo's condition along
+    ``z + t X d`` (no pass over the rows); ``nan`` where none does (and outside ``todo``)."""
+    wd, dd = np.asarray(jnp.sum(coef * d_coef, axis=-1)), np.asarray(jnp.sum(d_coef * d_coef, axis=-1))
+    t, found = np.ones(slope.shape), np.full(slope.shape, np.nan)
     for _ in range(_MAX_HALVINGS + 1):
-        data = float(C * jnp.sum(rows.s * (BINARY_LOGISTIC.evaluate(z + t * xd, rows.y)[0] - base)))
-        if slope < 0 and data + t * wd + 0.5 * t * t * dd <= _ARMIJO_C1 * t * slope:
-            return t
-        t *= 0.5
-    return None
-
-
-def _newton(rows: _LayerRows, C: float, coef: Array, intercept: Array, z: Array, precond: Any, *, tol: float,
-            gap_tol: float, max_iter: int, max_cg_iter: int) -> tuple[Array, Array, Array, int, bool, float]:
-    """Truncated Newton for one ``C`` from ``(coef, intercept)`` with predictor ``z``; returns the solution,
-    its predictor ``(N,)``, the Newton steps, whether it converged, and the scaled gradient's max-abs
-    entry. Converged: that entry ``<= tol`` and the relative gap estimate ``<= gap_tol`` (``inf``: the
-    gradient test alone, as the CV's fold problems)."""
-    eps = float(jnp.finfo(jnp.float32).eps)
-    C = jnp.float32(C)
-    scale = float(C * jnp.sum(rows.s))
-
-    def optimality(g: tuple[Array, Array]) -> float:
-        return float(jnp.maximum(jnp.max(jnp.abs(g[0])), jnp.abs(g[1]))) / scale
-
-    g = rows.gradient(z, coef, C)
-    opt = opt0 = optimality(g)
-    n_iter, converged = 0, False
-    while n_iter < max_iter and not converged:
-        g_norm = float(jnp.sqrt(vdot(g[0], g[0]) + g[1] ** 2))
-        # Inexact Newton forcing term, as the in-memory solver's (loose far from the optimum, tight near it).
-        forcing = min(0.3, max(min(0.1, (opt / opt0) ** 0.5), 0.5 * tol * scale / max(g_norm, 1e-30)))
-        d_coef, d_int, xd, _ = _newton_direction(rows, z, C, *g, precond, forcing * g_norm, max_cg_iter)
-        slope = float(vdot(g[0], d_coef) + g[1] * d_int)
-        objective = float(C * jnp.sum(rows.s * BINARY_LOGISTIC.evaluate(z, rows.y)[0]) + 0.5 * vdot(coef, coef))
-        # Below the float resolution of F the line search cannot measure progress: take the full step.
-        at_precision = -slope <= eps * objective
-        t = 1.0 if at_precision else _armijo_step(rows, z, xd, C, coef, d_coef, slope, objective)
-        n_iter += 1
-        if t is None:  # no decrease found: stalled, unconverged
-            return coef, intercept, z, n_iter, False, opt
-        new = (coef + t * d_coef, intercept + t * d_int, z + t * xd)
-        g_new = rows.gradient(new[2], new[0], C)
-        opt_new = optimality(g_new)
-        if at_precision and opt_new >= opt:  # the float floor: keep the better iterate
-            return coef, intercept, z, n_iter, True, opt
-        (coef, intercept, z), g, opt = new, g_new, opt_new
-        converged = opt <= tol and -slope / (2 * objective) <= gap_tol
-    return coef, intercept, z, n_iter, converged, opt
+        pending = todo & np.isnan(found)
+        if not pending.any():
+            break
+        data = np.asarray(_decrease(rows.y, rows.s, z, xd, jnp.asarray(t, jnp.float32), C))
+        ok = pending & (slope < 0) & (data + t * wd + 0.5 * t * t * dd <= _ARMIJO_C1 * t * slope)
+        found[ok] = t[ok]
+        t = np.where(pending, 0.5 * t, t)
+    return found
 
 
 class _Solved(NamedTuple):
-    """One streamed solve: ``coef`` ``(D,)``, ``intercept`` ``()``, predictor ``z = X coef + intercept`` ``(N,)``
-    over every row (held-out ones included), Newton steps, convergence, scaled gradient's max-abs entry."""
+    """A batch of ``P`` streamed solves: ``coef`` ``(P, D)``, ``intercept`` ``(P,)``, predictor
+    ``z = X coef + intercept`` ``(P, N)`` over every row (held-out ones included), Newton steps,
+    convergence and the scaled gradient's max-abs entry, each ``(P,)``."""
 
     coef: Array
     intercept: Array
     z: Array
-    n_iter: int
-    converged: bool
-    optimality: float
+    n_iter: np.ndarray
+    converged: np.ndarray
+    optimality: np.ndarray
+
+
+def _newton(rows: _LayerRows, C: float, start: tuple[Array, Array, Array], precond: Any, *, tol: float,
+            gap_tol: float, max_iter: int, max_cg_iter: int) -> _Solved:
+    """Truncated Newton for one ``C``, every problem of ``rows`` at once, from ``start = (coef, intercept,
+    z)``. A problem has converged when its scaled gradient's max-abs entry is ``<= tol`` and its relative
+    gap estimate ``<= gap_tol`` (``inf``: the gradient test alone, as the CV's fold problems); it then
+    stops stepping while the others go on, and each pass over the rows serves those still running."""
+    eps = float(jnp.finfo(jnp.float32).eps)
+    C = jnp.float32(C)
+    coef, intercept, z = start
+    scale = np.asarray(C * jnp.sum(rows.s, axis=-1), np.float64)
+
+    def optimality(g: tuple[Array, Array]) -> np.ndarray:
+        return np.asarray(jnp.maximum(jnp.max(jnp.abs(g[0]), axis=-1), jnp.abs(g[1])), np.float64) / scale
+
+    g = rows.gradient(z, coef, C)
+    opt = opt0 = optimality(g)
+    n_iter = np.zeros(opt.shape, np.int32)
+    converged, done = np.zeros(opt.shape, bool), np.zeros(opt.shape, bool)
+    while True:
+        active = ~done & (n_iter < max_iter)
+        if not active.any():
+            break
+        g_norm = np.sqrt(np.asarray(_dot(*g, *g), np.float64))
+        # Inexact Newton forcing term, as the in-memory solver's (loose far from the optimum, tight near it).
+        forcing = np.minimum(0.3, np.maximum(np.minimum(0.1, np.sqrt(opt / np.maximum(opt0, 1e-300))),
+                                             0.5 * tol * scale / np.maximum(g_norm, 1e-30)))
+        d_coef, d_int, xd = _newton_direction(rows, rows.curvature(z, C), *g, precond,
+                                              np.where(active, forcing * g_norm, np.inf), max_cg_iter)
+        slope = np.asarray(_dot(*g, d_coef, d_int), np.float64)
+        objective = np.asarray(C * jnp.sum(rows.s * BINARY_LOGISTIC.evaluate(z, rows.y)[0], axis=-1)
+                               + 0.5 * jnp.sum(coef * coef, axis=-1), np.float64)
+        # Below the float resolution of F the line search cannot measure progress: take the full step.
+        at_precision = -slope <= eps * objective
+        t = np.where(at_precision, 1.0, _armijo_steps(rows, z, xd, C, coef, d_coef, slope, active & ~at_precision))
+        n_iter += active
+        stalled = active & np.isnan(t)  # no decrease found: stopped, unconverged
+        moving = active & ~stalled
+        step = jnp.asarray(np.where(moving, t, 0.0), jnp.float32)
+        new = (coef + step[:, None] * d_coef, intercept + step * d_int, z + step[:, None] * xd)
+        g_new = rows.gradient(new[2], new[0], C)
+        opt_new = optimality(g_new)
+        floor = moving & at_precision & (opt_new >= opt)  # the float floor: keep the better iterate
+        accept = moving & ~floor
+        keep = jnp.asarray(accept)
+        coef, intercept, z = (jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+                              for a, b in zip(new, (coef, intercept, z)))
+        g = tuple(jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b) for a, b in zip(g_new, g))
+        opt = np.where(accept, opt_new, opt)
+        now = floor | (accept & (opt <= tol) & (-slope / (2 * objective) <= gap_tol))
+        converged |= now
+        done |= now | stalled
+    return _Solved(coef, intercept, z, n_iter, converged, opt)
 
 
 def _path(rows: _LayerRows, Cs: np.ndarray, precond: Any, start: tuple[Array, Array, Array], *, tol: float,
           gap_tol: float, max_iter: int, max_cg_iter: int) -> list[_Solved]:
-    """Each ``C`` of the grid ``(G,)`` solved from the previous one's solution, in increasing ``C`` from
-    ``start = (coef, intercept, z)``; the solves in the grid's order."""
+    """Each ``C`` of the grid ``(G,)`` solved from the previous one's solutions, in increasing ``C`` from
+    ``start = (coef, intercept, z)``; the ``G`` batches of solves in the grid's order."""
     out: list[Any] = [None] * Cs.size
     state = start
     for g in np.argsort(Cs, kind="stable"):
-        out[g] = _Solved(*_newton(rows, float(Cs[g]), *state, precond, tol=tol, gap_tol=gap_tol, max_iter=max_iter,
-                                  max_cg_iter=max_cg_iter))
+        out[g] = _newton(rows, float(Cs[g]), state, precond, tol=tol, gap_tol=gap_tol, max_iter=max_iter,
+                         max_cg_iter=max_cg_iter)
         state = out[g][:3]
     return out
 
 
-def _origin(n: int, d: int) -> tuple[Array, Array, Array]:
-    return jnp.zeros(d), jnp.zeros(()), jnp.zeros(n)
+def _origin(p: int, n: int, d: int) -> tuple[Array, Array, Array]:
+    return jnp.zeros((p, d)), jnp.zeros(p), jnp.zeros((p, n))
 
 
 def _as_fit(path: list[_Solved]) -> LogisticFit:
-    """The solves of a grid as a :class:`LogisticFit` with fields ``(G, ...)``."""
-    columns = [np.stack([np.asarray(solved[i]) for solved in path]) for i in (0, 1, 3, 4, 5)]
+    """The solves of a grid as a :class:`LogisticFit` with fields ``(P, G, ...)``."""
+    columns = [np.stack([np.asarray(solved[i]) for solved in path], axis=1) for i in (0, 1, 3, 4, 5)]
     return LogisticFit(*(jnp.asarray(a, t) for a, t in zip(columns, (jnp.float32, jnp.float32, jnp.int32, bool,
                                                                       jnp.float32))))
 
@@ -363,8 +453,9 @@ def logistic_rows(
     opts = _settings(d, tol, max_iter, max_cg_iter, precondition_rank)
     rows = _LayerRows(source, layer, row_block, y01, s, bool(fit_intercept))
     precond = rows.sketch(opts.precondition_rank) if opts.precondition_rank else None
-    fit = _as_fit(_path(rows, Cs, precond, _origin(n, d), tol=opts.tol, gap_tol=opts.tol, max_iter=opts.max_iter,
-                        max_cg_iter=opts.max_cg_iter))
+    path = _path(rows, Cs, precond, _origin(1, n, d), tol=opts.tol, gap_tol=opts.tol, max_iter=opts.max_iter,
+                 max_cg_iter=opts.max_cg_iter)
+    fit = LogisticFit(*(a[0] for a in _as_fit(path)))
     return fit if is_grid else LogisticFit(*(a[0] for a in fit))
 
 
@@ -380,12 +471,12 @@ def logistic_cv_rows(
     ``(G, F)``, ``best_index`` ``()``, ``fit.coef`` ``(D,)``, ``n_iter`` ``(G, F + 1)``).
 
     Fold ``f`` is the streamed Newton path over the grid with sample weights ``s * [fold_id != f]``,
-    stopped at ``cv_tol`` by the gradient test alone (as in memory); its held-out decision values are
-    ``X coef + intercept`` for the ``G`` solutions, one pass. The refit on all rows at the best
+    stopped at ``cv_tol`` by the gradient test alone (as in memory); the ``F`` folds are solved together,
+    each pass over a block giving every fold's product. Their held-out decision values
+    ``X coef + intercept`` for the ``F G`` solutions take one more pass. The refit on all rows at the best
     ``C`` starts from the folds' mean solution there, stopped at ``tol``. One Nyström preconditioner for
-    all. Passes over the layer: one per Newton and CG step of every problem, ``F + 1`` problems (folds
-    solved one after another, each reading the layer itself), plus one per fold for its scores and one
-    for the refit's start.
+    all. Passes over the layer: per ``C``, one per Newton and CG step of the fold that needs the most;
+    then one for the scores, one for the refit's start, and one per Newton and CG step of the refit.
     ``policy`` and ``layer_batch_size`` choose the in-memory engine's parts: unused here.
     """
     del layer_batch_size, policy  # one layer, one streamed engine
@@ -400,27 +491,27 @@ def logistic_cv_rows(
         )
     opts = _settings(d, tol, max_iter, max_cg_iter, precondition_rank)
     cv_tol = _checks.check_tol(cv_tol)
-    fold_rows = [_LayerRows(source, layer, row_block, codes, w, bool(fit_intercept))
-                 for w in training_weights(fold_ids, sw)]
-    precond = fold_rows[0].sketch(opts.precondition_rank) if opts.precondition_rank else None
-    paths = [_path(rows, Cs, precond, _origin(n, d), tol=cv_tol, gap_tol=float("inf"), max_iter=opts.max_iter,
-                   max_cg_iter=opts.max_cg_iter) for rows in fold_rows]  # (F, G) solves
-    # Decision values afresh (one pass a fold), not the predictors the solves accumulated step by step.
-    z = jnp.stack([rows.predictor(*_as_fit(path)[:2]) for rows, path in zip(fold_rows, paths)])  # (F, G, N)
+    fold_rows = _LayerRows(source, layer, row_block, codes, np.stack(training_weights(fold_ids, sw)),
+                           bool(fit_intercept))
+    precond = fold_rows.sketch(opts.precondition_rank) if opts.precondition_rank else None
+    n_folds = fold_rows.s.shape[0]
+    paths = _as_fit(_path(fold_rows, Cs, precond, _origin(n_folds, n, d), tol=cv_tol, gap_tol=float("inf"),
+                          max_iter=opts.max_iter, max_cg_iter=opts.max_cg_iter))  # fields (F, G, ...)
+    # Decision values afresh (one pass for all folds), not the predictors the solves accumulated step by step.
+    z = fold_rows.predictor(paths.coef, paths.intercept)  # (F, G, N)
     acc, ll, auc = (a.T for a in _metrics.fold_scores(z, jnp.asarray(codes), scored_held_out(fold_ids, sw)))  # (G, F)
     best, best_value = chosen_value({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring][None], scoring, Cs)
     b = int(best[0])
-    coef0 = jnp.mean(jnp.stack([path[b].coef for path in paths]), axis=0)
-    intercept0 = jnp.mean(jnp.stack([path[b].intercept for path in paths]))
+    start = jnp.mean(paths.coef[:, b], axis=0, keepdims=True), jnp.mean(paths.intercept[:, b], keepdims=True)
     rows = _LayerRows(source, layer, row_block, codes, sw, bool(fit_intercept))
-    refit = _path(rows, Cs[b:b + 1], precond, (coef0, intercept0, rows.predictor(coef0, intercept0)), tol=opts.tol,
-                  gap_tol=opts.tol, max_iter=opts.max_iter, max_cg_iter=opts.max_cg_iter)
+    refit = _as_fit(_path(rows, Cs[b:b + 1], precond, (*start, rows.predictor(*start)), tol=opts.tol,
+                          gap_tol=opts.tol, max_iter=opts.max_iter, max_cg_iter=opts.max_cg_iter))
 
-    def per_problem(field: int) -> Array:  # (G, F + 1): the folds', then the refit's (repeated over G)
-        return jnp.asarray([[path[g][field] for path in paths] + [refit[0][field]] for g in range(Cs.size)])
+    def per_problem(field: Array, refit_field: Array) -> Array:  # (G, F + 1): the folds', then the refit's
+        return jnp.concatenate([field.T, jnp.broadcast_to(refit_field[0], (Cs.size, 1))], axis=1)
 
     return CVResult(
         grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=jnp.full_like(acc, jnp.nan), best_index=jnp.asarray(b),
-        best_value=best_value[0], fit=LogisticFit(*(a[0] for a in _as_fit(refit))), fold_ids=fold_ids,
-        n_iter=per_problem(3).astype(jnp.int32), converged=per_problem(4).astype(bool),
+        best_value=best_value[0], fit=LogisticFit(*(a[0, 0] for a in refit)), fold_ids=fold_ids,
+        n_iter=per_problem(paths.n_iter, refit.n_iter), converged=per_problem(paths.converged, refit.converged),
     )

@@ -107,24 +107,30 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 _COPY_BLOCK_BYTES = 32 * 2**20
 
 
+def advise_pages(view: np.ndarray, advice: int) -> None:
+    """``madvise(advice)`` on the whole pages inside ``view``, a contiguous slice of a memory map (nothing
+    for an array in memory): ``MADV_DONTNEED`` lets the pages go from this process's resident memory (they
+    stay in the page cache; a later read maps them again), ``MADV_WILLNEED`` starts reading them ahead."""
+    mapping = getattr(view, "_mmap", None)
+    if mapping is None or not view.flags.c_contiguous or view.size == 0:
+        return
+    page = mmap.PAGESIZE
+    start = view.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
+    first = start - start % page
+    last = (start + view.nbytes) // page * page  # only whole pages inside the view
+    if last > first:
+        mapping.madvise(advice, first, last - first)
+
+
 def _copy_mapped(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src`` (cast to ``dst``'s dtype), a block of rows at a time; when ``src`` is memory-mapped,
-    each block's pages are released from this process once copied (``madvise(MADV_DONTNEED)``: they stay
-    in the page cache, but no longer count in its resident memory), so copying a layer out of a store
-    never holds more than a block of the file resident beside the result."""
-    mapping = getattr(src, "_mmap", None)
-    base = np.frombuffer(mapping, np.uint8).ctypes.data if mapping is not None else 0
+    each block's pages are released from this process once copied (:func:`advise_pages`), so copying a
+    layer out of a store never holds more than a block of the file resident beside the result."""
     step = max(1, _COPY_BLOCK_BYTES // max(1, src[:1].nbytes))
-    page = mmap.PAGESIZE
     for a in range(0, src.shape[0], step):
         block = src[a:a + step]
         np.copyto(dst[a:a + step], block, casting="unsafe")
-        if mapping is not None and block.flags.c_contiguous:
-            start = block.ctypes.data - base
-            first = start - start % page
-            last = (start + block.nbytes) // page * page  # only whole pages inside the block
-            if last > first:
-                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+        advise_pages(block, mmap.MADV_DONTNEED)
 
 
 def read_chunk(source: LayerSource, layers: Sequence[int], rows: slice, dtype: Any,
