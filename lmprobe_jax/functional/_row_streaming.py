@@ -17,10 +17,10 @@ its pages are let go from the process once the pass moves on:
   each conjugate-gradient step one pass (the Hessian-vector product ``C X^T (s * d2l/dz2 * X p) + p``),
   and the line search none: it moves the stored predictor ``z`` along ``X d``, which CG accumulates from
   its own products. CG is preconditioned with a randomized Nyström approximation of ``[X, 1]^T [X, 1]``
-  from an evenly spaced subsample of the rows (:func:`._nystrom.nystrom_gram`, its eigenvalues scaled by
-  ``N / n_sub``). Stopping rule as :func:`fit_logistic`: the scaled gradient's max-abs entry ``<= tol``
-  and the last Newton decrement's relative gap estimate ``<= tol``, or the float floor. A ``C`` grid is
-  solved as a warm-started path in increasing ``C``.
+  (rank 256 by default) from an evenly spaced subsample of the rows (:func:`._nystrom.nystrom_gram`, its
+  eigenvalues scaled by ``N / n_sub``). Stopping rule as :func:`fit_logistic`: the scaled gradient's
+  max-abs entry ``<= tol`` and the last Newton decrement's relative gap estimate ``<= tol``, or the float
+  floor. A ``C`` grid is solved as a warm-started path in increasing ``C``.
 * **binary logistic cross-validation** (:func:`logistic_cv_rows`, what :func:`cross_validate_logistic`
   solves for two classes): the in-memory CV's folds, scores, choice of ``C`` and refit
   (:mod:`._cv`), the ``F`` folds' paths solved together as one batch of problems whose sample weights
@@ -70,6 +70,9 @@ _ARMIJO_C1 = 1e-4
 _MAX_HALVINGS = 30
 #: Most rows of the subsample the Nyström preconditioner is built from.
 _SKETCH_ROWS = 8192
+#: Default Nyström rank here (the in-memory default is 64): a pass over the rows costs far more than a
+#: rank-256 apply, and at 256 CG took 2-2.5x fewer passes than at 64 (512 and up: more again; RESULTS.md).
+_ROW_NYSTROM_RANK = 256
 
 
 def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[slice, Array]]:
@@ -430,10 +433,12 @@ class _NewtonSettings(NamedTuple):
 
 
 def _settings(d: int, tol: float, max_iter: int, max_cg_iter: int | None, precondition_rank: int | None) -> _NewtonSettings:
-    """The checked solver settings, with ``fit_logistic``'s defaults for ``D`` features."""
+    """The checked solver settings, with ``fit_logistic``'s defaults for ``D`` features but a rank-256
+    preconditioner (:data:`_ROW_NYSTROM_RANK`) unless ``precondition_rank`` is given."""
     max_cg = default_max_cg_iter(d) if max_cg_iter is None else _checks.check_positive_int(max_cg_iter, "max_cg_iter")
+    rank = min(_ROW_NYSTROM_RANK, d) if precondition_rank is None else precondition_rank
     return _NewtonSettings(_checks.check_tol(tol), _checks.check_positive_int(max_iter, "max_iter"), max_cg,
-                           default_precondition_rank(d, precondition_rank))
+                           default_precondition_rank(d, rank))
 
 
 def logistic_rows(
