@@ -11,7 +11,8 @@ is wrapped by :func:`streams_layers`, which lets it also take
   thread while the current one is solved; the solver pads each to its compile bucket, a copy);
 * for the solvers that can (``fit_logistic``, ``fit_ridge``, the binary ``cross_validate_logistic``), a
   single layer whose rows do not fit: its rows are streamed (:mod:`._row_streaming`), a block of rows at
-  a time; peak memory is then two blocks plus ``O(N + D^2)``, whatever ``N`` (see that module).
+  a time, used in place in the memory map; peak memory is then a block (as stored, and widened to
+  float32 inside the solver) plus ``O(N + D^2)``, whatever ``N`` (see that module).
 
 Chunks are read with their rows already padded to the solver's compile bucket
 (:func:`._checks.bucket_rows`) for the solvers whose result has no per-row field (``fit_logistic``,
