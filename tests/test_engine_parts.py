@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import _tolerance as T
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,3 +205,61 @@ def test_a_solve_started_at_its_solution_only_certifies_it(C):
     assert bool(cold.converged.all()) and bool(restart.converged.all())
     assert int(cold.n_iter.min()) > 2  # the cold solves do work the restart must not repeat
     assert int(restart.n_iter.max()) <= 2
+
+
+def test_reweighted_pairs_are_the_pairs_of_the_new_penalty():
+    """Along a path only the penalty changes: pairs of ``A + lam1 P`` (``P`` the penalised coordinates; the
+    last, an intercept, unpenalised) moved by ``lam2 - lam1`` are the pairs of ``A + lam2 P``; a pair whose
+    curvature the move makes non-positive is dropped. (Adding the change to the intercept's entry, or with
+    the wrong sign, misses by ``|lam2 - lam1| |s_j|``, far above the rounding bound.)"""
+    from lmprobe_jax.functional._lbfgs import reweight_penalty
+
+    rng = np.random.default_rng(3)
+    M = rng.normal(size=(5, 5))
+    A = M @ M.T
+    P = np.diag([1.0, 1, 1, 1, 0])
+    lam1, lam2 = 2.0, 0.5
+    memory = empty_memory(3, 5, jnp.float32)
+    for s in rng.normal(size=(2, 5)):
+        memory = remember(memory, jnp.asarray(s, jnp.float32), jnp.asarray((A + lam1 * P) @ s, jnp.float32))
+    moved = reweight_penalty(memory, jnp.float32(lam2 - lam1), 4)
+    s32, y32 = np.asarray(memory.s[:2], np.float64), np.asarray(memory.y[:2], np.float64)
+    # Exact: the stored y plus (lam2 - lam1) P s; float32 rounds the product and the sum once each.
+    want = y32 + (lam2 - lam1) * s32 @ P
+    np.testing.assert_array_less(np.abs(np.asarray(moved.y[:2]) - want), 2 * T.U32 * (np.abs(y32) + np.abs(want)) + 1e-30)
+    # And so the pairs of A + lam2 P, up to the rounding of the stored products (A + lam1 P) s.
+    stored = T.dot_error(s32[:, None, :] * (A + lam1 * P)[None], axis=-1)
+    np.testing.assert_array_less(np.abs(np.asarray(moved.y[:2]) - s32 @ (A + lam2 * P)),
+                                 stored + 2 * T.U32 * (np.abs(y32) + np.abs(want)))
+    sy = np.sum(s32 * np.asarray(moved.y[:2], np.float64), axis=1)
+    np.testing.assert_array_less(np.abs(np.asarray(moved.rho[:2]) * sy - 1),
+                                 T.dot_error(s32 * np.asarray(moved.y[:2], np.float64)) / np.abs(sy) + 2 * T.U32)
+    assert float(moved.rho[2]) == 0.0  # the empty slot stays empty
+    # A move past the pairs' curvature (lam2 far below -lambda_max(A)): every pair is dropped.
+    gone = reweight_penalty(memory, jnp.float32(-10 * np.linalg.eigvalsh(A).max() - lam1), 4)
+    assert not np.any(np.asarray(gone.rho))
+
+
+def test_a_path_point_starts_from_the_last_points_curvature_pairs():
+    """Each C of a path starts its quasi-Newton phase from the previous C's L-BFGS pairs (moved to its
+    penalty), not from an empty memory: from the same start, the path's second solve takes fewer
+    iterations than the same solve alone, and both stop within the tol-1e-7 region of the optimum."""
+    from lmprobe_jax.functional._path import solve_layers, solver_options
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1, 600, 48))
+    y = rng.integers(0, 2, 600)
+    X[:, :, 0] += 1.5 * (y - 0.5)
+    X = ((X - X.mean(1, keepdims=True)) / X.std(1, keepdims=True)).astype(np.float32)
+    options = solver_options(X.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None)
+    args = (BINARY_LOGISTIC, jnp.asarray(X), jnp.asarray(y, jnp.float32), jnp.ones((1, 600)))
+    path = solve_layers(*args, jnp.asarray([0.1, 0.5]), tol=1e-7, **options)
+    alone = solve_layers(*args, jnp.asarray([0.5]), tol=1e-7, init=(path.coef[:, :, 0], path.intercept[:, :, 0]),
+                         **options)
+    assert bool(path.converged.all()) and bool(alone.converged.all())
+    assert int(path.n_iter[0, 0, 1]) < int(alone.n_iter[0, 0, 0])
+    region = T.glm_region(X[0], y, 0.5, tol=1e-7, data=False)
+    for coef, intercept in ((path.coef[0, 0, 1], path.intercept[0, 0, 1]), (alone.coef[0, 0, 0], alone.intercept[0, 0, 0])):
+        theta = np.append(np.asarray(coef, np.float64), float(intercept))
+        assert np.linalg.norm(theta - region.optimum.ravel()) <= region.radius

@@ -56,6 +56,18 @@ def remember(memory: LBFGSMemory, s: Array, y: Array) -> LBFGSMemory:
     )
 
 
+def reweight_penalty(memory: LBFGSMemory, change: Array, n_penalised: int) -> LBFGSMemory:
+    """``memory``'s pairs for the objective whose L2 penalty on the first ``n_penalised`` entries moved by
+    ``change`` (a path's next ``C``): ``y_j + change s_j`` on those entries is exact for the penalty's part
+    of every gradient change (the loss's part does not depend on ``C``). A pair whose ``s.y`` is no longer
+    safely positive is dropped (``rho = 0``)."""
+    shift = jnp.where(jnp.arange(memory.s.shape[-1]) < n_penalised, change, 0.0).astype(memory.s.dtype)
+    y = memory.y + shift * memory.s
+    sy = jnp.sum(memory.s * y, axis=-1)
+    ok = (memory.rho != 0) & (sy > jnp.finfo(y.dtype).eps * jnp.sqrt(jnp.sum(memory.s**2, -1) * jnp.sum(y * y, -1)))
+    return memory._replace(y=y, rho=jnp.where(ok, 1.0 / guard(sy), 0.0))
+
+
 def lbfgs_direction(memory: LBFGSMemory, g: Array, apply_m: Callable[[Array], Array]) -> Array:
     """``-H g`` for the flat gradient ``g`` ``(P,)``, with ``H_0 = gamma M`` (``apply_m``: ``v -> M v``)."""
     m = memory.rho.shape[0]
@@ -69,7 +81,7 @@ def lbfgs_direction(memory: LBFGSMemory, g: Array, apply_m: Callable[[Array], Ar
     q, alphas = jax.lax.scan(backward, g, order)
     y_new = memory.y[newest]
     my = apply_m(y_new)
-    gamma = jnp.where(memory.count > 0, vdot(memory.s[newest], y_new) / guard(vdot(y_new, my)), 1.0)
+    gamma = jnp.where(memory.rho[newest] != 0, vdot(memory.s[newest], y_new) / guard(vdot(y_new, my)), 1.0)
     r = gamma * apply_m(q)
 
     def forward(r: Array, step: tuple[Array, Array]) -> tuple[Array, None]:

@@ -155,7 +155,8 @@ def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tupl
 
 
 def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, *, precond: Preconditioner,
-             settings: Settings, newton_first: Array | bool = False) -> SolveResult:
+             settings: Settings, newton_first: Array | bool = False,
+             memory: LBFGSMemory | None = None) -> tuple[SolveResult, LBFGSMemory | None]:
     """Minimise the scaled objective from ``start`` (predictor ``z0``, found with ``passes0`` passes).
 
     Args:
@@ -167,9 +168,11 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
       settings: static settings.
       newton_first: bool ``()`` (traced): take Newton-CG steps from the first iteration, as with no
         quasi-Newton memory (the caller saw an ill-conditioned layer: its Nystrom preconditioner is built).
+      memory: the L-BFGS pairs to start from (``settings.memory`` of them: a path's previous ``C``'s, see
+        :func:`._lbfgs.reweight_penalty`), or None for an empty memory.
 
     Returns:
-      A :class:`SolveResult`.
+      ``(result, memory)``: a :class:`SolveResult` and the L-BFGS memory at the end (None without one).
     """
     s = settings
     dtype = z0.dtype
@@ -177,7 +180,8 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     g0 = glm.gradient(data, start, ev0)
     opt0 = optimality(g0)
     size = start.coef.size + start.intercept.size
-    memory = empty_memory(s.memory, size, dtype) if s.memory else None
+    if s.memory and memory is None:
+        memory = empty_memory(s.memory, size, dtype)
     progress = _Progress(
         n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1,
         phase=_first_phase(opt0, s, jnp.asarray(newton_first)),
@@ -286,7 +290,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         coef=st.params.coef, intercept=st.params.intercept, n_iter=pr.n_iter,
         converged=_converged(st, s) | pr.at_floor,
         optimality=st.optimality, n_cg=pr.n_cg, n_passes=pr.n_passes,
-    )
+    ), st.memory
 
 
 def gradient_rounding_scale(X: Array) -> Array:

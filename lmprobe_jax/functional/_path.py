@@ -5,10 +5,11 @@ options of :func:`solve_layers` for one problem shape (which preconditioner, whe
 inverse fits in memory, ...): the only place where shape decides a part.
 
 :func:`solve_layers` solves a ``C`` grid as a path: ``C`` in increasing order (``lax.scan``), each solve
-warm-started from the previous ``C``'s solution (extrapolated along the path from the third value on),
-with the weight sets batched (``vmap``) at every step. Small ``C`` are the easy, nearly quadratic
-problems; starting the hard, large-``C`` ones near their optimum beats solving all from zero in
-lock-step (where every batched step waits for the slowest problem). When layers are solved one at a
+warm-started from the previous ``C``'s solution (extrapolated along the path from the third value on)
+and its L-BFGS pairs (moved to the new penalty: :func:`._lbfgs.reweight_penalty`), with the weight sets
+batched (``vmap``) at every step. Small ``C`` are the easy, nearly quadratic problems; starting the
+hard, large-``C`` ones near their optimum beats solving all from zero in lock-step (where every batched
+step waits for the slowest problem). When layers are solved one at a
 time (the CPU default), a binary path builds the exact inverse Hessian at a solution once its CG work
 justifies it (:mod:`._hessian_inverse`); with ``policy.layer_warm_start`` each layer's first ``C`` also
 starts from the best multiple of the previous layer's solution (off by default: a layer's fit then
@@ -33,6 +34,7 @@ from ._hessian_inverse import (
     lagged_hessian_inverse,
     no_lagged_inverse,
 )
+from ._lbfgs import LBFGSMemory, empty_memory, reweight_penalty
 from ._newton_cg import Settings, SolveResult, minimise, warm_start
 from ._nystrom import NystromApprox
 from ._policy import SolverPolicy, default_policy
@@ -189,6 +191,8 @@ def solve_layers(
                         policy.line_search_refine)
     n_samples, n_features = X.shape[1:]
     n_w, n_c = weights.shape[0], Cs.shape[-1]
+    n_intercept = n_outputs or 1
+    n_coef = n_intercept * n_features
     scalar = n_outputs is None
     # The in-solve inverse for one weight set only (it would be one (D+1)^2 matrix per fold otherwise).
     refresh = policy.hessian_refresh_cg if scalar and n_w == 1 else 0
@@ -214,12 +218,16 @@ def solve_layers(
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
         base, steep = layer_preconditioner(x, approx)
 
-        def one(inverse: LaggedHessianInverse | None, s: Array, c: Array, coef0: Array, intercept0: Array) -> SolveResult:
+        def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, s: Array, coef0: Array,
+                intercept0: Array, memory: LBFGSMemory | None) -> tuple[SolveResult, LBFGSMemory | None]:
             data = glm.data(x, y, s, c)
             begin, z0 = warm_start(glm, data, glm.null_point(data, n_outputs), Params(coef0, intercept0))
             precond_c = base if inverse is None else lagged(glm, inverse, base)
+            if memory is not None:
+                # The last C's curvature pairs, moved to this C's penalty (lambda = 1 / (C sum s)).
+                memory = reweight_penalty(memory, data.penalty * (1 - c / c_last), coef0.size)
             return minimise(glm, data, begin, z0, jnp.int32(1), precond=precond_c, settings=settings,
-                            newton_first=steep)
+                            newton_first=steep, memory=memory)
 
         def update_lagged(inverse: LaggedHessianInverse, res: SolveResult, c_next: Array, n_done: Array):
             """(Re)build the inverse Hessian at these solutions (curvatures averaged over the weight sets,
@@ -242,23 +250,27 @@ def solve_layers(
         def step(carry: tuple, cs_here: tuple[Array, Array]) -> tuple[tuple, SolveResult]:
             # Secant predictor along the path: the last solution moved on by the last change, scaled to
             # this log-C step (at most 1x, so an uneven grid cannot throw the start far off). No pass over X.
-            last, before, log_last, log_before, n_done, inverse = carry
+            last, before, log_last, log_before, n_done, inverse, memory = carry
             c, c_next = cs_here
             log_c = jnp.log(c)
             ratio = jnp.clip((log_c - log_last) / jnp.maximum(log_last - log_before, jnp.finfo(dtype).tiny), 0, 1)
             ratio = jnp.where(n_done >= 2, ratio, 0)
             begin = jax.tree.map(lambda a, b: a + ratio * (a - b), last, before)
-            res = jax.vmap(functools.partial(one, inverse), in_axes=(0, None, 0, 0))(weights, c, *begin)
+            c_last = jnp.where(n_done >= 1, jnp.exp(log_last), c)
+            res, memory = jax.vmap(functools.partial(one, inverse, c, c_last))(weights, *begin, memory)
             if inverse is not None:
                 inverse = update_lagged(inverse, res, c_next, n_done)
-            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse), res
+            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory), res
 
         order = jnp.argsort(cs)
         log0 = jnp.zeros((), dtype)
         inverse0 = no_lagged_inverse(n_features, dtype) if use_lagged else None
+        # Each C's solve starts from the last one's L-BFGS pairs: nearby C share most of their curvature.
+        memory0 = jax.vmap(lambda _: empty_memory(settings.memory, n_coef + n_intercept, dtype))(
+            weights) if settings.memory else None
         ascending = cs[order]
         # Each step also sees the next C (the lagged inverse is built for it; the last step's is unused).
-        _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0),
+        _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0, memory0),
                                (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
         unsorted = jnp.argsort(order)
         return SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
