@@ -95,11 +95,14 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
     Page alignment lets ``jax.device_put`` share the buffer instead of copying it on the CPU (it needs
     64 bytes; numpy's large allocations come from malloc at 16 bytes past a page). The mapping is
-    unmapped when the last reference to the array goes, returning the memory at once.
+    unmapped when the last reference to the array goes, returning the memory at once. It is private and,
+    on Linux, faulted in whole when made (``MAP_POPULATE``): page by page, the shared mapping's faults cost
+    twice the copy that fills it (RESULTS.md, issue 23 session 7).
     """
     dtype = np.dtype(dtype)
     count = math.prod(shape)
-    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    flags = {"flags": mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)} if hasattr(mmap, "MAP_PRIVATE") else {}
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1), **flags)
     return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
