@@ -87,7 +87,7 @@ def solver_options(
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), ``quasi_newton_memory`` to the softmax one for softmax, and ``hessian_refresh_cg``
+    take one CG step), ``quasi_newton_memory`` and ``nystrom_decay`` to the softmax ones for softmax, and ``hessian_refresh_cg``
     to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
@@ -102,10 +102,12 @@ def solver_options(
     refresh = policy.hessian_refresh_cg
     if n_outputs is not None or wide or (refresh and not _inverse_fits(n_features, min(batch, n_layers))):
         refresh = 0
+    softmax = n_outputs is not None
     resolved = dataclasses.replace(
         policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
         quasi_newton_memory=0 if wide else (
-            policy.softmax_quasi_newton_memory if n_outputs is not None else policy.quasi_newton_memory),
+            policy.softmax_quasi_newton_memory if softmax else policy.quasi_newton_memory),
+        nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
     )
     return {
         "n_outputs": n_outputs,

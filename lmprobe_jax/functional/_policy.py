@@ -25,9 +25,8 @@ class SolverPolicy:
       quasi_newton_memory: pairs kept by the L-BFGS phase that starts a solve on a layer whose spectrum
         the Nystrom sketch finds flat (0: Newton-CG from the first step everywhere; a steep layer always
         starts with Newton-CG).
-      softmax_quasi_newton_memory: the same for softmax solves. 0 by default: on raw activations with
-        outlier features the quasi-Newton phase left multi-class layers unconverged after 100 iterations
-        where Newton-CG from the first step needs 5-17 (``benchmarks/softmax_policies.py``).
+      softmax_quasi_newton_memory: the same for softmax solves, on the layers ``softmax_nystrom_decay``
+        finds flat.
       switch_window: quasi-Newton iterations over which progress is judged.
       switch_progress: the phase hands over to Newton-CG once the best scaled gradient of the last
         ``switch_window`` iterations is above this fraction of the best before them (the quasi-Newton
@@ -42,6 +41,11 @@ class SolverPolicy:
         not flat: when the largest eigenvalue of a rank-``nystrom_probe_rank`` sketch is at least this
         times its smallest (0: always build).
       nystrom_probe_rank: rank of that sketch.
+      softmax_nystrom_decay: ``nystrom_decay`` for softmax solves. Softmax layers whose probe ratio is
+        below it (standardised activations: 3-70) take the quasi-Newton phase with no preconditioner: there
+        the class-scaled Nystrom approximation cost passes both as L-BFGS's initial matrix and in CG.
+        Above it (outlier features: 500 to 1e6) they take Newton-CG with it from the first step, without
+        which raw multi-class layers stayed unconverged (``benchmarks/softmax_policies.py``).
       lagged_build_factor: a ``C`` path (layers solved one at a time) builds the exact inverse Hessian at a
         solution once the CG work left exceeds this times the build's cost (0: never; see
         :mod:`._hessian_inverse`).
@@ -62,7 +66,7 @@ class SolverPolicy:
     """
 
     quasi_newton_memory: int = 10
-    softmax_quasi_newton_memory: int = 0
+    softmax_quasi_newton_memory: int = 10
     switch_window: int = 8
     switch_progress: float = 0.5
     switch_after: int = 10
@@ -70,6 +74,7 @@ class SolverPolicy:
     nystrom_rank: int = 64
     nystrom_decay: float = 4.0
     nystrom_probe_rank: int = 8
+    softmax_nystrom_decay: float = 100.0
     lagged_build_factor: float = 1.5
     hessian_refresh_cg: int = 0
     woodbury_ratio: float = 16.0
@@ -95,6 +100,6 @@ def default_policy(backend: str | None = None) -> SolverPolicy:
     if backend == "cpu":
         return SolverPolicy()
     return SolverPolicy(
-        nystrom_decay=0.0, lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG,
+        nystrom_decay=0.0, softmax_nystrom_decay=0.0, lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG,
         fused_max_rows=0, halve_builds=False,
     )
