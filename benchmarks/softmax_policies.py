@@ -8,7 +8,7 @@ each side forced, and against Newton-CG with no preconditioner, on:
   softmax-K    regime_data's Zipf-class layer (8000 x 576 at --scale 1)
   raw-4class   two layers of regime_data's raw regime (low rank + outlier features), 4 quantile classes
 
-Usage: python benchmarks/softmax_policies.py [--scale 0.25]
+Usage: python benchmarks/softmax_policies.py [--scale 0.25] [--data outlier-3 raw-4class ...]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def passes(X: np.ndarray, y: np.ndarray, policy: SolverPolicy, rank: int) -> lis
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=0.25)
+    ap.add_argument("--data", nargs="*", help="only these cases (default: all)")
     args = ap.parse_args()
     policies = {
         "by the probe's ratio (default)": (SolverPolicy(), None),
@@ -80,7 +81,7 @@ def main() -> None:
     print("| data | policy | warm CPU s (best of 2) | iterations per layer | passes per layer | converged |")
     print("|---|---|---:|---|---|---|")
     with threadpool_limits(1):
-        table(cases(args.scale), policies)
+        table({name: xy for name, xy in cases(args.scale).items() if not args.data or name in args.data}, policies)
 
 
 def table(data: dict, policies: dict) -> None:

@@ -114,8 +114,9 @@ def fit_multinomial(
       y: ``(N,)`` class labels (any sortable values); classes are the sorted distinct labels.
       C, sample_weight, fit_intercept, tol, max_iter, max_cg_iter, layer_batch_size, policy: as in
         :func:`fit_logistic`.
-      precondition_rank: as in :func:`fit_logistic` (softmax solves take Newton-CG from the first step:
-        the quasi-Newton phase, unpreconditioned, left raw layers with outlier features unconverged).
+      precondition_rank: as in :func:`fit_logistic` (a softmax layer gets the preconditioner, and Newton-CG
+        from the first step, only where the probe finds its spectrum steeper than
+        ``policy.softmax_nystrom_decay``; other layers start with L-BFGS and no preconditioner).
       n_classes: only for labels traced by a transformation of yours (say ``vmap`` over label sets),
         which must then be codes ``0 .. n_classes - 1`` (the number of classes sets the program's shapes).
 
