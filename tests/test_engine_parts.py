@@ -39,6 +39,21 @@ def test_loss_derivatives_match_autodiff(loss, shape):
                                rtol=1e-4, atol=1e-6)
 
 
+def test_softmax_loss_with_classes_tied_at_the_top():
+    """Logits tied at their largest value each count once in the softmax (every tie is its own class):
+    the loss is log-sum-exp minus the label's logit and the probabilities sum to one, whether the label
+    is among the tied classes or not, as float64 computes them."""
+    z = np.array([[0.0, 2.0, 5.0, 1.0], [0.0, 2.0, 5.0, 3.0], [0.0, -1.0, 5.0, 3.0]])  # (K=3, N=4)
+    y = np.array([0, 2, 1, 0])
+    value, grad, p = SOFTMAX.evaluate(jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.int32))
+    lse = np.log(np.sum(np.exp(z), axis=0))
+    want_p = np.exp(z - lse)
+    np.testing.assert_allclose(value, lse - z[y, np.arange(4)], rtol=4 * np.finfo(np.float32).eps, atol=0)
+    np.testing.assert_allclose(p, want_p, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    np.testing.assert_allclose(grad, want_p - np.eye(3)[:, y], rtol=4 * np.finfo(np.float32).eps,
+                               atol=np.finfo(np.float32).eps)
+
+
 def _problem(n=120, d=5, C=2.0, seed=0):
     rng = np.random.default_rng(seed)
     X = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)

@@ -35,15 +35,16 @@ def _softmax_evaluate(z: Array, y: Array) -> tuple[Array, Array, Array]:
     # its largest entry. The difference of logsumexp(z) and z_y cancels: for a confidently right sample
     # (loss ~ e^{-margin}) it is float32 noise of order 1e-7 * |z_y|, which hid the line search's small
     # decreases at large C (a stalled refit on separable data). Here nothing cancels, and the same
-    # exponentials give the probabilities: p = e^{d - m} / (1 + S), with e^0 = 1 at k*.
+    # exponentials give the probabilities: p = e^{d - m} / (1 + S), with e^0 = 1 at k*. Entries tied at
+    # the top count in S as 1 each but one; a max and a comparison instead of an argmax (a variadic
+    # reduction, 60% of this function's time on the CPU at 300 x 8000).
     d = z - jnp.take_along_axis(z, y[None, :].astype(jnp.int32), axis=0)
-    top = jnp.argmax(d, axis=0)
-    m = jnp.take_along_axis(d, top[None], axis=0)[0]
-    is_top = jnp.arange(z.shape[0])[:, None] == top[None]
+    m = jnp.max(d, axis=0, keepdims=True)
+    top = d == m
     e = jnp.exp(d - m)
-    others = jnp.sum(jnp.where(is_top, 0.0, e), axis=0)
-    p = jnp.where(is_top, 1.0, e) / (1.0 + others)
-    return m + jnp.log1p(others), p - jax.nn.one_hot(y, z.shape[0], dtype=z.dtype, axis=0), p
+    others = jnp.sum(jnp.where(top, 0.0, e), axis=0) + (jnp.sum(top, axis=0) - 1).astype(z.dtype)
+    p = jnp.where(top, 1.0, e) / (1.0 + others)
+    return m[0] + jnp.log1p(others), p - jax.nn.one_hot(y, z.shape[0], dtype=z.dtype, axis=0), p
 
 
 def _softmax_value(z: Array, y: Array) -> Array:
