@@ -311,6 +311,13 @@ def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
 
     assert resolved((32, 6144, 4096), batch=32).hessian_refresh_cg == gpu.hessian_refresh_cg
     assert resolved((32, 6144, 4096), 5, batch=32).hessian_refresh_cg == 0  # softmax: no (D+1)^2 inverse
+    # Softmax layers: the softmax probe threshold and memory; an accelerator's always build, Newton-CG first.
+    softmax = resolved((32, 6144, 4096), 5, batch=32)
+    assert softmax.nystrom_decay == 0.0 and softmax.quasi_newton_memory == 0
+    on_cpu = solver_options((2, 600, 64), 5, fit_intercept=True, max_iter=100, max_cg_iter=None, precondition_rank=None,
+                            layer_batch_size=None, policy=cpu)["policy"]
+    assert on_cpu.nystrom_decay == cpu.softmax_nystrom_decay > cpu.nystrom_decay
+    assert on_cpu.quasi_newton_memory == cpu.softmax_quasi_newton_memory > 0
     wide = resolved((32, 100, 4096), batch=32)
     assert wide.woodbury and wide.hessian_refresh_cg == 0 and wide.nystrom_rank == 0 and wide.quasi_newton_memory == 0
     # 32 layers of 8192 features at once need 4 x 8.6 GB > 20 GB; 8 at a time fit.

@@ -87,8 +87,8 @@ def solver_options(
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), ``quasi_newton_memory`` and ``nystrom_decay`` to the softmax ones for softmax, and ``hessian_refresh_cg``
-    to 0 where the in-solve inverses would not fit.
+    take one CG step), ``quasi_newton_memory`` and ``nystrom_decay`` to the softmax ones for softmax, and
+    ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
         policy = default_policy()

@@ -94,12 +94,14 @@ def default_policy(backend: str | None = None) -> SolverPolicy:
 
     The CPU keeps the fused products, builds by halves and the path's lagged inverse; accelerators
     (measured on an H100) rebuild the exact inverse Newton matrix inside the solve instead, keep XLA's
-    dot and whole products, and always build the Nystrom preconditioner (its products are cheap there).
+    dot and whole products, and always build the Nystrom preconditioner (its products are cheap there);
+    softmax solves there keep Newton-CG from the first step, as measured before the CPU's rule, and no
+    L-BFGS memory (``2 m K D`` floats a layer).
     """
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu":
         return SolverPolicy()
     return SolverPolicy(
-        nystrom_decay=0.0, softmax_nystrom_decay=0.0, lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG,
-        fused_max_rows=0, halve_builds=False,
+        nystrom_decay=0.0, softmax_nystrom_decay=0.0, softmax_quasi_newton_memory=0, lagged_build_factor=0.0,
+        hessian_refresh_cg=_ACCELERATOR_REFRESH_CG, fused_max_rows=0, halve_builds=False,
     )
