@@ -99,8 +99,9 @@ def fit_logistic(
     see ``layer_batch_size``) a path's later, harder solves may be preconditioned with an exact inverse
     Hessian from earlier on it; on an accelerator the exact inverse Newton matrix is rebuilt inside the
     solve whenever CG work grows (for up to 8192 features: ``(D+1)^2`` floats per layer). Wide layers
-    (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton matrix through the ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused). Which parts are
-    used is the ``policy``'s (:class:`~lmprobe_jax.functional.SolverPolicy`); none changes the optimum.
+    (``N^2 <= 16 D``) take Newton steps preconditioned with the exact inverse Newton matrix through the
+    ``N x N`` kernel ``X X^T`` (``precondition_rank`` is then unused). Which parts are used is the
+    ``policy``'s (:class:`~lmprobe_jax.functional.SolverPolicy`); none changes the optimum.
 
     Args:
       X: ``(N, D)`` or ``(L, N, D)`` activations, float16/bfloat16/float32/float64 (computed in float32,

@@ -94,8 +94,8 @@ def mass_mean_solve(
         glm = GLM(BINARY_LOGISTIC, True, products(default_policy().fused_max_rows))
         data = glm.data(projection / spread, y, s, calibration_C)
         start = glm.null_point(data, None)
-        cal, _ = minimise(glm, data, start, jnp.broadcast_to(start.intercept, y.shape), jnp.int32(0), precond=identity(),
-                       settings=_CALIBRATION)
+        cal, _ = minimise(glm, data, start, jnp.broadcast_to(start.intercept, y.shape), jnp.int32(0),
+                          precond=identity(), settings=_CALIBRATION)
         return MassMeanFit(coef=theta * (cal.coef[0] / spread), intercept=cal.intercept, direction=theta)
 
     return over_layers(layer, X, layer_batch_size=layer_batch_size)

@@ -275,9 +275,8 @@ def _cg_start(g_coef: Array, g_int: Array, n: int, precond: Any, mu: Array, tol:
     r_coef, r_int = -g_coef, -g_int
     p_coef, p_int = _precondition(precond, mu, fit_intercept, r_coef, r_int)
     rz, rr = _dot(r_coef, r_int, p_coef, p_int), _dot(r_coef, r_int, r_coef, r_int)
-    zeros = jnp.zeros_like(g_int)
-    return _CG(jnp.zeros_like(g_coef), zeros, jnp.zeros(g_int.shape + (n,)), r_coef, r_int, p_coef, p_int, rz, rr,
-               (rr > tol**2) & (rz > 0))
+    return _CG(jnp.zeros_like(g_coef), jnp.zeros_like(g_int), jnp.zeros(g_int.shape + (n,)), r_coef, r_int, p_coef,
+               p_int, rz, rr, (rr > tol**2) & (rz > 0))
 
 
 @functools.partial(jax.jit, static_argnames="fit_intercept")
@@ -311,27 +310,34 @@ def _newton_direction(rows: _LayerRows, w: Array, g_coef: Array, g_int: Array, p
 
 
 @jax.jit
-def _decrease(y: Array, s: Array, z: Array, xd: Array, t: Array, C: Array) -> Array:
-    """``C sum_i s_i (l(z_i + t (X d)_i) - l(z_i))`` per problem, ``(P,)``, summed per sample (no pass)."""
-    loss = BINARY_LOGISTIC.evaluate
-    return C * jnp.sum(s * (loss(z + t[:, None] * xd, y)[0] - loss(z, y)[0]), axis=-1)
+def _decrease(y: Array, s: Array, z: Array, base: Array, xd: Array, t: Array, C: Array) -> Array:
+    """``C sum_i s_i (l(z_i + t (X d)_i) - l(z_i))`` per problem, ``(P,)``, summed per sample (no pass);
+    ``base`` holds the losses ``l(z_i)``."""
+    return C * jnp.sum(s * (BINARY_LOGISTIC.evaluate(z + t[:, None] * xd, y)[0] - base), axis=-1)
 
 
-def _armijo_steps(rows: _LayerRows, z: Array, xd: Array, C: Array, coef: Array, d_coef: Array, slope: np.ndarray,
-                  todo: np.ndarray) -> np.ndarray:
+def _armijo_steps(rows: _LayerRows, z: Array, base: Array, xd: Array, C: Array, coef: Array, d_coef: Array,
+                  slope: np.ndarray, todo: np.ndarray) -> np.ndarray:
     """Per problem in ``todo``, the largest ``t`` in ``1, 1/2, ...`` meeting Armijo's condition along
-    ``z + t X d`` (no pass over the rows); ``nan`` where none does (and outside ``todo``)."""
+    ``z + t X d`` (no pass over the rows; ``base``: the losses at ``z``); ``nan`` where none does (and
+    outside ``todo``)."""
     wd, dd = np.asarray(jnp.sum(coef * d_coef, axis=-1)), np.asarray(jnp.sum(d_coef * d_coef, axis=-1))
     t, found = np.ones(slope.shape), np.full(slope.shape, np.nan)
     for _ in range(_MAX_HALVINGS + 1):
         pending = todo & np.isnan(found)
         if not pending.any():
             break
-        data = np.asarray(_decrease(rows.y, rows.s, z, xd, jnp.asarray(t, jnp.float32), C))
+        data = np.asarray(_decrease(rows.y, rows.s, z, base, xd, jnp.asarray(t, jnp.float32), C))
         ok = pending & (slope < 0) & (data + t * wd + 0.5 * t * t * dd <= _ARMIJO_C1 * t * slope)
         found[ok] = t[ok]
         t = np.where(pending, 0.5 * t, t)
     return found
+
+
+def _per_problem(keep: np.ndarray, new: tuple[Array, ...], old: tuple[Array, ...]) -> tuple[Array, ...]:
+    """Each array of ``new`` where ``keep`` ``(P,)`` holds, of ``old`` elsewhere (arrays ``(P, ...)``)."""
+    keep = jnp.asarray(keep)
+    return tuple(jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b) for a, b in zip(new, old))
 
 
 class _Solved(NamedTuple):
@@ -376,11 +382,13 @@ def _newton(rows: _LayerRows, C: float, start: tuple[Array, Array, Array], preco
         d_coef, d_int, xd = _newton_direction(rows, rows.curvature(z, C), *g, precond,
                                               np.where(active, forcing * g_norm, np.inf), max_cg_iter)
         slope = np.asarray(_dot(*g, d_coef, d_int), np.float64)
-        objective = np.asarray(C * jnp.sum(rows.s * BINARY_LOGISTIC.evaluate(z, rows.y)[0], axis=-1)
-                               + 0.5 * jnp.sum(coef * coef, axis=-1), np.float64)
+        losses = BINARY_LOGISTIC.evaluate(z, rows.y)[0]  # (P, N), for the objective and the line search
+        objective = np.asarray(C * jnp.sum(rows.s * losses, axis=-1) + 0.5 * jnp.sum(coef * coef, axis=-1),
+                               np.float64)
         # Below the float resolution of F the line search cannot measure progress: take the full step.
         at_precision = -slope <= eps * objective
-        t = np.where(at_precision, 1.0, _armijo_steps(rows, z, xd, C, coef, d_coef, slope, active & ~at_precision))
+        t = np.where(at_precision, 1.0,
+                     _armijo_steps(rows, z, losses, xd, C, coef, d_coef, slope, active & ~at_precision))
         n_iter += active
         stalled = active & np.isnan(t)  # no decrease found: stopped, unconverged
         moving = active & ~stalled
@@ -390,10 +398,8 @@ def _newton(rows: _LayerRows, C: float, start: tuple[Array, Array, Array], preco
         opt_new = optimality(g_new)
         floor = moving & at_precision & (opt_new >= opt)  # the float floor: keep the better iterate
         accept = moving & ~floor
-        keep = jnp.asarray(accept)
-        coef, intercept, z = (jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-                              for a, b in zip(new, (coef, intercept, z)))
-        g = tuple(jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b) for a, b in zip(g_new, g))
+        coef, intercept, z = _per_problem(accept, new, (coef, intercept, z))
+        g = _per_problem(accept, g_new, g)
         opt = np.where(accept, opt_new, opt)
         now = floor | (accept & (opt <= tol) & (-slope / (2 * objective) <= gap_tol))
         converged |= now
