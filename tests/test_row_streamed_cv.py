@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,8 +87,8 @@ def test_row_streamed_cv_gives_the_in_memory_cv(data, monkeypatch):
     read = []
     blocks = F._row_streaming._blocks
 
-    def counted(source, layer, row_block):
-        for rows, x in blocks(source, layer, row_block):
+    def counted(source, layer, row_block, *pieces):
+        for rows, x in blocks(source, layer, row_block, *pieces):
             read.append(x.shape[0])
             yield rows, x
 
@@ -165,9 +166,9 @@ def test_the_folds_share_each_pass_over_the_rows(data, monkeypatch):
     passes, dtypes = [], set()
     blocks = R._blocks
 
-    def counted(source, layer, row_block):
+    def counted(source, layer, row_block, *pieces):
         passes.append(layer)
-        for rows, x in blocks(source, layer, row_block):
+        for rows, x in blocks(source, layer, row_block, *pieces):
             dtypes.add(x.dtype)
             yield rows, x
 
@@ -184,3 +185,38 @@ def test_the_folds_share_each_pass_over_the_rows(data, monkeypatch):
         alone.append(len(passes))
     assert max(alone) < together < sum(alone), (together, alone)
     assert dtypes == {np.dtype(np.float16)}
+
+
+def test_a_pass_hands_its_blocks_to_programs_in_pieces(data, monkeypatch):
+    """A logistic pass reads whole blocks but gives its programs pieces whose float32 widening is at most
+    ``_PIECE_BYTES`` (a larger buffer is allocated and faulted in afresh at every call on the CPU); the
+    block is a whole number of pieces, and the products are the unpieced pass's to float32 rounding."""
+    R = F._row_streaming
+    store, stacked = data
+    source = F.layer_source(store)
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.uniform(0.05, 0.25, (2, N)), jnp.float32)
+    p_coef, p_int = jnp.asarray(rng.standard_normal((2, D)), jnp.float32), jnp.asarray([0.5, -1.0], jnp.float32)
+    whole = R._LayerRows(source, 1, 300, store.labels, np.ones((2, N)), True)
+    assert whole.piece_rows == whole.row_block == 300
+    monkeypatch.setattr(R, "_PIECE_BYTES", 4 * D * 64)
+    pieced = R._LayerRows(source, 1, 300, store.labels, np.ones((2, N)), True)
+    assert (pieced.row_block, pieced.piece_rows) == (256, 64)
+    seen = []
+    blocks = R._blocks
+
+    def counted(source, layer, row_block, *pieces):
+        for rows, x in blocks(source, layer, row_block, *pieces):
+            seen.append(x.shape[0])
+            yield rows, x
+
+    monkeypatch.setattr(R, "_blocks", counted)
+    got = pieced.hvp(w, p_coef, p_int)
+    assert seen == [64] * 8 + [64, 64, 60]  # blocks of 256 rows (the last one 188), in pieces of 64
+    want = whole.hvp(w, p_coef, p_int)
+    eps = np.finfo(np.float32).eps
+    for g, v in zip(got, want):  # the same sums, grouped otherwise: float32 rounding over N terms apart
+        np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=0, atol=N * eps * np.max(np.abs(np.asarray(v))))
+    x, p = stacked[1].astype(np.float64), np.asarray(p_coef, np.float64)
+    scale = np.abs(p) @ np.abs(x).T + np.abs(np.asarray(p_int))[:, None]
+    np.testing.assert_array_less(np.abs(np.asarray(got[0]) - (p @ x.T + np.asarray(p_int)[:, None])), D * eps * scale + 1e-30)

@@ -29,7 +29,8 @@ its pages are let go from the process once the pass moves on:
   while the others go on; the held-out decision values are one more pass. Softmax CV does not stream rows.
 
 Memory: one row block as stored (its mapped pages) and its float32 widening inside each program
-(``r D 4`` bytes for ``r`` rows a block), ``O(N)`` vectors per problem (``z``, ``X d``, the curvature
+(``r D 4`` bytes for ``r`` rows a block; logistic passes hand a block to their programs in pieces of at
+most 8 MB widened, which costs less at every call), ``O(N)`` vectors per problem (``z``, ``X d``, the curvature
 weights, a CG product, the line search's trial; ``P = 1`` for a fit, ``F`` for the CV's folds, plus its
 ``F G`` held-out decision values), the Nyström sketch's subsample (at most ``min(8192, r)`` rows of the
 layer) and ``O(D^2)`` for ridge's Gram matrix (float64). As a multiple of the input ``N D b`` bytes
@@ -73,20 +74,37 @@ _SKETCH_ROWS = 8192
 #: Default Nyström rank here (the in-memory default is 64): a pass over the rows costs far more than a
 #: rank-256 apply, and at 256 CG took 2-2.5x fewer passes than at 64 (512 and up: more again; RESULTS.md).
 _ROW_NYSTROM_RANK = 256
+#: Most bytes of a block's float32 widening in one program: XLA's CPU backend allocates that buffer at
+#: every call, and above the C library's mmap threshold (at most 32 MB) each call faults its pages in
+#: afresh; 80000 x 4096 float16, one pass: 641 ms in 5417-row pieces, 142 ms in 512-row ones (RESULTS.md).
+_PIECE_BYTES = 8 << 20
 
 
-def _blocks(source: LayerSource, layer: int, row_block: int) -> Iterator[tuple[slice, Array]]:
-    """``(rows, X[rows])`` of one layer, block by block, in the stored dtype: each block is handed to JAX as
-    it lies in the store's memory map (no copy on the CPU; the solvers' programs widen it to float32),
-    the next one read ahead by the kernel meanwhile, and its pages let go once the caller moves on."""
+def _blocks(source: LayerSource, layer: int, row_block: int, piece_rows: int | None = None,
+            ) -> Iterator[tuple[slice, Array]]:
+    """``(rows, X[rows])`` of one layer, in the stored dtype: read ``row_block`` rows at a time, handed to
+    JAX ``piece_rows`` rows at a time (default: whole blocks) as they lie in the store's memory map (no
+    copy on the CPU; the solvers' programs widen each piece to float32). The kernel reads the next block
+    ahead meanwhile, and a block's pages are let go once the caller has moved past its last piece."""
     data = source.layer(layer)
+    piece_rows = piece_rows or row_block
     for a in range(0, data.shape[0], row_block):
-        rows = slice(a, min(a + row_block, data.shape[0]))
-        advise_pages(data[rows.stop:rows.stop + row_block], mmap.MADV_WILLNEED)
-        x = jax.device_put(data[rows])
-        yield rows, x
-        del x
-        advise_pages(data[rows], mmap.MADV_DONTNEED)
+        block = slice(a, min(a + row_block, data.shape[0]))
+        advise_pages(data[block.stop:block.stop + row_block], mmap.MADV_WILLNEED)
+        for b in range(block.start, block.stop, piece_rows):
+            rows = slice(b, min(b + piece_rows, block.stop))
+            x = jax.device_put(data[rows])
+            yield rows, x
+            del x
+        advise_pages(data[block], mmap.MADV_DONTNEED)
+
+
+def _pieces(row_block: int, n_features: int) -> tuple[int, int]:
+    """``(row_block, piece_rows)`` for a logistic pass: pieces whose float32 widening is at most
+    :data:`_PIECE_BYTES`, the block a whole number of them (so only the layer's last piece has another
+    shape to compile)."""
+    piece = min(row_block, max(1, _PIECE_BYTES // (4 * n_features)))
+    return row_block // piece * piece, piece
 
 
 def _widened(x: Array) -> Array:
@@ -196,7 +214,8 @@ class _LayerRows:
 
     def __init__(self, source: LayerSource, layer: int, row_block: int, y: np.ndarray, s: np.ndarray,
                  fit_intercept: bool):
-        self.source, self.layer, self.row_block = source, layer, row_block
+        self.source, self.layer = source, layer
+        self.row_block, self.piece_rows = _pieces(row_block, source.shape[2])
         self.y, self.s = jnp.asarray(y, jnp.float32), jnp.asarray(np.atleast_2d(s), jnp.float32)
         self.fit_intercept = fit_intercept
         self.passes = 0
@@ -205,7 +224,7 @@ class _LayerRows:
         """``fn(rows, X[rows])`` of every block, in order: one pass."""
         self.passes += 1
         out = []
-        for rows, x in _blocks(self.source, self.layer, self.row_block):
+        for rows, x in _blocks(self.source, self.layer, self.row_block, self.piece_rows):
             # Finished before the block's pages are let go: a computation still queued would map them back.
             out.append(jax.block_until_ready(fn(rows, x)))
             del x
