@@ -328,6 +328,22 @@ def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
                        layer_batch_size=None, policy={"quasi_newton_memory": 0})
 
 
+def test_the_cpu_preconditioner_rank_grows_with_the_width():
+    """On the CPU the default Nystrom rank is 64 up to D = 1024, then D / 16 up to 256 (what measured faster on
+    raw-like layers of 2048 and 4096 features); an accelerator keeps 64; a given rank, a narrow layer's D
+    and the wide layers' kernel inverse (no Nystrom) come first."""
+    def rank(shape, policy, precondition_rank=None):
+        return solver_options(shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None, layer_batch_size=None,
+                              precondition_rank=precondition_rank, policy=policy)["policy"].nystrom_rank
+
+    cpu, gpu = default_policy("cpu"), default_policy("gpu")
+    assert [rank((1, 20000, d), cpu) for d in (40, 576, 1024, 1600, 2048, 4096, 8192)] == [40, 64, 64, 100, 128, 256, 256]
+    assert [rank((1, 20000, d), gpu) for d in (40, 2048, 8192)] == [40, 64, 64]
+    assert rank((1, 20000, 4096), cpu, precondition_rank=32) == 32
+    assert rank((1, 100, 4096), cpu) == 0  # wide: the kernel inverse instead
+    assert rank((1, 20000, 4096), dataclasses.replace(cpu, nystrom_rank=0)) == 0
+
+
 def _dot_precisions(jaxpr) -> list:
     """The precision of every dot_general in a jaxpr, its sub-jaxprs included (loops, branches, calls)."""
     found = []

@@ -121,8 +121,9 @@ def fit_logistic(
       max_iter: most iterations per problem (quasi-Newton and Newton).
       max_cg_iter: most conjugate-gradient steps per Newton iteration (default ``min(D + 1, 250)``).
       precondition_rank: rank of the randomized Nyström preconditioner of each layer's Gram matrix
-        (default ``min(64, D)``, built where the layer's spectrum is far from flat; ``min(256, D)`` for a
-        layer whose rows are streamed; 0 for none). A solver setting: the optimum does not depend on it.
+        (default 64 on the CPU up to D = 1024, then ``D / 16`` up to 256; 64 on an accelerator; at most
+        ``D``; built where the layer's spectrum is far from flat; ``min(256, D)`` for a layer whose rows are
+        streamed; 0 for none). A solver setting: the optimum does not depend on it.
       layer_batch_size: solve this many layers at a time (default: 1 on the CPU, all on an accelerator).
         Peak memory is about ``L * N * D * 4`` bytes for ``X``, plus ``k * N * D * 4`` for the ``k``
         layers the loop over layers copies out of ``X`` when ``k < L`` (one layer on the CPU: 1.3 GB at

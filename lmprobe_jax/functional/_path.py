@@ -47,9 +47,14 @@ _ASSUMED_DEVICE_BYTES = 16 * 2**30
 
 
 def default_precondition_rank(n_features: int, rank: int | None, policy: SolverPolicy | None = None) -> int:
-    """``rank`` if given (0 disables), else ``min(policy.nystrom_rank, D)``."""
+    """``rank`` if given (0 disables), else the policy's: ``nystrom_rank``, raised to ``D /
+    nystrom_features_per_rank`` for wide layers but not past ``nystrom_max_rank``, and at most ``D``."""
     if rank is None:
-        return min((policy or default_policy()).nystrom_rank, n_features)
+        policy = policy or default_policy()
+        rank = policy.nystrom_rank
+        if rank and policy.nystrom_features_per_rank:
+            rank = max(rank, min(n_features // policy.nystrom_features_per_rank, policy.nystrom_max_rank))
+        return min(rank, n_features)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= n_features:
         raise ValueError(f"precondition_rank must be an integer in [0, D={n_features}] or None; got {rank!r}.")
     return rank
