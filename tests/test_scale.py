@@ -557,3 +557,11 @@ def test_out_of_core_script_times_one_layer_chunks_cold_and_warm(store):
     assert table.count("streamed from the store, cold") == table.count("streamed from the store, warm") == 2
     gaps = [float(g) for g in __import__("re").findall(r"coef gap ([0-9.e+-]+)", table)]
     assert len(gaps) == 4 and max(gaps) <= 1e-5  # cold and warm, each solver
+
+
+def test_nystrom_rank_script_reports_each_rank(store):
+    """benchmarks/nystrom_rank.py: one row per rank, the default resolved to the rank it uses, every fit converged."""
+    out = run_benchmark("nystrom_rank.py", str(store.path), "--layer", "1", "--rows", "500", "--ranks", "0", "8")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [row.split("|")[1].strip() for row in rows] == [f"{min(64, D)} (default)", "8"]
+    assert all(row.rstrip(" |").endswith("True") for row in rows) and "500 x 40" in out
