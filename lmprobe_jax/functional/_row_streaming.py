@@ -189,18 +189,26 @@ def ridge_rows(
 # folds): every pass over a block serves all P, so folds cost one read per step, not one each.
 
 
-@jax.jit
-def _block_gradient(x: Array, y: Array, s: Array, z: Array, C: Array) -> tuple[Array, Array]:
-    dz = C * s * BINARY_LOGISTIC.evaluate(z, y)[1]  # (P, r)
-    return rmatvec(_widened(x), dz), jnp.sum(dz, axis=-1)
+def _piece(a: Array, start: Array, size: int) -> Array:
+    """Entries ``start:start + size`` of ``a``'s last axis, inside the program (no dispatch of its own)."""
+    return jax.lax.dynamic_slice_in_dim(a, start, size, axis=-1)
 
 
 @jax.jit
-def _block_hvp(x: Array, w: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
+def _block_gradient(x: Array, y: Array, s: Array, z: Array, C: Array, start: Array, g_coef: Array,
+                    g_int: Array) -> tuple[tuple[()], tuple[Array, Array]]:
+    r = x.shape[0]
+    dz = C * _piece(s, start, r) * BINARY_LOGISTIC.evaluate(_piece(z, start, r), _piece(y, start, r))[1]  # (P, r)
+    return (), (g_coef + rmatvec(_widened(x), dz), g_int + jnp.sum(dz, axis=-1))
+
+
+@jax.jit
+def _block_hvp(x: Array, w: Array, start: Array, p_coef: Array, p_int: Array, h_coef: Array,
+               h_int: Array) -> tuple[Array, tuple[Array, Array]]:
     x = _widened(x)
     u = matvec(x, p_coef) + p_int[:, None]  # (P, r)
-    hu = w * u
-    return u, rmatvec(x, hu), jnp.sum(hu, axis=-1)
+    hu = _piece(w, start, x.shape[0]) * u
+    return u, (h_coef + rmatvec(x, hu), h_int + jnp.sum(hu, axis=-1))
 
 
 @jax.jit
@@ -220,25 +228,33 @@ class _LayerRows:
         self.fit_intercept = fit_intercept
         self.passes = 0
 
-    def _map(self, fn: Callable[[slice, Array], Any]) -> list[Any]:
-        """``fn(rows, X[rows])`` of every block, in order: one pass."""
+    def _map(self, fn: Callable[[slice, Array, Any], tuple[Any, Any]], carry: Any = None) -> tuple[list[Any], Any]:
+        """``out, carry = fn(rows, X[rows], carry)`` over every piece, in order: one pass. Returns the
+        pieces' outputs and the last carry; each program is one dispatch (the sums run inside them)."""
         self.passes += 1
-        out = []
+        n, outs, queued = self.source.shape[1], [], []
         for rows, x in _blocks(self.source, self.layer, self.row_block, self.piece_rows):
-            # Finished before the block's pages are let go: a computation still queued would map them back.
-            out.append(jax.block_until_ready(fn(rows, x)))
+            out, carry = fn(rows, x, carry)
+            outs.append(out)
+            queued.append((out, carry))
+            if rows.stop % self.row_block == 0 or rows.stop == n:
+                # Finished before the block's pages are let go: a computation still queued would map them back.
+                jax.block_until_ready(queued)
+                queued = []
             del x
-        return out
+        return outs, carry
 
     def predictor(self, coef: Array, intercept: Array) -> Array:
         """``X coef + intercept``, ``(..., N)`` for ``coef`` ``(..., D)``: one pass."""
-        return jnp.concatenate(self._map(lambda rows, x: _block_predictor(x, coef, intercept)), axis=-1)
+        outs, _ = self._map(lambda rows, x, carry: (_block_predictor(x, coef, intercept), carry))
+        return jnp.concatenate(outs, axis=-1)
 
     def gradient(self, z: Array, coef: Array, C: Array) -> tuple[Array, Array]:
         """``C X^T (s * dl/dz) + coef`` and its intercept part, ``(P, D)`` and ``(P,)``: one pass."""
-        parts = self._map(lambda rows, x: _block_gradient(x, self.y[rows], self.s[:, rows], z[:, rows], C))
-        g_coef = functools.reduce(jnp.add, (part[0] for part in parts), coef)
-        return g_coef, sum(part[1] for part in parts) * self.fit_intercept
+        _, (g_coef, g_int) = self._map(
+            lambda rows, x, carry: _block_gradient(x, self.y, self.s, z, C, rows.start, *carry),
+            (coef, jnp.zeros(coef.shape[0], jnp.float32)))
+        return g_coef, g_int * self.fit_intercept
 
     def curvature(self, z: Array, C: Array) -> Array:
         """``C s d2l/dz2`` at ``z``, ``(P, N)``: the Hessian's weights for a Newton step (no pass)."""
@@ -246,10 +262,10 @@ class _LayerRows:
 
     def hvp(self, w: Array, p_coef: Array, p_int: Array) -> tuple[Array, Array, Array]:
         """``(X p, H p)`` for the weights ``w`` ``(P, N)``: ``(P, N)``, ``(P, D)``, ``(P,)``; one pass."""
-        parts = self._map(lambda rows, x: _block_hvp(x, w[:, rows], p_coef, p_int))
-        h_coef = functools.reduce(jnp.add, (part[1] for part in parts), p_coef)
-        h_int = sum(part[2] for part in parts) * self.fit_intercept
-        return jnp.concatenate([part[0] for part in parts], axis=-1), h_coef, h_int
+        outs, (h_coef, h_int) = self._map(
+            lambda rows, x, carry: _block_hvp(x, w, rows.start, p_coef, p_int, *carry),
+            (p_coef, jnp.zeros(p_coef.shape[0], jnp.float32)))
+        return jnp.concatenate(outs, axis=-1), h_coef, h_int * self.fit_intercept
 
     def sketch(self, rank: int) -> Any:
         """Nyström approximation of ``[X, 1]^T [X, 1]`` from evenly spaced rows, scaled to all ``N``."""
