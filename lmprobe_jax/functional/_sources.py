@@ -98,7 +98,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     64 bytes; numpy's large allocations come from malloc at 16 bytes past a page). The mapping is
     unmapped when the last reference to the array goes, returning the memory at once. It is private and
     asks for transparent huge pages where the kernel offers them: the copy that fills it then faults in
-    one page per 2 MB (61 MB: 5 ms filled, against 20 ms of 4 kB pages faulted in ahead by ``MAP_POPULATE``;
+    one page per 2 MB (63 MB: 5 ms filled, against 20 ms of 4 kB pages faulted in ahead by ``MAP_POPULATE``;
     RESULTS.md, issue 23 session 8). Elsewhere it is faulted in whole when made (``MAP_POPULATE``): page by
     page, 4 kB faults cost twice the copy that fills it (session 7).
     """
