@@ -7,6 +7,11 @@ identity, or a Nystrom approximation of the inverse Gram matrix) and ``gamma = s
 newest pair (Shanno-Phua scaling under ``M``'s metric). Each iteration then costs two passes over ``X``
 (the direction's product ``X d`` and the new gradient); the line search works on ``z + t X d`` and costs
 none. As in optax's ``scale_by_lbfgs``, the memory is a ring of stacked arrays indexed by a counter.
+
+Newton-CG applies the same ``H`` as its preconditioner at every CG step (Morales & Nocedal 2000), with the
+memory fixed for the Newton step: there the compact form (Byrd, Nocedal & Schnabel 1994) is built once per
+step (:func:`compact_inverse`) and applied with two ``(P, 2m)`` products (:func:`apply_compact`), where
+the two-loop recursion's ``2m`` sequential updates and two applications of ``M`` cost more than a pass.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.lax import Precision
 
 from ._glm import guard
 from ._precision import vdot
@@ -91,3 +97,49 @@ def lbfgs_direction(memory: LBFGSMemory, g: Array, apply_m: Callable[[Array], Ar
 
     r, _ = jax.lax.scan(forward, r, (order[::-1], alphas[::-1]))
     return -r
+
+
+class CompactInverse(NamedTuple):
+    """The L-BFGS inverse Hessian ``H = gamma M + V N V^T`` of a fixed memory (:func:`compact_inverse`).
+
+    Attributes:
+      gamma: ``()``, the scale of ``H_0 = gamma M``.
+      factor: ``(2m, P)`` ``V^T``: the steps ``s_j`` and ``H_0 y_j``, oldest first (zero rows for empty slots).
+      middle: ``(2m, 2m)`` ``N``.
+    """
+
+    gamma: Array
+    factor: Array
+    middle: Array
+
+
+def compact_inverse(memory: LBFGSMemory, apply_m: Callable[[Array], Array]) -> CompactInverse:
+    r"""The operator of :func:`lbfgs_direction` (``g -> H g``) in compact form, for repeated application:
+    with ``S``, ``W = H_0 Y`` the pairs as columns, oldest first, ``R`` the upper triangle of ``S^T Y``,
+    ``D`` its diagonal, ``H = H_0 + [S, W] [[R^{-T} (D + Y^T W) R^{-1}, -R^{-T}], [-R^{-1}, 0]] [S, W]^T``
+    (Byrd, Nocedal & Schnabel, Math. Programming 63, 1994, eq. 3.13). Costs ``m + 1`` applications of ``M``.
+
+    An empty or dropped slot (``rho = 0``) gets zero ``s``, ``y`` and a unit diagonal in ``R``: it adds nothing."""
+    m = memory.rho.shape[0]
+    newest = (memory.count - 1) % m
+    order = (newest + 1 + jnp.arange(m)) % m  # oldest first
+    used = (memory.rho[order] != 0)[:, None]
+    S = jnp.where(used, memory.s[order], 0.0)
+    Y = jnp.where(used, memory.y[order], 0.0)
+    y_new = memory.y[newest]
+    gamma = jnp.where(memory.rho[newest] != 0, vdot(memory.s[newest], y_new) / guard(vdot(y_new, apply_m(y_new))), 1.0)
+    W = gamma * jax.vmap(apply_m)(Y)
+    SY = jnp.matmul(S, Y.T, precision=Precision.HIGHEST)
+    R = jnp.triu(SY) + jnp.diag(jnp.where(used[:, 0], 0.0, 1.0))
+    R_inv = jax.scipy.linalg.solve_triangular(R, jnp.eye(m, dtype=R.dtype), lower=False)
+    inner = jnp.diag(jnp.diag(SY)) + jnp.matmul(Y, W.T, precision=Precision.HIGHEST)
+    top = jnp.matmul(R_inv.T, jnp.matmul(inner, R_inv, precision=Precision.HIGHEST), precision=Precision.HIGHEST)
+    middle = jnp.block([[top, -R_inv.T], [-R_inv, jnp.zeros_like(R_inv)]])
+    return CompactInverse(gamma, jnp.concatenate([S, W]), middle)
+
+
+def apply_compact(inverse: CompactInverse, v: Array, mv: Array) -> Array:
+    """``H v`` for the flat ``v`` ``(P,)``, given ``mv = M v``."""
+    coeffs = jnp.matmul(inverse.middle, jnp.matmul(inverse.factor, v, precision=Precision.HIGHEST),
+                        precision=Precision.HIGHEST)
+    return inverse.gamma * mv + jnp.matmul(coeffs, inverse.factor, precision=Precision.HIGHEST)

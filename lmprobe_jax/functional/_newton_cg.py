@@ -38,7 +38,7 @@ from jax import Array
 
 from ._batching import any_across_batch
 from ._glm import GLM, Evaluation, GLMData, Params, axpy, dot, flatten, guard, optimality, unflatten
-from ._lbfgs import LBFGSMemory, empty_memory, lbfgs_direction, remember
+from ._lbfgs import LBFGSMemory, apply_compact, compact_inverse, empty_memory, lbfgs_direction, remember
 from ._linesearch import line_search
 from ._preconditioners import Preconditioner
 
@@ -190,7 +190,6 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
                   precond.build(data, glm.curvature(data, ev0.aux)), progress)
     rounding_scale = gradient_rounding_scale(data.X)
-    explored = any_across_batch(~jnp.asarray(newton_first))  # a quasi-Newton phase may fill the memory
 
     def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         g_norm = jnp.sqrt(dot(st.grad, st.grad))
@@ -204,15 +203,15 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         if s.memory:
             # The quasi-Newton phase's inverse-Hessian estimate as CG's preconditioner (Morales & Nocedal,
             # "Automatic preconditioning by limited memory quasi-Newton updating", SIAM J. Optim. 2000),
-            # on top of the layer's: it knows the curvature along the directions already explored. Not on a
-            # layer solved Newton-first: its Nystrom preconditioner already holds that curvature, and the
-            # recursion at every CG step cost 20% of a raw path's time for no fewer passes (RESULTS.md).
-            def apply_memory(state: Any, v: Params) -> Params:
-                def apply_m(u: Array) -> Array:
-                    return flatten(precond.apply(state, unflatten(u, v)))
+            # on top of the layer's: it knows the curvature along the directions already explored (and, on a
+            # layer solved Newton-first, along the last Newton steps). In compact form, built once a step.
+            def apply_m(u: Array) -> Array:
+                return flatten(precond.apply(pstate, unflatten(u, st.grad)))
 
-                return jax.lax.cond(explored, lambda: unflatten(-lbfgs_direction(st.memory, flatten(v), apply_m), v),
-                                    lambda: precond.apply(state, v))
+            inverse = compact_inverse(st.memory, apply_m)
+
+            def apply_memory(state: Any, v: Params) -> Params:
+                return unflatten(apply_compact(inverse, flatten(v), flatten(precond.apply(state, v))), v)
 
             cg_precond = precond._replace(apply=apply_memory)
         # A Newton step taken to compare it with the quasi-Newton phase (not locked in) gets a CG budget of
