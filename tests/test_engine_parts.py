@@ -12,7 +12,13 @@ from sklearn.linear_model import LogisticRegression
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _newton_cg
 from lmprobe_jax.functional._glm import GLM, Params
-from lmprobe_jax.functional._lbfgs import empty_memory, lbfgs_direction, remember
+from lmprobe_jax.functional._lbfgs import (
+    apply_compact,
+    compact_inverse,
+    empty_memory,
+    lbfgs_direction,
+    remember,
+)
 from lmprobe_jax.functional._linesearch import line_search
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
 from lmprobe_jax.functional._multinomial import SOFTMAX
@@ -107,6 +113,58 @@ def test_lbfgs_memory_meets_the_secant_equation_and_skips_bad_pairs():
     memory = remember(memory, jnp.asarray(s, jnp.float32), jnp.asarray(-s, jnp.float32))  # s.y < 0: not kept
     assert int(memory.count) == int(before.count)
     np.testing.assert_array_equal(memory.s, before.s)
+
+
+@pytest.mark.parametrize("n_pairs, dropped", [(0, None), (2, None), (7, None), (7, 1), (7, "newest")])
+def test_compact_inverse_is_the_two_loop_recursion(n_pairs, dropped):
+    """Newton-CG's preconditioner (the compact form, built once a Newton step) applies the operator of the
+    quasi-Newton phase's two-loop recursion: empty slots, a wrapped ring and pairs dropped by a path's
+    penalty move (rho = 0) included. Tolerance: both are O(m) inner products of length P in float32 on
+    an operator of condition ~kappa, so they agree to ~2 m lambda sqrt(P) u kappa relative."""
+    rng = np.random.default_rng(4)
+    P, m = 20, 4
+    Q = np.linalg.qr(rng.normal(size=(P, P)))[0]
+    H = Q @ np.diag(np.linspace(1.0, 4.0, P)) @ Q.T
+    m_diag = jnp.asarray(1.0 + rng.random(P), jnp.float32)
+    apply_m = lambda v: m_diag * v
+    memory = empty_memory(m, P, jnp.float32)
+    for _ in range(n_pairs):
+        s = rng.normal(size=P)
+        memory = remember(memory, jnp.asarray(s, jnp.float32), jnp.asarray(H @ s, jnp.float32))
+    if dropped is not None:
+        slot = (int(memory.count) - 1) % m if dropped == "newest" else dropped
+        memory = memory._replace(rho=memory.rho.at[slot].set(0.0))
+    kappa = 4.0 * float(m_diag.max() / m_diag.min())
+    for _ in range(3):
+        v = jnp.asarray(rng.normal(size=P), jnp.float32)
+        expected = -np.asarray(lbfgs_direction(memory, v, apply_m), np.float64)
+        got = np.asarray(apply_compact(compact_inverse(memory, apply_m), v, apply_m(v)), np.float64)
+        bound = 2 * m * T.LAMBDA * np.sqrt(P) * T.U32 * kappa * np.linalg.norm(expected)
+        assert np.linalg.norm(got - expected) <= bound
+
+
+def test_a_steep_layers_newton_steps_precondition_its_cg():
+    """A layer solved Newton-first (massive-activation features) preconditions CG with its Nystrom
+    approximation and, on top, the L-BFGS pairs of its own Newton steps: fewer CG steps than with no
+    memory (policy quasi_newton_memory=0), to the same convergence."""
+    from lmprobe_jax.functional._path import solve_layers, solver_options
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 32))
+    y = (X @ rng.normal(size=32) + rng.normal(size=400) > 0).astype(int)
+    X[:, :2] = 300.0 + 100.0 * X[:, :2]
+
+    def cg_steps(memory: int) -> int:
+        policy = F.SolverPolicy(quasi_newton_memory=memory)
+        options = solver_options((1,) + X.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                                 precondition_rank=None, layer_batch_size=None, policy=policy)
+        res = solve_layers(BINARY_LOGISTIC, jnp.asarray(X[None], jnp.float32), jnp.asarray(y, jnp.float32),
+                           jnp.ones((1, len(y))), jnp.asarray([1.0]), tol=1e-7, **options)
+        assert bool(res.converged.all())
+        assert int(res.n_passes.sum()) == 2 + 2 * int(res.n_cg.sum()) + int(res.n_iter.sum())  # Newton only
+        return int(res.n_cg.sum())
+
+    assert cg_steps(10) < cg_steps(0)
 
 
 def test_phase_rule_hands_over_by_progress_per_pass():
