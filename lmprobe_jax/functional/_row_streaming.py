@@ -71,8 +71,8 @@ _ARMIJO_C1 = 1e-4
 _MAX_HALVINGS = 30
 #: Most rows of the subsample the Nyström preconditioner is built from.
 _SKETCH_ROWS = 8192
-#: Default Nyström rank here (the in-memory default is 64): a pass over the rows costs far more than a
-#: rank-256 apply, and at 256 CG took 2-2.5x fewer passes than at 64 (512 and up: more again; RESULTS.md).
+#: Default Nyström rank here (in memory: 64 up to D = 1024, then D / 16): a pass over the rows costs far
+#: more than a rank-256 apply, and at 256 CG took 2-2.5x fewer passes than at 64 (512 and up: more again).
 _ROW_NYSTROM_RANK = 256
 #: Most bytes of a block's float32 widening in one program: XLA's CPU backend allocates that buffer at
 #: every call, and above the C library's mmap threshold (at most 32 MB) each call faults its pages in
