@@ -364,3 +364,69 @@ def test_a_path_point_starts_from_the_last_points_curvature_pairs():
     for coef, intercept in ((path.coef[0, 0, 1], path.intercept[0, 0, 1]), (alone.coef[0, 0, 0], alone.intercept[0, 0, 0])):
         theta = np.append(np.asarray(coef, np.float64), float(intercept))
         assert np.linalg.norm(theta - region.optimum.ravel()) <= region.radius
+
+
+@pytest.mark.parametrize("n_classes", [None, 3])
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_the_gap_bound_is_above_the_gap(n_classes, offset):
+    """``GLM.gap_bound`` (the strong-convexity certificate that ends a solve without a Newton step) is at
+    least the relative objective gap at points around the optimum, in float64: the coefficients and the
+    intercept both moved off it, on standardised features and on features with a large common offset
+    (raw activations), where the intercept is strongly coupled to the coefficients and its own curvature
+    alone would understate the gap by orders of magnitude."""
+    from lmprobe_jax.functional._multinomial import SOFTMAX
+
+    rng = np.random.default_rng(4)
+    n, d, C = 300, 12, 10.0
+    X = rng.normal(size=(n, d))
+    y = (X[:, 0] + X[:, 1] + rng.normal(size=n) > 0).astype(int) if n_classes is None else rng.integers(0, 3, n)
+    X[:, :3] += offset
+    ref = LogisticRegression(C=C, solver="newton-cg", tol=1e-12, max_iter=1000).fit(X, y)
+    coef = ref.coef_[0] if n_classes is None else ref.coef_
+    intercept = ref.intercept_[0] if n_classes is None else ref.intercept_
+    with jax.enable_x64(True):
+        glm = GLM(BINARY_LOGISTIC if n_classes is None else SOFTMAX, True, products(16))
+        labels = jnp.asarray(y, jnp.float64 if n_classes is None else jnp.int32)
+        data = glm.data(jnp.asarray(X), labels, jnp.ones(n), jnp.float64(C))
+
+        def at(p):
+            ev = glm.evaluate(data, glm.predictor(data.X, p))
+            return ev, glm.objective(data, p, ev)
+
+        optimum = Params(jnp.asarray(coef), jnp.asarray(intercept))
+        best = at(optimum)[1]
+        # Random moves, and moves along the valley H^-1 e_b (the intercept and the offset features' weights
+        # moving together), where the gradient is the intercept's alone but the gap is the Schur complement's.
+        flat = _newton_cg.flatten(optimum)
+        aux = at(optimum)[0].aux
+        hessian = np.stack([_newton_cg.flatten(glm.hvp(data, aux, _newton_cg.unflatten(e, optimum))[0])
+                            for e in jnp.eye(flat.size)])
+        valley = np.linalg.pinv(hessian) @ np.eye(flat.size)[coef.size]  # softmax's H is singular: a common intercept shift
+        for scale in (1e-4, 1e-3, 1e-2, 1e-1):
+            for move in [rng.normal(size=flat.size) for _ in range(3)] + [valley / np.abs(valley).max()]:
+                p = _newton_cg.unflatten(flat + scale * jnp.asarray(move), optimum)
+                ev, objective = at(p)
+                bound = glm.gap_bound(data, p, glm.gradient(data, p, ev), ev, jnp.linalg.norm(data.X))
+                gap = float((objective - best) / objective)
+                assert gap > 0
+                assert float(bound) >= gap, (scale, float(bound), gap)
+
+
+def test_a_well_conditioned_solve_ends_without_a_newton_step():
+    """On a standardised, well-conditioned layer the quasi-Newton phase reaches the gradient test and the
+    strong-convexity bound certifies the gap there: no Newton step (no CG step), converged, at
+    scikit-learn's optimum. Before the bound, the gap test passed on a Newton decrement only."""
+    from lmprobe_jax.functional._path import solve_layers, solver_options
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1, 2000, 64))
+    y = (X[0] @ rng.normal(size=64) + 4 * rng.normal(size=2000) > 0).astype(int)
+    X = ((X - X.mean(1, keepdims=True)) / X.std(1, keepdims=True)).astype(np.float32)
+    options = solver_options(X.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                             precondition_rank=None, layer_batch_size=None)
+    res = solve_layers(BINARY_LOGISTIC, jnp.asarray(X), jnp.asarray(y, jnp.float32), jnp.ones((1, 2000)),
+                       jnp.asarray([1.0]), tol=1e-7, **options)
+    assert bool(res.converged.all())
+    assert int(res.n_cg.sum()) == 0
+    theta = T.as_theta(np.asarray(res.coef[0, 0], np.float64), np.asarray(res.intercept[0, 0], np.float64))
+    assert T.scaled_gradient_excess(X[0], y, theta, 1.0) <= 0

@@ -189,7 +189,9 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     )
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
                   precond.build(data, glm.curvature(data, ev0.aux)), progress)
-    rounding_scale = gradient_rounding_scale(data.X)
+    norms = column_norms(data.X)
+    rounding_scale = gradient_rounding_scale(norms)
+    x_norm = jnp.sqrt(jnp.sum(jnp.square(norms[:-1])))
 
     def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         g_norm = jnp.sqrt(dot(st.grad, st.grad))
@@ -259,8 +261,9 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # The gradient test is met and two Newton steps in a row lowered F by less than its float
         # resolution: the gap estimate is then rounding noise, not a gap the optimiser can close.
         settled = newton & (opt <= s.tol) & ~ls.at_precision & ls.unresolved & pr.unresolved
-        # Only a Newton decrement passes the gap test (see above): a quasi-Newton step leaves it open.
-        gap = jnp.where(newton | (s.gap_tol == float("inf")), ls.gap, jnp.inf)
+        # The gap test passes on a Newton decrement (a quasi-Newton step's estimate says nothing) or on the
+        # strong-convexity bound at the new point, which needs no pass and no Newton step.
+        gap = jnp.minimum(glm.gap_bound(data, params, g, ev, x_norm), jnp.where(newton, ls.gap, jnp.inf))
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
             pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
         # In the precision regime, a full Newton step that does not lower the gradient means float
@@ -292,17 +295,22 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     ), st.memory
 
 
-def gradient_rounding_scale(X: Array) -> Array:
+def column_norms(X: Array) -> Array:
+    """``(D + 1,)``: the 2-norms of ``X``'s columns and of the intercept's column of ones (one pass over ``X``)."""
+    n = jnp.asarray(X.shape[0], X.dtype)
+    return jnp.concatenate([jnp.sqrt(jnp.sum(jnp.square(X), axis=0)), jnp.sqrt(n)[None]])
+
+
+def gradient_rounding_scale(norms: Array) -> Array:
     r"""``(D + 1,)`` ``c`` such that ``c_j ||r||_2`` bounds the float rounding of ``(X^T r)_j`` (the last entry
-    for the intercept's column of ones).
+    for the intercept's column of ones), from :func:`column_norms`.
 
     Each entry is a sum of ``N`` products; with probabilistic rounding (Higham & Mary 2019, lambda = 8)
     its error is at most ``8 sqrt(N) u sum_i |x_ij r_i| <= 8 sqrt(N) u ||x_j||_2 ||r||_2`` (Cauchy-Schwarz),
-    so ``c_j = 8 sqrt(N) u ||x_j||_2``: one pass over ``X``, once per problem.
+    so ``c_j = 8 sqrt(N) u ||x_j||_2``.
     """
-    n = jnp.asarray(X.shape[0], X.dtype)
-    u = jnp.finfo(X.dtype).eps / 2
-    norms = jnp.concatenate([jnp.sqrt(jnp.sum(jnp.square(X), axis=0)), jnp.sqrt(n)[None]])
+    n = jnp.square(norms[-1])
+    u = jnp.finfo(norms.dtype).eps / 2
     return 8 * jnp.sqrt(n) * u * norms
 
 
