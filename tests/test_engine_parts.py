@@ -287,7 +287,8 @@ def test_layer_warm_start_is_never_worse_than_cold():
 def test_a_solve_started_at_its_solution_only_certifies_it(C):
     """A warm start (a path's previous ``C``, a CV refit's ``init``) enters through the best point on the
     ray from the null point through it; from the solution itself that point is the solution, and the
-    solve ends after one quasi-Newton step and the Newton step whose decrement certifies the gap. When
+    solve ends after at most two steps (a quasi-Newton step and, where the strong-convexity bound does not
+    certify the gap, a Newton step whose decrement does). When
     the ray search began at the null point's quadratic model it stopped short on every layer, and a
     restart cost about as many iterations as the cold solve (here 11-15 against 15-18 at C=1, 24-90 against
     28-46 at C=100), which made warm-started paths and CV slower than the engine before it."""

@@ -20,9 +20,10 @@ progress, the solve continues in Newton-CG and stays there. Under ``vmap`` the p
 batch (any problem's hand-over moves them all), so each iteration runs one kind of step.
 
 Stopping rule: the scaled gradient's max-abs entry is ``<= tol`` (scikit-learn's criterion) *and* the
-last direction's estimate of the relative objective gap, ``-g.d / (2 F)`` (the Newton decrement in the
-Newton phase), is at most ``gap_tol``. The first alone is loose when ``F`` is small (nearly separable
-layers at large ``C``), which the second closes. Or the float floor is reached (counted as converged):
+relative objective gap is at most ``gap_tol``, by the last Newton step's decrement ``-g.d / (2 F)`` or by
+the strong-convexity bound at the current point (:meth:`._glm.GLM.gap_bound`, no pass over ``X``: it
+ends well-conditioned solves in their quasi-Newton phase, with no certifying Newton step). The first
+alone is loose when ``F`` is small (nearly separable layers at large ``C``), which the second closes. Or the float floor is reached (counted as converged):
 the Newton decrement is below the float resolution of ``F`` and a full Newton step no longer lowers the
 gradient; or, with the gradient test met, two Newton steps in a row lowered ``F`` by less than its float
 resolution. A Newton step whose line search finds no decrease stops the loop, unconverged.
@@ -51,7 +52,7 @@ class SolveResult(NamedTuple):
       intercept: ``()`` or ``(K,)``; zero when ``fit_intercept`` is False.
       n_iter: int32 ``()``, iterations taken (quasi-Newton and Newton).
       converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol`` and the
-        last direction's estimate of the relative objective gap was ``<= gap_tol``, or when the solve
+        relative objective gap (a Newton decrement or the strong-convexity bound) was ``<= gap_tol``, or when the solve
         reached the float floor (see the module docstring). False when ``max_iter`` ran out, when a
         Newton step's line search could not decrease the objective, or when the iterate became
         non-finite.
@@ -127,7 +128,7 @@ class _State(NamedTuple):
     ev: Evaluation  # the loss at z, kept so no line search or CG step evaluates it again
     grad: Params
     optimality: Array  # ()
-    gap: Array  # (): the last direction's estimate of the relative objective gap
+    gap: Array  # (): the relative objective gap: the last Newton decrement's or the strong-convexity bound
     memory: LBFGSMemory | None
     precond: Any  # the preconditioner's state
     progress: _Progress
@@ -251,8 +252,8 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
             step = flatten(Params(ls.step * d.coef, ls.step * d.intercept))
             remembered = remember(memory, step, flatten(g) - flatten(st.grad))
             memory = remembered
-        # A gap test is passed on a Newton decrement only: the quasi-Newton estimate of the gap can be
-        # off by orders of magnitude on ill-conditioned layers, so a met gradient test hands over too.
+        # A quasi-Newton step's own gap estimate can be off by orders of magnitude on ill-conditioned layers:
+        # a met gradient test whose gap the bound does not certify hands over to Newton-CG.
         met = (opt <= s.tol) & (s.gap_tol < float("inf"))
         step_passes = jnp.where(newton, 2 * k, 1) + 1
         phase = _next_phase(pr.phase, newton, opt, step_passes, (ls.step == 0) | ls.at_precision | met, s)
