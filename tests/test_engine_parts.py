@@ -415,8 +415,10 @@ def test_the_gap_bound_is_above_the_gap(n_classes, offset):
 
 def test_a_well_conditioned_solve_ends_without_a_newton_step():
     """On a standardised, well-conditioned layer the quasi-Newton phase reaches the gradient test and the
-    strong-convexity bound certifies the gap there: no Newton step (no CG step), converged, at
-    scikit-learn's optimum. Before the bound, the gap test passed on a Newton decrement only."""
+    strong-convexity bound certifies the gap there: no Newton step (no CG step), converged, within ``tol``
+    of scikit-learn's optimum in relative objective. Before the bound, the gap test passed on a Newton
+    decrement only. (At ``tol = 1e-5``: at 1e-7 the float32 resolution of ``F`` ends the quasi-Newton
+    phase first on this layer.)"""
     from lmprobe_jax.functional._path import solve_layers, solver_options
 
     rng = np.random.default_rng(5)
@@ -426,8 +428,15 @@ def test_a_well_conditioned_solve_ends_without_a_newton_step():
     options = solver_options(X.shape, None, fit_intercept=True, max_iter=100, max_cg_iter=None,
                              precondition_rank=None, layer_batch_size=None)
     res = solve_layers(BINARY_LOGISTIC, jnp.asarray(X), jnp.asarray(y, jnp.float32), jnp.ones((1, 2000)),
-                       jnp.asarray([1.0]), tol=1e-7, **options)
+                       jnp.asarray([1.0]), tol=1e-5, **options)
     assert bool(res.converged.all())
     assert int(res.n_cg.sum()) == 0
-    theta = T.as_theta(np.asarray(res.coef[0, 0], np.float64), np.asarray(res.intercept[0, 0], np.float64))
-    assert T.scaled_gradient_excess(X[0], y, theta, 1.0) <= 0
+    x64 = X[0].astype(np.float64)
+    ref = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-12, max_iter=1000).fit(x64, y)
+
+    def objective(w, b):
+        z = x64 @ w + b
+        return np.sum(np.logaddexp(0, z) - y * z) + 0.5 * w @ w
+
+    ours = objective(np.asarray(res.coef[0, 0], np.float64).ravel(), float(np.asarray(res.intercept).ravel()[0]))
+    assert (ours - objective(ref.coef_[0], ref.intercept_[0])) / ours <= 1e-5
