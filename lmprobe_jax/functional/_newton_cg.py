@@ -263,8 +263,11 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # resolution: the gap estimate is then rounding noise, not a gap the optimiser can close.
         settled = newton & (opt <= s.tol) & ~ls.at_precision & ls.unresolved & pr.unresolved
         # The gap test passes on a Newton decrement (a quasi-Newton step's estimate says nothing) or on the
-        # strong-convexity bound at the new point, which needs no pass and no Newton step.
-        gap = jnp.minimum(glm.gap_bound(data, params, g, ev, x_norm), jnp.where(newton, ls.gap, jnp.inf))
+        # strong-convexity bound at the new point (no pass, no Newton step), computed once the gradient test
+        # is met: for softmax it costs a few elementwise passes over the K x N logits.
+        bound = jax.lax.cond(any_across_batch(opt <= s.tol), lambda: glm.gap_bound(data, params, g, ev, x_norm),
+                             lambda: jnp.asarray(jnp.inf, dtype))
+        gap = jnp.minimum(bound, jnp.where(newton, ls.gap, jnp.inf))
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
             pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
         # In the precision regime, a full Newton step that does not lower the gradient means float
