@@ -150,17 +150,19 @@ class GLM:
     def objective(self, data: GLMData, p: Params, ev: Evaluation) -> Array:
         return jnp.sum(ev.losses) + 0.5 * data.penalty * vdot(p.coef, p.coef)
 
-    def gap_bound(self, data: GLMData, p: Params, g: Params, ev: Evaluation, x_norm: Array) -> Array:
-        r"""``()``: a bound on the relative objective gap ``(F - F^*) / F`` at ``p`` from its gradient ``g``,
-        without a pass over ``X`` (``x_norm`` is ``||X||_F``).
+    def gap_bound(self, data: GLMData, p: Params, g: Params, ev: Evaluation, x_norm: Array | None) -> Array:
+        r"""``()``: a bound on the relative objective gap ``(F - F^*) / F`` at ``p`` from its gradient ``g``.
 
         ``F`` is ``lambda``-strongly convex in ``W``: for ``phi(W) = min_b F(W, b)``,
         ``phi(W) - F^* <= |grad phi(W)|^2 / (2 lambda)`` (the duality gap of the dual point ``-dl/dz``). The
         intercept has no penalty; to first order in its own Newton step ``delta_k = g_{b_k} / h_k``
-        (``h_k = sum_i w_ik``, ``w_ik = omega_i d2l/dz_ik^2``, the class's own curvature),
-        ``F - phi(W) = sum_k g_{b_k}^2 / (2 h_k)`` and ``grad_{W_k} phi = g_{W_k} - delta_k X^T w_k``, whose
-        norm is at most ``|g_{W_k}| + |delta_k| |w_k| ||X||_F`` (Cauchy-Schwarz): so the bound holds
-        however strongly the intercept is coupled to the features (raw activations' offsets).
+        (``h_k = sum_i omega_i d2l/dz_ik^2``, the class's own curvature), ``F - phi(W) = delta . g_b / 2`` and
+        ``grad_W phi = g_W - X^T u`` with ``u = omega d2l/dz2 delta`` per sample (the intercept's coupling to
+        the features, strong on raw activations' offsets).
+
+        ``x_norm``: ``||X||_F``, to bound ``|(X^T u)_k| <= |u_k| ||X||_F`` (Cauchy-Schwarz) without a pass over
+        ``X``; None: the product itself, one pass (a tighter bound where ``X``'s columns are not aligned with
+        ``u``, as standardised features are not).
         """
         lam = guard(data.penalty)
         if not self.fit_intercept:
@@ -168,9 +170,12 @@ class GLM:
         h = guard(jnp.sum(self.curvature(data, ev.aux), axis=-1))  # () or (K,)
         delta = g.intercept / h
         u = self.weighted_hvp(data, ev.aux, jnp.broadcast_to(delta[..., None], ev.residual.shape))
-        coef = jnp.sqrt(jnp.sum(jnp.square(g.coef), axis=-1)) + jnp.sqrt(jnp.sum(jnp.square(u), axis=-1)) * x_norm
-        gap = jnp.sum(jnp.square(coef)) / lam + jnp.sum(delta * g.intercept)
-        return gap / (2 * guard(self.objective(data, p, ev)))
+        if x_norm is None:
+            coef = jnp.sum(jnp.square(g.coef - self.products.rmatvec(data.X, u)))
+        else:
+            norms = jnp.sqrt(jnp.sum(jnp.square(g.coef), axis=-1)) + jnp.sqrt(jnp.sum(jnp.square(u), axis=-1)) * x_norm
+            coef = jnp.sum(jnp.square(norms))
+        return (coef / lam + jnp.sum(delta * g.intercept)) / (2 * guard(self.objective(data, p, ev)))
 
     def gradient(self, data: GLMData, p: Params, ev: Evaluation) -> Params:
         """The gradient of the scaled objective at ``p`` (``ev`` its evaluation): one pass over ``X``."""

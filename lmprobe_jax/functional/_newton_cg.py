@@ -254,19 +254,24 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
             memory = remembered
         # A quasi-Newton step's own gap estimate can be off by orders of magnitude on ill-conditioned layers:
         # a met gradient test whose gap the bound does not certify hands over to Newton-CG.
-        met = (opt <= s.tol) & (s.gap_tol < float("inf"))
+        met = opt <= s.tol
         step_passes = jnp.where(newton, 2 * k, 1) + 1
-        phase = _next_phase(pr.phase, newton, opt, step_passes, (ls.step == 0) | ls.at_precision | met, s)
+        forced = (ls.step == 0) | ls.at_precision | (met & (s.gap_tol < float("inf")))
+        phase = _next_phase(pr.phase, newton, opt, step_passes, forced, s)
         passes = pr.n_passes + step_passes
         stalled = newton & (ls.step == 0) & ~ls.at_precision
         # The gradient test is met and two Newton steps in a row lowered F by less than its float
         # resolution: the gap estimate is then rounding noise, not a gap the optimiser can close.
-        settled = newton & (opt <= s.tol) & ~ls.at_precision & ls.unresolved & pr.unresolved
+        settled = newton & met & ~ls.at_precision & ls.unresolved & pr.unresolved
         # The gap test passes on a Newton decrement (a quasi-Newton step's estimate says nothing) or on the
-        # strong-convexity bound at the new point (no pass, no Newton step), computed once the gradient test
-        # is met: for softmax it costs a few elementwise passes over the K x N logits.
-        bound = jax.lax.cond(any_across_batch(opt <= s.tol), lambda: glm.gap_bound(data, params, g, ev, x_norm),
-                             lambda: jnp.asarray(jnp.inf, dtype))
+        # strong-convexity bound at the new point (no Newton step), computed once the gradient test is met
+        # (for softmax it costs a few elementwise passes over the K x N logits): first the bound that needs
+        # no pass over X, then, where it falls short, the one whose intercept coupling costs a pass.
+        bound = _if(any_across_batch(met), lambda: glm.gap_bound(data, params, g, ev, x_norm), dtype)
+        if glm.fit_intercept:  # without an intercept there is no coupling: the two bounds are one
+            exact = any_across_batch(met & (bound > s.gap_tol))
+            bound = jnp.minimum(bound, _if(exact, lambda: glm.gap_bound(data, params, g, ev, None), dtype))
+            passes = passes + exact.astype(passes.dtype)
         gap = jnp.minimum(bound, jnp.where(newton, ls.gap, jnp.inf))
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
             pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
@@ -362,6 +367,11 @@ def _next_phase(ph: _Phase, newton: Array, opt: Array, passes: Array, forced: Ar
     after_newton = _Phase(~back, locked, jnp.where(back, since_back, ph.since + 1), jnp.where(back, fresh, best),
                           ph.qn_rate, step_rate)
     return jax.tree.map(lambda a, b: jnp.where(newton, a, b), after_newton, after_qn)
+
+
+def _if(predicate: Array, bound: Any, dtype: Any) -> Array:
+    """``bound()`` where ``predicate`` holds (a branch, not a select: the predicate is one for a batch), else inf."""
+    return jax.lax.cond(predicate, bound, lambda: jnp.asarray(jnp.inf, dtype))
 
 
 def _converged(st: _State, s: Settings) -> Array:
