@@ -21,9 +21,10 @@ batch (any problem's hand-over moves them all), so each iteration runs one kind 
 
 Stopping rule: the scaled gradient's max-abs entry is ``<= tol`` (scikit-learn's criterion) *and* the
 relative objective gap is at most ``gap_tol``, by the last Newton step's decrement ``-g.d / (2 F)`` or by
-the strong-convexity bound at the current point (:meth:`._glm.GLM.gap_bound`, no pass over ``X``: it
-ends well-conditioned solves in their quasi-Newton phase, with no certifying Newton step). The first
-alone is loose when ``F`` is small (nearly separable layers at large ``C``), which the second closes. Or the float floor is reached (counted as converged):
+the strong-convexity bound at the current point (:meth:`._glm.GLM.gap_bound`: no pass over ``X``, or one
+where that falls short; it ends well-conditioned solves in their quasi-Newton phase, with no certifying
+Newton step). The first alone is loose when ``F`` is small (nearly separable layers at large ``C``),
+which the second closes. Or the float floor is reached (counted as converged):
 the Newton decrement is below the float resolution of ``F`` and a full Newton step no longer lowers the
 gradient; or, with the gradient test met, two Newton steps in a row lowered ``F`` by less than its float
 resolution. A Newton step whose line search finds no decrease stops the loop, unconverged.
@@ -52,8 +53,8 @@ class SolveResult(NamedTuple):
       intercept: ``()`` or ``(K,)``; zero when ``fit_intercept`` is False.
       n_iter: int32 ``()``, iterations taken (quasi-Newton and Newton).
       converged: bool ``()``, True when the scaled gradient's max-abs entry fell to ``<= tol`` and the
-        relative objective gap (a Newton decrement or the strong-convexity bound) was ``<= gap_tol``, or when the solve
-        reached the float floor (see the module docstring). False when ``max_iter`` ran out, when a
+        relative objective gap (a Newton decrement or the strong-convexity bound) was ``<= gap_tol``, or
+        when the solve reached the float floor (see the module docstring). False when ``max_iter`` ran out, when a
         Newton step's line search could not decrease the objective, or when the iterate became
         non-finite.
       optimality: ``()``, the scaled gradient's max-abs entry at the returned solution.
