@@ -103,3 +103,11 @@ def test_regime_panel_runs_and_reports_every_workload():
         cells = [c.strip() for c in row.split("|")]
         if cells[2] in ("C=1, defaults", "8-C path, defaults"):
             assert float(cells[6]) <= max(float(cells[7]), 1e-6), row  # gap ours <= gap sklearn
+
+
+def test_regime_passes_reports_counts_and_gaps():
+    """The pass counts per regime at a twentieth of the sizes: a count and a gap per workload, converged."""
+    out = run_script("regime_passes.py", "--regimes", "clear", "softmax-10", "--scale", "0.05")
+    assert re.search(r"clear: C=1: [\d.]+ passes a layer, worst gap [-\d.e+]+, converged True; 8-C path: ", out), out
+    assert re.search(r"softmax-10 .*C=1: \d+ passes, gap [-\d.e+]+, converged True", out), out
+    assert worst(r"gap ([-\d.e+]+)", out) <= 1e-6
