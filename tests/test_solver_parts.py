@@ -318,6 +318,8 @@ def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
                             layer_batch_size=None, policy=cpu)["policy"]
     assert on_cpu.nystrom_decay == cpu.softmax_nystrom_decay > cpu.nystrom_decay
     assert on_cpu.quasi_newton_memory == cpu.softmax_quasi_newton_memory > 0
+    # Binary solves may end on the gap bound, softmax ones take the certifying Newton step.
+    assert cpu.gap_bound and not on_cpu.gap_bound
     wide = resolved((32, 100, 4096), batch=32)
     assert wide.woodbury and wide.hessian_refresh_cg == 0 and wide.nystrom_rank == 0 and wide.quasi_newton_memory == 0
     # 32 layers of 8192 features at once need 4 x 8.6 GB > 20 GB; 8 at a time fit.

@@ -88,6 +88,7 @@ class Settings(NamedTuple):
       switch_window, switch_progress, switch_after: the hand-over rule (see the module docstring); it
         is not applied before ``switch_after`` quasi-Newton iterations.
       refine: Newton steps in the step length after the first (:mod:`._linesearch`).
+      gap_bound: the strong-convexity bound may pass the gap test (else only a Newton decrement does).
     """
 
     tol: float
@@ -99,6 +100,7 @@ class Settings(NamedTuple):
     switch_progress: float
     switch_after: int
     refine: int = 1
+    gap_bound: bool = True
 
 
 class _Phase(NamedTuple):
@@ -268,12 +270,14 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # strong-convexity bound at the new point (no Newton step), computed once the gradient test is met
         # (for softmax it costs a few elementwise passes over the K x N logits): first the bound that needs
         # no pass over X, then, where it falls short, the one whose intercept coupling costs a pass.
-        bound = _if(any_across_batch(met), lambda: glm.gap_bound(data, params, g, ev, x_norm), dtype)
-        if glm.fit_intercept:  # without an intercept there is no coupling: the two bounds are one
-            exact = any_across_batch(met & (bound > s.gap_tol))
-            bound = jnp.minimum(bound, _if(exact, lambda: glm.gap_bound(data, params, g, ev, None), dtype))
-            passes = passes + exact.astype(passes.dtype)
-        gap = jnp.minimum(bound, jnp.where(newton, ls.gap, jnp.inf))
+        gap = jnp.where(newton, ls.gap, jnp.inf)
+        if s.gap_bound:
+            bound = _if(any_across_batch(met), lambda: glm.gap_bound(data, params, g, ev, x_norm), dtype)
+            if glm.fit_intercept:  # without an intercept there is no coupling: the two bounds are one
+                exact = any_across_batch(met & (bound > s.gap_tol))
+                bound = jnp.minimum(bound, _if(exact, lambda: glm.gap_bound(data, params, g, ev, None), dtype))
+                passes = passes + exact.astype(passes.dtype)
+            gap = jnp.minimum(gap, bound)
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
             pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
         # In the precision regime, a full Newton step that does not lower the gradient means float

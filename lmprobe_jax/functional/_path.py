@@ -92,8 +92,8 @@ def solver_options(
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), ``quasi_newton_memory`` and ``nystrom_decay`` to the softmax ones for softmax, and
-    ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
+    take one CG step), ``quasi_newton_memory``, ``nystrom_decay`` and ``gap_bound`` to the softmax ones for
+    softmax, and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
         policy = default_policy()
@@ -113,6 +113,7 @@ def solver_options(
         quasi_newton_memory=0 if wide else (
             policy.softmax_quasi_newton_memory if softmax else policy.quasi_newton_memory),
         nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
+        gap_bound=policy.softmax_gap_bound if softmax else policy.gap_bound,
     )
     return {
         "n_outputs": n_outputs,
@@ -195,7 +196,7 @@ def solve_layers(
     glm = GLM(loss, bool(fit_intercept), products(policy.fused_max_rows))
     settings = Settings(tol, tol if gap_tol is None else gap_tol, max_iter, max_cg_iter, policy.quasi_newton_memory,
                         policy.switch_window, policy.switch_progress, policy.switch_after,
-                        policy.line_search_refine)
+                        policy.line_search_refine, policy.gap_bound)
     n_samples, n_features = X.shape[1:]
     n_w, n_c = weights.shape[0], Cs.shape[-1]
     n_intercept = n_outputs or 1

@@ -33,6 +33,12 @@ class SolverPolicy:
         steps stopped paying: each costs two passes over ``X``, a Newton step one plus two per CG step).
       switch_after: quasi-Newton iterations before that rule applies (L-BFGS's first iterations, while
         its memory fills, gain least).
+      gap_bound: a solve may end on the strong-convexity bound of its objective gap
+        (:meth:`._glm.GLM.gap_bound`) instead of taking a Newton step to certify it (False: only a Newton
+        decrement passes the gap test). It saved 4-21% of the passes where it passes on the binary panel.
+      softmax_gap_bound: the same for softmax solves. Off: on 300 Zipf classes the bound ended the solve 8%
+        sooner but at a 20x larger gap (2.9e-9 against 1.3e-10), which the last Newton step's quadratic
+        convergence buys cheaply (RESULTS.md).
       line_search_refine: Newton steps in the step length after the quadratic model's (each costs
         ``O(N K)`` elementwise work, no pass over ``X``; :mod:`._linesearch`).
       nystrom_rank: rank of the per-layer Nystrom preconditioner of the Gram matrix (0: none); the
@@ -74,6 +80,8 @@ class SolverPolicy:
     switch_window: int = 8
     switch_progress: float = 0.5
     switch_after: int = 10
+    gap_bound: bool = True
+    softmax_gap_bound: bool = False
     line_search_refine: int = 0
     nystrom_rank: int = 64
     nystrom_features_per_rank: int = 16
