@@ -259,7 +259,10 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # a met gradient test whose gap the bound does not certify hands over to Newton-CG.
         met = opt <= s.tol
         step_passes = jnp.where(newton, 2 * k, 1) + 1
-        forced = (ls.step == 0) | ls.at_precision | (met & (s.gap_tol < float("inf")))
+        # Below F's float resolution a quasi-Newton step is taken untested (its quadratic model's step), which
+        # near the optimum is the line search's step: the phase goes on while it still lowers the gradient.
+        blind = ls.at_precision & (newton | (opt >= st.optimality))
+        forced = (ls.step == 0) | blind | (met & (s.gap_tol < float("inf")))
         phase = _next_phase(pr.phase, newton, opt, step_passes, forced, s)
         passes = pr.n_passes + step_passes
         stalled = newton & (ls.step == 0) & ~ls.at_precision
