@@ -432,12 +432,7 @@ def test_a_well_conditioned_solve_ends_without_a_newton_step():
                        jnp.asarray([1.0]), tol=1e-5, **options)
     assert bool(res.converged.all())
     assert int(res.n_cg.sum()) == 0
-    x64 = X[0].astype(np.float64)
-    ref = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-12, max_iter=1000).fit(x64, y)
-
-    def objective(w, b):
-        z = x64 @ w + b
-        return np.sum(np.logaddexp(0, z) - y * z) + 0.5 * w @ w
-
-    ours = objective(np.asarray(res.coef[0, 0], np.float64).ravel(), float(np.asarray(res.intercept).ravel()[0]))
-    assert (ours - objective(ref.coef_[0], ref.intercept_[0])) / ours <= 1e-5
+    ref = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-12, max_iter=1000).fit(X[0].astype(np.float64), y)
+    p = T.problem(X[0], y, 1.0)
+    ours = T.objective(p, T.as_theta(res.coef[0, 0, 0], res.intercept[0, 0, 0]))
+    assert (ours - T.objective(p, T.as_theta(ref.coef_[0], ref.intercept_[0]))) / ours <= 1e-5
