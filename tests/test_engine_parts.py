@@ -22,6 +22,7 @@ from lmprobe_jax.functional._lbfgs import (
 from lmprobe_jax.functional._linesearch import line_search
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
 from lmprobe_jax.functional._multinomial import SOFTMAX
+from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._products import products
 
 
@@ -147,7 +148,6 @@ def test_a_steep_layers_newton_steps_precondition_its_cg():
     """A layer solved Newton-first (massive-activation features) preconditions CG with its Nystrom
     approximation and, on top, the L-BFGS pairs of its own Newton steps: fewer CG steps than with no
     memory (policy quasi_newton_memory=0), to the same convergence."""
-    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, 32))
@@ -189,11 +189,30 @@ def test_phase_rule_hands_over_by_progress_per_pass():
     assert bool(kept.newton)
 
 
+def test_a_newton_step_measured_at_no_progress_does_not_end_newton_for_good():
+    # One Newton step whose max-abs gradient rose (F fell) reads 0 decades per pass; the quasi-Newton phase
+    # it hands back to must still hand over again once it slows (it once crawled to max_iter at opt 2e-4).
+    s = _newton_cg.Settings(tol=1e-7, gap_tol=1e-7, max_iter=100, max_cg_iter=50, memory=10, switch_window=2,
+                            switch_progress=0.5, switch_after=2)
+    no, yes = jnp.bool_(False), jnp.bool_(True)
+    phase = _newton_cg._first_phase(jnp.float32(1.0), s, no)
+    for opt in (0.1, 0.099, 0.098):
+        phase = _newton_cg._next_phase(phase, no, jnp.float32(opt), jnp.int32(2), no, s)
+    assert bool(phase.newton)
+    phase = _newton_cg._next_phase(phase, yes, jnp.float32(0.2), jnp.int32(34), no, s)  # rose: no progress
+    assert not bool(phase.newton) and float(phase.newton_rate) > 0
+    opt, steps = 0.01, 0
+    while not bool(phase.newton) and steps < 50:
+        opt *= 0.99  # 0.002 decades per pass, far slower than any Newton step so far
+        phase = _newton_cg._next_phase(phase, no, jnp.float32(opt), jnp.int32(2), no, s)
+        steps += 1
+    assert bool(phase.newton), "the quasi-Newton phase never handed over"
+
+
 def _quasi_newton_steps(X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> int:
     """Quasi-Newton iterations of fit_logistic's (``n_classes`` None) or fit_multinomial's solve of one layer
     at C=1 (from the solver's counts: a quasi-Newton step costs 2 passes, a Newton step 1 + 2 per CG step,
     the start 2). Asserts that the solve converged."""
-    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     options = solver_options(X[None].shape, n_classes, fit_intercept=True, max_iter=100, max_cg_iter=None,
                              precondition_rank=None, layer_batch_size=None)
@@ -292,7 +311,6 @@ def test_a_solve_started_at_its_solution_only_certifies_it(C):
     the ray search began at the null point's quadratic model it stopped short on every layer, and a
     restart cost about as many iterations as the cold solve (here 11-15 against 15-18 at C=1, 24-90 against
     28-46 at C=100), which made warm-started paths and CV slower than the engine before it."""
-    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2, 400, 64))
@@ -346,7 +364,6 @@ def test_a_path_point_starts_from_the_last_points_curvature_pairs():
     """Each C of a path starts its quasi-Newton phase from the previous C's L-BFGS pairs (moved to its
     penalty), not from an empty memory: from the same start, the path's second solve takes fewer
     iterations than the same solve alone, and both stop within the tol-1e-7 region of the optimum."""
-    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     rng = np.random.default_rng(4)
     X = rng.normal(size=(1, 600, 48))
@@ -420,7 +437,6 @@ def test_a_well_conditioned_solve_ends_without_a_newton_step():
     of scikit-learn's optimum in relative objective. Before the bound, the gap test passed on a Newton
     decrement only. (At ``tol = 1e-5``: at 1e-7 the float32 resolution of ``F`` ends the quasi-Newton
     phase first on this layer.)"""
-    from lmprobe_jax.functional._path import solve_layers, solver_options
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(1, 2000, 64))
@@ -436,3 +452,4 @@ def test_a_well_conditioned_solve_ends_without_a_newton_step():
     p = T.problem(X[0], y, 1.0)
     ours = T.objective(p, T.as_theta(res.coef[0, 0, 0], res.intercept[0, 0, 0]))
     assert (ours - T.objective(p, T.as_theta(ref.coef_[0], ref.intercept_[0]))) / ours <= 1e-5
+

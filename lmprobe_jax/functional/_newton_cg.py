@@ -354,8 +354,8 @@ def _next_phase(ph: _Phase, newton: Array, opt: Array, passes: Array, forced: Ar
     phase, once ``switch_after`` iterations old, hands over to Newton-CG when its last ``switch_window``
     iterations made less progress per pass than the last Newton step did (or, before any, than the prior
     a ``switch_progress`` reduction over the window sets); a Newton step hands back when it made less than
-    that window did. The Newton rate the quasi-Newton phase is judged against is the mean of the last
-    step's and the one before it (the prior before any), halving the weight of older steps. ``forced`` (the quasi-Newton step could not measure progress, or a gap test must be
+    that window did. The Newton rate the quasi-Newton phase is judged against is the last step's, or half
+    the one before it (the prior before any) where that is more. ``forced`` (the quasi-Newton step could not measure progress, or a gap test must be
     passed on a Newton decrement) locks the solve into Newton-CG.
     """
     best_now = jnp.minimum(ph.best[-1], opt)
@@ -373,9 +373,9 @@ def _next_phase(ph: _Phase, newton: Array, opt: Array, passes: Array, forced: Ar
     locked = ph.locked | forced
     back = ~locked & (step_rate < ph.qn_rate)
     since_back = max(s.switch_after - s.switch_window, 0)  # the memory is filled: one window decides
-    # A running mean, not the last step's rate alone: one step's max-abs gradient can rise while F falls,
-    # and a rate of zero would keep a slowing quasi-Newton phase from ever handing over again.
-    newton_rate = 0.5 * (ph.newton_rate + step_rate)
+    # One step lowers the record by half at most: its max-abs gradient can rise while F falls, and a rate
+    # of zero would keep a slowing quasi-Newton phase from ever handing over again.
+    newton_rate = jnp.maximum(step_rate, 0.5 * ph.newton_rate)
     after_newton = _Phase(~back, locked, jnp.where(back, since_back, ph.since + 1), jnp.where(back, fresh, best),
                           ph.qn_rate, newton_rate)
     return jax.tree.map(lambda a, b: jnp.where(newton, a, b), after_newton, after_qn)
