@@ -134,7 +134,7 @@ def study_products(repeats):
 
         def make_run(policy, X=X, y=y, loss=loss, weights=weights, Cs=Cs, tol=tol, gap_tol=gap_tol,
                      n_outputs=n_outputs):
-            precond = layer_preconditioners(X, fit_intercept=True, layer_batch_size=1, policy=policy)
+            precond = layer_preconditioners(X, weights, fit_intercept=True, layer_batch_size=1, policy=policy)
             return solve_run(loss, X, y, weights, Cs, policy=policy, n_outputs=n_outputs, tol=tol, gap_tol=gap_tol,
                              precond=precond)
 

@@ -198,7 +198,7 @@ def cross_validate_logistic(
     precond = None
     if options["policy"].nystrom_rank:
         precond = _aot.call(
-            layer_preconditioners, X=X3, fit_intercept=options["fit_intercept"],
+            layer_preconditioners, X=X3, sample_weight=jnp.asarray(train), fit_intercept=options["fit_intercept"],
             layer_batch_size=options["layer_batch_size"], policy=options["policy"],
         )
     folds_res = _aot.call(

@@ -14,6 +14,11 @@ time (the CPU default), a binary path builds the exact inverse Hessian at a solu
 justifies it (:mod:`._hessian_inverse`); with ``policy.layer_warm_start`` each layer's first ``C`` also
 starts from the best multiple of the previous layer's solution (off by default: a layer's fit then
 depends on its own data only).
+
+With an intercept, each layer is solved on its features centred at their weighted mean
+(:func:`feature_shift`): the same problem (the intercept is not penalised; it absorbs the shift), better
+conditioned where features share an offset (raw activations) and with less float32 cancellation in the
+predictor; solutions come back in the caller's coordinates.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ._lbfgs import LBFGSMemory, empty_memory, reweight_penalty
 from ._newton_cg import Settings, SolveResult, minimise, warm_start
 from ._nystrom import NystromApprox
 from ._policy import SolverPolicy, default_policy
+from ._precision import matmul
 from ._preconditioners import Preconditioner, identity, lagged, layer_nystrom, nystrom, refreshed, woodbury
 from ._products import products
 from ._woodbury import layer_kernel, use_woodbury
@@ -127,15 +133,35 @@ def solver_options(
 
 
 @functools.partial(jax.jit, static_argnames=("fit_intercept", "layer_batch_size", "policy"))
-def layer_preconditioners(X: Array, *, fit_intercept: bool, layer_batch_size: int, policy: SolverPolicy) -> NystromApprox:
+def layer_preconditioners(X: Array, sample_weight: Array, *, fit_intercept: bool, layer_batch_size: int,
+                          policy: SolverPolicy) -> NystromApprox:
     """Every layer's Nystrom approximation for :func:`solve_layers`'s ``precond`` (fields with a leading
-    ``L`` axis; rank ``policy.nystrom_rank``, skipped where the spectrum is flat: :func:`layer_nystrom`).
+    ``L`` axis; rank ``policy.nystrom_rank``, skipped where the spectrum is flat: :func:`layer_nystrom`), of
+    the features as :func:`solve_layers` sees them (centred by :func:`feature_shift` of ``sample_weight``
+    ``(W, N)`` when ``fit_intercept``).
 
     Computed apart so that several solves on the same ``X`` share it (a cross-validation's folds and its
     refit): each solve then neither recomputes it nor compiles its QR, Cholesky and SVD again.
     """
     dtype = compute_dtype(X.dtype)
-    return over_layers(lambda x: _nystrom_of(x.astype(dtype), fit_intercept, policy), X, layer_batch_size=layer_batch_size)
+    weights = sample_weight.astype(dtype)
+
+    def one(x: Array) -> NystromApprox:
+        x = x.astype(dtype)
+        return _nystrom_of(x - feature_shift(x, weights) if fit_intercept else x, fit_intercept, policy)
+
+    return over_layers(one, X, layer_batch_size=layer_batch_size)
+
+
+def feature_shift(x: Array, sample_weight: Array) -> Array:
+    r"""``(D,)``: the column mean of ``x`` ``(N, D)`` under the samples' total weight over the weight sets
+    ``sample_weight`` ``(W, N)``, ``mu = sum_i t_i x_i / sum_i t_i`` with ``t = sum_w s_w`` (one pass).
+
+    With an unpenalised intercept, ``(w, b)`` on ``x`` and ``(w, b + mu . w)`` on ``x - mu`` are the same
+    fit. CV folds' training weights count every sample in ``F - 1`` folds, so their shift is the full data's.
+    """
+    total = jnp.sum(sample_weight, axis=0)
+    return matmul(total, x) / jnp.sum(total)
 
 
 def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
@@ -224,6 +250,9 @@ def solve_layers(
         return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
+        shift = feature_shift(x, weights) if fit_intercept else jnp.zeros(n_features, dtype)
+        x = x - shift if fit_intercept else x
+        start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)
 
         def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, s: Array, coef0: Array,
@@ -281,7 +310,8 @@ def solve_layers(
         _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0, memory0),
                                (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
         unsorted = jnp.argsort(order)
-        return SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
+        res = SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
+        return res._replace(intercept=res.intercept - matmul(res.coef, shift))  # back to the caller's features
 
     zeros = (jnp.zeros((n_w,) + lead + (n_features,), dtype), jnp.zeros((n_w,) + lead, dtype))
     if init is not None:
