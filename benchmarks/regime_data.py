@@ -13,6 +13,12 @@ with Zipf-distributed class labels. Every generator is seeded, so a regime is th
 * ``smollm2-raw`` / ``smollm2-std``: the demo's data, real residual streams (see :func:`smollm2_cities`).
 * ``softmax-K``: one layer, N = 8000, D = 576, K classes drawn from a Zipf law (rare classes have a few
   samples and are separable, as next-token targets are); anisotropic features, standardised.
+
+Seven more binary regimes of 4 layers, none of which any solver choice was tuned on (added to check the
+engine on data it had not seen): ``imbalanced`` (2% positives, standardised), ``duplicated`` (every column
+twice: rank D / 2), ``tiny`` (N = 40, D = 768), ``huge-scale`` (features x 1000 + 5000, not standardised),
+``binary-features`` (sparse 0/1 features), ``offset-columns`` (standardised, plus 20 zero and 10 constant
+columns) and ``small-separable`` (200 x 50, separable).
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from __future__ import annotations
 import numpy as np
 from synthetic import make_layers
 
-BINARY = ("clear", "weak", "correlated", "raw", "wide", "tall", "smollm2-raw", "smollm2-std")
+UNSEEN = ("imbalanced", "duplicated", "tiny", "huge-scale", "binary-features", "offset-columns", "small-separable")
+BINARY = ("clear", "weak", "correlated", "raw", "wide", "tall", "smollm2-raw", "smollm2-std") + UNSEEN
 SOFTMAX = ("softmax-10", "softmax-100", "softmax-300", "softmax-2000")
 
 
-def independent(n_layers: int, n: int, d: int, *, separation: tuple[float, float], seed: int = 0):
-    """Standard normal features plus ``+-separation / 2`` along a random unit direction, standardised."""
+def signal(n_layers: int, n: int, d: int, *, separation: tuple[float, float], positive: float = 0.5, seed: int = 0):
+    """``(layers (L, N, D) float64, y)``: standard normal features plus ``+-separation / 2`` along a random unit
+    direction (the separation growing with depth), a fraction ``positive`` of the labels 1."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
+    y = rng.integers(0, 2, n) if positive == 0.5 else (rng.random(n) < positive).astype(int)
     layers = []
     for layer in range(n_layers):
         z = rng.standard_normal((n, d))
@@ -35,8 +43,40 @@ def independent(n_layers: int, n: int, d: int, *, separation: tuple[float, float
         v /= np.linalg.norm(v)
         sep = separation[0] + (separation[1] - separation[0]) * layer / max(n_layers - 1, 1)
         z += np.outer((2 * y - 1) * 0.5 * sep, v)
-        layers.append(((z - z.mean(0)) / z.std(0)).astype(np.float32))
+        layers.append(z)
     return np.stack(layers), y
+
+
+def standardised(X):
+    """Each layer's columns at mean 0 and variance 1 (constant columns left at 0), as float32."""
+    sd = X.std(1, keepdims=True)
+    return ((X - X.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1)).astype(np.float32)
+
+
+def independent(n_layers: int, n: int, d: int, *, separation: tuple[float, float], seed: int = 0):
+    """:func:`signal`'s features, standardised."""
+    X, y = signal(n_layers, n, d, separation=separation, seed=seed)
+    return standardised(X), y
+
+
+def binary_features(n_layers: int, n: int, d: int, *, seed: int = 0):
+    """Sparse 0/1 features (3-7% ones), each feature's rate tilted by the class, more with depth."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    layers = []
+    for layer in range(n_layers):
+        rate = 0.03 + 0.04 * rng.random(d)
+        tilt = rng.standard_normal(d) * 0.15 * (layer + 1)
+        layers.append((rng.random((n, d)) < rate * np.exp(np.outer(2 * y - 1, tilt))).astype(np.float32))
+    return np.stack(layers), y
+
+
+def offset_columns(n_layers: int, n: int, d: int, *, seed: int = 0):
+    """Standardised features whose first 20 columns are 0 and next 10 the constant 3."""
+    X, y = independent(n_layers, n, d, separation=(0.25, 1.0), seed=seed)
+    X[:, :, :20] = 0.0
+    X[:, :, 20:30] = 3.0
+    return X, y
 
 
 def raw_llm(n_layers: int, n: int, d: int, *, rank: int = 48, n_outliers: int = 4, seed: int = 0):
@@ -110,6 +150,16 @@ def regime(name: str, scale: float = 1.0):
         "raw": lambda: raw_llm(8, *size(2000, 512)),
         "wide": lambda: independent(8, *size(400, 2048), separation=(1.0, 4.0)),
         "tall": lambda: independent(6, *size(20000, 128), separation=(0.5, 2.0)),
+        "imbalanced": lambda: (lambda X, y: (standardised(X), y))(
+            *signal(4, *size(3000, 256), separation=(0.5, 2.0), positive=0.02)),
+        "duplicated": lambda: (lambda X, y: (np.concatenate([X, X], axis=-1), y))(
+            *independent(4, *size(2000, 256), separation=(0.35, 1.4))),
+        "tiny": lambda: independent(4, *size(40, 768), separation=(0.25, 1.0)),
+        "huge-scale": lambda: (lambda X, y: ((X * 1000.0 + 5000.0).astype(np.float32), y))(
+            *signal(4, *size(2000, 256), separation=(0.25, 1.0))),
+        "binary-features": lambda: binary_features(4, *size(3000, 512)),
+        "offset-columns": lambda: offset_columns(4, *size(2000, 256)),
+        "small-separable": lambda: independent(4, *size(200, 50), separation=(3.0, 12.0)),
     }
     X, y = makers[name]()
     return X, y, None
