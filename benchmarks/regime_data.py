@@ -59,6 +59,24 @@ def independent(n_layers: int, n: int, d: int, *, separation: tuple[float, float
     return standardised(X), y
 
 
+def imbalanced(n_layers: int, n: int, d: int, *, seed: int = 0):
+    """:func:`signal`'s features with 2% positives, standardised."""
+    X, y = signal(n_layers, n, d, separation=(0.5, 2.0), positive=0.02, seed=seed)
+    return standardised(X), y
+
+
+def duplicated(n_layers: int, n: int, d: int, *, seed: int = 0):
+    """Standardised features, each column twice (``2 d`` columns of rank ``d``)."""
+    X, y = independent(n_layers, n, d, separation=(0.35, 1.4), seed=seed)
+    return np.concatenate([X, X], axis=-1), y
+
+
+def huge_scale(n_layers: int, n: int, d: int, *, seed: int = 0):
+    """:func:`signal`'s features times 1000 plus 5000, not standardised."""
+    X, y = signal(n_layers, n, d, separation=(0.25, 1.0), seed=seed)
+    return (X * 1000.0 + 5000.0).astype(np.float32), y
+
+
 def binary_features(n_layers: int, n: int, d: int, *, seed: int = 0):
     """Sparse 0/1 features (3-7% ones), each feature's rate tilted by the class, more with depth."""
     rng = np.random.default_rng(seed)
@@ -150,13 +168,10 @@ def regime(name: str, scale: float = 1.0):
         "raw": lambda: raw_llm(8, *size(2000, 512)),
         "wide": lambda: independent(8, *size(400, 2048), separation=(1.0, 4.0)),
         "tall": lambda: independent(6, *size(20000, 128), separation=(0.5, 2.0)),
-        "imbalanced": lambda: (lambda X, y: (standardised(X), y))(
-            *signal(4, *size(3000, 256), separation=(0.5, 2.0), positive=0.02)),
-        "duplicated": lambda: (lambda X, y: (np.concatenate([X, X], axis=-1), y))(
-            *independent(4, *size(2000, 256), separation=(0.35, 1.4))),
+        "imbalanced": lambda: imbalanced(4, *size(3000, 256)),
+        "duplicated": lambda: duplicated(4, *size(2000, 256)),
         "tiny": lambda: independent(4, *size(40, 768), separation=(0.25, 1.0)),
-        "huge-scale": lambda: (lambda X, y: ((X * 1000.0 + 5000.0).astype(np.float32), y))(
-            *signal(4, *size(2000, 256), separation=(0.25, 1.0))),
+        "huge-scale": lambda: huge_scale(4, *size(2000, 256)),
         "binary-features": lambda: binary_features(4, *size(3000, 512)),
         "offset-columns": lambda: offset_columns(4, *size(2000, 256)),
         "small-separable": lambda: independent(4, *size(200, 50), separation=(3.0, 12.0)),
