@@ -200,7 +200,8 @@ def test_streamed_memmap_and_iterator_give_the_in_memory_fit(store, stacked, tmp
     mapped[...] = stacked
     mapped.flush()
     readonly = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert_trees_close(F.fit_logistic(readonly, y, C=[0.1, 1.0], memory_budget=one_layer_budget()), want, 1e-5)
+    budget = one_layer_budget(F.fit_logistic.streamed_copies)
+    assert_trees_close(F.fit_logistic(readonly, y, C=[0.1, 1.0], memory_budget=budget), want, 1e-5)
     chunks = iter([stacked[:4], stacked[4], stacked[5:]])  # (k, N, D) and (N, D) chunks
     assert_trees_close(F.fit_logistic(chunks, y, C=[0.1, 1.0]), want, 1e-5)
 
@@ -216,7 +217,7 @@ def test_store_layers_and_pooling_are_chosen_with_layer_source(store, stacked):
 
 def test_iterator_chunk_too_large_and_empty_iterator_are_refused(stacked, store):
     with pytest.raises(ValueError, match=r"Chunk 0 of the layer iterator \(6 layers x 700 x 40\).*memory_budget"):
-        F.fit_logistic(iter([stacked]), store.labels, memory_budget=one_layer_budget())
+        F.fit_logistic(iter([stacked]), store.labels, memory_budget=one_layer_budget(F.fit_logistic.streamed_copies))
     with pytest.raises(ValueError, match="yielded no chunks"):
         F.fit_ridge(iter([]), store.labels)
 

@@ -15,10 +15,11 @@ justifies it (:mod:`._hessian_inverse`); with ``policy.layer_warm_start`` each l
 starts from the best multiple of the previous layer's solution (off by default: a layer's fit then
 depends on its own data only).
 
-With an intercept, each layer is solved on its features centred at their weighted mean
-(:func:`feature_shift`): the same problem (the intercept is not penalised; it absorbs the shift), better
-conditioned where features share an offset (raw activations) and with less float32 cancellation in the
-predictor; solutions come back in the caller's coordinates.
+With an intercept and layers solved one at a time (``policy.centre_features``), each layer is solved on
+its features centred at their weighted mean (:func:`feature_shift`): the same problem (the intercept is
+not penalised; it absorbs the shift), better conditioned where features share an offset (raw
+activations) and with less float32 cancellation in the predictor; solutions come back in the caller's
+coordinates.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def solver_options(
             policy.softmax_quasi_newton_memory if softmax else policy.quasi_newton_memory),
         nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
         gap_bound=policy.softmax_gap_bound if softmax else policy.gap_bound,
+        centre_features=policy.centre_features and batch == 1,
     )
     return {
         "n_outputs": n_outputs,
@@ -138,7 +140,7 @@ def layer_preconditioners(X: Array, sample_weight: Array, *, fit_intercept: bool
     """Every layer's Nystrom approximation for :func:`solve_layers`'s ``precond`` (fields with a leading
     ``L`` axis; rank ``policy.nystrom_rank``, skipped where the spectrum is flat: :func:`layer_nystrom`), of
     the features as :func:`solve_layers` sees them (centred by :func:`feature_shift` of ``sample_weight``
-    ``(W, N)`` when ``fit_intercept``).
+    ``(W, N)`` when ``fit_intercept`` and ``policy.centre_features``).
 
     Computed apart so that several solves on the same ``X`` share it (a cross-validation's folds and its
     refit): each solve then neither recomputes it nor compiles its QR, Cholesky and SVD again.
@@ -148,7 +150,8 @@ def layer_preconditioners(X: Array, sample_weight: Array, *, fit_intercept: bool
 
     def one(x: Array) -> NystromApprox:
         x = x.astype(dtype)
-        return _nystrom_of(x - feature_shift(x, weights) if fit_intercept else x, fit_intercept, policy)
+        centre = fit_intercept and policy.centre_features
+        return _nystrom_of(centred(x, weights)[0] if centre else x, fit_intercept, policy)
 
     return over_layers(one, X, layer_batch_size=layer_batch_size)
 
@@ -162,6 +165,13 @@ def feature_shift(x: Array, sample_weight: Array) -> Array:
     """
     total = jnp.sum(sample_weight, axis=0)
     return matmul(total, x) / jnp.sum(total)
+
+
+def centred(x: Array, sample_weight: Array) -> tuple[Array, Array]:
+    """``(x - mu, mu)`` with :func:`feature_shift`'s ``mu``; rows of no weight in any set (the bucket's
+    padding) stay zero, so the unweighted sketches and norms see only the samples."""
+    shift = feature_shift(x, sample_weight)
+    return jnp.where(jnp.any(sample_weight > 0, axis=0)[:, None], x - shift, 0), shift
 
 
 def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
@@ -250,8 +260,8 @@ def solve_layers(
         return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
-        shift = feature_shift(x, weights) if fit_intercept else jnp.zeros(n_features, dtype)
-        x = x - shift if fit_intercept else x
+        centre = fit_intercept and policy.centre_features
+        x, shift = centred(x, weights) if centre else (x, jnp.zeros(n_features, dtype))
         start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)
 

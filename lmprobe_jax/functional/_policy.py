@@ -69,6 +69,11 @@ class SolverPolicy:
         (XLA's CPU backend runs it in one pass over ``X``; 0: always the dot; see :mod:`._products`).
       halve_builds: build exact inverses from half-size blocks (the weighted Gram's symmetric blocks, the
         triangular inverse by halves): fewer flops on the CPU, many more programs to autotune elsewhere.
+      centre_features: with an intercept, solve each layer on its features centred at their weighted mean
+        (the intercept absorbs the shift; raw activations' common offset then costs no passes). It makes a
+        centred copy of the layers solved together, so :func:`._path.solver_options` keeps it only where
+        layers are solved one at a time (the CPU's default): one layer's copy, which the streamed solvers'
+        memory plans count.
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
         is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
@@ -95,6 +100,7 @@ class SolverPolicy:
     woodbury: bool = False
     fused_max_rows: int = 16
     halve_builds: bool = True
+    centre_features: bool = True
     layer_warm_start: bool = False
 
 
