@@ -35,6 +35,7 @@ def signal(n_layers: int, n: int, d: int, *, separation: tuple[float, float], po
     """``(layers (L, N, D) float64, y)``: standard normal features plus ``+-separation / 2`` along a random unit
     direction (the separation growing with depth), a fraction ``positive`` of the labels 1."""
     rng = np.random.default_rng(seed)
+    # Balanced labels keep the draw that clear / weak / wide / tall were generated with (the same data).
     y = rng.integers(0, 2, n) if positive == 0.5 else (rng.random(n) < positive).astype(int)
     layers = []
     for layer in range(n_layers):

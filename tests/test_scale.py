@@ -217,7 +217,8 @@ def test_store_layers_and_pooling_are_chosen_with_layer_source(store, stacked):
 
 def test_iterator_chunk_too_large_and_empty_iterator_are_refused(stacked, store):
     with pytest.raises(ValueError, match=r"Chunk 0 of the layer iterator \(6 layers x 700 x 40\).*memory_budget"):
-        F.fit_logistic(iter([stacked]), store.labels, memory_budget=one_layer_budget(F.fit_logistic.streamed_copies))
+        F.fit_logistic(iter([stacked]), store.labels,
+                       memory_budget=one_layer_budget(F.fit_logistic.streamed_copies))
     with pytest.raises(ValueError, match="yielded no chunks"):
         F.fit_ridge(iter([]), store.labels)
 

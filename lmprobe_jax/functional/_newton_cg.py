@@ -355,8 +355,9 @@ def _next_phase(ph: _Phase, newton: Array, opt: Array, passes: Array, forced: Ar
     iterations made less progress per pass than the last Newton step did (or, before any, than the prior
     a ``switch_progress`` reduction over the window sets); a Newton step hands back when it made less than
     that window did. The Newton rate the quasi-Newton phase is judged against is the last step's, or half
-    the one before it (the prior before any) where that is more. ``forced`` (the quasi-Newton step could not measure progress, or a gap test must be
-    passed on a Newton decrement) locks the solve into Newton-CG.
+    the one before it (the prior before any) where that is more. ``forced`` (the quasi-Newton step could
+    not measure progress, or a gap test must be passed on a Newton decrement) locks the solve into
+    Newton-CG.
     """
     best_now = jnp.minimum(ph.best[-1], opt)
     best = jnp.concatenate([ph.best[1:], best_now[None]])

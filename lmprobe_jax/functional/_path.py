@@ -150,8 +150,8 @@ def layer_preconditioners(X: Array, sample_weight: Array, *, fit_intercept: bool
 
     def one(x: Array) -> NystromApprox:
         x = x.astype(dtype)
-        centre = fit_intercept and policy.centre_features
-        return _nystrom_of(centred(x, weights)[0] if centre else x, fit_intercept, policy)
+        return _nystrom_of(solver_features(x, weights, fit_intercept=fit_intercept, policy=policy)[0],
+                           fit_intercept, policy)
 
     return over_layers(one, X, layer_batch_size=layer_batch_size)
 
@@ -167,9 +167,14 @@ def feature_shift(x: Array, sample_weight: Array) -> Array:
     return matmul(total, x) / jnp.sum(total)
 
 
-def centred(x: Array, sample_weight: Array) -> tuple[Array, Array]:
-    """``(x - mu, mu)`` with :func:`feature_shift`'s ``mu``; rows of no weight in any set (the bucket's
-    padding) stay zero, so the unweighted sketches and norms see only the samples."""
+def solver_features(x: Array, sample_weight: Array, *, fit_intercept: bool,
+                    policy: SolverPolicy) -> tuple[Array, Array | None]:
+    """``(features, mu)``: the layer ``x`` as the solver and its preconditioner see it, ``x - mu`` with
+    :func:`feature_shift`'s ``mu`` where ``fit_intercept`` and ``policy.centre_features`` (else ``x`` and
+    None). Rows of no weight in any set (the bucket's padding) stay zero, so the unweighted sketches and
+    norms see only the samples."""
+    if not (fit_intercept and policy.centre_features):
+        return x, None
     shift = feature_shift(x, sample_weight)
     return jnp.where(jnp.any(sample_weight > 0, axis=0)[:, None], x - shift, 0), shift
 
@@ -260,9 +265,9 @@ def solve_layers(
         return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
-        centre = fit_intercept and policy.centre_features
-        x, shift = centred(x, weights) if centre else (x, jnp.zeros(n_features, dtype))
-        start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
+        x, shift = solver_features(x, weights, fit_intercept=fit_intercept, policy=policy)
+        if shift is not None:
+            start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)
 
         def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, s: Array, coef0: Array,
@@ -321,6 +326,8 @@ def solve_layers(
                                (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
         unsorted = jnp.argsort(order)
         res = SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
+        if shift is None:
+            return res
         return res._replace(intercept=res.intercept - matmul(res.coef, shift))  # back to the caller's features
 
     zeros = (jnp.zeros((n_w,) + lead + (n_features,), dtype), jnp.zeros((n_w,) + lead, dtype))
