@@ -236,6 +236,22 @@ def test_the_phase_follows_the_layer_spectrum():
     assert _quasi_newton_steps(flat, y) > 0
 
 
+def test_the_intercept_column_does_not_make_a_centred_layer_steep():
+    """Sparse 0/1 features (variance ~0.05) have a flat spectrum, but with the intercept's column of ones
+    (eigenvalue the row count, several times theirs) a sketch of ``[X, 1]^T [X, 1]`` reads steep. Centred,
+    the column is a direction of its own, where the solve starts at its optimum: such a layer starts with
+    L-BFGS (Newton-CG first took 36% more passes on the regime panel's binary-features layers); a layer of
+    two massive-activation features still takes Newton-CG from the first step."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 1500)
+    rate = 0.03 + 0.04 * rng.random(128)
+    sparse = (rng.random((1500, 128)) < rate * np.exp(np.outer(2 * y - 1, 0.3 * rng.normal(size=128)))).astype(float)
+    steep = sparse.copy()
+    steep[:, :2] = 300.0 + 100.0 * rng.normal(size=(1500, 2))
+    assert _quasi_newton_steps(sparse, y) > 0
+    assert _quasi_newton_steps(steep, y) == 0
+
+
 def test_the_softmax_phase_follows_the_layer_spectrum():
     """Softmax draws the line higher than binary fits (``softmax_nystrom_decay``): a standardised layer
     of anisotropic features and Zipf classes (the probe's eigenvalue ratio ~10, which binary fits call

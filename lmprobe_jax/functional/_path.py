@@ -181,7 +181,8 @@ def solver_features(x: Array, sample_weight: Array, *, fit_intercept: bool,
 
 def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
     return layer_nystrom(x, policy.nystrom_rank, fit_intercept=fit_intercept, products=products(policy.fused_max_rows),
-                         probe_rank=policy.nystrom_probe_rank, decay=policy.nystrom_decay)
+                         probe_rank=policy.nystrom_probe_rank, decay=policy.nystrom_decay,
+                         centred=fit_intercept and policy.centre_features)
 
 
 @functools.partial(
