@@ -122,6 +122,7 @@ def solver_options(
         nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
         gap_bound=policy.softmax_gap_bound if softmax else policy.gap_bound,
         centre_features=policy.centre_features and batch == 1,
+        continuation_factor=policy.continuation_factor if batch == 1 and not (softmax or wide) else 0.0,
     )
     return {
         "n_outputs": n_outputs,
@@ -251,6 +252,7 @@ def solve_layers(
     use_lagged = (scalar and layer_batch_size == 1 and n_c > 2 and policy.lagged_build_factor > 0
                   and not policy.woodbury and not refresh)
     threshold = lagged_build_threshold(n_samples, n_features, n_w, policy.lagged_build_factor)
+    lead_ins = bool(policy.continuation_factor) and n_c == 1
 
     def layer_preconditioner(x: Array, approx: NystromApprox | None) -> tuple[Preconditioner, Array]:
         """The layer's preconditioner, and whether its spectrum was found ill-conditioned (the Nystrom
@@ -271,8 +273,8 @@ def solve_layers(
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)
 
-        def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, s: Array, coef0: Array,
-                intercept0: Array, memory: LBFGSMemory | None) -> tuple[SolveResult, LBFGSMemory | None]:
+        def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, settings: Settings, s: Array,
+                coef0: Array, intercept0: Array, memory: LBFGSMemory | None) -> tuple[SolveResult, LBFGSMemory | None]:
             data = glm.data(x, y, s, c)
             begin, z0 = warm_start(glm, data, glm.null_point(data, n_outputs), Params(coef0, intercept0))
             precond_c = base if inverse is None else lagged(glm, inverse, base)
@@ -300,20 +302,35 @@ def solve_layers(
             # a batched predicate would make the cond a select that builds at every C.
             return jax.lax.cond(any_across_batch(due), build, lambda: inverse)
 
-        def step(carry: tuple, cs_here: tuple[Array, Array]) -> tuple[tuple, SolveResult]:
+        def step(carry: tuple, cs_here: tuple[Array, Array, Array]) -> tuple[tuple, SolveResult]:
             # Secant predictor along the path: the last solution moved on by the last change, scaled to
             # this log-C step (at most 1x, so an uneven grid cannot throw the start far off). No pass over X.
-            last, before, log_last, log_before, n_done, inverse, memory = carry
-            c, c_next = cs_here
+            last, before, log_last, log_before, n_done, inverse, memory, pending = carry
+            c, c_next, lead_in = cs_here
             log_c = jnp.log(c)
             ratio = jnp.clip((log_c - log_last) / jnp.maximum(log_last - log_before, jnp.finfo(dtype).tiny), 0, 1)
             ratio = jnp.where(n_done >= 2, ratio, 0)
             begin = jax.tree.map(lambda a, b: a + ratio * (a - b), last, before)
             c_last = jnp.where(n_done >= 1, jnp.exp(log_last), c)
-            res, memory = jax.vmap(functools.partial(one, inverse, c, c_last))(weights, *begin, memory)
+            # A lead-in (see below) stops on the gradient test alone, at the looser continuation_tol.
+            here = settings._replace(tol=jnp.where(lead_in, jnp.maximum(policy.continuation_tol, settings.tol), settings.tol),
+                                     gap_tol=jnp.where(lead_in, jnp.inf, settings.gap_tol))
+            solve = lambda: jax.vmap(functools.partial(one, inverse, c, c_last, here))(weights, *begin, memory)
+            if lead_ins:  # a lead-in runs on steep layers only; elsewhere the step leaves the carry as it is
+                idle = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(solve)[0])
+                res, memory = jax.lax.cond(any_across_batch(lead_in & ~steep), lambda: (idle, memory), solve)
+            else:
+                res, memory = solve()
             if inverse is not None:
                 inverse = update_lagged(inverse, res, c_next, n_done)
-            return ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory), res
+            work = (res.n_iter, res.n_cg, res.n_passes)
+            res = res._replace(n_iter=res.n_iter + pending[0], n_cg=res.n_cg + pending[1],
+                               n_passes=res.n_passes + pending[2])  # a lead-in's work counts to its C
+            ran = ~(lead_in & ~steep)
+            carry = ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory, work)
+            carry = jax.tree.map(lambda new, old: jnp.where(ran, new, old), carry,
+                                 (last, before, log_last, log_before, n_done, inverse, memory, pending))
+            return carry[:7] + (jax.tree.map(lambda a: jnp.where(lead_in, a, 0), carry[7]),), res
 
         order = jnp.argsort(cs)
         log0 = jnp.zeros((), dtype)
@@ -323,8 +340,17 @@ def solve_layers(
             weights) if settings.memory else None
         ascending = cs[order]
         # Each step also sees the next C (the lagged inverse is built for it; the last step's is unused).
-        _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0, memory0),
-                               (ascending, jnp.roll(ascending, -1)))  # fields (G, W, ...)
+        steps = (ascending, jnp.roll(ascending, -1), jnp.zeros(n_c, bool))
+        if lead_ins:
+            # Continuation for a single C (a grid is its own): a steep layer is first solved at
+            # C / continuation_factor, loosely, and its C from there. A cold Newton solve of a nearly separable,
+            # ill-conditioned layer takes many short steps to grow its coefficients.
+            steps = tuple(jnp.concatenate([first, rest]) for first, rest in zip(
+                (ascending[:1] / policy.continuation_factor, ascending[:1], jnp.ones(1, bool)), steps))
+        no_work = (jnp.zeros(n_w, jnp.int32),) * 3
+        _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0, memory0, no_work),
+                               steps)  # fields (G, W, ...), a lead-in first
+        path = jax.tree.map(lambda a: a[-n_c:], path)
         unsorted = jnp.argsort(order)
         res = SolveResult(*(jnp.swapaxes(a[unsorted], 0, 1) for a in path))
         if shift is None:

@@ -74,6 +74,13 @@ class SolverPolicy:
         centred copy of the layers solved together, so :func:`._path.solver_options` keeps it only where
         layers are solved one at a time (the CPU's default): one layer's copy, which the streamed solvers'
         memory plans count.
+      continuation_factor: a single ``C`` on a layer the sketch finds steep is first solved at ``C`` / this
+        to ``continuation_tol``, and solved from there (0: never; a grid of ``C`` is its own continuation).
+        A cold Newton solve of a nearly separable, ill-conditioned layer takes many short steps to grow its
+        coefficients (SmolLM2's raw residual streams at C = 1: 321 -> 239 passes a layer; RESULTS.md).
+        Binary fits with layers solved one at a time (:func:`._path.solver_options` resolves it to 0
+        elsewhere: unmeasured there).
+      continuation_tol: the scaled-gradient tolerance of that first solve (no gap test).
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
         is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
@@ -101,6 +108,8 @@ class SolverPolicy:
     fused_max_rows: int = 16
     halve_builds: bool = True
     centre_features: bool = True
+    continuation_factor: float = 10.0
+    continuation_tol: float = 1e-2
     layer_warm_start: bool = False
 
 
