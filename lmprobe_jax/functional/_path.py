@@ -323,9 +323,9 @@ def solve_layers(
                 res, memory = solve()
             if inverse is not None:
                 inverse = update_lagged(inverse, res, c_next, n_done)
-            work = (res.n_iter, res.n_cg, res.n_passes)
-            res = res._replace(n_iter=res.n_iter + pending[0], n_cg=res.n_cg + pending[1],
-                               n_passes=res.n_passes + pending[2])  # a lead-in's work counts to its C
+            # A lead-in's work counts to its C; its iterations do not (n_iter stays within max_iter).
+            work = (res.n_cg, res.n_passes)
+            res = res._replace(n_cg=res.n_cg + pending[0], n_passes=res.n_passes + pending[1])
             ran = ~(lead_in & ~steep)
             carry = ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory, work)
             carry = jax.tree.map(lambda new, old: jnp.where(ran, new, old), carry,
@@ -347,7 +347,7 @@ def solve_layers(
             # ill-conditioned layer takes many short steps to grow its coefficients.
             steps = tuple(jnp.concatenate([first, rest]) for first, rest in zip(
                 (ascending[:1] / policy.continuation_factor, ascending[:1], jnp.ones(1, bool)), steps))
-        no_work = (jnp.zeros(n_w, jnp.int32),) * 3
+        no_work = (jnp.zeros(n_w, jnp.int32),) * 2
         _, path = jax.lax.scan(step, (start, start, log0, log0, jnp.int32(0), inverse0, memory0, no_work),
                                steps)  # fields (G, W, ...), a lead-in first
         path = jax.tree.map(lambda a: a[-n_c:], path)
