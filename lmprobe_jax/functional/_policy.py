@@ -77,7 +77,7 @@ class SolverPolicy:
       continuation_factor: a single ``C`` on a layer the sketch finds steep is first solved at ``C`` / this
         to ``continuation_tol``, and solved from there (0: never; a grid of ``C`` is its own continuation).
         A cold Newton solve of a nearly separable, ill-conditioned layer takes many short steps to grow its
-        coefficients (SmolLM2's raw residual streams at C = 1: 321 -> 239 passes a layer; RESULTS.md).
+        coefficients (SmolLM2's raw residual streams at C = 1: 321 -> 241 passes a layer; RESULTS.md).
         Binary fits with layers solved one at a time (:func:`._path.solver_options` resolves it to 0
         elsewhere: unmeasured there).
       continuation_tol: the scaled-gradient tolerance of that first solve (no gap test).
