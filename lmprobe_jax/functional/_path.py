@@ -174,16 +174,21 @@ def solver_features(x: Array, sample_weight: Array, *, fit_intercept: bool,
     :func:`feature_shift`'s ``mu`` where ``fit_intercept`` and ``policy.centre_features`` (else ``x`` and
     None). Rows of no weight in any set (the bucket's padding) stay zero, so the unweighted sketches and
     norms see only the samples."""
-    if not (fit_intercept and policy.centre_features):
+    if not _centres(fit_intercept, policy):
         return x, None
     shift = feature_shift(x, sample_weight)
     return jnp.where(jnp.any(sample_weight > 0, axis=0)[:, None], x - shift, 0), shift
 
 
+def _centres(fit_intercept: bool, policy: SolverPolicy) -> bool:
+    """Whether the solver sees each layer centred (:func:`solver_features`): the one place that decides."""
+    return fit_intercept and policy.centre_features
+
+
 def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
     return layer_nystrom(x, policy.nystrom_rank, fit_intercept=fit_intercept, products=products(policy.fused_max_rows),
                          probe_rank=policy.nystrom_probe_rank, decay=policy.nystrom_decay,
-                         centred=fit_intercept and policy.centre_features)
+                         centred=_centres(fit_intercept, policy))
 
 
 @functools.partial(
@@ -316,21 +321,24 @@ def solve_layers(
             here = settings._replace(tol=jnp.where(lead_in, jnp.maximum(policy.continuation_tol, settings.tol), settings.tol),
                                      gap_tol=jnp.where(lead_in, jnp.inf, settings.gap_tol))
             solve = lambda: jax.vmap(functools.partial(one, inverse, c, c_last, here))(weights, *begin, memory)
-            if lead_ins:  # a lead-in runs on steep layers only; elsewhere the step leaves the carry as it is
-                idle = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(solve)[0])
-                res, memory = jax.lax.cond(any_across_batch(lead_in & ~steep), lambda: (idle, memory), solve)
+            skipped = lead_in & ~steep  # a lead-in runs on steep layers only
+            if lead_ins:
+                def idle() -> tuple[SolveResult, LBFGSMemory | None]:  # a skipped lead-in: its result is dropped
+                    count = jnp.zeros(n_w, jnp.int32)
+                    return SolveResult(*begin, count, jnp.zeros(n_w, bool), jnp.zeros(n_w, dtype), count, count), memory
+
+                res, memory = jax.lax.cond(any_across_batch(skipped), idle, solve)
             else:
                 res, memory = solve()
             if inverse is not None:
                 inverse = update_lagged(inverse, res, c_next, n_done)
             # A lead-in's work counts to its C; its iterations do not (n_iter stays within max_iter).
-            work = (res.n_cg, res.n_passes)
+            work = jax.tree.map(lambda a: jnp.where(lead_in, a, 0), (res.n_cg, res.n_passes))
             res = res._replace(n_cg=res.n_cg + pending[0], n_passes=res.n_passes + pending[1])
-            ran = ~(lead_in & ~steep)
-            carry = ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory, work)
-            carry = jax.tree.map(lambda new, old: jnp.where(ran, new, old), carry,
-                                 (last, before, log_last, log_before, n_done, inverse, memory, pending))
-            return carry[:7] + (jax.tree.map(lambda a: jnp.where(lead_in, a, 0), carry[7]),), res
+            new = ((res.coef, res.intercept), last, log_c, log_last, n_done + 1, inverse, memory, work)
+            if lead_ins:  # a skipped lead-in leaves the carry as it was
+                new = jax.tree.map(lambda a, b: jnp.where(skipped, b, a), new, carry)
+            return new, res
 
         order = jnp.argsort(cs)
         log0 = jnp.zeros((), dtype)
