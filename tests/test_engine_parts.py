@@ -306,6 +306,29 @@ def test_every_policy_reaches_the_same_optimum(binary_layers, name):
     assert bool(m.converged.all())
 
 
+@pytest.mark.parametrize("field, value, error, says", [
+    ("continuation_factor", -10.0, ValueError, ">= 0"),
+    ("continuation_factor", 0.5, ValueError, "more than 1"),
+    ("continuation_tol", 0.0, ValueError, "> 0"),
+    ("switch_progress", 1.0, ValueError, "0 < switch_progress < 1"),
+    ("switch_window", 0, ValueError, ">= 1"),
+    ("nystrom_probe_rank", 0, ValueError, ">= 1"),
+    ("nystrom_rank", -1, ValueError, ">= 0"),
+    ("nystrom_rank", 64.0, TypeError, "an int"),
+    ("nystrom_decay", float("nan"), TypeError, "a finite number"),
+    ("gap_bound", 1, TypeError, "True or False"),
+])
+def test_a_policy_refuses_a_setting_no_solve_could_use(field, value, error, says):
+    """Every field is checked where the policy is made, with the setting's name in the message, not deep in
+    a traced solve (a negative continuation factor would first solve at a negative C)."""
+    with pytest.raises(error, match=f"SolverPolicy.{field}") as refused:
+        F.SolverPolicy(**{field: value})
+    assert says in str(refused.value)
+    with pytest.raises(error):
+        dataclasses.replace(F.default_policy(), **{field: value})
+    assert F.SolverPolicy(**{field: getattr(F.SolverPolicy(), field)}) == F.SolverPolicy()
+
+
 def test_layer_warm_start_is_never_worse_than_cold():
     """The previous layer's solution enters only as the best multiple of it: on a layer it fits badly
     (sign flipped), the start is the cold one, and the solve still reaches the optimum."""

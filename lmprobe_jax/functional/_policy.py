@@ -13,6 +13,8 @@ exactly that; the measurements behind each default are in ``benchmarks/RESULTS.m
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax
 
@@ -20,6 +22,9 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class SolverPolicy:
     """The solver's parts and their settings (frozen, hashable: a static argument of the solvers).
+
+    Each field is checked where a policy is made (``TypeError`` / ``ValueError`` naming the field), so a
+    setting no solve could use never reaches a traced program.
 
     Attributes:
       quasi_newton_memory: pairs kept by the L-BFGS phase that starts a solve on a layer whose spectrum
@@ -111,6 +116,32 @@ class SolverPolicy:
     continuation_factor: float = 10.0
     continuation_tol: float = 1e-2
     layer_warm_start: bool = False
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # field.type is the annotation's text: "int", "float" or "bool"
+            value = getattr(self, field.name)
+            if field.type == "bool":
+                ok = isinstance(value, bool)
+            elif field.type == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok:
+                wanted = {"bool": "True or False", "int": "an int"}.get(field.type, "a finite number")
+                raise TypeError(f"SolverPolicy.{field.name} must be {wanted}; got {value!r}.")
+            if field.type != "bool" and value < 0:
+                raise ValueError(f"SolverPolicy.{field.name} must be >= 0; got {value!r}.")
+        if not 0.0 < self.switch_progress < 1.0:
+            raise ValueError(f"SolverPolicy.switch_progress is a fraction of the scaled gradient that a window of "
+                             f"quasi-Newton steps must beat: 0 < switch_progress < 1; got {self.switch_progress!r}.")
+        for name in ("switch_window", "nystrom_probe_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SolverPolicy.{name} must be >= 1; got {getattr(self, name)!r}.")
+        if 0.0 < self.continuation_factor <= 1.0:
+            raise ValueError("SolverPolicy.continuation_factor divides C for the first solve: 0 (no continuation) "
+                             f"or more than 1; got {self.continuation_factor!r}.")
+        if not self.continuation_tol > 0.0:
+            raise ValueError(f"SolverPolicy.continuation_tol must be > 0; got {self.continuation_tol!r}.")
 
 
 # On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many
