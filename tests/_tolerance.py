@@ -235,7 +235,7 @@ def optimum(p: Problem) -> np.ndarray:
     null = _null(p, m)
     beta = np.zeros((K, m))
     full = (lambda b: b) if p.basis is None else (lambda b: b @ p.basis.T)
-    scale = p.C * p.s.sum()
+    scale = p.C * p.s.sum() * max(1.0, np.abs(p.A).max())  # the gradient's float64 rounding grows with |X|
     for _ in range(200):
         theta = full(beta)
         R = _probabilities(p, p.A @ theta.T) - p.Y

@@ -24,10 +24,12 @@ relative objective gap is at most ``gap_tol``, by the last Newton step's decreme
 the strong-convexity bound at the current point (:meth:`._glm.GLM.gap_bound`: no pass over ``X``, or one
 where that falls short; it ends well-conditioned solves in their quasi-Newton phase, with no certifying
 Newton step). The first alone is loose when ``F`` is small (nearly separable layers at large ``C``),
-which the second closes. Or the float floor is reached (counted as converged):
-the Newton decrement is below the float resolution of ``F`` and a full Newton step no longer lowers the
-gradient; or, with the gradient test met, two Newton steps in a row lowered ``F`` by less than its float
-resolution. A Newton step whose line search finds no decrease stops the loop, unconverged.
+which the second closes. Or the float floor is reached (counted as converged): the Newton decrement is
+below the float resolution of ``F`` and a full Newton step no longer halves the gradient's norm (in exact
+arithmetic it would leave at most CG's forcing term of it, 0.3: rounding, not the optimiser, now sets the
+gradient; the better of the two iterates is kept); or, with the gradient test met, two Newton steps in a
+row lowered ``F`` by less than its float resolution. A Newton step whose line search finds no decrease
+stops the loop, unconverged.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from ._glm import GLM, Evaluation, GLMData, Params, axpy, dot, flatten, guard, o
 from ._lbfgs import LBFGSMemory, apply_compact, compact_inverse, empty_memory, lbfgs_direction, remember
 from ._linesearch import line_search
 from ._preconditioners import Preconditioner
+
+# The loosest CG forcing term: a Newton direction's residual is at most this fraction of the gradient.
+_MAX_FORCING = 0.3
 
 
 class SolveResult(NamedTuple):
@@ -204,7 +209,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         forcing = jnp.minimum(0.1, jnp.sqrt(st.optimality / guard(opt0)))
         # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
         floor = 0.5 * s.tol / guard(g_norm)
-        forcing = jnp.minimum(0.3, jnp.maximum(forcing, floor))
+        forcing = jnp.minimum(_MAX_FORCING, jnp.maximum(forcing, floor))
         cg_precond = precond
         if s.memory:
             # The quasi-Newton phase's inverse-Hessian estimate as CG's preconditioner (Morales & Nocedal,
@@ -291,8 +296,14 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # A direction from a CG that did not reach its tolerance counts too where the gradient is already
         # within its own float rounding (ill-conditioned layers: outlier features of scale 400 put the
         # float32 floor of a softmax gradient near 1e-5, and CG's rounding keeps it from converging).
+        # Where such a step shrinks the gradient's norm by less than half (in exact arithmetic, with a model
+        # this accurate, it leaves CG's residual: at most _MAX_FORCING of it), rounding sets the gradient too:
+        # the solve stops at the better of the two iterates.
         at_rounding = within_rounding(g, ev.residual, rounding_scale)
-        at_floor = newton & (solved | at_rounding) & ls.at_precision & (opt >= st.optimality)
+        worse = opt >= st.optimality
+        stuck = worse | (dot(g, g) > 0.25 * dot(st.grad, st.grad))
+        at_floor = newton & (solved | at_rounding) & ls.at_precision & stuck
+        new = new._replace(progress=new.progress._replace(at_floor=settled | at_floor))
         kept = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
         # A step that overflowed (separable softmax layers at C >= 1e8) is not taken: the last finite
@@ -301,7 +312,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         broken = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, stalled=jnp.bool_(True), last_cg=k))
         new = jax.tree.map(lambda a_, b_: jnp.where(overflowed, a_, b_), broken, new)
-        return jax.tree.map(lambda a_, b_: jnp.where(at_floor & ~overflowed, a_, b_), kept, new)
+        return jax.tree.map(lambda a_, b_: jnp.where(at_floor & worse & ~overflowed, a_, b_), kept, new)
 
     st = jax.lax.while_loop(cond, body, init)
     pr = st.progress
