@@ -11,10 +11,13 @@ from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _hessian_inverse
+from lmprobe_jax.functional._glm import GLM, optimality
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._newton_cg import conjugate_gradients
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._policy import default_policy
+from lmprobe_jax.functional._preconditioners import identity
 from lmprobe_jax.functional._products import matvec, products, rmatvec
 
 PRODUCTS = products(16)  # the CPU policy's
@@ -143,6 +146,40 @@ def test_badly_scaled_features_without_intercept_at_large_c_converge(layer_batch
             region = T.glm_region(X[layer], y, C, tol=1e-7, fit_intercept=False)
             assert region.gap < 1e-3 * region.objective  # informative
             assert ours - objective(ref.coef_[0], C, layer) <= region.gap
+
+
+def test_cg_stops_at_the_first_step_whose_residual_is_within_reach_entrywise():
+    # The next gradient is, to first order, CG's residual: once every entry is within reach, the Newton step
+    # meets a max-abs gradient test, though the residual's 2-norm is up to sqrt(D) times larger. In float64,
+    # so the recursive residual CG tests is the true one to far below reach.
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 64)) * np.linspace(0.3, 3.0, 64)
+    y = (X @ rng.normal(size=64) + rng.normal(size=300) > 0).astype(np.float64)
+    glm = GLM(BINARY_LOGISTIC, True, products(0))
+    with jax.enable_x64(True):
+        data = glm.data(jnp.asarray(X), jnp.asarray(y), jnp.ones(300), 1.0)
+        p = glm.null_point(data, None)
+        ev = glm.evaluate(data, glm.predictor(data.X, p))
+        g = glm.gradient(data, p, ev)
+        reach = 1e-3 * float(optimality(g))
+        curvature = np.asarray(glm.curvature(data, ev.aux))
+        A = np.hstack([X, np.ones((300, 1))])
+        H = A.T @ (curvature[:, None] * A) + float(data.penalty) * np.diag(np.r_[np.ones(64), 0.0])
+        g64 = np.r_[np.asarray(g.coef), np.asarray(g.intercept)]
+
+        def solve(max_steps: int, tol2: float = 0.0, **stop):
+            d, _, k, solved = conjugate_gradients(glm, data, ev.aux, g, identity(), None, tol2, max_steps, **stop)
+            residual = -g64 - H @ np.r_[np.asarray(d.coef), np.asarray(d.intercept)]
+            return int(k), bool(solved), residual
+
+        k, solved, residual = solve(65, reach=reach, loose2=np.inf)
+        assert solved and np.max(np.abs(residual)) <= reach * (1 + 1e-6)
+        assert not solve(k - 1, reach=reach, loose2=np.inf)[1]  # the first such step
+        # The 2-norm test at the same level needs at least as many steps (here more); a 2-norm bound the
+        # residual has not met holds the entrywise stop back.
+        k_norm, solved_norm, residual_norm = solve(65, reach**2)
+        assert solved_norm and np.linalg.norm(residual_norm) <= reach * (1 + 1e-6) and k_norm > k
+        assert solve(65, reach**2, reach=reach, loose2=(0.5 * reach) ** 2)[0] == k_norm
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])

@@ -11,7 +11,9 @@ the new gradient:
   problems it reaches scikit-learn's tolerance in a handful of passes.
 * **Newton-CG**: the direction solves ``H d = -g`` by preconditioned conjugate gradients, two passes per
   CG step; CG's own products give ``X d``. Inexact Newton with the forcing term of Eisenstat & Walker
-  converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances.
+  converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances. CG also stops
+  once its residual, to first order the next gradient, has every entry within ``tol / 2``: the stopping
+  test is on the max-abs entry, which a 2-norm test would reach up to ``sqrt(D)`` times too soon.
 
 The data decide when to hand over: once the best scaled gradient of the last ``switch_window``
 quasi-Newton iterations is above ``switch_progress`` times the best before them (each quasi-Newton
@@ -207,9 +209,6 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
         # the optimum, tight near it; relative to the starting gradient, so it does not depend on C.
         forcing = jnp.minimum(0.1, jnp.sqrt(st.optimality / guard(opt0)))
-        # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
-        floor = 0.5 * s.tol / guard(g_norm)
-        forcing = jnp.minimum(_MAX_FORCING, jnp.maximum(forcing, floor))
         cg_precond = precond
         if s.memory:
             # The quasi-Newton phase's inverse-Hessian estimate as CG's preconditioner (Morales & Nocedal,
@@ -228,7 +227,9 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # A Newton step taken to compare it with the quasi-Newton phase (not locked in) gets a CG budget of
         # about two quasi-Newton windows' passes: its direction is still a descent direction if cut short.
         budget = jnp.where(st.progress.phase.locked, s.max_cg_iter, min(s.max_cg_iter, 2 * s.switch_window))
-        return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate, (forcing * g_norm) ** 2, budget)
+        # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
+        return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate, (forcing * g_norm) ** 2, budget,
+                                   reach=0.5 * s.tol, loose2=(_MAX_FORCING * g_norm) ** 2)
 
     def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
         def apply_m(v: Array) -> Array:
@@ -413,14 +414,19 @@ class _CGState(NamedTuple):
 
 
 def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond: Preconditioner, pstate: Any,
-                        tol2: Array, max_steps: Array | int) -> tuple[Params, Array, Array, Array]:
+                        tol2: Array, max_steps: Array | int, *, reach: Array | float = 0.0,
+                        loose2: Array | float = 0.0) -> tuple[Params, Array, Array, Array]:
     """``(d, X d, steps, solved)``: preconditioned CG on ``H d = -g`` (``H`` at the point whose loss ``aux``
-    is given) until ``|r|^2 <= tol2`` (``solved``) or ``max_steps``."""
+    is given) until ``|r|^2 <= tol2``, or the residual's max-abs entry is ``<= reach`` with ``|r|^2 <= loose2``
+    (either: ``solved``), or ``max_steps``."""
 
     def cond(cg: _CGState) -> Array:
         # r.M r > 0 always holds for a positive definite M; if rounding ever breaks it, stopping keeps the
         # direction built so far (a descent direction) instead of stepping on garbage.
-        return (cg.k < max_steps) & (cg.rr > tol2) & (cg.rz > 0)
+        return (cg.k < max_steps) & ~solved(cg) & (cg.rz > 0)
+
+    def solved(cg: _CGState) -> Array:
+        return (cg.rr <= tol2) | ((cg.rr <= loose2) & (optimality(cg.r) <= reach))
 
     def body(cg: _CGState) -> _CGState:
         hp, u = glm.hvp(data, aux, cg.p)
@@ -436,4 +442,4 @@ def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond:
     zero = Params(jnp.zeros_like(g.coef), jnp.zeros_like(g.intercept))
     init = _CGState(zero, jnp.zeros_like(aux), r, m, dot(r, r), dot(r, m), jnp.int32(0))
     cg = jax.lax.while_loop(cond, body, init)
-    return cg.d, cg.a, cg.k, cg.rr <= tol2
+    return cg.d, cg.a, cg.k, solved(cg)
