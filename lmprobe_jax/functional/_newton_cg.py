@@ -13,7 +13,7 @@ the new gradient:
   CG step; CG's own products give ``X d``. Inexact Newton with the forcing term of Eisenstat & Walker
   converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances. CG also stops
   once its residual, to first order the next gradient, has every entry within ``tol / 2``: the stopping
-  test is on the max-abs entry, which a 2-norm test would reach up to ``sqrt(D)`` times too soon.
+  test reads the max-abs entry, and a 2-norm held to the same level asks up to ``sqrt(D)`` times more.
 
 The data decide when to hand over: once the best scaled gradient of the last ``switch_window``
 quasi-Newton iterations is above ``switch_progress`` times the best before them (each quasi-Newton
