@@ -162,10 +162,9 @@ def test_cg_stops_at_the_first_step_whose_residual_is_within_reach_entrywise():
         ev = glm.evaluate(data, glm.predictor(data.X, p))
         g = glm.gradient(data, p, ev)
         reach = 1e-3 * float(optimality(g))
-        curvature = np.asarray(glm.curvature(data, ev.aux))
-        A = np.hstack([X, np.ones((300, 1))])
-        H = A.T @ (curvature[:, None] * A) + float(data.penalty) * np.diag(np.r_[np.ones(64), 0.0])
-        g64 = np.r_[np.asarray(g.coef), np.asarray(g.intercept)]
+        # The float64 reference's F is C sum(s) = 300 times the scaled objective CG works on.
+        reference, theta = T.problem(X, y, 1.0), T.as_theta(p.coef, p.intercept)
+        H, g64 = T.hessian_full(reference, theta) / 300, T.gradient(reference, theta).ravel() / 300
 
         def solve(max_steps: int, tol2: float = 0.0, **stop):
             d, _, k, solved = conjugate_gradients(glm, data, ev.aux, g, identity(), None, tol2, max_steps, **stop)
