@@ -92,13 +92,13 @@ def counted_sklearn_passes():
         LinearModelLoss.loss_gradient = original
 
 
-def ours_counts(X, y, Cs, tol, softmax=False):
-    """The solver's own counts for fit_logistic / fit_multinomial at these settings: ``(passes, n_iter)``
-    summed over problems (the same program the public function runs)."""
+def ours_counts(X, y, Cs, tol, softmax=False, policy=None):
+    """The solver's own counts for fit_logistic / fit_multinomial at these settings (and ``policy``, default
+    the library's): ``(passes, n_iter)`` summed over problems (the same program the public function runs)."""
     codes = np.unique(y, return_inverse=True)[1]
     n_outputs = int(codes.max()) + 1 if softmax else None
     options = solver_options(X.shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
-                             precondition_rank=None, layer_batch_size=None)
+                             precondition_rank=None, layer_batch_size=None, policy=policy)
     labels = jnp.asarray(codes) if softmax else jnp.asarray(codes, jnp.float32)
     res = solve_layers(SOFTMAX_LOSS if softmax else BINARY_LOGISTIC, jnp.asarray(X), labels,
                        jnp.ones((1, X.shape[1])), jnp.asarray(np.atleast_1d(Cs)), tol=tol, **options)

@@ -105,6 +105,20 @@ def test_regime_panel_runs_and_reports_every_workload():
             assert float(cells[6]) <= max(float(cells[7]), 1e-6), row  # gap ours <= gap sklearn
 
 
+def test_regime_policies_reports_every_variant_against_the_default():
+    """Two policies interleaved at a twentieth of the sizes: a row per workload and policy, all converged; a
+    field SolverPolicy does not have is refused by name."""
+    out = run_script("regime_policies.py", "quasi_newton_memory=0", "--regimes", "clear", "--scale", "0.05",
+                     "--rounds", "1")
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+    assert {(r[1], r[2]) for r in rows} == {(w, p) for w in ("c1", "path") for p in ("default", "quasi_newton_memory=0")}
+    assert all(r[6] == "True" and float(r[5]) > 0 for r in rows), out
+    assert all(r[4] == "1.000" for r in rows if r[2] == "default"), out
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "regime_policies.py"), "not_a_field=1"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode != 0 and "'not_a_field' is not a SolverPolicy field" in done.stderr
+
+
 def test_regime_passes_reports_counts_and_gaps():
     """The pass counts per regime at a twentieth of the sizes: a count and a gap per workload, converged."""
     out = run_script("regime_passes.py", "--regimes", "clear", "softmax-10", "--scale", "0.05")
