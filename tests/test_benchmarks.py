@@ -106,12 +106,14 @@ def test_regime_panel_runs_and_reports_every_workload():
 
 
 def test_regime_policies_reports_every_variant_against_the_default():
-    """Two policies interleaved at a twentieth of the sizes: a row per workload and policy, all converged; a
-    field SolverPolicy does not have is refused by name."""
-    out = run_script("regime_policies.py", "quasi_newton_memory=0", "--regimes", "clear", "--scale", "0.05",
-                     "--rounds", "1")
+    """Two policies interleaved at a twentieth of the sizes: a row per workload and policy (a softmax regime:
+    C = 1 only), all converged; a field SolverPolicy does not have is refused by name."""
+    out = run_script("regime_policies.py", "quasi_newton_memory=0", "--regimes", "clear", "softmax-10", "--scale",
+                     "0.05", "--rounds", "1")
     rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
-    assert {(r[1], r[2]) for r in rows} == {(w, p) for w in ("c1", "path") for p in ("default", "quasi_newton_memory=0")}
+    policies = ("default", "quasi_newton_memory=0")
+    assert {(r[0], r[1], r[2]) for r in rows} == ({("clear", w, p) for w in ("c1", "path") for p in policies}
+                                                  | {("softmax-10", "c1", p) for p in policies})
     assert all(r[6] == "True" and float(r[5]) > 0 for r in rows), out
     assert all(r[4] == "1.000" for r in rows if r[2] == "default"), out
     done = subprocess.run([sys.executable, str(BENCHMARKS / "regime_policies.py"), "not_a_field=1"],
