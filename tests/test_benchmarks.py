@@ -121,6 +121,14 @@ def test_regime_policies_reports_every_variant_against_the_default():
     assert done.returncode != 0 and "'not_a_field' is not a SolverPolicy field" in done.stderr
 
 
+def test_row_passes_counts_the_streamed_solvers_passes():
+    """The out-of-core solver's passes at a twentieth of the sizes: a count per workload, all converged."""
+    out = run_script("row_passes.py", "--regimes", "clear", "--layers", "1", "--row-block", "64", "--scale", "0.05")
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+    assert [r[0] for r in rows] == ["clear"], out
+    assert all(int(v) > 0 for v in rows[0][1:4]) and float(rows[0][4]) <= 1e-6 and rows[0][5] == "True", out
+
+
 def test_regime_passes_reports_counts_and_gaps():
     """The pass counts per regime at a twentieth of the sizes: a count and a gap per workload, converged."""
     out = run_script("regime_passes.py", "--regimes", "clear", "softmax-10", "--scale", "0.05")

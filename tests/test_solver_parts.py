@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
-from lmprobe_jax.functional import _hessian_inverse
+from lmprobe_jax.functional import _hessian_inverse, _row_streaming
 from lmprobe_jax.functional._glm import GLM, optimality
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
 from lmprobe_jax.functional._newton_cg import conjugate_gradients
@@ -19,6 +19,7 @@ from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._policy import default_policy
 from lmprobe_jax.functional._preconditioners import identity
 from lmprobe_jax.functional._products import matvec, products, rmatvec
+from lmprobe_jax.functional._sources import layer_source
 
 PRODUCTS = products(16)  # the CPU policy's
 # Newton-CG from the first step: the tests of a preconditioner compare its CG work alone.
@@ -179,6 +180,37 @@ def test_cg_stops_at_the_first_step_whose_residual_is_within_reach_entrywise():
         k_norm, solved_norm, residual_norm = solve(65, reach**2)
         assert solved_norm and np.linalg.norm(residual_norm) <= reach * (1 + 1e-6) and k_norm > k
         assert solve(65, reach**2, reach=reach, loose2=(0.5 * reach) ** 2)[0] == k_norm
+
+
+def test_streamed_cg_stops_at_the_first_step_whose_residual_is_within_reach_entrywise():
+    # The out-of-core solver's CG (float32, a pass over the row blocks a step) keeps the same stop, per problem.
+    rng = np.random.default_rng(5)
+    X = (rng.normal(size=(300, 64)) * np.linspace(0.3, 3.0, 64)).astype(np.float32)
+    y = (X @ rng.normal(size=64) + rng.normal(size=300) > 0).astype(np.float32)
+    rows = _row_streaming._LayerRows(layer_source(X[None]), 0, 100, y, np.ones(300), True)
+    z, C = jnp.zeros((1, 300)), jnp.float32(1.0)
+    g = rows.gradient(z, jnp.zeros((1, 64)), C)
+    w = rows.curvature(z, C)
+    g_max = float(jnp.max(jnp.abs(jnp.concatenate([g[0][0], g[1]]))))
+    reach = 1e-2 * g_max
+
+    def solve(max_steps: int, tol: float, reach: float, loose: float):
+        rows.passes = 0
+        stop = _row_streaming._CGStop(*(np.array([v], np.float32) for v in (tol, reach, loose)))
+        d_coef, d_int, _ = _row_streaming._newton_direction(rows, w, *g, None, stop, max_steps)
+        steps = rows.passes
+        _, h_coef, h_int = rows.hvp(w, d_coef, d_int)
+        return steps, np.r_[np.asarray(-g[0][0] - h_coef[0]), np.asarray(-g[1] - h_int)]
+
+    # The true residual (products recomputed) differs from CG's recursive one by float32 rounding, far
+    # below 1e-4 of the gradient for this well-scaled layer.
+    slack = 1e-4 * g_max
+    k, residual = solve(65, 0.0, reach, np.inf)
+    assert 0 < k < 65 and np.max(np.abs(residual)) <= reach + slack
+    assert np.max(np.abs(solve(k - 1, 0.0, reach, np.inf)[1])) > reach - slack  # the first such step
+    k_norm, residual_norm = solve(65, reach, 0.0, 0.0)
+    assert np.linalg.norm(residual_norm) <= reach + slack and k_norm > k
+    assert solve(65, reach, reach, 0.5 * reach)[0] == k_norm  # a 2-norm bound not yet met holds it back
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])

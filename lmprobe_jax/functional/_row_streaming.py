@@ -18,9 +18,10 @@ its pages are let go from the process once the pass moves on:
   and the line search none: it moves the stored predictor ``z`` along ``X d``, which CG accumulates from
   its own products. CG is preconditioned with a randomized Nyström approximation of ``[X, 1]^T [X, 1]``
   (rank 256 by default) from an evenly spaced subsample of the rows (:func:`._nystrom.nystrom_gram`, its
-  eigenvalues scaled by ``N / n_sub``). Stopping rule as :func:`fit_logistic`: the scaled gradient's
-  max-abs entry ``<= tol`` and the last Newton decrement's relative gap estimate ``<= tol``, or the float
-  floor. A ``C`` grid is solved as a warm-started path in increasing ``C``.
+  eigenvalues scaled by ``N / n_sub``), and stops as the in-memory solver's does: at its forcing term, or
+  once every entry of its residual is within ``tol / 2`` (scaled). Stopping rule as :func:`fit_logistic`:
+  the scaled gradient's max-abs entry ``<= tol`` and the last Newton decrement's relative gap estimate
+  ``<= tol``, or the float floor. A ``C`` grid is solved as a warm-started path in increasing ``C``.
 * **binary logistic cross-validation** (:func:`logistic_cv_rows`, what :func:`cross_validate_logistic`
   solves for two classes): the in-memory CV's folds, scores, choice of ``C`` and refit
   (:mod:`._cv`), the ``F`` folds' paths solved together as one batch of problems whose sample weights
@@ -60,6 +61,7 @@ from . import _checks, _metrics
 from ._cv import CVResult, chosen_value, logistic_cv_setup, scored_held_out, training_weights
 from ._glm import DEFAULT_TOL
 from ._logistic import BINARY_LOGISTIC, LogisticFit
+from ._newton_cg import _MAX_FORCING
 from ._nystrom import apply_preconditioner, nystrom_gram
 from ._path import default_max_cg_iter, default_precondition_rank
 from ._policy import default_policy
@@ -305,17 +307,35 @@ class _CG(NamedTuple):
     running: Array
 
 
+class _CGStop(NamedTuple):
+    """Where each problem's CG stops, ``(P,)`` each: once ``|r| <= tol``, or once every entry of ``r`` is
+    within ``reach`` and ``|r| <= loose`` (the next gradient is, to first order, CG's residual, and the
+    stopping test reads its max-abs entry; as the in-memory solver's CG)."""
+
+    tol: Array
+    reach: Array
+    loose: Array
+
+
+def _unsolved(r_coef: Array, r_int: Array, rr: Array, rz: Array, stop: _CGStop) -> Array:
+    """``(P,)``: the problems whose CG goes on (``rz > 0`` fails only where rounding broke ``M``)."""
+    worst = jnp.maximum(jnp.max(jnp.abs(r_coef), axis=-1), jnp.abs(r_int))
+    solved = (rr <= stop.tol**2) | ((rr <= stop.loose**2) & (worst <= stop.reach))
+    return ~solved & (rz > 0)
+
+
 @functools.partial(jax.jit, static_argnames=("n", "fit_intercept"))
-def _cg_start(g_coef: Array, g_int: Array, n: int, precond: Any, mu: Array, tol: Array, *, fit_intercept: bool) -> _CG:
+def _cg_start(g_coef: Array, g_int: Array, n: int, precond: Any, mu: Array, stop: _CGStop, *,
+              fit_intercept: bool) -> _CG:
     r_coef, r_int = -g_coef, -g_int
     p_coef, p_int = _precondition(precond, mu, fit_intercept, r_coef, r_int)
     rz, rr = _dot(r_coef, r_int, p_coef, p_int), _dot(r_coef, r_int, r_coef, r_int)
     return _CG(jnp.zeros_like(g_coef), jnp.zeros_like(g_int), jnp.zeros(g_int.shape + (n,)), r_coef, r_int, p_coef,
-               p_int, rz, rr, (rr > tol**2) & (rz > 0))
+               p_int, rz, rr, _unsolved(r_coef, r_int, rr, rz, stop))
 
 
 @functools.partial(jax.jit, static_argnames="fit_intercept")
-def _cg_step(cg: _CG, u: Array, h_coef: Array, h_int: Array, precond: Any, mu: Array, tol: Array, *,
+def _cg_step(cg: _CG, u: Array, h_coef: Array, h_int: Array, precond: Any, mu: Array, stop: _CGStop, *,
              fit_intercept: bool) -> _CG:
     """One CG step of the running problems from the products ``u = X p`` and ``H p``; the others keep theirs."""
     step = jnp.where(cg.running, cg.rz / jnp.maximum(_dot(cg.p_coef, cg.p_int, h_coef, h_int), 1e-30), 0.0)
@@ -326,21 +346,22 @@ def _cg_step(cg: _CG, u: Array, h_coef: Array, h_int: Array, precond: Any, mu: A
     rr = jnp.where(cg.running, _dot(r_coef, r_int, r_coef, r_int), cg.rr)
     return _CG(cg.d_coef + step[:, None] * cg.p_coef, cg.d_int + step * cg.p_int, cg.xd + step[:, None] * u,
                r_coef, r_int, jnp.where(cg.running[:, None], m_coef + beta[:, None] * cg.p_coef, cg.p_coef),
-               jnp.where(cg.running, m_int + beta * cg.p_int, cg.p_int), rz, rr, cg.running & (rr > tol**2) & (rz > 0))
+               jnp.where(cg.running, m_int + beta * cg.p_int, cg.p_int), rz, rr,
+               cg.running & _unsolved(r_coef, r_int, rr, rz, stop))
 
 
-def _newton_direction(rows: _LayerRows, w: Array, g_coef: Array, g_int: Array, precond: Any, tol: np.ndarray,
+def _newton_direction(rows: _LayerRows, w: Array, g_coef: Array, g_int: Array, precond: Any, stop: _CGStop,
                       max_cg_iter: int) -> tuple[Array, Array, Array]:
     """Conjugate gradients on ``H d = -g`` for every problem at once, one pass over the rows per step (for
-    all problems); each stops at its own residual ``tol`` (``inf``: no step). ``(d_coef, d_int, X d)``."""
+    all problems); each stops where its own ``stop`` says (``tol`` ``inf``: no step). ``(d_coef, d_int, X d)``."""
     # H ~ a (A + I / a), a = C * mean curvature (as in-memory)
     mu = 1.0 / jnp.maximum(jnp.sum(w, axis=-1) / w.shape[-1], 1e-30)
-    tol = jnp.asarray(tol, jnp.float32)
-    cg = _cg_start(g_coef, g_int, w.shape[-1], precond, mu, tol, fit_intercept=rows.fit_intercept)
+    stop = _CGStop(*(jnp.asarray(v, jnp.float32) for v in stop))
+    cg = _cg_start(g_coef, g_int, w.shape[-1], precond, mu, stop, fit_intercept=rows.fit_intercept)
     for _ in range(max_cg_iter):
         if not bool(jnp.any(cg.running)):
             break
-        cg = _cg_step(cg, *rows.hvp(w, cg.p_coef, cg.p_int), precond, mu, tol, fit_intercept=rows.fit_intercept)
+        cg = _cg_step(cg, *rows.hvp(w, cg.p_coef, cg.p_int), precond, mu, stop, fit_intercept=rows.fit_intercept)
     return cg.d_coef, cg.d_int, cg.xd
 
 
@@ -411,11 +432,11 @@ def _newton(rows: _LayerRows, C: float, start: tuple[Array, Array, Array], preco
         if not active.any():
             break
         g_norm = np.sqrt(np.asarray(_dot(*g, *g), np.float64))
-        # Inexact Newton forcing term, as the in-memory solver's (loose far from the optimum, tight near it).
-        forcing = np.minimum(0.3, np.maximum(np.minimum(0.1, np.sqrt(opt / np.maximum(opt0, 1e-300))),
-                                             0.5 * tol * scale / np.maximum(g_norm, 1e-30)))
-        d_coef, d_int, xd = _newton_direction(rows, rows.curvature(z, C), *g, precond,
-                                              np.where(active, forcing * g_norm, np.inf), max_cg_iter)
+        # Inexact Newton forcing term, as the in-memory solver's (loose far from the optimum, tight near it),
+        # and its stop once the residual's every entry is within half the (unscaled) gradient tolerance.
+        forcing = np.minimum(0.1, np.sqrt(opt / np.maximum(opt0, 1e-300)))
+        stop = _CGStop(np.where(active, forcing * g_norm, np.inf), 0.5 * tol * scale, _MAX_FORCING * g_norm)
+        d_coef, d_int, xd = _newton_direction(rows, rows.curvature(z, C), *g, precond, stop, max_cg_iter)
         slope = np.asarray(_dot(*g, d_coef, d_int), np.float64)
         losses = BINARY_LOGISTIC.evaluate(z, rows.y)[0]  # (P, N), for the objective and the line search
         objective = np.asarray(C * jnp.sum(rows.s * losses, axis=-1) + 0.5 * jnp.sum(coef * coef, axis=-1),
