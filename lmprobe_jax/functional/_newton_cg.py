@@ -287,8 +287,6 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
                 bound = jnp.minimum(bound, _if(exact, lambda: glm.gap_bound(data, params, g, ev, None), dtype))
                 passes = passes + exact.astype(passes.dtype)
             gap = jnp.minimum(gap, bound)
-        new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
-            pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled, ls.unresolved & newton, k))
         # In the precision regime, a full Newton step that does not lower the gradient means float
         # rounding now sets the gradient: keep the better iterate and stop there. Only for a direction CG
         # solved to its forcing tolerance: a decrement from a CG cut short (or broken down by rounding, as
@@ -304,7 +302,8 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         worse = opt >= st.optimality
         stuck = worse | (dot(g, g) > 0.25 * dot(st.grad, st.grad))
         at_floor = newton & (solved | at_rounding) & ls.at_precision & stuck
-        new = new._replace(progress=new.progress._replace(at_floor=settled | at_floor))
+        new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
+            pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled | at_floor, ls.unresolved & newton, k))
         kept = st._replace(precond=pstate, progress=pr._replace(
             n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
         # A step that overflowed (separable softmax layers at C >= 1e8) is not taken: the last finite
