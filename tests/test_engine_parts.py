@@ -311,6 +311,7 @@ def test_every_policy_reaches_the_same_optimum(binary_layers, name):
     ("continuation_factor", 0.5, ValueError, "more than 1"),
     ("continuation_tol", 0.0, ValueError, "> 0"),
     ("switch_progress", 1.0, ValueError, "0 < switch_progress < 1"),
+    ("softmax_switch_progress", 0.0, ValueError, "0 < softmax_switch_progress < 1"),
     ("switch_window", 0, ValueError, ">= 1"),
     ("nystrom_probe_rank", 0, ValueError, ">= 1"),
     ("nystrom_rank", -1, ValueError, ">= 0"),

@@ -386,6 +386,7 @@ def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
                             layer_batch_size=None, policy=cpu)["policy"]
     assert on_cpu.nystrom_decay == cpu.softmax_nystrom_decay > cpu.nystrom_decay
     assert on_cpu.quasi_newton_memory == cpu.softmax_quasi_newton_memory > 0
+    assert on_cpu.switch_progress == cpu.softmax_switch_progress != cpu.switch_progress
     # Binary solves may end on the gap bound, softmax ones take the certifying Newton step.
     assert cpu.gap_bound and not on_cpu.gap_bound
     wide = resolved((32, 100, 4096), batch=32)

@@ -99,8 +99,8 @@ def solver_options(
     Returns the static keyword arguments of :func:`solve_layers` other than ``tol``: the policy comes back
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
-    take one CG step), ``quasi_newton_memory``, ``nystrom_decay`` and ``gap_bound`` to the softmax ones for
-    softmax, and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
+    take one CG step), ``quasi_newton_memory``, ``nystrom_decay``, ``gap_bound`` and ``switch_progress`` to
+    the softmax ones for softmax, and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
     """
     if policy is None:
         policy = default_policy()
@@ -121,6 +121,7 @@ def solver_options(
             policy.softmax_quasi_newton_memory if softmax else policy.quasi_newton_memory),
         nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
         gap_bound=policy.softmax_gap_bound if softmax else policy.gap_bound,
+        switch_progress=policy.softmax_switch_progress if softmax else policy.switch_progress,
         centre_features=policy.centre_features and batch == 1,
         continuation_factor=policy.continuation_factor if batch == 1 and not (softmax or wide) else 0.0,
     )

@@ -37,7 +37,9 @@ class SolverPolicy:
         ``switch_window`` iterations is above this fraction of the best before them (the quasi-Newton
         steps stopped paying: each costs two passes over ``X``, a Newton step one plus two per CG step).
         0.1 rather than 0.5 since CG stops on the gradient test's own norm: imbalanced layers 7-20% fewer
-        passes, softmax-300 12% (softmax-10 21% more); the rest within 2.5% (RESULTS.md).
+        passes, the rest within 2.5% (RESULTS.md).
+      softmax_switch_progress: the same for softmax solves. At 0.1 softmax-300 took 12% fewer passes but
+        stopped at a 130x larger gap (1.6e-8 against 1.2e-10), and softmax-10 took 21% more (RESULTS.md).
       switch_after: quasi-Newton iterations before that rule applies (L-BFGS's first iterations, while
         its memory fills, gain least).
       gap_bound: a solve may end on the strong-convexity bound of its objective gap
@@ -98,6 +100,7 @@ class SolverPolicy:
     softmax_quasi_newton_memory: int = 10
     switch_window: int = 8
     switch_progress: float = 0.1
+    softmax_switch_progress: float = 0.5
     switch_after: int = 10
     gap_bound: bool = True
     softmax_gap_bound: bool = False
@@ -133,9 +136,10 @@ class SolverPolicy:
                 raise TypeError(f"SolverPolicy.{field.name} must be {wanted}; got {value!r}.")
             if field.type != "bool" and value < 0:
                 raise ValueError(f"SolverPolicy.{field.name} must be >= 0; got {value!r}.")
-        if not 0.0 < self.switch_progress < 1.0:
-            raise ValueError(f"SolverPolicy.switch_progress is a fraction of the scaled gradient that a window of "
-                             f"quasi-Newton steps must beat: 0 < switch_progress < 1; got {self.switch_progress!r}.")
+        for name in ("switch_progress", "softmax_switch_progress"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"SolverPolicy.{name} is a fraction of the scaled gradient that a window of "
+                                 f"quasi-Newton steps must beat: 0 < {name} < 1; got {getattr(self, name)!r}.")
         for name in ("switch_window", "nystrom_probe_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SolverPolicy.{name} must be >= 1; got {getattr(self, name)!r}.")
