@@ -86,5 +86,6 @@ def main() -> None:
                           f"{np.median(times[label]) / base:.3f} | {passes:.1f} | "
                           f"{bool(np.asarray(fits[label].converged).all())} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
