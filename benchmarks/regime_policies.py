@@ -1,4 +1,4 @@
-"""Solver policies against the default on the binary regime panel, interleaved in one process.
+"""Solver policies against the default on the regime panel, interleaved in one process.
 
 Each variant is a set of ``SolverPolicy`` fields (``'switch_progress=0.1'``, ``'quasi_newton_memory=30,
 switch_window=4'``); every variant and the default fit the same data in turn, each round (a new policy is a
