@@ -5,8 +5,8 @@ program (a cross-validated sweep compiles two solves and its scoring). Within on
 the programs already; the persistent cache makes a *new* process (a script run again, a notebook
 restarted) load them from disk instead.
 
-Beside it, :mod:`lmprobe_jax.functional._aot` keeps the solvers' traced and lowered programs
-(``jax.export``), so that a new process skips tracing them too.
+Beside it, :mod:`lmprobe_jax.functional._aot` keeps the solvers' compiled executables, so that a new
+process skips tracing and lowering them too.
 
 **On by default, where that is safe.** The first solver call of a process (any public function of
 :mod:`lmprobe_jax.functional`, hence every estimator and ``Probe``) turns the cache on in

@@ -318,27 +318,49 @@ def test_persistent_cache_on_by_default(tmp_path):
 
 TRACED = """
 import numpy as np, jax, jax.monitoring, lmprobe_jax.functional as F
-traced = []
+built = []
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
-X = np.random.default_rng(0).normal(size=(2, 64, 4)).astype(np.float32)
+    lambda event, duration, **kw: built.append(kw.get("fun_name").removeprefix("jit_"))
+    if event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")) else None)
+X = np.random.default_rng(0).normal(size=(2, 64, 12)).astype(np.float32)
 res = F.cross_validate_logistic(X, (X[0, :, 0] > 0).astype(int), [0.1, 1.0], folds=3)
-print("TRACED", sorted(set(traced)))
+print("BUILT", sorted(set(built)))
 print("COEF", np.asarray(res.fit.coef).ravel().tolist())
 """
 
 
-def test_a_new_process_loads_the_exported_solvers(tmp_path):
-    """With the cache on, the second process runs the solvers' exported programs: the same result, and
-    solve_layers / layer_preconditioners / the fold scoring are not traced again."""
+def test_a_new_process_loads_the_solvers_executables(tmp_path):
+    """With the cache on, the second process runs the solvers' executables kept on disk: the same result,
+    and solve_layers / layer_preconditioners / the fold scoring are neither traced nor lowered again. The
+    preconditioner's eigendecomposition is a LAPACK call, which a loaded executable must find set up."""
     env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
     first, second = _run(TRACED, env), _run(TRACED, env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     for name in ("solve_layers", "layer_preconditioners", "_score_fold_fits"):
-        assert name in first.stdout.split("TRACED")[1].split("\n")[0]
-        assert name not in second.stdout.split("TRACED")[1].split("\n")[0]
+        assert name in first.stdout.split("BUILT")[1].split("\n")[0]
+        assert name not in second.stdout.split("BUILT")[1].split("\n")[0]
     assert first.stdout.split("COEF")[1] == second.stdout.split("COEF")[1]
-    assert any((tmp_path / "jax-exported").iterdir())
+    assert len(list((tmp_path / "jax-executables").iterdir())) == 4  # preconditioners, folds, scoring, refit
+
+
+BOUNDED = """
+import numpy as np, jax, lmprobe_jax.functional as F
+rng = np.random.default_rng(0)
+for n in (40, 90, 200, 400, 800):  # five row buckets: five solve_layers programs
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    np.asarray(F.fit_logistic(X, (X[:, 0] > 0).astype(int), 1.0).coef)
+    names = [e.hlo_modules()[0].name for e in jax.devices()[0].client.live_executables()]
+    print("LIVE", sum("solve_layers" in name for name in names))
+"""
+
+
+def test_a_process_keeps_a_bounded_number_of_the_solvers_executables(tmp_path):
+    """With the cache on, each solver's executables are let go beyond LMPROBE_JAX_MAX_PROGRAMS (JAX's
+    caches of its traces held every one: ~900 memory maps apiece, toward vm.max_map_count)."""
+    proc = _run(BOUNDED, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "",
+                          "LMPROBE_JAX_MAX_PROGRAMS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("LIVE")] == [1, 2, 2, 2, 2]
 
 
 def test_persistent_cache_opt_out_and_the_users_choice_win(tmp_path):

@@ -1,33 +1,44 @@
-"""Ahead-of-time solver programs: traced and lowered once, kept on disk with ``jax.export``.
+"""Ahead-of-time solver programs: compiled once, kept on disk as executables, loaded by later processes.
 
 JAX's persistent compilation cache skips XLA's compile in a new process, but not the Python trace of a
 solver nor its lowering to StableHLO, which come first (the cache is keyed by the lowered module): for
 the demo's cross-validated sweep, most of a new process's first call once the cache was warm. Here each
-solver program is also exported (``jax.export``: the lowered module and its argument and result
-structure, serialised as flatbuffers, not pickle) under ``$LMPROBE_JAX_CACHE/jax-exported``; a new process
-deserialises it and calls it, and the call's compile comes from the persistent cache.
+solver program is compiled ahead of time (``jitted.lower(...).compile()``) and its executable kept under
+``$LMPROBE_JAX_CACHE/jax-executables`` (``jax.experimental.serialize_executable``, zlib-compressed); a new
+process loads it and calls it: no trace, no lowering, no lookup in JAX's cache.
+
+The file is XLA's executable with its argument and result structure, pickled by that API. Loading it is
+loading machine code, as JAX's own cache does: it is trusted exactly as far as that cache is, and lives
+only where that cache would (a directory private to this user, see :mod:`lmprobe_jax.compilation`).
 
 A program is found again only for the same library source (a hash of :mod:`lmprobe_jax.functional`'s
-files), JAX version, backend, x64 setting, static settings and argument shapes and dtypes; anything else
-exports anew. Used only where the persistent cache is on (see :mod:`lmprobe_jax.compilation`) and the
-arguments are concrete (a caller's ``jit`` / ``vmap`` traces the solver as usual).
+files), JAX and jaxlib versions, backend and device topology, x64 setting, ``XLA_FLAGS``, static
+settings and argument shapes and dtypes; anything else compiles anew. Used only where the persistent
+cache is on and the arguments are concrete (a caller's ``jit`` / ``vmap`` traces the solver as usual).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import jaxlib
+from jax.experimental import serialize_executable
 
-_LOADED: OrderedDict[str, Any] = OrderedDict()
-_MAX_LOADED = 32
+from ._programs import MAX_PROGRAMS
+
+_LOADED: OrderedDict[str, tuple[Callable, jax.stages.Compiled]] = OrderedDict()
 _source_hash: str | None = None
+_kernels_ready = False
 
 
 def _library_version() -> str:
@@ -50,27 +61,34 @@ def _stable(value: Any) -> str:
 
 
 def _directory() -> Path | None:
-    from importlib.util import find_spec
-
     from ..compilation import CACHE_ENV, _private_directory
-
-    if find_spec("flatbuffers") is None:  # jax.export cannot serialise without it
-        return None
 
     if not jax.config.jax_compilation_cache_dir or os.environ.get(CACHE_ENV, "").strip().lower() in ("0", "off",
                                                                                                      "false", "no"):
         return None
     from lmprobe_jax_store import cache_root
 
-    path = cache_root() / "jax-exported"
+    path = cache_root() / "jax-executables"
     return path if _private_directory(path) else None
+
+
+def _topology() -> str:
+    """The devices' topology fingerprint, as JAX's own cache key hashes it (device kinds where a backend
+    has none)."""
+    devices = jax.devices()
+    try:
+        from jax._src.lib import xla_client
+
+        return str(xla_client.get_topology_for_devices(devices).fingerprint())
+    except Exception:  # noqa: BLE001 -- backends without a serialisable topology, as in jax._src.cache_key
+        return ",".join(d.device_kind for d in devices)
 
 
 def _key(name: str, static: dict, args: tuple, kwargs: dict) -> str:
     leaves, tree = jax.tree.flatten((args, kwargs))
     avals = [jax.api_util.shaped_abstractify(leaf) for leaf in leaves]
     text = "\n".join([
-        name, _library_version(), jax.__version__, jax.default_backend(), str(jax.devices()[0].device_kind),
+        name, _library_version(), jax.__version__, jaxlib.__version__, jax.default_backend(), _topology(),
         str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""), str(tree),
         ";".join(f"{a.shape}{a.dtype}{a.weak_type}" for a in avals),
         ";".join(f"{k}={_stable(v)}" for k, v in sorted(static.items())),
@@ -79,8 +97,8 @@ def _key(name: str, static: dict, args: tuple, kwargs: dict) -> str:
 
 
 def call(jitted: Callable, **kwargs: Any) -> Any:
-    """``jitted(**kwargs)`` (every argument by keyword), through its exported program when the persistent
-    cache is on and the arguments are concrete."""
+    """``jitted(**kwargs)`` (every argument by keyword), through its executable kept on disk when the
+    persistent cache is on and the arguments are concrete."""
     directory = _directory()
     info = getattr(jitted, "_jit_info", None)  # its static argument names (a jax.jit function's)
     if directory is None or info is None or any(
@@ -90,33 +108,54 @@ def call(jitted: Callable, **kwargs: Any) -> Any:
     static = {k: v for k, v in kwargs.items() if k in info.static_argnames}
     dynamic = {k: v for k, v in kwargs.items() if k not in static}
     key = _key(f"{jitted.__module__}.{jitted.__qualname__}", static, (), dynamic)
-    program = _LOADED.pop(key, None)
+    program = _LOADED.pop(key, (None, None))[1]
     if program is None:
-        exported = None
         path = directory / key
-        if path.exists():
-            try:
-                exported = jax.export.deserialize(bytearray(path.read_bytes()))
-            except Exception:  # noqa: BLE001 -- a damaged file fails in flatbuffers or MLIR parsing: export anew
-                exported = None
-        if exported is None:
-            exported = jax.export.export(jitted)(**kwargs)
-            with tempfile.NamedTemporaryFile(dir=directory, delete=False) as handle:
-                handle.write(exported.serialize())
-            os.replace(handle.name, path)
-        # Called under jit: later calls take its compiled fast path; called as it is, every call traced the
-        # exported program's wrapper again (0.7-1 ms of Python, a third of a small fit's call).
-        program = jax.jit(exported.call)
-    _LOADED[key] = program
-    while len(_LOADED) > _MAX_LOADED:  # each holds a compiled program once called: keep the recent ones
-        _LOADED.popitem(last=False)
+        program = _load(path) if path.exists() else None
+        if program is None:
+            program = jitted.lower(**kwargs).compile()
+            _store(program, path)
+    _LOADED[key] = (jitted, program)
+    _keep_recent(jitted)
     return program(**dynamic)
 
 
-def register_types(*types: type) -> None:
-    """Let NamedTuple arguments and results of exported programs be serialised."""
-    for kind in types:
-        try:
-            jax.export.register_namedtuple_serialization(kind, serialized_name=f"lmprobe_jax.{kind.__name__}")
-        except ValueError:  # already registered (a reloaded module)
-            pass
+def _keep_recent(jitted: Callable) -> None:
+    """Hold at most ``MAX_PROGRAMS`` of ``jitted``'s executables (the recent ones). JAX's caches of its
+    traces keep every program lowered from it alive (~900 memory maps each, see ``_programs``), so they
+    are cleared with the ones let go."""
+    keys = [key for key, (fn, _) in _LOADED.items() if fn is jitted]
+    if len(keys) > MAX_PROGRAMS:
+        for key in keys[:-MAX_PROGRAMS]:
+            del _LOADED[key]
+        jitted.clear_cache()
+
+
+def _store(program: jax.stages.Compiled, path: Path) -> None:
+    """Write ``program``'s executable to ``path`` (atomically). Before its first run: XLA:CPU settles a sort's
+    comparator when it first runs it, after which the executable no longer serialises."""
+    try:
+        blob = zlib.compress(pickle.dumps(serialize_executable.serialize(program)), 1)
+    except Exception:  # noqa: BLE001 -- an executable XLA cannot serialise still runs; only the file is lost
+        return
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+        handle.write(blob)
+    os.replace(handle.name, path)
+
+
+def _load(path: Path) -> jax.stages.Compiled | None:
+    """The executable kept at ``path``, or None where it cannot be read (damaged, or from another JAX)."""
+    global _kernels_ready
+    try:
+        serialized, in_tree, out_tree = pickle.loads(zlib.decompress(path.read_bytes()))
+    except Exception:  # noqa: BLE001 -- zlib's checksum or the unpickling fails: compile anew
+        return None
+    if not _kernels_ready:
+        # An executable loaded in a process that never lowered a LAPACK call finds LAPACK's kernels unset
+        # and crashes (jax-ml/jax#29610); lowering one sets them.
+        jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
+        _kernels_ready = True
+    try:
+        return serialize_executable.deserialize_and_load(serialized, in_tree, out_tree)
+    except Exception:  # noqa: BLE001 -- XLA refuses the executable: compile anew
+        return None
