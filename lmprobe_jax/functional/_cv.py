@@ -188,7 +188,7 @@ def cross_validate_logistic(
     train = _checks.pad_rows(training_weights(fold_ids, sw), rows)
     codes_rows = _checks.pad_rows(codes, rows)
     loss = SOFTMAX if softmax else BINARY_LOGISTIC
-    y_solver = jnp.asarray(codes_rows if softmax else codes_rows.astype(np.float32))
+    y_solver = codes_rows if softmax else codes_rows.astype(np.float32)
     options = solver_options(
         (X3.shape[0], n, X3.shape[2]), int(classes.size) if softmax else None, fit_intercept=fit_intercept,
         max_iter=max_iter, max_cg_iter=max_cg_iter, precondition_rank=precondition_rank,
@@ -198,23 +198,23 @@ def cross_validate_logistic(
     precond = None
     if options["policy"].nystrom_rank:
         precond = _aot.call(
-            layer_preconditioners, X=X3, sample_weight=jnp.asarray(train), fit_intercept=options["fit_intercept"],
+            layer_preconditioners, X=X3, sample_weight=train, fit_intercept=options["fit_intercept"],
             layer_batch_size=options["layer_batch_size"], policy=options["policy"],
         )
     folds_res = _aot.call(
-        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(train), Cs=jnp.asarray(Cs),
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=train, Cs=Cs,
         tol=_checks.check_tol(cv_tol), gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
     acc, ll, auc = _aot.call(
-        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=jnp.asarray(codes_rows),
+        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=codes_rows,
         held_out=scored_held_out(fold_ids, sw), softmax=softmax,
     )  # (L, G, F)
     nan = jnp.full_like(acc, jnp.nan)
     best, best_value = chosen_value({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring, Cs)
     refit_res = _aot.call(
-        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=jnp.asarray(_checks.pad_rows(sw, rows)[None]),
-        Cs=jnp.asarray(best_value)[:, None], tol=_checks.check_tol(tol), precond=precond,
+        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=_checks.pad_rows(sw, rows)[None],
+        Cs=best_value[:, None], tol=_checks.check_tol(tol), precond=precond,
         init=_fold_mean_at(folds_res, best), **options,
     )  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _with_refit(folds_res, refit_res)
