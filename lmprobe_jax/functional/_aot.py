@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 from jax.experimental import serialize_executable
+
+from lmprobe_jax_store._store import atomic_write
 
 from ._programs import MAX_PROGRAMS
 
@@ -138,9 +139,7 @@ def _store(program: jax.stages.Compiled, path: Path) -> None:
         blob = zlib.compress(pickle.dumps(serialize_executable.serialize(program)), 1)
     except Exception:  # noqa: BLE001 -- an executable XLA cannot serialise still runs; only the file is lost
         return
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(blob)
-    os.replace(handle.name, path)
+    atomic_write(path, blob)
 
 
 def _load(path: Path) -> jax.stages.Compiled | None:
