@@ -19,6 +19,7 @@ cache is on and the arguments are concrete (a caller's ``jit`` / ``vmap`` traces
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -38,18 +39,14 @@ from lmprobe_jax_store._store import atomic_write
 from ._programs import MAX_PROGRAMS
 
 _LOADED: OrderedDict[str, tuple[Callable, jax.stages.Compiled]] = OrderedDict()
-_source_hash: str | None = None
-_kernels_ready = False
 
 
+@functools.cache
 def _library_version() -> str:
-    global _source_hash
-    if _source_hash is None:
-        digest = hashlib.sha256()
-        for path in sorted(Path(__file__).parent.glob("*.py")):
-            digest.update(path.name.encode() + path.read_bytes())
-        _source_hash = digest.hexdigest()
-    return _source_hash
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _stable(value: Any) -> str:
@@ -73,9 +70,10 @@ def _directory() -> Path | None:
     return path if _private_directory(path) else None
 
 
+@functools.cache
 def _topology() -> str:
     """The devices' topology fingerprint, as JAX's own cache key hashes it (device kinds where a backend
-    has none)."""
+    has none). Fixed for the process: computed once, not at every solver call."""
     devices = jax.devices()
     try:
         from jax._src.lib import xla_client
@@ -142,18 +140,20 @@ def _store(program: jax.stages.Compiled, path: Path) -> None:
     atomic_write(path, blob)
 
 
+@functools.cache
+def _set_up_lapack() -> None:
+    """An executable loaded in a process that never lowered a LAPACK call finds LAPACK's kernels unset and
+    crashes (jax-ml/jax#29610); lowering one sets them, once per process."""
+    jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
+
+
 def _load(path: Path) -> jax.stages.Compiled | None:
     """The executable kept at ``path``, or None where it cannot be read (damaged, or from another JAX)."""
-    global _kernels_ready
     try:
         serialized, in_tree, out_tree = pickle.loads(zlib.decompress(path.read_bytes()))
     except Exception:  # noqa: BLE001 -- zlib's checksum or the unpickling fails: compile anew
         return None
-    if not _kernels_ready:
-        # An executable loaded in a process that never lowered a LAPACK call finds LAPACK's kernels unset
-        # and crashes (jax-ml/jax#29610); lowering one sets them.
-        jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
-        _kernels_ready = True
+    _set_up_lapack()
     try:
         return serialize_executable.deserialize_and_load(serialized, in_tree, out_tree)
     except Exception:  # noqa: BLE001 -- XLA refuses the executable: compile anew
