@@ -148,8 +148,8 @@ def test_a_steep_layers_newton_steps_precondition_its_cg():
     """A layer solved Newton-first (massive-activation features) preconditions CG with its Nystrom
     approximation and, on top, the L-BFGS pairs of its own Newton steps: fewer CG steps than with no
     memory (policy quasi_newton_memory=0), to the same convergence. Summed over six layers: one layer's
-    count moves by a step or two with the CPU's rounding (seed 3 alone took 31 against 30 on one machine,
-    where the six took 376 against 476), and on some layers the memory costs steps."""
+    count moves by a step with the CPU's rounding, and on some layers the memory costs steps (figures in
+    RESULTS.md, 2026-12-06, session 15)."""
 
     def cg_steps(memory: int, seed: int) -> int:
         rng = np.random.default_rng(seed)
