@@ -258,7 +258,7 @@ def solve_layers(
     use_lagged = (scalar and layer_batch_size == 1 and n_c > 2 and policy.lagged_build_factor > 0
                   and not policy.woodbury and not refresh)
     threshold = lagged_build_threshold(n_samples, n_features, n_w, policy.lagged_build_factor)
-    lead_ins = bool(policy.continuation_factor) and n_c == 1
+    lead_ins = bool(policy.continuation_factor) and n_c == 1 and init is None
 
     def layer_preconditioner(x: Array, approx: NystromApprox | None) -> tuple[Preconditioner, Array]:
         """The layer's preconditioner, and whether its spectrum was found ill-conditioned (the Nystrom
