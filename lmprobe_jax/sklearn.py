@@ -53,16 +53,14 @@ def _fit_data(
     """Validate ``(X, y, sample_weight)`` for fit; returns them and ``layered``. 3-D ``X`` skips
     scikit-learn's 2-D checks (the functional layer validates it)."""
     if _is_layers(X):
-        X = X if isinstance(X, (np.ndarray, jax.Array)) else np.asarray(X)
-        with jax.enable_x64(X.dtype == np.float64):  # keep float64 activations float64
-            X3, _ = F._checks.check_activations(X)
+        X3, _ = F._checks.layered(X)
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != X3.shape[1]:
             raise ValueError(f"y has shape {y.shape}; expected ({X3.shape[1]},), one entry per row of each layer.")
         est.n_features_in_ = X3.shape[2]
         est.n_layers_ = X3.shape[0]
-        # The validated JAX array itself: a numpy copy of it would be copied back by the solver (and one
-        # split over a mesh would be gathered onto the host).
+        # X as given (numpy or JAX): the solver makes the one device copy, padded to its compile bucket, and
+        # checks the values there (a JAX copy made here would be padded again on the device).
         return X3, y, sample_weight, True
     X, y = validate_data(est, X, y, dtype=[np.float64, np.float32], y_numeric=not classifier)
     if sample_weight is not None:

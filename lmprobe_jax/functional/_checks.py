@@ -18,6 +18,7 @@ import numpy as np
 from jax import Array
 
 from ..compilation import default_compilation_cache
+from . import _aot
 from ._programs import limit_compiled_programs
 from ._sources import aligned_empty
 
@@ -75,9 +76,10 @@ def check_bucketed_activations(X: Any, *, name: str = "X") -> tuple[Array, bool,
     return _activations(X, name, True, bucket=True)
 
 
-def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tuple[Array, bool, int]:
-    default_compilation_cache()
-    limit_compiled_programs()
+def layered(X: Any, name: str = "X") -> tuple[Any, bool]:
+    """``(X as (L, N, D), was_2d)``, refused with a message where its dtype or shape cannot be activations.
+    Only the layout is checked: numpy stays numpy (no copy to the device, no program per input shape), and
+    values are left for the solver's own check (:func:`check_activations`)."""
     if not hasattr(X, "dtype"):
         X = np.asarray(X)
     if X.dtype not in _FLOAT_STORAGE:
@@ -97,7 +99,13 @@ def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tupl
     if min(X.shape) == 0:
         raise ValueError(f"{name} has shape {tuple(X.shape)}; every axis needs at least one entry.")
     was_2d = X.ndim == 2
-    X = X[None] if was_2d else X  # numpy stays numpy: no device program per input shape
+    return (X[None] if was_2d else X), was_2d
+
+
+def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tuple[Array, bool, int]:
+    default_compilation_cache()
+    limit_compiled_programs()
+    X, was_2d = layered(X, name)
     n = X.shape[1]
     if bucket and isinstance(X, np.ndarray) and bucket_rows(n) != n:
         # Our own padded copy, page-aligned and read-only: device_put uses it in place (no second copy).
@@ -160,7 +168,7 @@ def _all_finite(X: Array) -> bool:
     CPU reduction over booleans is slow). Only a non-finite sum (or one that overflowed from finite
     entries) pays for the entrywise test.
     """
-    return bool(_sum_is_finite(X)) or bool(jnp.all(jnp.isfinite(X)))
+    return bool(_aot.call(_sum_is_finite, X=X)) or bool(jnp.all(jnp.isfinite(X)))
 
 
 def check_n_samples(n: int, arr: Any, name: str) -> Any:
