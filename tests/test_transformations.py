@@ -336,11 +336,12 @@ def test_a_new_process_loads_the_solvers_executables(tmp_path):
     env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
     first, second = _run(TRACED, env), _run(TRACED, env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    for name in ("solve_layers", "layer_preconditioners", "_score_fold_fits"):
+    for name in ("_sum_is_finite", "solve_layers", "layer_preconditioners", "_scored_folds", "_with_refit"):
         assert name in first.stdout.split("BUILT")[1].split("\n")[0]
         assert name not in second.stdout.split("BUILT")[1].split("\n")[0]
     assert first.stdout.split("COEF")[1] == second.stdout.split("COEF")[1]
-    assert len(list((tmp_path / "jax-executables").iterdir())) == 4  # preconditioners, folds, scoring, refit
+    # The values' check, preconditioners, folds, scoring, refit, and the refit merged with the folds' counts.
+    assert len(list((tmp_path / "jax-executables").iterdir())) == 6
 
 
 BOUNDED = """

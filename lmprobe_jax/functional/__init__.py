@@ -86,7 +86,7 @@ cross_validate_logistic = streams_layers(copies=5, rows=_logistic_cv_rows, keeps
 cross_validate_ridge = streams_layers(copies=3, keeps_layer_axis=True)(_cv.cross_validate_ridge)
 
 _register(_path.solve_layers, _path.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,
-          _cv._score_fold_fits, _cv._fold_mean_at, _cv._with_refit, _metrics._fold_scores, _checks._sum_is_finite)
+          _cv._scored_folds, _cv._with_refit, _metrics._fold_scores, _checks._sum_is_finite)
 
 __all__ = [
     "CVResult",

@@ -124,7 +124,11 @@ def scored_held_out(fold_ids: np.ndarray, sw: Any) -> HeldOut:
 def chosen_value(scores: Array, scoring: str, grid: Any) -> tuple[Any, Any]:
     """``(best_index (L,), best_value (L,))`` from held-out ``scores`` ``(L, G, F)``: the best mean over
     folds, first of ties (numpy when concrete; traced under a caller's jit)."""
-    best = _best(scores, scoring)
+    return value_at(_best(scores, scoring), grid)
+
+
+def value_at(best: Any, grid: Any) -> tuple[Any, Any]:
+    """``(best (L,), grid[best] (L,))``, numpy when both are concrete (traced under a caller's jit)."""
     best = np.asarray(best) if _checks.is_concrete(best) else best
     value = grid[best] if isinstance(best, np.ndarray) and isinstance(grid, np.ndarray) else jnp.asarray(grid)[best]
     return best, value
@@ -206,40 +210,48 @@ def cross_validate_logistic(
         tol=_checks.check_tol(cv_tol), gap_tol=float("inf"), precond=precond, **options,
     )  # fields (L, F, G, ...): scikit-learn's gradient criterion alone, as LogisticRegressionCV
     fit_type = MultinomialFit if softmax else LogisticFit
-    acc, ll, auc = _aot.call(
-        _score_fold_fits, fit=folds_res.as_fit(fit_type), X3=X3, y=codes_rows,
-        held_out=scored_held_out(fold_ids, sw), softmax=softmax,
-    )  # (L, G, F)
-    nan = jnp.full_like(acc, jnp.nan)
-    best, best_value = chosen_value({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring, Cs)
+    scores, best, init = _aot.call(
+        _scored_folds, fit=folds_res.as_fit(fit_type), X3=X3, y=codes_rows,
+        held_out=scored_held_out(fold_ids, sw), softmax=softmax, scoring=scoring,
+    )  # scores (L, G, F) each, best (L,), init at best (L, 1, [K,] D) and (L, 1, [K])
+    _, best_value = value_at(best, Cs)
     refit_res = _aot.call(
         solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=_checks.pad_rows(sw, rows)[None],
-        Cs=best_value[:, None], tol=_checks.check_tol(tol), precond=precond,
-        init=_fold_mean_at(folds_res, best), **options,
+        Cs=best_value[:, None], tol=_checks.check_tol(tol), precond=precond, init=init, **options,
     )  # fields (L, 1, 1, ...)
-    refit, n_iter, converged = _with_refit(folds_res, refit_res)
+    refit, n_iter, converged = _aot.call(_with_refit, folds_res=folds_res, refit_res=refit_res)
     return CVResult(
-        grid=Cs, accuracy=acc, log_loss=ll, roc_auc=auc, mse=nan, best_index=jnp.asarray(best),
-        best_value=best_value, fit=refit.as_fit(fit_type), fold_ids=fold_ids, n_iter=n_iter, converged=converged,
+        grid=Cs, **scores._asdict(), best_index=best, best_value=best_value, fit=refit.as_fit(fit_type),
+        fold_ids=fold_ids, n_iter=n_iter, converged=converged,
     )
 
 
-# The two helpers below are jitted for their compile count, not their speed: op by op, each of their
-# small array operations is compiled on first use (~0.06 s apiece, ~2 s per first CV call in all).
-@functools.partial(jax.jit, static_argnames=("softmax",))
-def _score_fold_fits(fit: Any, X3: Array, y: Array, held_out: HeldOut, *, softmax: bool) -> tuple[Array, ...]:
-    """Held-out accuracy, log-loss and AUROC, each ``(L, G, F)``, of fold fits ``(L, F, G, ...)``."""
+class _FoldScores(NamedTuple):
+    """The held-out scores of a :class:`CVResult`, each ``(L, G, F)``."""
+
+    accuracy: Array
+    log_loss: Array
+    roc_auc: Array
+    mse: Array
+
+
+# Jitted, and run through _aot, for their compile count, not their speed: op by op, each of their small
+# array operations is compiled on first use (~0.06 s apiece, ~2 s per first CV call in all).
+@functools.partial(jax.jit, static_argnames=("softmax", "scoring"))
+def _scored_folds(
+    fit: Any, X3: Array, y: Array, held_out: HeldOut, *, softmax: bool, scoring: str
+) -> tuple[_FoldScores, Array, tuple[Array, Array]]:
+    """The held-out scores of fold fits ``(L, F, G, ...)`` (``mse`` NaN), each layer's best grid index
+    ``(L,)`` by ``scoring``, and where the refit starts: the folds' mean solution at that index,
+    ``(L, 1, [K,] D)`` and ``(L, 1, [K])`` (each fold saw most of the samples, so their mean is near the
+    refit's optimum)."""
     z = decision_function(fit, X3)  # (L, F, G, N[, K])
-    scores = _metrics.fold_scores(jnp.moveaxis(z, 1, 0), y, held_out, softmax=softmax)  # (F, L, G) each
-    return tuple(jnp.moveaxis(a, 0, -1) for a in scores)
-
-
-@jax.jit
-def _fold_mean_at(folds_res: SolveResult, best: Array) -> tuple[Array, Array]:
-    """The folds' mean solution at each layer's best ``C``: ``(L, 1, [K,] D)`` and ``(L, 1, [K])``, where
-    the refit starts (each fold saw most of the samples, so their mean is near the refit's optimum)."""
+    acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in _metrics.fold_scores(
+        jnp.moveaxis(z, 1, 0), y, held_out, softmax=softmax))  # (L, G, F) each
+    best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
     layers = jnp.arange(best.shape[0])
-    return tuple(jnp.mean(a[layers, :, best], axis=1, keepdims=True) for a in (folds_res.coef, folds_res.intercept))
+    init = tuple(jnp.mean(a[layers, :, best], axis=1, keepdims=True) for a in (fit.coef, fit.intercept))
+    return _FoldScores(acc, ll, auc, jnp.full_like(acc, jnp.nan)), best, init
 
 
 @jax.jit
