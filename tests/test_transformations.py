@@ -317,8 +317,12 @@ def test_persistent_cache_on_by_default(tmp_path):
 
 
 TRACED = """
+import threading
 import numpy as np, jax, jax.monitoring, lmprobe_jax.functional as F
-built = []
+from lmprobe_jax.functional import _aot
+built, loaded_on = [], []
+load = _aot._load
+_aot._load = lambda path: loaded_on.append(threading.current_thread().name) or load(path)
 jax.monitoring.register_event_duration_secs_listener(
     lambda event, duration, **kw: built.append(kw.get("fun_name").removeprefix("jit_"))
     if event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")) else None)
@@ -326,22 +330,26 @@ X = np.random.default_rng(0).normal(size=(2, 64, 12)).astype(np.float32)
 res = F.cross_validate_logistic(X, (X[0, :, 0] > 0).astype(int), [0.1, 1.0], folds=3)
 print("BUILT", sorted(set(built)))
 print("COEF", np.asarray(res.fit.coef).ravel().tolist())
+print("LOADED_ON", sorted(loaded_on))
 """
 
 
 def test_a_new_process_loads_the_solvers_executables(tmp_path):
     """With the cache on, the second process runs the solvers' executables kept on disk: the same result,
-    and solve_layers / layer_preconditioners / the fold scoring are neither traced nor lowered again. The
-    preconditioner's eigendecomposition is a LAPACK call, which a loaded executable must find set up."""
+    and none of the CV's programs is traced or lowered again. The preconditioner's eigendecomposition is a
+    LAPACK call, which a loaded executable must find set up."""
     env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
     first, second = _run(TRACED, env), _run(TRACED, env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     for name in ("_sum_is_finite", "solve_layers", "layer_preconditioners", "_scored_folds", "_with_refit"):
         assert name in first.stdout.split("BUILT")[1].split("\n")[0]
         assert name not in second.stdout.split("BUILT")[1].split("\n")[0]
-    assert first.stdout.split("COEF")[1] == second.stdout.split("COEF")[1]
+    assert first.stdout.split("COEF")[1].split("\n")[0] == second.stdout.split("COEF")[1].split("\n")[0]
     # The values' check, preconditioners, folds, scoring, refit, and the refit merged with the folds' counts.
     assert len(list((tmp_path / "jax-executables").iterdir())) == 6
+    # Each loaded once; the refit's on the loader's thread, while the folds are solved (its prefetch found it).
+    loaded_on = second.stdout.split("LOADED_ON")[1].strip()
+    assert loaded_on.count("'") == 12 and loaded_on.count("lmprobe-jax-load") == 1, loaded_on
 
 
 BOUNDED = """

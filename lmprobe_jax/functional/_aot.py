@@ -5,7 +5,9 @@ solver nor its lowering to StableHLO, which come first (the cache is keyed by th
 the demo's cross-validated sweep, most of a new process's first call once the cache was warm. Here each
 solver program is compiled ahead of time (``jitted.lower(...).compile()``) and its executable kept under
 ``$LMPROBE_JAX_CACHE/jax-executables`` (``jax.experimental.serialize_executable``, zlib-compressed); a new
-process loads it and calls it: no trace, no lowering, no lookup in JAX's cache.
+process loads it and calls it: no trace, no lowering, no lookup in JAX's cache. A caller that knows the
+shapes of a later call (the CV's refit, while its folds are solved) can start that load on a background
+thread (:func:`prefetch`), which a machine with a core to spare runs beside the work.
 
 The file is XLA's executable with its argument and result structure, pickled by that API. Loading it is
 loading machine code, as JAX's own cache does: it is trusted exactly as far as that cache is, and lives
@@ -26,6 +28,7 @@ import pickle
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from lmprobe_jax_store._store import atomic_write
 from ._programs import MAX_PROGRAMS
 
 _LOADED: OrderedDict[str, tuple[Callable, jax.stages.Compiled]] = OrderedDict()
+_LOADING: dict[str, Future] = {}  # executables being loaded on the loader's thread (see prefetch)
 
 
 @functools.cache
@@ -95,21 +99,47 @@ def _key(name: str, static: dict, args: tuple, kwargs: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def call(jitted: Callable, **kwargs: Any) -> Any:
-    """``jitted(**kwargs)`` (every argument by keyword), through its executable kept on disk when the
-    persistent cache is on and the arguments are concrete."""
+def _located(jitted: Callable, kwargs: dict) -> tuple[str, Path, dict] | None:
+    """``(key, path of its executable, dynamic arguments)`` of a call through ``_aot``, or None where the
+    call runs as usual (cache off, not a ``jax.jit`` function, traced arguments)."""
     directory = _directory()
     info = getattr(jitted, "_jit_info", None)  # its static argument names (a jax.jit function's)
     if directory is None or info is None or any(
         isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(kwargs)
     ):
-        return jitted(**kwargs)
+        return None
     static = {k: v for k, v in kwargs.items() if k in info.static_argnames}
     dynamic = {k: v for k, v in kwargs.items() if k not in static}
     key = _key(f"{jitted.__module__}.{jitted.__qualname__}", static, (), dynamic)
+    return key, directory / key, dynamic
+
+
+def prefetch(jitted: Callable, **kwargs: Any) -> None:
+    """Start loading the executable that :func:`call` will want for arguments of these shapes (arrays,
+    possibly still being computed, or ``jax.ShapeDtypeStruct``) on a background thread, where one is kept
+    on disk: a later call's load then overlaps the work before it on a machine with a core to spare."""
+    located = _located(jitted, kwargs)
+    if located is None or located[0] in _LOADED or located[0] in _LOADING or not located[1].exists():
+        return
+    _LOADING[located[0]] = _loader().submit(_load, located[1])
+
+
+@functools.cache
+def _loader() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="lmprobe-jax-load")
+
+
+def call(jitted: Callable, **kwargs: Any) -> Any:
+    """``jitted(**kwargs)`` (every argument by keyword), through its executable kept on disk when the
+    persistent cache is on and the arguments are concrete."""
+    located = _located(jitted, kwargs)
+    if located is None:
+        return jitted(**kwargs)
+    key, path, dynamic = located
     program = _LOADED.pop(key, (None, None))[1]
+    if program is None and key in _LOADING:
+        program = _LOADING.pop(key).result()
     if program is None:
-        path = directory / key
         program = _load(path) if path.exists() else None
         if program is None:
             program = _compiled(jitted, kwargs)

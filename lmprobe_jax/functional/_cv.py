@@ -214,11 +214,12 @@ def cross_validate_logistic(
         _scored_folds, fit=folds_res.as_fit(fit_type), X3=X3, y=codes_rows,
         held_out=scored_held_out(fold_ids, sw), softmax=softmax, scoring=scoring,
     )  # scores (L, G, F) each, best (L,), init at best (L, 1, [K,] D) and (L, 1, [K])
+    refit_args = dict(loss=loss, X=X3, y=y_solver, sample_weight=_checks.pad_rows(sw, rows)[None],
+                      tol=_checks.check_tol(tol), precond=precond, init=init, **options)
+    # The refit's program loads while the folds are solved (its C is known only once they are).
+    _aot.prefetch(solve_layers, **refit_args, Cs=np.empty((X3.shape[0], 1), Cs.dtype))
     _, best_value = value_at(best, Cs)
-    refit_res = _aot.call(
-        solve_layers, loss=loss, X=X3, y=y_solver, sample_weight=_checks.pad_rows(sw, rows)[None],
-        Cs=best_value[:, None], tol=_checks.check_tol(tol), precond=precond, init=init, **options,
-    )  # fields (L, 1, 1, ...)
+    refit_res = _aot.call(solve_layers, **refit_args, Cs=best_value[:, None])  # fields (L, 1, 1, ...)
     refit, n_iter, converged = _aot.call(_with_refit, folds_res=folds_res, refit_res=refit_res)
     return CVResult(
         grid=Cs, **scores._asdict(), best_index=best, best_value=best_value, fit=refit.as_fit(fit_type),
