@@ -352,6 +352,19 @@ def test_a_new_process_loads_the_solvers_executables(tmp_path):
     assert loaded_on.count("'") == 12 and loaded_on.count("lmprobe-jax-load") == 1, loaded_on
 
 
+def test_a_program_from_jaxs_cache_is_not_kept_as_an_executable(tmp_path):
+    """A program JAX's persistent cache already holds (an earlier version's, say) comes back loaded, not
+    compiled, and on XLA:CPU such an executable serialises without its kernels: kept as a file, it failed the
+    next process at its first run (NOT_FOUND: Function ... not found). Every process gives the same fit."""
+    env = {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": ""}
+    # The first process compiles as a plain jit would: into JAX's cache, no executable of ours.
+    plain = "_aot._compiled = lambda jitted, kwargs: (jitted.lower(**kwargs).compile(), False)"
+    seeded = _run(TRACED.replace("built, loaded_on = [], []", "built, loaded_on = [], []\n" + plain), env)
+    runs = [seeded] + [_run(TRACED, env) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[1].stderr + runs[2].stderr
+    assert len({run.stdout.split("COEF")[1].split("\n")[0] for run in runs}) == 1
+
+
 BOUNDED = """
 import numpy as np, jax, lmprobe_jax.functional as F
 rng = np.random.default_rng(0)

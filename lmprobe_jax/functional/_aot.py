@@ -142,23 +142,48 @@ def call(jitted: Callable, **kwargs: Any) -> Any:
     if program is None:
         program = _load(path) if path.exists() else None
         if program is None:
-            program = _compiled(jitted, kwargs)
-            _store(program, path)
+            program, fresh = _compiled(jitted, kwargs)
+            if fresh:
+                _store(program, path)
     _LOADED[key] = (jitted, program)
     _keep_recent(jitted)
     return program(**dynamic)
 
 
-def _compiled(jitted: Callable, kwargs: dict) -> jax.stages.Compiled:
-    """``jitted`` compiled for ``kwargs``, its instructions located by the innermost frame of ours rather than
-    by the whole Python traceback: a new process parses every instruction's location when it loads the
-    executable (~6% fewer lines in a solver's program, ~5% less time to load it)."""
+def _compiled(jitted: Callable, kwargs: dict) -> tuple[jax.stages.Compiled, bool]:
+    """``(jitted compiled for kwargs, whether XLA compiled it here)``.
+
+    An executable that JAX's persistent cache returned was loaded, not compiled, and on XLA:CPU it serialises
+    without its kernels (jaxlib 0.10: a process that loads that file fails at its first run with ``NOT_FOUND:
+    Function ... not found``): only a fresh compile may be kept. So these programs are not written to JAX's
+    cache either (which would hand them back here once our key changes, say after an upgrade). Instructions
+    are located by the innermost frame of ours, not the whole Python traceback: a new process parses every
+    location when it loads the executable (~6% fewer lines in a solver's program, ~5% less time to load)."""
+    hits = _jax_cache_hits()
+    before = hits[0]
     try:
-        from jax._src.config import include_full_tracebacks_in_locations
-    except ImportError:
-        return jitted.lower(**kwargs).compile()
-    with include_full_tracebacks_in_locations(False):
-        return jitted.lower(**kwargs).compile()
+        from jax._src import config
+    except ImportError:  # JAX moved its settings: compile as it is, keep the result only if it was compiled
+        program = jitted.lower(**kwargs).compile()
+    else:
+        with config.include_full_tracebacks_in_locations(False), \
+                config.persistent_cache_min_compile_time_secs(float("inf")):
+            program = jitted.lower(**kwargs).compile()
+    return program, hits[0] == before
+
+
+@functools.cache
+def _jax_cache_hits() -> list[int]:
+    """A count of JAX's persistent-cache hits in this process (any thread: a hit elsewhere during a compile
+    here only costs that compile its file)."""
+    hits = [0]
+
+    def count(event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits[0] += 1
+
+    jax.monitoring.register_event_listener(count)
+    return hits
 
 
 def _keep_recent(jitted: Callable) -> None:
