@@ -92,13 +92,13 @@ def _predict_data(est: BaseEstimator, X: Any) -> np.ndarray:
     if _is_layers(X):
         if not layered:
             raise ValueError("this probe was fitted on 2-D X; predict on (N, D) input, or refit on (L, N, D).")
-        X3, _ = F._checks.check_activations(X)
+        X3, _ = F._checks.host_activations(X)
         if X3.shape[0] != est.n_layers_ or X3.shape[2] != est.n_features_in_:
             raise ValueError(
                 f"X has shape {tuple(X3.shape)}; this probe was fitted on {est.n_layers_} layers of "
                 f"{est.n_features_in_} features."
             )
-        return np.asarray(X3)
+        return X3
     if layered:
         raise ValueError("this probe was fitted on (L, N, D) activations; predict on the same layout.")
     return validate_data(est, X, reset=False, dtype=[np.float64, np.float32])
@@ -371,10 +371,10 @@ class GroupLassoProbe(_BinaryLinearClassifier):
         """Scores ``(N,)``: one model over all layers, so a 3-D ``X`` gives one score per row."""
         _check_fitted(self)
         if self.layers_kept_ is not None:
-            X3, _ = F._checks.check_activations(X)
+            X3, _ = F._checks.host_activations(X)
             if X3.ndim != 3 or X3.shape[0] * X3.shape[2] != self.coef_.shape[1]:
                 raise ValueError(f"X must be (L, N, D) with L * D = {self.coef_.shape[1]}, as in fit.")
-            flat = np.transpose(np.asarray(X3), (1, 0, 2)).reshape(X3.shape[1], -1)
+            flat = np.transpose(X3, (1, 0, 2)).reshape(X3.shape[1], -1)
             return flat @ self.coef_[0] + self.intercept_[0]
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return X @ self.coef_[0] + self.intercept_[0]

@@ -278,3 +278,26 @@ def test_select_layer_gives_the_single_layer_fit(binary_layers, estimator):
         batched.select_layer(X.shape[0])
     with pytest.raises(ValueError, match=r"\(L, N, D\)"):
         clone(estimator).fit(X[0], y).select_layer(0)
+
+
+@pytest.mark.parametrize("estimator", [LogisticProbe(), RidgeProbe(), MassMeanProbe(), RidgeRegressionProbe(),
+                                       GroupLassoProbe(alpha=0.01)])
+def test_three_d_predictions_compile_nothing_and_refuse_non_finite_values(estimator):
+    # Predictions are numpy arithmetic: a new row count must not copy X to the device for its check, nor
+    # compile a program for that shape; the check still names the first bad entry.
+    import jax
+    from test_transformations import compiled_names
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2, 60, 4)).astype(np.float32)
+    y = (X[1, :, 0] > 0).astype(int)
+    fitted = estimator.fit(X, y)
+    new = rng.normal(size=(2, 37, 4)).astype(np.float32)
+    expected = fitted.predict(new)
+    jax.clear_caches()
+    with compiled_names() as names:
+        assert np.array_equal(fitted.predict(new), expected)
+    assert names == []
+    new[1, 5, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity \(first at \(layer, row, col\) \(1, 5, 2\)\)"):
+        fitted.predict(new)

@@ -53,11 +53,13 @@ def test_predict_checks_shapes():
         F.predict((1, 2), X)
 
 
-def test_finite_check_is_exact_when_the_sum_overflows():
+@pytest.mark.parametrize("check", ["check_activations", "host_activations"])
+def test_finite_check_is_exact_when_the_sum_overflows(check):
     # Finiteness is first tested through the sum of X; finite entries whose sum overflows must still
     # pass, and a NaN among them must still be caught.
-    from lmprobe_jax.functional._checks import check_activations
+    from lmprobe_jax.functional import _checks
 
+    check_activations = getattr(_checks, check)
     big = np.full((2, 20, 3), 3e38, np.float32)
     assert check_activations(big)[0].shape == (2, 20, 3)
     big[1, 5, 2] = np.nan

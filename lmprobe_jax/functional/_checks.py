@@ -117,13 +117,29 @@ def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tupl
         X = pad_rows(X, bucket_rows(n), axis=1)
     X = as_jax_array(X)
     if check_values and is_concrete(X) and not _all_finite(X):
-        bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()
-        where = f"at index {tuple(bad[1:])}" if was_2d else f"at (layer, row, col) {tuple(bad)}"
-        raise ValueError(
-            f"{name} contains NaN or infinity (first {where}). Drop or impute those rows; in float16 "
-            f"caches, overflow (|x| > 65504) also shows up as infinity."
-        )
+        _refuse_non_finite(X, name, was_2d)
     return X, was_2d, n
+
+
+def host_activations(X: Any, *, name: str = "X") -> tuple[np.ndarray, bool]:
+    """``(X as a numpy (L, N, D) array, was_2d)``, layout and values checked on the host: for predictions
+    computed with numpy, which need neither a device copy nor a program compiled for the input's shape."""
+    X, was_2d = layered(X, name)
+    X = np.asarray(X)
+    accumulate = np.promote_types(X.dtype, np.float32)
+    # As _all_finite: a finite sum proves every entry finite; only a non-finite one pays the entrywise test.
+    if not (np.isfinite(np.sum(X, dtype=accumulate)) or np.isfinite(X).all()):
+        _refuse_non_finite(X, name, was_2d)
+    return X, was_2d
+
+
+def _refuse_non_finite(X: Any, name: str, was_2d: bool) -> None:
+    bad = np.argwhere(~np.isfinite(np.asarray(X, dtype=np.float32)))[0].tolist()
+    where = f"at index {tuple(bad[1:])}" if was_2d else f"at (layer, row, col) {tuple(bad)}"
+    raise ValueError(
+        f"{name} contains NaN or infinity (first {where}). Drop or impute those rows; in float16 "
+        f"caches, overflow (|x| > 65504) also shows up as infinity."
+    )
 
 
 def as_jax_array(X: Any) -> Array:
