@@ -386,6 +386,33 @@ def test_a_process_keeps_a_bounded_number_of_the_solvers_executables(tmp_path):
     assert [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("LIVE")] == [1, 2, 2, 2, 2]
 
 
+PREFETCHED = """
+import numpy as np, jax
+import lmprobe_jax.functional as F
+from lmprobe_jax.functional import _aot
+F.fit_logistic(np.eye(20, 2, dtype=np.float32), np.arange(20) % 2)  # turns the cache on
+one_more = jax.jit(lambda x: x + 1)
+for n in (1, 2, 3, 4):
+    _aot.call(one_more, x=np.zeros(n, np.float32))  # four executables kept on disk
+_aot._LOADED.clear()
+for n in (1, 2, 3, 4):  # four loads whose calls never come
+    _aot.prefetch(one_more, x=jax.ShapeDtypeStruct((n,), np.float32))
+print("LOADING", len(_aot._LOADING))
+print("RESULT", np.asarray(_aot.call(one_more, x=np.ones(4, np.float32))).tolist())
+print("LOADING", len(_aot._LOADING))
+"""
+
+
+def test_loads_awaiting_their_call_are_bounded(tmp_path):
+    """A prefetched load whose call never comes (an exception between them) is let go once newer loads
+    arrive: at most LMPROBE_JAX_MAX_PROGRAMS await, and the call that comes takes its own."""
+    proc = _run(PREFETCHED, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "",
+                             "LMPROBE_JAX_MAX_PROGRAMS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith(("LOADING", "RESULT"))] == [
+        "LOADING 2", "RESULT [2.0, 2.0, 2.0, 2.0]", "LOADING 1"]
+
+
 def test_persistent_cache_opt_out_and_the_users_choice_win(tmp_path):
     proc = _run(FIT, {"LMPROBE_JAX_CACHE": str(tmp_path), "LMPROBE_JAX_COMPILATION_CACHE": "0"})
     assert proc.returncode == 0 and "DIR None" in proc.stdout and not (tmp_path / "jax").exists()

@@ -42,7 +42,7 @@ from lmprobe_jax_store._store import atomic_write
 from ._programs import MAX_PROGRAMS
 
 _LOADED: OrderedDict[str, tuple[Callable, jax.stages.Compiled]] = OrderedDict()
-_LOADING: dict[str, Future] = {}  # executables being loaded on the loader's thread (see prefetch)
+_LOADING: OrderedDict[str, Future] = OrderedDict()  # loads started by prefetch, awaiting their call
 
 
 @functools.cache
@@ -117,11 +117,15 @@ def _located(jitted: Callable, kwargs: dict) -> tuple[str, Path, dict] | None:
 def prefetch(jitted: Callable, **kwargs: Any) -> None:
     """Start loading the executable that :func:`call` will want for arguments of these shapes (arrays,
     possibly still being computed, or ``jax.ShapeDtypeStruct``) on a background thread, where one is kept
-    on disk: a later call's load then overlaps the work before it on a machine with a core to spare."""
+    on disk: a later call's load then overlaps the work before it on a machine with a core to spare.
+    At most ``MAX_PROGRAMS`` loads await their call (one whose call never came, after an exception, is let
+    go once newer ones arrive)."""
     located = _located(jitted, kwargs)
     if located is None or located[0] in _LOADED or located[0] in _LOADING or not located[1].exists():
         return
     _LOADING[located[0]] = _loader().submit(_load, located[1])
+    while len(_LOADING) > MAX_PROGRAMS:
+        _LOADING.popitem(last=False)
 
 
 @functools.cache
