@@ -156,16 +156,21 @@ def multiclass_log_loss(y: Array, logits: Array, sample_weight: Any = None) -> A
 @functools.partial(jax.jit, static_argnames=("softmax",))
 def _fold_scores(z: Array, y: Array, index: Array, weight: Array, *, softmax: bool) -> tuple[Array, Array, Array]:
     batch = z.ndim - (3 if softmax else 2)  # axes between the fold axis and the sample axis
+    held = jax.vmap(lambda z_f, index_f: jnp.take(z_f, index_f, axis=batch))(z, index)  # (F, ..., M[, K])
+    return held_out_scores(held, y[index], weight, softmax=softmax)
 
-    def one_fold(z_f: Array, index_f: Array, weight_f: Array) -> tuple[Array, Array, Array]:
-        z_f = jnp.take(z_f, index_f, axis=batch)  # (..., M[, K])
-        y_f = y[index_f]
+
+def held_out_scores(z: Array, y: Array, weight: Array, *, softmax: bool) -> tuple[Array, Array, Array]:
+    """Accuracy, log-loss and AUROC (NaN for softmax), each ``(F, ...)``, of each fold's fits on its own
+    held-out rows: ``z`` ``(F, ..., M[, K])``, labels ``y`` and weights ``(F, M)``."""
+
+    def one_fold(z_f: Array, y_f: Array, weight_f: Array) -> tuple[Array, Array, Array]:
         if softmax:
             nan = jnp.full(z_f.shape[:-2], jnp.nan, z_f.dtype)
             return multiclass_accuracy(y_f, z_f, weight_f), multiclass_log_loss(y_f, z_f, weight_f), nan
         return binary_accuracy(y_f, z_f, weight_f), binary_log_loss(y_f, z_f, weight_f), roc_auc(y_f, z_f, weight_f)
 
-    return jax.vmap(one_fold)(z, index, weight)
+    return jax.vmap(one_fold)(z, y, weight)
 
 
 def fold_scores(z: Any, y: Any, held_out: Any, *, softmax: bool = False) -> tuple[Array, Array, Array]:
