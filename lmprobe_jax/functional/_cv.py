@@ -246,8 +246,8 @@ def _scored_folds(
     ``(L, 1, [K,] D)`` and ``(L, 1, [K])`` (each fold saw most of the samples, so their mean is near the
     refit's optimum)."""
     def held_out_values(layer: tuple[Array, Array, Array]) -> Array:  # (F, G, M[, K])
-        # Each fold's fits on its own held-out rows only: a fifth of the products with every row, and one
-        # layer's rows gathered at a time.
+        # Each fold's fits on its own held-out rows only (1/F of the products on every row), one layer's
+        # rows gathered at a time.
         coef, intercept, X = layer
         z = einsum("f...d,fmd->f...m", coef, jnp.take(X, held_out.index, axis=0).astype(coef.dtype))
         z = z + intercept[..., None]
