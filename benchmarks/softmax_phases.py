@@ -58,8 +58,8 @@ def main() -> None:
     x = jnp.asarray(X[0])
     glm = GLM(SOFTMAX, True, products(16))
     data = glm.data(x, jnp.asarray(codes), jnp.ones(x.shape[0]), 1.0)
-    approx = nystrom_gram(x, min(64, x.shape[1]), fit_intercept=True, products=glm.products)
-    probe = nystrom_gram(x, 8, fit_intercept=True, products=glm.products, seed=1)
+    approx = nystrom_gram(x, min(64, x.shape[1]), fit_intercept=True)
+    probe = nystrom_gram(x, 8, fit_intercept=True, seed=1)
     print(f"probe ratio {float(probe.eig[0] / probe.eig[-1]):.1f}")
     mean_eig = (jnp.sum(x * x) + x.shape[0]) / (x.shape[1] + 1)  # the Gram's mean eigenvalue
     preconditioners = {

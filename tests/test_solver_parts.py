@@ -80,7 +80,7 @@ def test_one_vector_products_hold_no_copy_of_x(shape):
 def test_nystrom_approximates_gram_from_below(fit_intercept):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 6)) + 0.5
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept, products=PRODUCTS)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 6, fit_intercept=fit_intercept)
     U = np.concatenate([np.asarray(approx.basis_coef), np.asarray(approx.basis_intercept)[:, None]], axis=1)
     # A float32 orthogonal factorisation is orthonormal to its backward error, lambda sqrt(m) u per
     # entry of a length-m inner product (m = 7 here).
@@ -101,7 +101,7 @@ def test_nystrom_approximates_gram_from_below(fit_intercept):
 def test_preconditioner_inverts_shifted_gram_on_its_span():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(50, 5))
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False, products=PRODUCTS)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 5, fit_intercept=False)
     mu = 0.7
     v = rng.normal(size=5).astype(np.float32)
     out, _ = apply_preconditioner(approx, mu, jnp.asarray(v), jnp.zeros(()))
@@ -117,7 +117,7 @@ def test_full_rank_preconditioner_stays_positive_definite_on_a_wide_spectrum():
     orthonormality: unfloored, v.P^-1 v went negative along the top directions."""
     rng = np.random.default_rng(5)
     X = rng.normal(size=(500, 40)) * np.linspace(0.05, 3.0, 40) ** 2
-    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False, products=PRODUCTS)
+    approx = nystrom_gram(jnp.asarray(X, jnp.float32), 40, fit_intercept=False)
     top = np.asarray(approx.basis_coef[:3])  # the directions a tiny gain would scale
     v = np.vstack([top, rng.normal(size=(20, 40))]).astype(np.float32)
     out, _ = apply_preconditioner(approx, 0.004, jnp.asarray(v), jnp.zeros(len(v)))
@@ -582,3 +582,17 @@ def test_wide_layers_take_the_woodbury_path_to_the_same_optimum():
         T.assert_within(T.as_theta(fit.coef[l], fit.intercept[l]), T.as_theta(ref.coef_[0], ref.intercept_[0]), bound)
     cv = F.cross_validate_logistic(X, y.astype(int), np.asarray(Cs), folds=3)
     assert bool(np.asarray(cv.converged).all())
+
+
+def test_a_float16_x_is_converted_a_layer_at_a_time():
+    # The solver computes in float32: converting X as a whole would hold a float32 copy of every layer
+    # beside it (here 8 layers: 32 MB of temporaries, against about one layer's 4 MB).
+    L, N, D = 8, 4096, 256
+    opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                          precondition_rank=None, layer_batch_size=1, policy=None)
+    spec = jax.ShapeDtypeStruct
+    lowered = solve_layers.lower(BINARY_LOGISTIC, spec((L, N, D), jnp.float16), spec((N,), jnp.float32),
+                                 spec((1, N), jnp.float32), spec((1,), jnp.float32), tol=1e-7, **opts)
+    temp = lowered.compile().memory_analysis().temp_size_in_bytes
+    layer = N * D * 4
+    assert temp < 2 * layer, f"{temp / layer:.1f} float32 layers of temporaries"

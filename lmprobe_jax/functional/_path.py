@@ -187,9 +187,8 @@ def _centres(fit_intercept: bool, policy: SolverPolicy) -> bool:
 
 
 def _nystrom_of(x: Array, fit_intercept: bool, policy: SolverPolicy) -> NystromApprox:
-    return layer_nystrom(x, policy.nystrom_rank, fit_intercept=fit_intercept, products=products(policy.fused_max_rows),
-                         probe_rank=policy.nystrom_probe_rank, decay=policy.nystrom_decay,
-                         centred=_centres(fit_intercept, policy))
+    return layer_nystrom(x, policy.nystrom_rank, fit_intercept=fit_intercept, probe_rank=policy.nystrom_probe_rank,
+                         decay=policy.nystrom_decay, centred=_centres(fit_intercept, policy))
 
 
 @functools.partial(
@@ -238,7 +237,6 @@ def solve_layers(
       :class:`~._newton_cg.SolveResult` with leading axes ``(L, W, G)``. No validation: callers check inputs.
     """
     dtype = compute_dtype(X.dtype)
-    X = X.astype(dtype)
     weights = sample_weight.astype(dtype)
     Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
     lead = () if n_outputs is None else (n_outputs,)
@@ -274,7 +272,8 @@ def solve_layers(
         return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
-        x, shift = solver_features(x, weights, fit_intercept=fit_intercept, policy=policy)
+        # Converted a layer at a time: X as a whole in the compute dtype would be a second copy of it.
+        x, shift = solver_features(x.astype(dtype), weights, fit_intercept=fit_intercept, policy=policy)
         if shift is not None:
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)

@@ -75,7 +75,8 @@ class SolverPolicy:
         Resolved per shape by :func:`._path.solver_options` into ``woodbury``.
       woodbury: whether this shape takes the kernel inverse (set by ``solver_options``).
       fused_max_rows: products ``V @ X^T`` with 2 to this many rows are written as a fused elementwise sum
-        (XLA's CPU backend runs it in one pass over ``X``; 0: always the dot; see :mod:`._products`).
+        (XLA's CPU backend runs it in one pass over ``X``; 0: always the dot; see :mod:`._products`). The
+        solver's own products only: the Nystrom sketches always take the dot.
       halve_builds: build exact inverses from half-size blocks (the weighted Gram's symmetric blocks, the
         triangular inverse by halves): fewer flops on the CPU, many more programs to autotune elsewhere.
       centre_features: with an intercept, solve each layer on its features centred at their weighted mean

@@ -45,8 +45,8 @@ def identity() -> Preconditioner:
                           lambda state, v: v)
 
 
-def layer_nystrom(X: Array, rank: int, *, fit_intercept: bool, products: Any, probe_rank: int,
-                  decay: float, centred: bool = False) -> NystromApprox:
+def layer_nystrom(X: Array, rank: int, *, fit_intercept: bool, probe_rank: int, decay: float,
+                  centred: bool = False) -> NystromApprox:
     """The layer's rank-``rank`` Nystrom approximation of ``[X, 1]^T [X, 1]``, or, where a
     rank-``probe_rank`` sketch finds the spectrum flat (its largest eigenvalue below ``decay`` times its
     smallest), an approximation with zero eigenvalues: :func:`nystrom` then applies the identity, and the
@@ -58,10 +58,10 @@ def layer_nystrom(X: Array, rank: int, *, fit_intercept: bool, products: Any, pr
     row count) was 3-5x the features' largest, and read as a steep spectrum.
 
     ``decay = 0`` always builds (under a vmap over layers the choice would compute both sides)."""
-    build = lambda: nystrom_gram(X, rank, fit_intercept=fit_intercept, products=products)
+    build = lambda: nystrom_gram(X, rank, fit_intercept=fit_intercept)
     if not decay or probe_rank >= rank:
         return build()
-    probe = nystrom_gram(X, probe_rank, fit_intercept=fit_intercept and not centred, products=products, seed=1)
+    probe = nystrom_gram(X, probe_rank, fit_intercept=fit_intercept and not centred, seed=1)
     flat = probe.eig[0] < decay * probe.eig[-1]
 
     def skip() -> NystromApprox:

@@ -9,7 +9,8 @@ that keeps every batch axis in front, so a batch of ``B`` problems costs one ``(
 an elementwise product summed over ``D``, which XLA's CPU backend fuses into one pass over ``X`` for
 all rows (padded to 4, or from 5 rows on to a multiple of 8: the widths it ran fastest); one row keeps the
 matrix-vector kernel. The measurements behind both choices are in ``benchmarks/RESULTS.md``
-(``python benchmarks/solver_choices.py products`` reruns them).
+(``python benchmarks/solver_choices.py products`` reruns them). The Nystrom sketches take the dot whatever
+the setting (:func:`._nystrom.nystrom_gram`).
 """
 
 from __future__ import annotations

@@ -64,8 +64,7 @@ from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._newton_cg import _MAX_FORCING
 from ._nystrom import apply_preconditioner, nystrom_gram
 from ._path import default_max_cg_iter, default_precondition_rank
-from ._policy import default_policy
-from ._products import matvec, products, rmatvec
+from ._products import matvec, rmatvec
 from ._ridge import MulticlassRidgeFit, RidgeFit, ridge_targets
 from ._sources import LayerSource, advise_pages
 
@@ -274,8 +273,7 @@ class _LayerRows:
         n = self.source.shape[1]
         step = max(1, -(-n // min(_SKETCH_ROWS, self.row_block)))
         sub = np.asarray(self.source.layer(self.layer)[::step], np.float32)
-        approx = nystrom_gram(jnp.asarray(sub), rank, fit_intercept=self.fit_intercept,
-                              products=products(default_policy().fused_max_rows))
+        approx = nystrom_gram(jnp.asarray(sub), rank, fit_intercept=self.fit_intercept)
         return approx._replace(eig=approx.eig * (n / sub.shape[0]))
 
 
