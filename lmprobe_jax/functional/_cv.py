@@ -27,6 +27,7 @@ from ._newton_cg import SolveResult
 from ._path import layer_preconditioners, solve_layers, solver_options
 from ._policy import SolverPolicy
 from ._precision import einsum
+from ._predict import decision_function
 from ._ridge import validated_solve
 
 _HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mse": False}
@@ -245,15 +246,13 @@ def _scored_folds(
     ``(L,)`` by ``scoring``, and where the refit starts: the folds' mean solution at that index,
     ``(L, 1, [K,] D)`` and ``(L, 1, [K])`` (each fold saw most of the samples, so their mean is near the
     refit's optimum)."""
-    def held_out_values(layer: tuple[Array, Array, Array]) -> Array:  # (F, G, M[, K])
+    def held_out_values(layer: tuple[Any, Array]) -> Array:  # (F, G, M[, K])
         # Each fold's fits on its own held-out rows only (1/F of the products on every row), one layer's
-        # rows gathered at a time.
-        coef, intercept, X = layer
-        z = einsum("f...d,fmd->f...m", coef, jnp.take(X, held_out.index, axis=0).astype(coef.dtype))
-        z = z + intercept[..., None]
-        return jnp.swapaxes(z, -1, -2) if softmax else z
+        # rows gathered at a time: the fold axis takes the place of decision_function's layer axis.
+        fit_l, X = layer
+        return decision_function(fit_l, jnp.take(X, held_out.index, axis=0))
 
-    z = jax.lax.map(held_out_values, (fit.coef, fit.intercept, X3))  # (L, F, G, M[, K])
+    z = jax.lax.map(held_out_values, (fit, X3))  # (L, F, G, M[, K])
     acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in _metrics.held_out_scores(
         jnp.moveaxis(z, 1, 0), y[held_out.index], held_out.weight, softmax=softmax))  # (L, G, F) each
     best = _best({"accuracy": acc, "log_loss": ll, "roc_auc": auc}[scoring], scoring)
