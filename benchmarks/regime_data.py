@@ -10,6 +10,8 @@ with Zipf-distributed class labels. Every generator is seeded, so a regime is th
 * ``raw``: LLM-like activations as a model writes them, not standardised: low rank, a common offset and a
   few "massive activation" dimensions far larger than the rest.
 * ``wide`` (few prompts, a wide model) and ``tall`` (many prompts, a narrow probe), standardised.
+* ``wide-4096`` / ``raw-4096``: 4 layers of 4000 x 4096, as ``clear``-like standardised layers (separation
+  1-4) and as ``raw`` ones: a 7B-class model's width, where the solver's fixed costs showed (session 18).
 * ``smollm2-raw`` / ``smollm2-std``: the demo's data, real residual streams (see :func:`smollm2_cities`).
 * ``softmax-K``: one layer, N = 8000, D = 576, K classes drawn from a Zipf law (rare classes have a few
   samples and are separable, as next-token targets are); anisotropic features, standardised.
@@ -27,7 +29,8 @@ import numpy as np
 from synthetic import make_layers
 
 UNSEEN = ("imbalanced", "duplicated", "tiny", "huge-scale", "binary-features", "offset-columns", "small-separable")
-BINARY = ("clear", "weak", "correlated", "raw", "wide", "tall", "smollm2-raw", "smollm2-std") + UNSEEN
+BINARY = ("clear", "weak", "correlated", "raw", "wide", "tall", "wide-4096", "raw-4096", "smollm2-raw",
+          "smollm2-std") + UNSEEN
 SOFTMAX = ("softmax-10", "softmax-100", "softmax-300", "softmax-2000")
 
 
@@ -169,6 +172,8 @@ def regime(name: str, scale: float = 1.0):
         "raw": lambda: raw_llm(8, *size(2000, 512)),
         "wide": lambda: independent(8, *size(400, 2048), separation=(1.0, 4.0)),
         "tall": lambda: independent(6, *size(20000, 128), separation=(0.5, 2.0)),
+        "wide-4096": lambda: independent(4, *size(4000, 4096), separation=(1.0, 4.0)),
+        "raw-4096": lambda: raw_llm(4, *size(4000, 4096)),
         "imbalanced": lambda: imbalanced(4, *size(3000, 256)),
         "duplicated": lambda: duplicated(4, *size(2000, 256)),
         "tiny": lambda: independent(4, *size(40, 768), separation=(0.25, 1.0)),

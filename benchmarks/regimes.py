@@ -1,6 +1,6 @@
 """The regime panel: lmprobe-jax against scikit-learn on the kinds of data users bring, worst regime first.
 
-Regimes (benchmarks/regime_data.py): clear, weak, correlated, raw, wide, tall (synthetic layers),
+Regimes (benchmarks/regime_data.py): clear, weak, correlated, raw, wide, tall, wide-4096, raw-4096 (synthetic layers),
 smollm2-raw, smollm2-std (the demo's real activations) and softmax-10/100/300/2000 (one layer, Zipf
 classes). Workloads (``--workloads``):
 
