@@ -69,6 +69,26 @@ def test_finite_check_is_exact_when_the_sum_overflows(check):
     assert check_activations(half)[0].dtype == np.float16
 
 
+def test_a_float16_x_is_checked_without_a_float32_copy():
+    # XLA's CPU backend widens a float16 reduction's operand as a whole; the check sums it in chunks of
+    # 2**20 entries. Here 2 full chunks and a remainder: a bad entry in each part is found, and the
+    # compiled check holds about one float32 chunk (4 MB), not a float32 copy of X (16.8 MB).
+    import jax
+
+    from lmprobe_jax.functional import _checks
+
+    shape = (3, 1000, 1399)
+    lowered = _checks._sum_is_finite.lower(jax.ShapeDtypeStruct(shape, np.float16))
+    assert lowered.compile().memory_analysis().temp_size_in_bytes <= (1 << 20) * 4 + 4096
+    half = np.random.default_rng(0).normal(size=shape).astype(np.float16)
+    assert bool(_checks._sum_is_finite(half))
+    for flat_index in (0, (1 << 20) + 5, 2 * (1 << 20) + 7, half.size - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            broken = half.copy()
+            broken.reshape(-1)[flat_index] = bad
+            assert not bool(_checks._sum_is_finite(broken)), (flat_index, bad)
+
+
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
     buf = np.empty(a.nbytes + 64, np.uint8)
     start = (-buf.ctypes.data) % 64

@@ -171,9 +171,26 @@ def _to_device(X: np.ndarray) -> Array:
     return out
 
 
+# Elements of a float16 X summed at a time by _sum_is_finite: 4 MB in float32, cache-resident.
+_FLOAT16_CHUNK = 1 << 20
+
+
 @jax.jit
 def _sum_is_finite(X: Array) -> Array:
-    return jnp.isfinite(jnp.sum(X, dtype=jnp.promote_types(X.dtype, jnp.float32)))
+    accumulate = jnp.promote_types(X.dtype, jnp.float32)
+    if X.dtype != jnp.float16:
+        return jnp.isfinite(jnp.sum(X, dtype=accumulate))
+    # XLA's CPU backend widens a float16 operand of a reduction to a float32 copy of all of it (twice X's
+    # size, and slow); summed in chunks of the flattened X, only one chunk is widened at a time.
+    flat = X.reshape(-1)
+    size = min(flat.size, _FLOAT16_CHUNK)
+    whole = flat.size // size
+
+    def add(i: Array, total: Array) -> Array:
+        return total + jnp.sum(jax.lax.dynamic_slice_in_dim(flat, i * size, size), dtype=accumulate)
+
+    total = jax.lax.fori_loop(0, whole, add, jnp.zeros((), accumulate))
+    return jnp.isfinite(total + jnp.sum(flat[whole * size:], dtype=accumulate))
 
 
 def _all_finite(X: Array) -> bool:
