@@ -584,15 +584,38 @@ def test_wide_layers_take_the_woodbury_path_to_the_same_optimum():
     assert bool(np.asarray(cv.converged).all())
 
 
-def test_a_float16_x_is_converted_a_layer_at_a_time():
+@pytest.mark.parametrize("storage", [jnp.float16, jnp.uint16])  # uint16: bfloat16's bits (solver_view)
+def test_a_half_precision_x_is_converted_a_layer_at_a_time(storage):
     # The solver computes in float32: converting X as a whole would hold a float32 copy of every layer
-    # beside it (here 8 layers: 32 MB of temporaries, against about one layer's 4 MB).
+    # beside it (here 8 layers: 32 MB of temporaries, against about one layer's 4 MB). A bfloat16 X gets
+    # that copy from XLA's CPU backend whatever the program does, so it reaches the solver as uint16.
     L, N, D = 8, 4096, 256
     opts = solver_options((L, N, D), None, fit_intercept=True, max_iter=100, max_cg_iter=None,
                           precondition_rank=None, layer_batch_size=1, policy=None)
     spec = jax.ShapeDtypeStruct
-    lowered = solve_layers.lower(BINARY_LOGISTIC, spec((L, N, D), jnp.float16), spec((N,), jnp.float32),
+    lowered = solve_layers.lower(BINARY_LOGISTIC, spec((L, N, D), storage), spec((N,), jnp.float32),
                                  spec((1, N), jnp.float32), spec((1,), jnp.float32), tol=1e-7, **opts)
     temp = lowered.compile().memory_analysis().temp_size_in_bytes
     layer = N * D * 4
     assert temp < 2 * layer, f"{temp / layer:.1f} float32 layers of temporaries"
+
+
+def test_a_bfloat16_x_reaches_the_solvers_as_its_bits_in_place():
+    # solver_view reinterprets a bfloat16 X on the CPU as uint16 without copying it; the solvers read it
+    # back exactly (bfloat16 is the top half of a float32), so every fit equals the float32 one bit for bit.
+    from lmprobe_jax.functional import _checks
+
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(3, 120, 12)), jnp.bfloat16)
+    bits = _checks.solver_view(X)
+    assert bits.dtype == jnp.uint16 and bits.unsafe_buffer_pointer() == X.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(_checks.as_compute(bits, jnp.float32)), np.asarray(X, np.float32))
+    assert _checks.solver_view(X.astype(jnp.float16)).dtype == jnp.float16
+    X32 = np.asarray(X, np.float32)
+    y = (X32[1, :, 0] + rng.normal(size=120) > 0).astype(int)
+    three = y + (X32[2, :, 1] > 0)
+    for fit in (lambda A: F.fit_logistic(A, y, [0.1, 1.0]), lambda A: F.fit_multinomial(A, three, 1.0),
+                lambda A: F.cross_validate_logistic(A, y, [0.1, 1.0], folds=3).fit):
+        np.testing.assert_array_equal(np.asarray(fit(X).coef), np.asarray(fit(X32).coef))
+    cv = [F.cross_validate_logistic(A, y, [0.1, 1.0], folds=3) for A in (np.asarray(X), X32)]
+    np.testing.assert_array_equal(np.asarray(cv[0].log_loss), np.asarray(cv[1].log_loss))

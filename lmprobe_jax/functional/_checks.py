@@ -35,6 +35,27 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64 else jnp.float32
 
 
+def as_compute(x: Array, dtype: Any) -> Array:
+    """``x`` in the compute ``dtype``, a ``uint16`` ``x`` read as bfloat16's bits (:func:`solver_view`): the
+    top 16 bits of a float32, so the conversion is exact."""
+    if x.dtype == jnp.uint16:
+        x = jax.lax.bitcast_convert_type(x.astype(jnp.uint32) << 16, jnp.float32)
+    return x.astype(dtype)
+
+
+def solver_view(X: Array) -> Array:
+    """``X`` as the solvers' programs take it: a bfloat16 ``X`` on one CPU device as its bits, ``uint16``
+    (the same buffer, no copy), which they read back a layer at a time with :func:`as_compute`. XLA's CPU
+    backend widens a bfloat16 operand that a loop slices to a float32 copy of all of it (twice ``X``'s
+    size). Any other ``X`` (and a traced one) is returned as it is."""
+    if X.dtype != jnp.bfloat16 or not is_concrete(X):
+        return X
+    (device, *others) = X.sharding.device_set
+    if others or device.platform != "cpu":
+        return X
+    return jax.device_put(np.asarray(X).view(np.uint16), device)
+
+
 def bucket_rows(n: int) -> int:
     """The row count a solver is compiled for: the smallest ``m * 2**k >= n`` with ``16 <= m < 32``
     (at least 16).

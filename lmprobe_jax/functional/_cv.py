@@ -185,6 +185,7 @@ def cross_validate_logistic(
       A :class:`CVResult` whose ``fit`` is a :class:`LogisticFit` (or :class:`MultinomialFit`).
     """
     X3, _, n = _checks.check_bucketed_activations(X)
+    X3 = _checks.solver_view(X3)  # the solver programs' X (below) only
     codes, classes, softmax, sw, Cs, fold_ids = logistic_cv_setup(
         y, n, C, folds=folds, groups=groups, random_state=random_state, scoring=scoring, multinomial=multinomial,
         sample_weight=sample_weight, n_classes=n_classes)
@@ -250,7 +251,7 @@ def _scored_folds(
         # Each fold's fits on its own held-out rows only (1/F of the products on every row), one layer's
         # rows gathered at a time: the fold axis takes the place of decision_function's layer axis.
         fit_l, X = layer
-        return decision_function(fit_l, jnp.take(X, held_out.index, axis=0))
+        return decision_function(fit_l, _checks.as_compute(jnp.take(X, held_out.index, axis=0), fit_l.coef.dtype))
 
     z = jax.lax.map(held_out_values, (fit, X3))  # (L, F, G, M[, K])
     acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in _metrics.held_out_scores(

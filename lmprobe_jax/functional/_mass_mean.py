@@ -71,12 +71,14 @@ def _whiten(cov: Array, delta: Array) -> Array:
 def mass_mean_solve(
     X: Array, y: Array, s: Array, shrinkage: Array, calibration_C: Array, *, iid: bool, layer_batch_size: int
 ) -> MassMeanFit:
-    """Jitted core: ``X (L, N, D)``, ``y`` in {0, 1} ``(N,)``, ``s (N,)``. Returns ``(L, ...)`` fields."""
+    """Jitted core: ``X (L, N, D)`` (as :func:`._ridge.ridge_solve`'s), ``y`` in {0, 1} ``(N,)``, ``s (N,)``.
+    Returns ``(L, ...)`` fields."""
     dtype = _checks.compute_dtype(X.dtype)
-    X, y, s = X.astype(dtype), y.astype(dtype), s.astype(dtype)
+    y, s = y.astype(dtype), s.astype(dtype)  # X a layer at a time (below), as in ridge_solve
     w_pos, w_neg = s * y, s * (1 - y)
 
     def layer(x: Array) -> MassMeanFit:
+        x = _checks.as_compute(x, dtype)
         mu_pos = matmul(w_pos, x) / jnp.sum(w_pos)
         mu_neg = matmul(w_neg, x) / jnp.sum(w_neg)
         theta = mu_pos - mu_neg
@@ -147,7 +149,7 @@ def fit_mass_mean(
             )
     rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = mass_mean_solve(
-        X3, jnp.asarray(_checks.pad_rows(y01, rows)), jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
+        _checks.solver_view(X3), jnp.asarray(_checks.pad_rows(y01, rows)), jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
         jnp.asarray(calibration[0]), iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
     return MassMeanFit(*(a[0] for a in fit)) if was_2d else fit

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._batching import any_across_batch, default_layer_batch_size, over_layers
-from ._checks import check_positive_int, compute_dtype
+from ._checks import as_compute, check_positive_int, compute_dtype
 from ._glm import GLM, GLMLoss, Params
 from ._hessian_inverse import (
     LaggedHessianInverse,
@@ -151,7 +151,7 @@ def layer_preconditioners(X: Array, sample_weight: Array, *, fit_intercept: bool
     weights = sample_weight.astype(dtype)
 
     def one(x: Array) -> NystromApprox:
-        x = x.astype(dtype)
+        x = as_compute(x, dtype)
         return _nystrom_of(solver_features(x, weights, fit_intercept=fit_intercept, policy=policy)[0],
                            fit_intercept, policy)
 
@@ -217,7 +217,8 @@ def solve_layers(
 
     Args:
       loss: the per-sample loss (static; hashable).
-      X: ``(L, N, D)`` in any float storage; computed in :func:`compute_dtype` of it.
+      X: ``(L, N, D)`` in any float storage, or ``uint16`` holding bfloat16's bits (:func:`._checks.solver_view`);
+        computed in :func:`compute_dtype` of it.
       y: ``(N,)`` labels as ``loss`` expects them.
       sample_weight: ``(W, N)``; one row per weight set (CV folds are weight sets sharing ``X``).
       Cs: ``(G,)`` shared by all layers, or ``(L, G)``, one grid per layer.
@@ -273,7 +274,7 @@ def solve_layers(
 
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
         # Converted a layer at a time: X as a whole in the compute dtype would be a second copy of it.
-        x, shift = solver_features(x.astype(dtype), weights, fit_intercept=fit_intercept, policy=policy)
+        x, shift = solver_features(as_compute(x, dtype), weights, fit_intercept=fit_intercept, policy=policy)
         if shift is not None:
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)

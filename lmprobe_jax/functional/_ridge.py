@@ -242,7 +242,8 @@ def ridge_solve(
     X: Array, Y: Array, s: Array, alphas: Array, *, fit_intercept: bool, loo: bool, layer_batch_size: int,
     method: str = "eigh",
 ) -> tuple[RidgeFit, Array | None, Array]:
-    """Jitted core: ``X (L, N, D)``, ``Y (T, N)``, ``s (N,)``, ``alphas (G,)``.
+    """Jitted core: ``X (L, N, D)`` (any float storage, or :func:`._checks.solver_view`'s ``uint16``), ``Y (T, N)``,
+    ``s (N,)``, ``alphas (G,)``.
 
     ``method`` (static): ``"eigh"``, or ``"cholesky"`` (without ``loo`` only; a layer where any alpha's
     factorisation breaks down is solved by ``"eigh"``); :func:`ridge_method` chooses.
@@ -253,7 +254,8 @@ def ridge_solve(
     if method not in ("eigh", "cholesky") or (method == "cholesky" and loo):
         raise ValueError(f"method must be 'eigh', or 'cholesky' without loo; got {method!r} (loo={loo}).")
     dtype = _checks.compute_dtype(X.dtype)
-    X, Y, s, alphas = X.astype(dtype), Y.astype(dtype), s.astype(dtype), alphas.astype(dtype)
+    # X a layer at a time (below): converted as a whole, a half-precision X would gain a float32 copy.
+    Y, s, alphas = Y.astype(dtype), s.astype(dtype), alphas.astype(dtype)
 
     def fit_at(c: _Centred, solve: Callable[[Array], Array], alpha: Array) -> tuple[RidgeFit, Array, Array]:
         coef, scaled_residual, drift = _coef(c, solve, alpha)
@@ -273,6 +275,7 @@ def ridge_solve(
         return jax.vmap(at)(alphas)
 
     def layer(x: Array) -> tuple[RidgeFit, Array | None, Array]:
+        x = _checks.as_compute(x, dtype)
         c = _centre(x, Y, s, fit_intercept)
         if method == "eigh":
             return by_eigh(c, x)
@@ -333,7 +336,7 @@ def validated_solve(
     args = (jnp.asarray(Y), jnp.asarray(sw), jnp.asarray(alphas))
     options = {"fit_intercept": bool(fit_intercept), "loo": loo, "method": ridge_method(alphas.size, loo),
                "layer_batch_size": default_layer_batch_size(X3.shape[0], layer_batch_size)}
-    fit, pred, drift = ridge_solve(X3, *args, **options)
+    fit, pred, drift = ridge_solve(_checks.solver_view(X3), *args, **options)
     if _checks.is_concrete(drift) and _checks.compute_dtype(X3.dtype) != jnp.float64:
         fit, pred = _float64_where_needed(X3, args, options, fit, pred, drift)
 

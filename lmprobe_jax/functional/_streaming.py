@@ -66,8 +66,9 @@ _STREAMING_DOC = """
     {copies} float32 copies of one layer (the solver's temporaries, measured, rounded up) plus
     ``O((min(N, D) + 1)^2)`` work space -- at most ``memory_budget``, whatever ``L``; input memory-mapped
     from disk counts one 32 MB block at a time. In memory (an array that fits the budget): ``X``, a copy
-    of it when it is writeable or not 64-byte aligned (none for a read-only, aligned array), a float32 copy
-    of half-precision input, and the same per-layer temporaries (the loop's copy of a layer included).
+    of it when it is writeable or not 64-byte aligned (none for a read-only, aligned array), and the same
+    per-layer temporaries (the loop's copy of a layer included; half-precision input is converted to
+    float32 a layer at a time, as it is solved).
 """
 
 
