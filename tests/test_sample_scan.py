@@ -77,6 +77,23 @@ def test_zero_weight_rows_leave_the_fit():
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("storage", [np.float32, np.float16, "bfloat16"])
+def test_fit_pca_centres_a_layer_at_a_time(storage):
+    # The moments program holds one layer's centred float32 copy (and its conversion), not all of them:
+    # 8 layers of 1 MB each would be 8 MB of temporaries (16 with a half-precision X's conversion).
+    from lmprobe_jax.functional import _checks
+    from lmprobe_jax.functional._pca import _moments
+
+    dtype = jax.numpy.dtype(storage)
+    X = jax.numpy.asarray(np.random.default_rng(2).normal(size=(8, 1024, 256)), dtype)
+    lowered = _moments.lower(_checks.solver_view(X), jax.numpy.ones(1024))
+    layer = 1024 * 256 * 4
+    assert lowered.compile().memory_analysis().temp_size_in_bytes < 3 * layer
+    fit, wide = fit_pca(X, 3), fit_pca(X.astype(np.float32), 3)  # half precision is widened exactly
+    for a, b in zip(fit, wide, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_fit_pca_refuses_bad_arguments():
     X = np.zeros((1, 5, 3), np.float32)
     with pytest.raises(ValueError, match="components asked"):

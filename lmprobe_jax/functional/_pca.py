@@ -23,6 +23,7 @@ import numpy as np
 import scipy.linalg
 from jax import Array
 
+from . import _checks
 from ._metrics import roc_auc
 
 
@@ -42,12 +43,19 @@ class PCAFit(NamedTuple):
 
 @jax.jit
 def _moments(X: Array, w: Array) -> tuple[Array, Array]:
-    X = X.astype(jnp.promote_types(X.dtype, jnp.float32))
-    w = w.astype(X.dtype)
+    """Each layer's weighted mean ``(L, D)`` and covariance ``(L, D, D)``, a layer at a time: one layer's
+    centred copy in memory, not all of them (``X`` may be :func:`._checks.solver_view`'s ``uint16``)."""
+    dtype = jnp.promote_types(X.dtype, jnp.float32)
+    w = w.astype(dtype)
     total = jnp.sum(w)
-    mean = jnp.einsum("n,lnd->ld", w, X, precision="highest") / total
-    centred = X - mean[:, None, :]
-    return mean, jnp.einsum("lnd,n,lne->lde", centred, w, centred, precision="highest") / (total - 1)
+
+    def layer(x: Array) -> tuple[Array, Array]:
+        x = _checks.as_compute(x, dtype)
+        mean = jnp.einsum("n,nd->d", w, x, precision="highest") / total
+        centred = x - mean
+        return mean, jnp.einsum("nd,n,ne->de", centred, w, centred, precision="highest") / (total - 1)
+
+    return jax.lax.map(layer, X)
 
 
 def _top_eigenpairs(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +83,8 @@ def fit_pca(X: Any, k: int, sample_weight: Any = None) -> PCAFit:
         all ones. Their sum must exceed 1.
 
     Returns:
-      A :class:`PCAFit` in ``X``'s float dtype (at least float32). Memory: the ``(L, N, D)`` centred copy
-      and the ``(L, D, D)`` covariances.
+      A :class:`PCAFit` in ``X``'s float dtype (at least float32). Memory: one layer's centred copy in
+      that dtype and the ``(L, D, D)`` covariances.
     """
     X = jnp.asarray(X)
     if X.ndim != 3:
@@ -89,7 +97,7 @@ def fit_pca(X: Any, k: int, sample_weight: Any = None) -> PCAFit:
         raise ValueError(
             f"sample_weight must be {n_rows} non-negative weights summing to more than 1; got shape {w.shape}."
         )
-    mean, cov = _moments(X, w)
+    mean, cov = _moments(_checks.solver_view(X), w)
     pairs = [_top_eigenpairs(c, int(k)) for c in np.asarray(cov)]
     dtype = mean.dtype
     values = jnp.asarray(np.stack([v for v, _ in pairs]), dtype)
@@ -99,9 +107,15 @@ def fit_pca(X: Any, k: int, sample_weight: Any = None) -> PCAFit:
 
 @jax.jit
 def pca_project(X: Array, fit: PCAFit) -> Array:
-    """``(L, N, k)`` coordinates ``(x - mean) V`` of each layer's rows ``X`` ``(L, N, D)``."""
-    X = X.astype(fit.components.dtype)
-    return jnp.einsum("lnd,ldk->lnk", X - fit.mean[:, None, :], fit.components, precision="highest")
+    """``(L, N, k)`` coordinates ``(x - mean) V`` of each layer's rows ``X`` ``(L, N, D)``, centred a layer at
+    a time (one layer's centred copy in memory)."""
+
+    def layer(args: tuple[Array, Array, Array]) -> Array:
+        x, mean, components = args
+        centred = x.astype(components.dtype) - mean
+        return jnp.einsum("nd,dk->nk", centred, components, precision="highest")
+
+    return jax.lax.map(layer, (X, fit.mean, fit.components))
 
 
 @jax.jit
