@@ -71,8 +71,9 @@ def test_finite_check_is_exact_when_the_sum_overflows(check):
 
 def test_a_float16_x_is_checked_without_a_float32_copy():
     # XLA's CPU backend widens a float16 reduction's operand as a whole; the check sums it in chunks of
-    # 2**20 entries. Here 2 full chunks and a remainder: a bad entry in each part is found, and the
-    # compiled check holds about one float32 chunk (4 MB), not a float32 copy of X (16.8 MB).
+    # 2**20 entries. Here 4 full chunks and a remainder (4,197,000 entries): a bad entry in the first three
+    # chunks and the remainder is found, and the compiled check holds about one float32 chunk (4 MB), not a
+    # float32 copy of X (16.8 MB).
     import jax
 
     from lmprobe_jax.functional import _checks

@@ -251,7 +251,8 @@ def _scored_folds(
         # Each fold's fits on its own held-out rows only (1/F of the products on every row), one layer's
         # rows gathered at a time: the fold axis takes the place of decision_function's layer axis.
         fit_l, X = layer
-        return decision_function(fit_l, _checks.as_compute(jnp.take(X, held_out.index, axis=0), fit_l.coef.dtype))
+        rows = _checks.as_compute(jnp.take(X, held_out.index, axis=0), fit_l.coef.dtype)
+        return decision_function(fit_l, rows)
 
     z = jax.lax.map(held_out_values, (fit, X3))  # (L, F, G, M[, K])
     acc, ll, auc = (jnp.moveaxis(a, 0, -1) for a in _metrics.held_out_scores(

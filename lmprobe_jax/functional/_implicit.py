@@ -97,7 +97,8 @@ def solve_problems(loss: GLMLoss, X: Array, y: Array, sample_weight: Array, Cs: 
     optimality condition (see the module docstring) when any of them is traced (under a caller's ``jit``,
     ``vmap``, ``grad``, ...). Concrete inputs run the solver alone: nothing else is traced or compiled."""
     if is_concrete(X, sample_weight, Cs):
-        return _aot.call(solve_layers, loss=loss, X=solver_view(X), y=y, sample_weight=sample_weight, Cs=Cs, **options)
+        return _aot.call(solve_layers, loss=loss, X=solver_view(X), y=y, sample_weight=sample_weight, Cs=Cs,
+                         **options)
     # The solver itself sees no derivatives (its while_loop cannot be transposed); they enter below.
     stop = jax.lax.stop_gradient
     res = solve_layers(loss, stop(X), y, stop(sample_weight), stop(Cs), **options)

@@ -149,7 +149,8 @@ def fit_mass_mean(
             )
     rows = X3.shape[1]  # padded rows weigh nothing (see _checks.bucket_rows)
     fit = mass_mean_solve(
-        _checks.solver_view(X3), jnp.asarray(_checks.pad_rows(y01, rows)), jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
+        _checks.solver_view(X3), jnp.asarray(_checks.pad_rows(y01, rows)),
+        jnp.asarray(_checks.pad_rows(sw, rows)), jnp.asarray(shrinkage),
         jnp.asarray(calibration[0]), iid=bool(iid), layer_batch_size=default_layer_batch_size(X3.shape[0], layer_batch_size),
     )
     return MassMeanFit(*(a[0] for a in fit)) if was_2d else fit

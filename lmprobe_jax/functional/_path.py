@@ -217,8 +217,8 @@ def solve_layers(
 
     Args:
       loss: the per-sample loss (static; hashable).
-      X: ``(L, N, D)`` in any float storage, or ``uint16`` holding bfloat16's bits (:func:`._checks.solver_view`);
-        computed in :func:`compute_dtype` of it.
+      X: ``(L, N, D)`` in any float storage, or ``uint16`` holding bfloat16's bits
+        (:func:`._checks.solver_view`); computed in :func:`compute_dtype` of it.
       y: ``(N,)`` labels as ``loss`` expects them.
       sample_weight: ``(W, N)``; one row per weight set (CV folds are weight sets sharing ``X``).
       Cs: ``(G,)`` shared by all layers, or ``(L, G)``, one grid per layer.

@@ -242,8 +242,8 @@ def ridge_solve(
     X: Array, Y: Array, s: Array, alphas: Array, *, fit_intercept: bool, loo: bool, layer_batch_size: int,
     method: str = "eigh",
 ) -> tuple[RidgeFit, Array | None, Array]:
-    """Jitted core: ``X (L, N, D)`` (any float storage, or :func:`._checks.solver_view`'s ``uint16``), ``Y (T, N)``,
-    ``s (N,)``, ``alphas (G,)``.
+    """Jitted core: ``X (L, N, D)`` (any float storage, or :func:`._checks.solver_view`'s ``uint16``),
+    ``Y (T, N)``, ``s (N,)``, ``alphas (G,)``.
 
     ``method`` (static): ``"eigh"``, or ``"cholesky"`` (without ``loo`` only; a layer where any alpha's
     factorisation breaks down is solved by ``"eigh"``); :func:`ridge_method` chooses.
