@@ -619,3 +619,46 @@ def test_a_bfloat16_x_reaches_the_solvers_as_its_bits_in_place():
         np.testing.assert_array_equal(np.asarray(fit(X).coef), np.asarray(fit(X32).coef))
     cv = [F.cross_validate_logistic(A, y, [0.1, 1.0], folds=3) for A in (np.asarray(X), X32)]
     np.testing.assert_array_equal(np.asarray(cv[0].log_loss), np.asarray(cv[1].log_loss))
+
+
+@pytest.mark.parametrize("storage", [jnp.float16, jnp.uint16])  # uint16: bfloat16's bits (solver_view)
+def test_scores_and_projections_convert_half_precision_a_layer_at_a_time(storage):
+    # decision_function and pca_project compute in float32: converting X whole held a float32 copy of every
+    # layer beside it (here 8 layers: 32 MB of temporaries, against about one layer's 4 MB).
+    from lmprobe_jax.functional._pca import _project
+    from lmprobe_jax.functional._predict import _layer_scores
+
+    L, N, D, k = 8, 4096, 256, 16
+    spec = jax.ShapeDtypeStruct
+    f32 = jnp.float32
+    scores = _layer_scores.lower(spec((L, 3, D), f32), spec((L, N, D), storage))
+    projection = _project.lower(spec((L, N, D), storage), F.PCAFit(spec((L, D), f32), spec((L, D, k), f32),
+                                                                    spec((L, k), f32)))
+    layer = N * D * 4
+    for lowered in (scores, projection):
+        temp = lowered.compile().memory_analysis().temp_size_in_bytes
+        assert temp < 2 * layer, f"{temp / layer:.1f} float32 layers of temporaries"
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_scores_and_projections_are_the_float32_ones(dtype):
+    # The per-layer conversion reads the same values (half -> float32 is exact); only the products' order of
+    # summation may differ from the batched float32 product's, within its rounding bound.
+    rng = np.random.default_rng(1)
+    X = jnp.asarray(rng.normal(size=(3, 200, 40)), dtype)
+    X32 = np.asarray(X, np.float32)
+    y = (X32[:, :, 0].sum(0) + rng.normal(size=200) > 0).astype(int)
+    fit = F.fit_logistic(X32, y, [0.1, 1.0])
+    pca = F.fit_pca(X32, 4)
+    coef = np.asarray(fit.coef, np.float64)
+    bound = 2 * T.dot_error(coef[:, :, None, :] * X32[:, None].astype(np.float64))
+    centred = X32.astype(np.float64) - np.asarray(pca.mean, np.float64)[:, None]
+    terms = centred[..., None] * np.asarray(pca.components, np.float64)[:, None]
+    pca_bound = 2 * (T.dot_error(terms, axis=-2) + T.sum_rounding(40) * np.abs(terms).sum(-2))
+    for A in (X, np.asarray(X)):
+        z = np.asarray(F.decision_function(fit, A), np.float64)
+        want = np.asarray(F.decision_function(fit, X32), np.float64)
+        assert np.all(np.abs(z - want) <= bound), np.max(np.abs(z - want) / bound)
+        p = np.asarray(F.pca_project(A, pca), np.float64)
+        want_p = np.asarray(F.pca_project(X32, pca), np.float64)
+        assert np.all(np.abs(p - want_p) <= pca_bound), np.max(np.abs(p - want_p) / pca_bound)

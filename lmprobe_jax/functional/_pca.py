@@ -105,14 +105,18 @@ def fit_pca(X: Any, k: int, sample_weight: Any = None) -> PCAFit:
     return PCAFit(mean, vectors, values)
 
 
-@jax.jit
 def pca_project(X: Array, fit: PCAFit) -> Array:
     """``(L, N, k)`` coordinates ``(x - mean) V`` of each layer's rows ``X`` ``(L, N, D)``, centred a layer at
-    a time (one layer's centred copy in memory)."""
+    a time (one layer's centred copy in memory; a bfloat16 ``X`` reaches the program as its bits, see
+    :func:`_checks.solver_view`)."""
+    return _project(_checks.solver_view(_checks.as_jax_array(X)), fit)
 
+
+@jax.jit
+def _project(X: Array, fit: PCAFit) -> Array:
     def layer(args: tuple[Array, Array, Array]) -> Array:
         x, mean, components = args
-        centred = x.astype(components.dtype) - mean
+        centred = _checks.as_compute(x, components.dtype) - mean
         return jnp.einsum("nd,dk->nk", centred, components, precision="highest")
 
     return jax.lax.map(layer, (X, fit.mean, fit.components))

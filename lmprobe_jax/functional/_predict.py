@@ -55,15 +55,29 @@ def decision_function(fit: ProbeFit, X: Any) -> Array:
         )
     if X.ndim == 3 and X.shape[0] != coef.shape[0]:
         raise ValueError(f"X has {X.shape[0]} layers but the fit has {coef.shape[0]}.")
-    X = X.astype(coef.dtype)
     if X.ndim == 3:
-        z = einsum("l...d,lnd->l...n", coef, X)
+        z = _layer_scores(coef, _checks.solver_view(X))
     else:
-        z = einsum("...d,nd->...n", coef, X)
+        z = einsum("...d,nd->...n", coef, X.astype(coef.dtype))
     z = z + fit.intercept[..., None]
     if isinstance(fit, _CLASS_AXIS):
         z = jnp.swapaxes(z, -1, -2)
     return z
+
+
+@jax.jit
+def _layer_scores(coef: Array, X: Array) -> Array:
+    """``(L, ..., N)`` scores ``coef[l] . X[l]`` of ``coef`` ``(L, ..., D)`` and ``X`` ``(L, N, D)``. An ``X``
+    stored in another dtype (half precision, or :func:`_checks.solver_view`'s bits) is converted a layer at
+    a time: converted whole, it was a copy twice its size in float32 (and on the CPU a slow one)."""
+    if X.dtype == coef.dtype:
+        return einsum("l...d,lnd->l...n", coef, X)
+
+    def layer(pair: tuple[Array, Array]) -> Array:
+        w, x = pair
+        return einsum("...d,nd->...n", w, _checks.as_compute(x, coef.dtype))
+
+    return jax.lax.map(layer, (coef, X))
 
 
 def predict_proba(fit: ProbeFit, X: Any) -> Array:
