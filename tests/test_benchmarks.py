@@ -95,13 +95,15 @@ def test_cpu_sweep_runs_and_reports_exact_fits(only):
 def test_regime_panel_runs_and_reports_every_workload():
     """The regime panel at a twentieth of its sizes: every workload gives a row, ours never worse in
     objective than scikit-learn's default fit (the panel's exactness claim)."""
-    out = run_script("regimes.py", "--regimes", "clear", "raw", "softmax-10", "--scale", "0.05", "--rounds", "1")
+    out = run_script("regimes.py", "--regimes", "clear", "raw", "softmax-10", "--scale", "0.05", "--rounds", "1",
+                     "--workloads", "c1", "same-tol", "path", "cv")
     rows = table_rows(out)
     workloads = [row.split("|")[2].strip() for row in rows]
-    assert {"C=1, defaults", "8-C path, defaults", "CV 5 folds x 8 C + refit"} <= set(workloads)
+    assert {"C=1, defaults", "C=1, both tol 1e-4", "8-C path, defaults",
+            "CV 5 folds x 8 C + refit"} <= set(workloads)
     for row in rows:
         cells = [c.strip() for c in row.split("|")]
-        if cells[2] in ("C=1, defaults", "8-C path, defaults"):
+        if cells[2] in ("C=1, defaults", "C=1, both tol 1e-4", "8-C path, defaults"):
             assert float(cells[6]) <= max(float(cells[7]), 1e-6), row  # gap ours <= gap sklearn
 
 
