@@ -152,24 +152,27 @@ def sklearn_c1(reg, tol):
             for l in range(reg.L)]
 
 
+def against_sklearn_default(reg, rounds, ours, tol, workload, note):
+    """One C = 1 row: ``ours`` (fit_logistic at ``tol``, every layer) against ``LogisticRegression()`` at its
+    default tol (1e-4). ``reg``'s reference must be set."""
+    first_call(ours)
+    with counted_sklearn_passes() as log:
+        sklearn_c1(reg, 1e-4)
+    timing = timed_rounds({"ours": ours, "sk": lambda: sklearn_c1(reg, 1e-4)}, rounds)
+    (fit, t_ours), (sk, t_sk) = timing["ours"], timing["sk"]
+    gaps = [reg.gap(l, 1.0, fit.coef[l], fit.intercept[l]) for l in range(reg.L)]
+    sk_gaps = [reg.gap(l, 1.0, sk[l].coef_[0], sk[l].intercept_[0]) for l in range(reg.L)]
+    return (reg.name, workload, t_ours, t_sk, max(gaps), max(sk_gaps),
+            ours_counts(reg.X, reg.y, 1.0, tol)[0] / reg.L, 2 * log["calls"] / reg.L, note)
+
+
 def binary_c1(reg, rounds):
     rows = []
     reg.set_reference(F.fit_logistic(reg.X, reg.y, [1.0], tol=1e-7), [1.0])
     default_tol = default_tol_of(F.fit_logistic)
     ours = {tol: functools.partial(F.fit_logistic, reg.X, reg.y, 1.0, tol=tol) for tol in (default_tol, 1e-7)}
-    for run in ours.values():
-        first_call(run)
-    with counted_sklearn_passes() as log:
-        sklearn_c1(reg, 1e-4)
-    sk_passes = 2 * log["calls"] / reg.L
-    timing = timed_rounds({"ours": ours[default_tol], "sk": lambda: sklearn_c1(reg, 1e-4)}, rounds)
-    fit, t_ours = timing["ours"]
-    sk, t_sk = timing["sk"]
-    gaps = [reg.gap(l, 1.0, fit.coef[l], fit.intercept[l]) for l in range(reg.L)]
-    sk_gaps = [reg.gap(l, 1.0, sk[l].coef_[0], sk[l].intercept_[0]) for l in range(reg.L)]
-    passes = ours_counts(reg.X, reg.y, 1.0, default_tol)[0] / reg.L
-    rows.append((reg.name, "C=1, defaults", t_ours, t_sk, max(gaps), max(sk_gaps), passes, sk_passes,
-                 f"ours tol {default_tol:g}; sklearn tol 1e-4"))
+    rows.append(against_sklearn_default(reg, rounds, ours[default_tol], default_tol, "C=1, defaults",
+                                        f"ours tol {default_tol:g}; sklearn tol 1e-4"))
     # Equal gap: scikit-learn tightened until its worst gap is at most ours.
     for tol in sorted(ours, reverse=True):
         fit = jax.block_until_ready(ours[tol]())
@@ -191,15 +194,7 @@ def binary_c1(reg, rounds):
 def binary_same_tol(reg, rounds):
     reg.set_reference(F.fit_logistic(reg.X, reg.y, [1.0], tol=1e-7), [1.0])
     ours = functools.partial(F.fit_logistic, reg.X, reg.y, 1.0, tol=1e-4)
-    first_call(ours)
-    with counted_sklearn_passes() as log:
-        sklearn_c1(reg, 1e-4)
-    timing = timed_rounds({"ours": ours, "sk": lambda: sklearn_c1(reg, 1e-4)}, rounds)
-    (fit, t_ours), (sk, t_sk) = timing["ours"], timing["sk"]
-    gaps = [reg.gap(l, 1.0, fit.coef[l], fit.intercept[l]) for l in range(reg.L)]
-    sk_gaps = [reg.gap(l, 1.0, sk[l].coef_[0], sk[l].intercept_[0]) for l in range(reg.L)]
-    return [(reg.name, "C=1, both tol 1e-4", t_ours, t_sk, max(gaps), max(sk_gaps),
-             ours_counts(reg.X, reg.y, 1.0, 1e-4)[0] / reg.L, 2 * log["calls"] / reg.L, "")]
+    return [against_sklearn_default(reg, rounds, ours, 1e-4, "C=1, both tol 1e-4", "")]
 
 
 def binary_path(reg, rounds):
