@@ -139,3 +139,18 @@ def test_regime_passes_reports_counts_and_gaps():
     assert re.search(r"clear: C=1: [\d.]+ passes a layer, worst gap [-\d.e+]+, converged True; 8-C path: ", out), out
     assert re.search(r"softmax-10 .*C=1: \d+ passes, gap [-\d.e+]+, converged True", out), out
     assert worst(r"gap ([-\d.e+]+)", out) <= 1e-6
+
+
+def test_prediction_memory_reports_every_call_dtype_and_input():
+    """Scores and projections of 2 x 4096 x 256 layers (4 MB a float32 layer): a row per call, storage dtype
+    and input kind; half precision converted a layer at a time (temporaries within one float32 layer, as
+    memory_analysis reports them), a float32 X scored in place."""
+    out = run_script("prediction_memory.py", "--shape", "2x4096x256", "--repeats", "1")
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+    assert {(r[0], r[1], r[2]) for r in rows} == {
+        (call, dtype, kind) for call in ("decision_function", "pca_project")
+        for dtype in ("float32", "bfloat16", "float16") for kind in ("numpy", "jax")}, out
+    layer_mb = 4096 * 256 * 4 / 2**20
+    assert all(float(r[3]) == (2 if r[1] == "float32" else 1) * layer_mb for r in rows), out
+    assert all(float(r[4]) <= layer_mb + 0.5 for r in rows), out
+    assert all(float(r[4]) == 0 for r in rows if r[0] == "decision_function" and r[1] == "float32"), out
