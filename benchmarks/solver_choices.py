@@ -35,11 +35,16 @@ a static argument: each policy compiles its own program) and times them interlea
   label-vmap  a caller's jax.vmap of the C path over several label sets, against a loop of single fits
               (not an alternative in the code: it shows the vmap costs what the loop does, which the
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
+  hessian-blocks  CG's Hessian product X^T (S X v) as two whole products (each a read of X from memory)
+              against a scan over blocks of rows that does both on a block while it is in cache
+              (GLM.hessian_block_rows; solver_options takes it for layers of hessian_blocks_from bytes and
+              more),
+              on layers of 4 to 80 MB; then whole fits (C=1; a 5-fold CV's 8-C paths) with blocks and without.
 
 Every solver row also reports the work of both variants (passes over X, CG steps) and whether all converged.
 
 Usage: python benchmarks/solver_choices.py [products] [woodbury] [gap-test] [quasi-newton] [nystrom-probe]
-       [layer-warm-start] [numpy-input] [label-vmap] [build-halves] [ridge-method] [auroc]
+       [layer-warm-start] [numpy-input] [label-vmap] [build-halves] [ridge-method] [auroc] [hessian-blocks]
        [--repeats 5] [--record]
 """
 
@@ -62,13 +67,21 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from measure import in_rounds, logistic_objective
 from recording import record
+from regime_data import independent, raw_llm
 from synthetic import make_layers
 
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _ridge, default_policy
+from lmprobe_jax.functional._glm import GLM, Params
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
 from lmprobe_jax.functional._multinomial import SOFTMAX
-from lmprobe_jax.functional._path import layer_preconditioners, solve_layers, solver_options
+from lmprobe_jax.functional._path import (
+    hessian_block_rows,
+    layer_preconditioners,
+    solve_layers,
+    solver_options,
+)
+from lmprobe_jax.functional._products import products
 from lmprobe_jax.functional._woodbury import use_woodbury
 
 
@@ -352,10 +365,61 @@ def study_label_vmap(repeats):
                    runs, results, repeats, ("vmap", "loop"))]
 
 
+def chained_hessian_products(glm):
+    """20 of ``glm``'s Hessian products in one program, each fed the last (as CG's are)."""
+    def run(X, y, p, v):
+        data = glm.data(X, y, jnp.ones_like(y), jnp.float32(1.0))
+        aux = BINARY_LOGISTIC.evaluate(glm.predictor(X, p), y)[2]
+        step = lambda _, a: jax.tree.map(lambda h, w: h * 1e-3 + w, glm.hvp(data, aux, a)[0], v)
+        return jax.lax.fori_loop(0, 20, step, v)
+
+    return jax.jit(run)
+
+
+def study_hessian_blocks(repeats):
+    rows = []
+    whole = GLM(BINARY_LOGISTIC, True, products(default_policy().fused_max_rows))
+    for n, d in ((2048, 512), (4096, 1024), (2048, 4096), (8192, 1024), (12288, 1024), (3072, 4096),
+                 (4096, 4096), (20480, 1024)):
+        forced = dataclasses.replace(default_policy(), hessian_blocks_from=0)
+        blocks = dataclasses.replace(whole, hessian_block_rows=hessian_block_rows(n, d, forced))
+        X, y = problem(1, n, d)
+        X = X[0]
+        rng = np.random.default_rng(0)
+        p = Params(jnp.asarray(rng.standard_normal(d, dtype=np.float32) / np.sqrt(d)), jnp.float32(0.1))
+        v = Params(jnp.asarray(rng.standard_normal(d, dtype=np.float32)), jnp.float32(1.0))
+        runs = {name: functools.partial(chained_hessian_products(glm), X, y, p, v)
+                for name, glm in (("whole", whole), ("blocks", blocks))}
+        two, one = runs["whole"]().coef, runs["blocks"]().coef
+        gap = float(jnp.max(jnp.abs(two - one)) / jnp.max(jnp.abs(two)))
+        t = interleaved(runs, repeats)
+        taken = "taken" if hessian_block_rows(n, d, default_policy()) else "not taken"
+        rows.append(f"| Hessian product: two whole products vs {blocks.hessian_block_rows}-row blocks "
+                    f"({taken} by default) | {n} x {d} float32 ({n * d * 4 / 2**20:.0f} MB), 20 products; "
+                    f"relative difference {gap:.1e} | {t['whole']:.4f} | {t['blocks']:.4f} | "
+                    f"{t['blocks'] / t['whole']:.2f}x | n/a | n/a |")
+    variants = (("whole", {"hessian_block_bytes": 0}), ("blocks", {}))
+    for name, (X, y), folds, Cs in (
+            ("raw (regime_data.raw_llm)", raw_llm(2, 20480, 1024), 1, [1.0]),
+            ("standardised (regime_data.independent)", independent(2, 4096, 4096, separation=(1.0, 4.0)), 1,
+             [1.0]),
+            ("raw (regime_data.raw_llm)", raw_llm(1, 20480, 1024), 5, np.logspace(-3, 2, 8))):
+        X, y = jax.device_put(X), jnp.asarray(y, jnp.float32)
+        weights = fold_weights(X.shape[1], folds) if folds > 1 else jnp.ones((1, X.shape[1]))
+        gap_tol = jnp.inf if folds > 1 else None  # folds stop on the gradient test alone, as the CV's do
+        runs, results = policy_runs(variants, lambda policy, X=X, y=y, w=weights, Cs=Cs, gap_tol=gap_tol: (
+            solve_run(BINARY_LOGISTIC, X, y, w, jnp.asarray(Cs), policy=policy, tol=1e-7, gap_tol=gap_tol)))
+        workload = f"{name}, {' x '.join(map(str, X.shape))}, " + (
+            "C=1, tol 1e-7" if folds == 1 else f"{folds} folds x {len(Cs)} C (weight sets under a vmap)")
+        rows.append(ab_row("fit: two whole Hessian products vs row blocks", workload, runs, results, repeats,
+                           ("whole", "blocks")))
+    return rows
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("studies", nargs="*", metavar="study", help="products, woodbury, gap-test, quasi-newton, "
-                    "nystrom-probe, layer-warm-start, numpy-input, label-vmap, build-halves, ridge-method, auroc "
+                    "nystrom-probe, layer-warm-start, numpy-input, label-vmap, build-halves, ridge-method, "
+                    "auroc, hessian-blocks "
                     "(default: all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
@@ -364,7 +428,8 @@ def main() -> None:
                "quasi-newton": study_quasi_newton, "nystrom-probe": study_nystrom_probe,
                "layer-warm-start": study_layer_warm_start,
                "numpy-input": study_numpy_input, "label-vmap": study_label_vmap, "build-halves": study_build_halves,
-               "ridge-method": study_ridge_method, "auroc": study_auroc}
+               "ridge-method": study_ridge_method, "auroc": study_auroc,
+               "hessian-blocks": study_hessian_blocks}
     unknown = set(args.studies) - set(studies)
     if unknown:
         ap.error(f"unknown study {sorted(unknown)}; choose from {sorted(studies)}")

@@ -287,6 +287,7 @@ POLICIES = {
     "Nystrom always": {"nystrom_decay": 0.0},
     "cold layers": {"layer_warm_start": False},
     "dot products": {"fused_max_rows": 0},
+    "Hessian products by row blocks": {"hessian_blocks_from": 0},
     "whole builds": {"halve_builds": False, "lagged_build_factor": 0.1},
 }
 

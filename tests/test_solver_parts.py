@@ -1,6 +1,7 @@
 """The solver's building blocks, each on its own: products under vmap, the preconditioners."""
 
 import dataclasses
+import functools
 
 import _tolerance as T
 import jax
@@ -11,8 +12,9 @@ from sklearn.linear_model import LogisticRegression
 
 import lmprobe_jax.functional as F
 from lmprobe_jax.functional import _hessian_inverse, _row_streaming
-from lmprobe_jax.functional._glm import GLM, optimality
+from lmprobe_jax.functional._glm import GLM, Params, optimality
 from lmprobe_jax.functional._logistic import BINARY_LOGISTIC
+from lmprobe_jax.functional._multinomial import SOFTMAX
 from lmprobe_jax.functional._newton_cg import conjugate_gradients
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
@@ -398,6 +400,72 @@ def test_policy_defaults_per_backend_and_resolution_per_shape(monkeypatch):
         solver_options((1, 10, 3), None, fit_intercept=True, max_iter=1, max_cg_iter=None, precondition_rank=None,
                        layer_batch_size=None, policy={"quasi_newton_memory": 0})
 
+
+def test_hessian_blocks_are_resolved_for_large_binary_layers_solved_one_at_a_time():
+    """Row blocks of about ``hessian_block_bytes`` (a power of two dividing N) on the CPU for binary layers of
+    at least ``hessian_blocks_from`` bytes solved one at a time; never for smaller layers, softmax, wide
+    kernel-inverse layers, layers batched under a vmap, or an accelerator's policy."""
+    from lmprobe_jax.functional._path import hessian_block_rows
+
+    def rows(shape, n_outputs=None, batch=None, policy=None):
+        options = solver_options(shape, n_outputs, fit_intercept=True, max_iter=100, max_cg_iter=None,
+                                 precondition_rank=None, layer_batch_size=batch, policy=policy)
+        return options["policy"].hessian_block_rows
+
+    cpu = default_policy("cpu")
+    assert rows((4, 4096, 4096)) == cpu.hessian_block_bytes // (4 * 4096) == 128
+    assert rows((4, 20480, 1024)) == 512
+    assert rows((4, 2048, 512)) == 0  # 4 MB: in cache, two products are faster
+    assert rows((4, 20480, 1024), n_outputs=5) == 0
+    assert rows((4, 20480, 1024), batch=4) == 0
+    assert rows((4, 20480, 1024), policy=default_policy("gpu")) == 0
+    assert rows((4, 100, 2**20)) == 0  # the wide layers' kernel inverse
+    forced = dataclasses.replace(cpu, hessian_blocks_from=0)
+    assert hessian_block_rows(20480 + 8, 1024, forced) == 8  # the largest power of two dividing N
+    assert hessian_block_rows(20480 + 4, 1024, forced) == 0  # blocks of fewer than 8 rows: none
+    assert hessian_block_rows(608, 2**18, forced) == 8  # rows of 1 MB: 8 of them, the smallest block
+
+
+@pytest.mark.parametrize("loss, n_outputs", [(BINARY_LOGISTIC, None), (SOFTMAX, 3)])
+def test_a_blocked_hessian_product_is_the_whole_one(loss, n_outputs):
+    """``GLM.hvp`` over row blocks gives the two whole products' ``H v`` and ``X v`` within their float32
+    rounding (sums of N and D terms in another order), for one problem and for weight sets under a vmap
+    (a CV's folds), binary and softmax."""
+    rng = np.random.default_rng(0)
+    n, d, k = 256, 24, n_outputs or 1
+    X = jnp.asarray(rng.standard_normal((n, d)) * rng.uniform(0.1, 10, d), jnp.float32)
+    y = jnp.asarray(rng.integers(0, k if n_outputs else 2, n), jnp.int32 if n_outputs else jnp.float32)
+    weights = jnp.asarray(rng.integers(0, 3, (3, n)), jnp.float32)
+    lead = (k,) if n_outputs else ()
+    p = (jnp.asarray(rng.standard_normal(lead + (d,)), jnp.float32) * 0.1, jnp.zeros(lead, jnp.float32) + 0.3)
+    v = (jnp.asarray(rng.standard_normal((3, *lead, d)), jnp.float32), jnp.ones((3, *lead), jnp.float32))
+    whole = GLM(loss, True, products(16))
+
+    def hvp(glm, s, v_coef, v_int):
+        data = glm.data(X, y, s, jnp.float32(0.5))
+        aux = loss.evaluate(glm.predictor(X, Params(*p)), y)[2]
+        hv, u = glm.hvp(data, aux, Params(v_coef, v_int))
+        return hv.coef, hv.intercept, u
+
+    expected = jax.vmap(functools.partial(hvp, whole))(weights, *v)
+    x_abs = np.abs(np.asarray(X, np.float64))
+    v_abs = np.abs(np.asarray(v[0], np.float64))
+    u_abs = np.einsum("nd,w...d->w...n", x_abs, v_abs) + np.abs(np.asarray(v[1]))[..., None]
+    bound_u = 4 * d * np.finfo(np.float32).eps * u_abs
+    for rows in (8, 32, 128):
+        blocked = dataclasses.replace(whole, hessian_block_rows=rows)
+        got = jax.vmap(functools.partial(hvp, blocked))(weights, *v)
+        # |H| v's terms are at most 1/4 (binary) or 1 (softmax's curvature) times |x| |u| |weight| / sum w.
+        scale = np.abs(np.asarray(weights))[:, None] / np.asarray(weights).sum(1)[:, None, None]
+        hu_abs = (scale.squeeze(1) if n_outputs is None else scale) * u_abs
+        eps = 4 * (n + d) * np.finfo(np.float32).eps
+        assert np.all(np.abs(np.asarray(got[0]) - np.asarray(expected[0]))
+                      <= eps * np.einsum("nd,w...n->w...d", x_abs, hu_abs) + 1e-7)
+        assert np.all(np.abs(np.asarray(got[1]) - np.asarray(expected[1])) <= eps * hu_abs.sum(-1) + 1e-7)
+        assert np.all(np.abs(np.asarray(got[2]) - np.asarray(expected[2])) <= bound_u)
+        one = hvp(blocked, weights[0], v[0][0], v[1][0])  # one problem, no vmap
+        assert np.all(np.abs(np.asarray(one[0]) - np.asarray(expected[0][0]))
+                      <= eps * np.einsum("nd,...n->...d", x_abs, hu_abs[0]) + 1e-7)
 
 def test_the_cpu_preconditioner_rank_grows_with_the_width():
     """On the CPU the default Nystrom rank is 64 up to D = 1024, then D / 16 up to 256 (what measured faster on

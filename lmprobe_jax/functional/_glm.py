@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -116,11 +117,13 @@ class GLMData(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class GLM:
-    """The static half of a problem: its loss, whether it has an intercept, and the products it uses."""
+    """The static half of a problem: its loss, whether it has an intercept, the products it uses, and the
+    rows of the blocks its Hessian products take (0: two whole products; see :meth:`hvp`)."""
 
     loss: GLMLoss
     fit_intercept: bool
     products: Products
+    hessian_block_rows: int = 0
 
     def data(self, X: Array, y: Array, sample_weight: Array, C: Array) -> GLMData:
         """The problem's arrays for ``X`` ``(N, D)``, labels, weights ``s`` ``(N,)`` and ``C`` ``()``."""
@@ -191,10 +194,33 @@ class GLM:
         return data.weight * self.loss.hvp(aux, u)
 
     def hvp(self, data: GLMData, aux: Array, v: Params) -> tuple[Params, Array]:
-        """``(H v, X v_coef + v_intercept)`` at the point whose ``aux`` is given: two passes over ``X``."""
-        u = self.predictor(data.X, v)
-        hu = self.weighted_hvp(data, aux, u)
-        hv = Params(self.products.rmatvec(data.X, hu) + data.penalty * v.coef, self.intercept_part(jnp.sum(hu, axis=-1)))
+        """``(H v, X v_coef + v_intercept)`` at the point whose ``aux`` is given: two passes over ``X``, or
+        with ``hessian_block_rows`` one read of it from memory: ``X^T (S X v)`` summed over blocks of rows,
+        both products on a block while it is in cache (layers larger than the cache)."""
+        rows = self.hessian_block_rows
+        if not rows:
+            u = self.predictor(data.X, v)
+            hu = self.weighted_hvp(data, aux, u)
+            coef = self.products.rmatvec(data.X, hu)
+        else:
+            n, d = data.X.shape
+
+            def split(a: Array) -> Array:  # (..., N) -> (N / rows, ..., rows)
+                return jnp.moveaxis(a.reshape(a.shape[:-1] + (n // rows, rows)), -2, 0)
+
+            def merge(a: Array) -> Array:  # the inverse of split
+                return jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (n,))
+
+            def block(acc: Array, part: tuple[Array, Array, Array]) -> tuple[Array, tuple[Array, Array]]:
+                x, weight, a = part
+                u = self.predictor(x, v)
+                hu = weight * self.loss.hvp(a, u)
+                return acc + self.products.rmatvec(x, hu), (u, hu)
+
+            parts = (data.X.reshape(n // rows, rows, d), split(data.weight), split(aux))
+            coef, (u, hu) = jax.lax.scan(block, jnp.zeros_like(v.coef), parts)
+            u, hu = merge(u), merge(hu)
+        hv = Params(coef + data.penalty * v.coef, self.intercept_part(jnp.sum(hu, axis=-1)))
         return hv, u
 
 

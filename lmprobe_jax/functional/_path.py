@@ -82,6 +82,18 @@ def _inverse_fits(n_features: int, layers_at_once: int) -> bool:
     return 4 * layers_at_once * (n_features + 1) ** 2 * 4 <= budget
 
 
+def hessian_block_rows(n_samples: int, n_features: int, policy: SolverPolicy) -> int:
+    """The rows of the blocks CG's Hessian products take on a layer of ``(n_samples, n_features)`` (0: none):
+    a power of two dividing ``n_samples`` (bucketed row counts of 1024 or more are multiples of 64), about
+    ``policy.hessian_block_bytes`` at 4 bytes a value but at least 8 rows, for layers of at least
+    ``policy.hessian_blocks_from`` bytes."""
+    if not policy.hessian_block_bytes or n_samples * n_features * 4 < policy.hessian_blocks_from:
+        return 0
+    rows = 1 << max(3, (policy.hessian_block_bytes // (4 * n_features)).bit_length() - 1)
+    rows = min(rows, n_samples & -n_samples)  # the largest power of two dividing n_samples
+    return rows if 8 <= rows < n_samples else 0
+
+
 def solver_options(
     shape: tuple[int, int, int],
     n_outputs: int | None,
@@ -100,7 +112,9 @@ def solver_options(
     with ``nystrom_rank`` set to the rank used, ``woodbury`` to whether this shape takes the kernel
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
     take one CG step), ``quasi_newton_memory``, ``nystrom_decay``, ``gap_bound`` and ``switch_progress`` to
-    the softmax ones for softmax, and ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit.
+    the softmax ones for softmax, ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit, and
+    ``hessian_block_rows`` to :func:`hessian_block_rows` for binary layers solved one at a time (under a vmap
+    over layers, a scan over blocks of rows would copy ``X`` to put the layer axis inside it).
     """
     if policy is None:
         policy = default_policy()
@@ -115,8 +129,10 @@ def solver_options(
     if n_outputs is not None or wide or (refresh and not _inverse_fits(n_features, min(batch, n_layers))):
         refresh = 0
     softmax = n_outputs is not None
+    blocks = 0 if softmax or wide or batch != 1 else hessian_block_rows(n_samples, n_features, policy)
     resolved = dataclasses.replace(
         policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
+        hessian_block_rows=blocks,
         quasi_newton_memory=0 if wide else (
             policy.softmax_quasi_newton_memory if softmax else policy.quasi_newton_memory),
         nystrom_decay=policy.softmax_nystrom_decay if softmax else policy.nystrom_decay,
@@ -241,7 +257,7 @@ def solve_layers(
     weights = sample_weight.astype(dtype)
     Cs = jnp.broadcast_to(Cs.astype(dtype), X.shape[:1] + Cs.shape[-1:])
     lead = () if n_outputs is None else (n_outputs,)
-    glm = GLM(loss, bool(fit_intercept), products(policy.fused_max_rows))
+    glm = GLM(loss, bool(fit_intercept), products(policy.fused_max_rows), policy.hessian_block_rows)
     settings = Settings(tol, tol if gap_tol is None else gap_tol, max_iter, max_cg_iter, policy.quasi_newton_memory,
                         policy.switch_window, policy.switch_progress, policy.switch_after,
                         policy.line_search_refine, policy.gap_bound)

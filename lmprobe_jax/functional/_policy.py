@@ -77,6 +77,15 @@ class SolverPolicy:
       fused_max_rows: products ``V @ X^T`` with 2 to this many rows are written as a fused elementwise sum
         (XLA's CPU backend runs it in one pass over ``X``; 0: always the dot; see :mod:`._products`). The
         solver's own products only: the Nystrom sketches always take the dot.
+      hessian_block_bytes: CG's Hessian product ``X^T (S X v)`` on a layer of at least ``hessian_blocks_from``
+        bytes (larger than a CPU's caches) runs over blocks of rows of about this many bytes, both products
+        on a block while it is in cache: one read of ``X`` from memory where two products make two (0:
+        never; accelerators, unmeasured). Binary fits with layers solved one at a time
+        (:func:`._path.solver_options` resolves the rows into ``hessian_block_rows``).
+      hessian_blocks_from: the smallest layer, in bytes at 4 a value, whose Hessian products go by blocks (48
+        MiB: at 32 MiB, the last-level cache of the machine measured, blocks lost on some shapes).
+      hessian_block_rows: the rows of a block for this shape (0: two whole products), set by
+        :func:`._path.solver_options`.
       halve_builds: build exact inverses from half-size blocks (the weighted Gram's symmetric blocks, the
         triangular inverse by halves): fewer flops on the CPU, many more programs to autotune elsewhere.
       centre_features: with an intercept, solve each layer on its features centred at their weighted mean
@@ -117,6 +126,9 @@ class SolverPolicy:
     woodbury_ratio: float = 16.0
     woodbury: bool = False
     fused_max_rows: int = 16
+    hessian_block_bytes: int = 2**21
+    hessian_blocks_from: int = 48 * 2**20
+    hessian_block_rows: int = 0
     halve_builds: bool = True
     centre_features: bool = True
     continuation_factor: float = 10.0
@@ -171,5 +183,6 @@ def default_policy(backend: str | None = None) -> SolverPolicy:
         return SolverPolicy()
     return SolverPolicy(
         nystrom_features_per_rank=0, nystrom_decay=0.0, softmax_nystrom_decay=0.0, softmax_quasi_newton_memory=0,
-        lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG, fused_max_rows=0, halve_builds=False,
+        lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG, fused_max_rows=0,
+        hessian_block_bytes=0, halve_builds=False,
     )
