@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CALLS = ("decision_function", "pca_project")
 
 
-def child(call: str, dtype: str, kind: str, shape: tuple[int, int, int], components: int, repeats: int) -> dict:
+def child(call: str, dtype: str, kind: str, shape: tuple[int, int, int], components: int,
+          repeats: int) -> dict:
     """One measurement in this (fresh) process; see the module doc."""
     sys.path.insert(0, str(ROOT))
     import jax
