@@ -37,9 +37,9 @@ a static argument: each policy compiles its own program) and times them interlea
               lagged inverse's unbatched build decision, _batching.any_across_batch, is there for).
   hessian-blocks  CG's Hessian product X^T (S X v) as two whole products (each a read of X from memory)
               against a scan over blocks of rows that does both on a block while it is in cache
-              (GLM.hessian_block_rows; solver_options takes it for layers of hessian_blocks_from bytes and
-              more),
-              on layers of 4 to 80 MB; then whole fits (C=1; a 5-fold CV's 8-C paths) with blocks and without.
+              (GLM.hessian_block_rows, which solver_options sets for layers of hessian_blocks_from bytes
+              and more), on layers of 4 to 80 MB; then whole fits (C=1; a 5-fold CV's 8-C paths) with
+              blocks and without.
 
 Every solver row also reports the work of both variants (passes over X, CG steps) and whether all converged.
 
@@ -414,6 +414,7 @@ def study_hessian_blocks(repeats):
         rows.append(ab_row("fit: two whole Hessian products vs row blocks", workload, runs, results, repeats,
                            ("whole", "blocks")))
     return rows
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
