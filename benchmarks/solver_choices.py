@@ -379,9 +379,9 @@ def chained_hessian_products(glm):
 def study_hessian_blocks(repeats):
     rows = []
     whole = GLM(BINARY_LOGISTIC, True, products(default_policy().fused_max_rows))
+    forced = dataclasses.replace(default_policy(), hessian_blocks_from=0)  # the block rows of any size
     for n, d in ((2048, 512), (4096, 1024), (2048, 4096), (8192, 1024), (12288, 1024), (3072, 4096),
                  (4096, 4096), (20480, 1024)):
-        forced = dataclasses.replace(default_policy(), hessian_blocks_from=0)
         blocks = dataclasses.replace(whole, hessian_block_rows=hessian_block_rows(n, d, forced))
         X, y = problem(1, n, d)
         X = X[0]

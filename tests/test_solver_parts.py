@@ -452,13 +452,13 @@ def test_a_blocked_hessian_product_is_the_whole_one(loss, n_outputs):
     v_abs = np.abs(np.asarray(v[0], np.float64))
     u_abs = np.einsum("nd,w...d->w...n", x_abs, v_abs) + np.abs(np.asarray(v[1]))[..., None]
     bound_u = 4 * d * np.finfo(np.float32).eps * u_abs
+    # |H| v's terms are at most 1/4 (binary) or 1 (softmax's curvature) times |x| |u| |weight| / sum w.
+    scale = np.abs(np.asarray(weights))[:, None] / np.asarray(weights).sum(1)[:, None, None]
+    hu_abs = (scale.squeeze(1) if n_outputs is None else scale) * u_abs
+    eps = 4 * (n + d) * np.finfo(np.float32).eps
     for rows in (8, 32, 128):
         blocked = dataclasses.replace(whole, hessian_block_rows=rows)
         got = jax.vmap(functools.partial(hvp, blocked))(weights, *v)
-        # |H| v's terms are at most 1/4 (binary) or 1 (softmax's curvature) times |x| |u| |weight| / sum w.
-        scale = np.abs(np.asarray(weights))[:, None] / np.asarray(weights).sum(1)[:, None, None]
-        hu_abs = (scale.squeeze(1) if n_outputs is None else scale) * u_abs
-        eps = 4 * (n + d) * np.finfo(np.float32).eps
         assert np.all(np.abs(np.asarray(got[0]) - np.asarray(expected[0]))
                       <= eps * np.einsum("nd,w...n->w...d", x_abs, hu_abs) + 1e-7)
         assert np.all(np.abs(np.asarray(got[1]) - np.asarray(expected[1])) <= eps * hu_abs.sum(-1) + 1e-7)
@@ -466,6 +466,7 @@ def test_a_blocked_hessian_product_is_the_whole_one(loss, n_outputs):
         one = hvp(blocked, weights[0], v[0][0], v[1][0])  # one problem, no vmap
         assert np.all(np.abs(np.asarray(one[0]) - np.asarray(expected[0][0]))
                       <= eps * np.einsum("nd,...n->...d", x_abs, hu_abs[0]) + 1e-7)
+
 
 def test_the_cpu_preconditioner_rank_grows_with_the_width():
     """On the CPU the default Nystrom rank is 64 up to D = 1024, then D / 16 up to 256 (what measured faster on

@@ -197,11 +197,15 @@ class GLM:
         """``(H v, X v_coef + v_intercept)`` at the point whose ``aux`` is given: two passes over ``X``, or
         with ``hessian_block_rows`` one read of it from memory: ``X^T (S X v)`` summed over blocks of rows,
         both products on a block while it is in cache (layers larger than the cache)."""
+        def products_of(part: GLMData, part_aux: Array) -> tuple[Array, Array, Array]:
+            """``(X^T (S X v)_coef, X v, S X v)`` over ``part``'s rows: two products."""
+            u = self.predictor(part.X, v)
+            hu = self.weighted_hvp(part, part_aux, u)
+            return self.products.rmatvec(part.X, hu), u, hu
+
         rows = self.hessian_block_rows
         if not rows:
-            u = self.predictor(data.X, v)
-            hu = self.weighted_hvp(data, aux, u)
-            coef = self.products.rmatvec(data.X, hu)
+            coef, u, hu = products_of(data, aux)
         else:
             n, d = data.X.shape
 
@@ -213,9 +217,8 @@ class GLM:
 
             def block(acc: Array, part: tuple[Array, Array, Array]) -> tuple[Array, tuple[Array, Array]]:
                 x, weight, a = part
-                u = self.predictor(x, v)
-                hu = weight * self.loss.hvp(a, u)
-                return acc + self.products.rmatvec(x, hu), (u, hu)
+                coef, u, hu = products_of(data._replace(X=x, weight=weight), a)
+                return acc + coef, (u, hu)
 
             parts = (data.X.reshape(n // rows, rows, d), split(data.weight), split(aux))
             coef, (u, hu) = jax.lax.scan(block, jnp.zeros_like(v.coef), parts)
