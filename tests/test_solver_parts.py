@@ -5,6 +5,7 @@ import functools
 
 import _tolerance as T
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from lmprobe_jax.functional._newton_cg import conjugate_gradients
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._policy import default_policy
-from lmprobe_jax.functional._preconditioners import identity
+from lmprobe_jax.functional._preconditioners import identity, layer_nystrom, nystrom
 from lmprobe_jax.functional._products import matvec, products, rmatvec
 from lmprobe_jax.functional._sources import layer_source
 
@@ -124,6 +125,64 @@ def test_full_rank_preconditioner_stays_positive_definite_on_a_wide_spectrum():
     v = np.vstack([top, rng.normal(size=(20, 40))]).astype(np.float32)
     out, _ = apply_preconditioner(approx, 0.004, jnp.asarray(v), jnp.zeros(len(v)))
     assert (np.sum(v * np.asarray(out), axis=1) > 0).all()
+
+
+def _cond_branches(jaxpr):
+    """The branches of every ``cond`` in ``jaxpr`` (closed jaxprs), nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cond":
+            found += list(eqn.params["branches"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _cond_branches(sub)
+    return found
+
+
+def _primitives(jaxpr):
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+def test_a_skipped_nystrom_approximation_is_the_identity_without_products():
+    """A flat layer's skipped approximation (zero eigenvalues) applies the identity on a branch with no
+    product (rank-r products with a zero basis cost up to half a pass over X each at D = 4096), and under a
+    vmap over layers, one built and one skipped, each layer's application is the one it gets alone."""
+    rng = np.random.default_rng(3)
+    flat = rng.normal(size=(400, 64)).astype(np.float32)
+    steep = (flat * np.geomspace(30.0, 0.1, 64)).astype(np.float32)
+    nystrom_of = functools.partial(layer_nystrom, rank=16, fit_intercept=True, probe_rank=8, decay=4.0)
+    skipped, built = nystrom_of(jnp.asarray(flat)), nystrom_of(jnp.asarray(steep))
+    assert not np.asarray(skipped.eig).any() and np.asarray(built.eig)[0] > 0
+    glm = GLM(BINARY_LOGISTIC, True, products(0))
+    curvature = jnp.asarray(rng.uniform(0.05, 0.25, 400), jnp.float32)
+    v = Params(jnp.asarray(rng.normal(size=(3, 64)), jnp.float32), jnp.asarray(rng.normal(size=3), jnp.float32))
+
+    def apply(approx, x, v):
+        pre = nystrom(glm, approx)
+        data = glm.data(x, jnp.zeros(400), jnp.ones(400), jnp.float32(1.0))
+        return pre.apply(pre.build(data, curvature), v)
+
+    problems = jax.jit(jax.vmap(apply, in_axes=(None, None, 0)))  # problems sharing a layer (a C grid, folds)
+    out = problems(skipped, jnp.asarray(flat), v)
+    np.testing.assert_array_equal(np.asarray(out.coef), np.asarray(v.coef))
+    np.testing.assert_array_equal(np.asarray(out.intercept), np.asarray(v.intercept))
+    branches = _cond_branches(jax.make_jaxpr(problems)(skipped, jnp.asarray(flat), v).jaxpr)
+    assert any("dot_general" not in _primitives(b.jaxpr) for b in branches)
+    assert any("dot_general" in _primitives(b.jaxpr) for b in branches)
+    alone = [problems(a, jnp.asarray(x), v) for a, x in ((skipped, flat), (built, steep))]
+    layers = jax.tree.map(lambda *a: jnp.stack(a), skipped, built)
+    both = jax.jit(jax.vmap(problems, in_axes=(0, 0, None)))(layers, jnp.asarray(np.stack([flat, steep])), v)
+    # Each entry of the projection on the 16 unit basis rows sums 65 products (at most |v| in size), each
+    # output entry 16 (scaled by gains in (0, 1]): twice the rounding of either computation.
+    norm = np.linalg.norm(np.asarray(v.coef), axis=1, keepdims=True)
+    bound = 2 * (16 * T.sum_rounding(65) + 4 * T.sum_rounding(16)) * norm
+    for layer, one in enumerate(alone):
+        np.testing.assert_array_less(np.abs(np.asarray(both.coef[layer]) - np.asarray(one.coef)),
+                                     np.broadcast_to(bound, one.coef.shape))
 
 
 @pytest.mark.parametrize("layer_batch_size", [1, 2])
@@ -415,6 +474,7 @@ def test_hessian_blocks_are_resolved_for_large_binary_layers_solved_one_at_a_tim
     cpu = default_policy("cpu")
     assert rows((4, 4096, 4096)) == cpu.hessian_block_bytes // (4 * 4096) == 128
     assert rows((4, 20480, 1024)) == 512
+    assert rows((4, 4000, 4096)) == 128  # of the 4096 rows the solver sees (4000's divisors would give 32)
     assert rows((4, 2048, 512)) == 0  # 4 MB: in cache, two products are faster
     assert rows((4, 20480, 1024), n_outputs=5) == 0
     assert rows((4, 20480, 1024), batch=4) == 0

@@ -84,7 +84,11 @@ def nystrom(glm: GLM, approx: NystromApprox) -> Preconditioner:
 
     def apply(state: tuple[Array, Array], v: Params) -> Params:
         a, mu = state
-        coef, intercept = apply_preconditioner(approx, mu, v.coef, v.intercept)
+        # A skipped approximation (zero eigenvalues: :func:`layer_nystrom`) is the identity: a branch, not
+        # rank-r products with a zero basis (each cost up to half a pass over X at D = 4096, rank 256).
+        built = any_across_batch(approx.eig[0] > 0)
+        coef, intercept = jax.lax.cond(built, lambda: apply_preconditioner(approx, mu, v.coef, v.intercept),
+                                       lambda: (v.coef, v.intercept))
         # apply_preconditioner inverts (A + mu I) / (eig_r + mu); back to the inverse of a (A + mu I), up
         # to one factor for all classes (CG and the L-BFGS scaling do not see it): the largest class's
         # scale is 1, so M's norm stays <= 1 however small lambda or the curvatures get (1 / (a (eig_r +
