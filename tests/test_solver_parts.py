@@ -486,6 +486,30 @@ def test_hessian_blocks_are_resolved_for_large_binary_layers_solved_one_at_a_tim
     assert hessian_block_rows(608, 2**18, forced) == 8  # rows of 1 MB: 8 of them, the smallest block
 
 
+def test_hessian_blocks_fit_the_rows_of_the_program():
+    """Block rows resolved for a bucketed row count are cut to the largest power of two dividing the rows
+    the program sees (a caller of ``solve_layers`` may pass any N): 200 rows take 8-row blocks (the whole
+    products within rounding), 202 rows the whole products themselves."""
+    rng = np.random.default_rng(4)
+    whole = GLM(BINARY_LOGISTIC, True, products(16))
+    blocked = dataclasses.replace(whole, hessian_block_rows=128)
+
+    def hvp(glm, X, v):
+        data = glm.data(X, jnp.zeros(X.shape[0]), jnp.ones(X.shape[0]), jnp.float32(0.5))
+        aux = BINARY_LOGISTIC.evaluate(jnp.zeros(X.shape[0]), jnp.zeros(X.shape[0]))[2]
+        return jax.jit(glm.hvp)(data, aux, Params(v, jnp.float32(1.0)))[0].coef
+
+    for n in (200, 202):
+        X = jnp.asarray(rng.standard_normal((n, 16)), jnp.float32)
+        v = jnp.asarray(rng.standard_normal(16), jnp.float32)
+        got, expected = np.asarray(hvp(blocked, X, v)), np.asarray(hvp(whole, X, v))
+        if n == 202:
+            np.testing.assert_array_equal(got, expected)
+        x_abs = np.abs(np.asarray(X, np.float64))
+        terms = x_abs.T @ (0.25 * (x_abs @ np.abs(np.asarray(v, np.float64)) + 1) / n)  # curvature <= 1/4
+        assert np.all(np.abs(got - expected) <= 4 * (n + 16) * np.finfo(np.float32).eps * terms)
+
+
 @pytest.mark.parametrize("loss, n_outputs", [(BINARY_LOGISTIC, None), (SOFTMAX, 3)])
 def test_a_blocked_hessian_product_is_the_whole_one(loss, n_outputs):
     """``GLM.hvp`` over row blocks gives the two whole products' ``H v`` and ``X v`` within their float32

@@ -115,10 +115,14 @@ class GLMData(NamedTuple):
     C: Array
 
 
+# The fewest rows a block of a Hessian product takes: below it a scan step's fixed cost is not repaid.
+MIN_BLOCK_ROWS = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class GLM:
     """The static half of a problem: its loss, whether it has an intercept, the products it uses, and the
-    rows of the blocks its Hessian products take (0: two whole products; see :meth:`hvp`)."""
+    most rows of the blocks its Hessian products take, a power of two (0: two whole products; :meth:`hvp`)."""
 
     loss: GLMLoss
     fit_intercept: bool
@@ -203,11 +207,13 @@ class GLM:
             hu = self.weighted_hvp(part, part_aux, u)
             return self.products.rmatvec(part.X, hu), u, hu
 
-        rows = self.hessian_block_rows
-        if not rows:
+        n, d = data.X.shape
+        # The largest power of two up to hessian_block_rows that divides this program's N (the rows were
+        # resolved for a bucketed N; a caller of the solver may pass any).
+        rows = min(self.hessian_block_rows, n & -n)
+        if rows < MIN_BLOCK_ROWS:
             coef, u, hu = products_of(data, aux)
         else:
-            n, d = data.X.shape
 
             def split(a: Array) -> Array:  # (..., N) -> (N / rows, ..., rows)
                 return jnp.moveaxis(a.reshape(a.shape[:-1] + (n // rows, rows)), -2, 0)
