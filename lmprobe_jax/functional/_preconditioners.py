@@ -85,7 +85,7 @@ def nystrom(glm: GLM, approx: NystromApprox) -> Preconditioner:
     def apply(state: tuple[Array, Array], v: Params) -> Params:
         a, mu = state
         # A skipped approximation (zero eigenvalues: :func:`layer_nystrom`) is the identity: a branch, not
-        # rank-r products with a zero basis (each cost up to half a pass over X at D = 4096, rank 256).
+        # rank-r products with a zero basis (0.4-0.8 of a pass over X each at D = 4096, rank 256).
         built = any_across_batch(approx.eig[0] > 0)
         coef, intercept = jax.lax.cond(built, lambda: apply_preconditioner(approx, mu, v.coef, v.intercept),
                                        lambda: (v.coef, v.intercept))
