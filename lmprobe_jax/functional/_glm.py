@@ -214,7 +214,6 @@ class GLM:
         if rows < MIN_BLOCK_ROWS:
             coef, u, hu = products_of(data, aux)
         else:
-
             def split(a: Array) -> Array:  # (..., N) -> (N / rows, ..., rows)
                 return jnp.moveaxis(a.reshape(a.shape[:-1] + (n // rows, rows)), -2, 0)
 

@@ -105,8 +105,8 @@ def apply_preconditioner(approx: NystromApprox, mu: Array, v_coef: Array, v_int:
       mu: ``()`` or one value per leading row of ``v_coef`` (e.g. ``(K,)`` for softmax).
       v_coef: ``(..., D)``; ``v_int``: ``(...)``.
     """
-    # Contracting the basis's rows as they lie: ``v_coef @ basis_coef.T`` copied a transposed basis at every
-    # application inside the solver's loops (1.2 ms of a 4 ms pass at D = 4096, rank 256).
+    # The basis's rows contracted as they lie: ``v_coef @ basis_coef.T`` copied a transposed basis at every
+    # application in the solver's loops (1.2 ms at D = 4096, rank 256, where a pass over X takes 2.3 ms).
     proj = einsum("...d,rd->...r", v_coef, approx.basis_coef) + v_int[..., None] * approx.basis_intercept
     mu = jnp.asarray(mu)[..., None]
     # The basis is orthonormal only to rounding (~1e-6 in float32), so the identity part cancels the

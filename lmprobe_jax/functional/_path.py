@@ -113,9 +113,10 @@ def solver_options(
     inverse (wide binary layers, ``N^2 <= 16 D``; they skip the quasi-Newton phase, as their Newton steps
     take one CG step), ``quasi_newton_memory``, ``nystrom_decay``, ``gap_bound`` and ``switch_progress`` to
     the softmax ones for softmax, ``hessian_refresh_cg`` to 0 where the in-solve inverses would not fit, and
-    ``hessian_block_rows`` to :func:`hessian_block_rows` of the rows the solver sees (``N`` padded to
-    :func:`._checks.bucket_rows`, as every caller pads ``X``) for binary layers solved one at a time (under a
-    vmap over layers, a scan over blocks of rows would copy ``X`` to put the layer axis inside it).
+    ``hessian_block_rows`` to :func:`hessian_block_rows` of ``N`` padded to :func:`._checks.bucket_rows`, as
+    the public functions pad ``X`` (:meth:`._glm.GLM.hvp` cuts the rows for any other ``N``), for binary
+    layers solved one at a time (under a vmap over layers, a scan over blocks of rows would copy ``X`` to
+    put the layer axis inside it).
     """
     if policy is None:
         policy = default_policy()
@@ -130,9 +131,8 @@ def solver_options(
     if n_outputs is not None or wide or (refresh and not _inverse_fits(n_features, min(batch, n_layers))):
         refresh = 0
     softmax = n_outputs is not None
-    # Of the padded rows: N = 4000's largest power-of-two divisor gave 32-row blocks; its 4096 rows take 128.
-    rows = bucket_rows(n_samples)
-    blocks = 0 if softmax or wide or batch != 1 else hessian_block_rows(rows, n_features, policy)
+    blocked = not (softmax or wide or batch != 1)
+    blocks = hessian_block_rows(bucket_rows(n_samples), n_features, policy) if blocked else 0
     resolved = dataclasses.replace(
         policy, nystrom_rank=0 if wide else rank, woodbury=wide, hessian_refresh_cg=refresh,
         hessian_block_rows=blocks,
