@@ -159,7 +159,8 @@ def test_a_skipped_nystrom_approximation_is_the_identity_without_products():
     assert not np.asarray(skipped.eig).any() and np.asarray(built.eig)[0] > 0
     glm = GLM(BINARY_LOGISTIC, True, products(0))
     curvature = jnp.asarray(rng.uniform(0.05, 0.25, 400), jnp.float32)
-    v = Params(jnp.asarray(rng.normal(size=(3, 64)), jnp.float32), jnp.asarray(rng.normal(size=3), jnp.float32))
+    v = Params(jnp.asarray(rng.normal(size=(3, 64)), jnp.float32),
+               jnp.asarray(rng.normal(size=3), jnp.float32))
 
     def apply(approx, x, v):
         pre = nystrom(glm, approx)
