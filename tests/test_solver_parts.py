@@ -138,15 +138,6 @@ def _cond_branches(jaxpr):
     return found
 
 
-def _primitives(jaxpr):
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            names |= _primitives(sub)
-    return names
-
-
 def test_a_skipped_nystrom_approximation_is_the_identity_without_products():
     """A flat layer's skipped approximation (zero eigenvalues) applies the identity on a branch with no
     product (rank-r products with a zero basis cost 0.4-0.8 of a pass over X each at D = 4096), and under a
