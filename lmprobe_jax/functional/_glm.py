@@ -119,6 +119,14 @@ class GLMData(NamedTuple):
 MIN_BLOCK_ROWS = 8
 
 
+def block_rows(most: int, n_rows: int) -> int:
+    """The rows of the blocks a Hessian product over ``n_rows`` rows takes: the largest power of two up to
+    ``most`` (a power of two) that divides ``n_rows``, or 0 (two whole products) where that is below
+    :data:`MIN_BLOCK_ROWS` or one block would hold every row."""
+    rows = min(most, n_rows & -n_rows)
+    return rows if MIN_BLOCK_ROWS <= rows < n_rows else 0
+
+
 @dataclasses.dataclass(frozen=True)
 class GLM:
     """The static half of a problem: its loss, whether it has an intercept, the products it uses, and the
@@ -208,10 +216,9 @@ class GLM:
             return self.products.rmatvec(part.X, hu), u, hu
 
         n, d = data.X.shape
-        # The largest power of two up to hessian_block_rows that divides this program's N (the rows were
-        # resolved for a bucketed N; a caller of the solver may pass any).
-        rows = min(self.hessian_block_rows, n & -n)
-        if rows < MIN_BLOCK_ROWS:
+        # Of this program's N: rows resolved for a bucketed N, where a caller of the solver may pass any.
+        rows = block_rows(self.hessian_block_rows, n)
+        if not rows:
             coef, u, hu = products_of(data, aux)
         else:
             def split(a: Array) -> Array:  # (..., N) -> (N / rows, ..., rows)

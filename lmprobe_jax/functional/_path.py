@@ -33,7 +33,7 @@ from jax import Array
 
 from ._batching import any_across_batch, default_layer_batch_size, over_layers
 from ._checks import as_compute, bucket_rows, check_positive_int, compute_dtype
-from ._glm import GLM, MIN_BLOCK_ROWS, GLMLoss, Params
+from ._glm import GLM, MIN_BLOCK_ROWS, GLMLoss, Params, block_rows
 from ._hessian_inverse import (
     LaggedHessianInverse,
     lagged_build_threshold,
@@ -90,8 +90,7 @@ def hessian_block_rows(n_samples: int, n_features: int, policy: SolverPolicy) ->
     if not policy.hessian_block_bytes or n_samples * n_features * 4 < policy.hessian_blocks_from:
         return 0
     rows = max(MIN_BLOCK_ROWS, 1 << max(0, (policy.hessian_block_bytes // (4 * n_features)).bit_length() - 1))
-    rows = min(rows, n_samples & -n_samples)  # the largest power of two dividing n_samples
-    return rows if MIN_BLOCK_ROWS <= rows < n_samples else 0
+    return block_rows(rows, n_samples)
 
 
 def solver_options(
