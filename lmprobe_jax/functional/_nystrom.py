@@ -47,6 +47,12 @@ class NystromApprox(NamedTuple):
     basis_intercept: Array
     eig: Array
 
+    @property
+    def built(self) -> Array:
+        """bool ``()``: whether any eigenvalue is nonzero (a flat layer's skipped approximation,
+        :func:`._preconditioners.layer_nystrom`, has none: it stands for the identity)."""
+        return self.eig[0] > 0
+
 
 def _test_matrix(rank: int, n_columns: int, fit_intercept: bool, seed: int) -> np.ndarray:
     """``(r, D + 1)`` Gaussian with orthonormal rows (no intercept column without an intercept).

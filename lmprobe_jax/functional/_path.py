@@ -285,7 +285,7 @@ def solve_layers(
             return woodbury(glm, x, kernel, halve=policy.halve_builds), jnp.bool_(True)
         if policy.nystrom_rank:
             approx = _nystrom_of(x, fit_intercept, policy) if approx is None else approx
-            base, steep = nystrom(glm, approx), approx.eig[0] > 0
+            base, steep = nystrom(glm, approx), approx.built
         else:
             base, steep = identity(), jnp.bool_(False)
         return (refreshed(glm, base, refresh, halve=policy.halve_builds) if refresh else base), steep

@@ -84,10 +84,10 @@ def nystrom(glm: GLM, approx: NystromApprox) -> Preconditioner:
 
     def apply(state: tuple[Array, Array], v: Params) -> Params:
         a, mu = state
-        # A skipped approximation (zero eigenvalues: :func:`layer_nystrom`) is the identity: a branch, not
-        # rank-r products with a zero basis (0.4-0.8 of a pass over X each at D = 4096, rank 256).
-        built = any_across_batch(approx.eig[0] > 0)
-        coef, intercept = jax.lax.cond(built, lambda: apply_preconditioner(approx, mu, v.coef, v.intercept),
+        # A skipped approximation is the identity: a branch, not rank-r products with a zero basis (0.4-0.8 of
+        # a pass over X each at D = 4096, rank 256).
+        coef, intercept = jax.lax.cond(any_across_batch(approx.built),
+                                       lambda: apply_preconditioner(approx, mu, v.coef, v.intercept),
                                        lambda: (v.coef, v.intercept))
         # apply_preconditioner inverts (A + mu I) / (eig_r + mu); back to the inverse of a (A + mu I), up
         # to one factor for all classes (CG and the L-BFGS scaling do not see it): the largest class's
