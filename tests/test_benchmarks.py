@@ -154,3 +154,19 @@ def test_prediction_memory_reports_every_call_dtype_and_input():
     assert all(float(r[3]) == (2 if r[1] == "float32" else 1) * layer_mb for r in rows), out
     assert all(float(r[4]) <= layer_mb + 0.5 for r in rows), out
     assert all(float(r[4]) == 0 for r in rows if r[0] == "decision_function" and r[1] == "float32"), out
+
+
+def test_commits_compares_two_trees_in_alternating_processes():
+    """One tree against itself at a twentieth of the sizes: a row per regime and workload, the same solver
+    iterations on both sides (the same code), each side's library imported from its tree."""
+    root = str(BENCHMARKS.parent)
+    out = run_script("commits.py", "--trees", root, root, "--regimes", "clear", "--scale", "0.05", "--rounds", "1",
+                     "--repeats", "1")
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("clear", "c1"), ("clear", "path")], out
+    for r in rows:
+        first, second = r[6].split(" / ")
+        assert first == second and int(first) > 0, out
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "commits.py"), "--trees", root, str(BENCHMARKS)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode != 0 and "is not a checkout of lmprobe-jax" in done.stderr
