@@ -36,7 +36,7 @@ def child(regimes: list[str], workloads: list[str], repeats: int, scale: float) 
     """Run in a tree's root: time its library's fits and print them as one JSON line."""
     sys.path.insert(0, os.getcwd())
     sys.path.insert(1, str(HERE))
-    import jax
+    import measure
     import regimes as R  # noqa: F401 -- importing it pins this process to one core
     from regime_data import regime
     from threadpoolctl import threadpool_limits
@@ -54,16 +54,10 @@ def child(regimes: list[str], workloads: list[str], repeats: int, scale: float) 
                 Cs = GRIDS[workload] if workload == "path" else 1.0
 
                 def fit(X=X, y=y, Cs=Cs):
-                    return jax.block_until_ready(F.fit_logistic(X, y, Cs))
+                    return F.fit_logistic(X, y, Cs)
 
-                start = time.perf_counter()
-                result = fit()
-                first = time.perf_counter() - start
-                warm = []
-                for _ in range(repeats):
-                    start = time.process_time()
-                    fit()
-                    warm.append(time.process_time() - start)
+                result, first = measure.first_call(fit)
+                warm = measure.timed_rounds({"fit": fit}, repeats, clock=time.process_time)["fit"][1]
                 out[f"{name} {workload}"] = {"first": first, "warm": float(np.median(warm)),
                                              "iterations": int(np.asarray(result.n_iter).sum())}
     print(json.dumps(out))
