@@ -25,12 +25,14 @@ import time
 # Every variant keeps its programs: the library's bound (8 a function) would evict and recompile them.
 os.environ.setdefault("LMPROBE_JAX_MAX_PROGRAMS", "64")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
 import numpy as np
 import regimes as R  # importing it pins this process to one core
 from regime_data import BINARY, SOFTMAX, regime
 from threadpoolctl import threadpool_limits
 
 import lmprobe_jax.functional as F
+from lmprobe_jax.functional import _aot
 
 
 def variant(spec: str) -> F.SolverPolicy:
@@ -44,6 +46,14 @@ def variant(spec: str) -> F.SolverPolicy:
         values[name] = value.strip().lower() == "true" if fields[name] == "bool" else {"int": int}.get(
             fields[name], float)(value)
     return dataclasses.replace(F.default_policy(), **values)
+
+
+def release_programs() -> None:
+    """Free every compiled program: each variant keeps its own (the bound is raised above), so a panel of
+    regimes would otherwise hold all of them and run out of memory maps (``vm.max_map_count``)."""
+    jax.clear_caches()
+    _aot._LOADED.clear()
+    _aot._LOADING.clear()
 
 
 def main() -> None:
@@ -85,6 +95,7 @@ def main() -> None:
                     print(f"| {name} | {workload} | {label} | {np.median(times[label]) * 1e3:.1f} | "
                           f"{np.median(times[label]) / base:.3f} | {passes:.1f} | "
                           f"{bool(np.asarray(fits[label].converged).all())} |", flush=True)
+            release_programs()
 
 
 if __name__ == "__main__":
