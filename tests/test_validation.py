@@ -175,3 +175,34 @@ def test_activations_from_numpy_survive_their_source():
         np.testing.assert_array_equal(np.asarray(X_device), expected)
         assert X_device.dtype == expected.dtype
         del churn
+
+
+def test_a_cpu_jax_array_is_padded_on_the_host(monkeypatch):
+    # XLA's pad writes a fresh buffer page by page (110 MB: 47 ms); a JAX array on the default CPU device
+    # takes the host's page-aligned padded copy instead (16 ms), which device_put then uses in place.
+    import jax
+    import jax.numpy as jnp
+
+    from lmprobe_jax.functional._checks import bucket_rows, check_bucketed_activations
+
+    n = 1001
+    assert bucket_rows(n) > n
+    source = np.random.default_rng(6).normal(size=(2, n, 24)).astype(np.float32)
+
+    def no_device_pad(*args, **kwargs):
+        raise AssertionError("padded with XLA's pad")
+
+    for given in (source, source.astype(jnp.bfloat16)):
+        with monkeypatch.context() as patch:
+            patch.setattr(jnp, "pad", no_device_pad)
+            X_device, _, rows = check_bucketed_activations(jnp.asarray(given))
+        assert rows == n and X_device.shape == (2, bucket_rows(n), 24) and X_device.dtype == given.dtype
+        assert X_device.unsafe_buffer_pointer() % 4096 == 0  # the host's aligned copy, used in place
+        expected = np.zeros(X_device.shape, given.dtype)
+        expected[:, :n] = given
+        np.testing.assert_array_equal(np.asarray(X_device), expected)
+
+    yn = (source[0, :, 0] > 0).astype(int)
+    from_numpy = F.fit_logistic(source, yn, 1.0)
+    from_jax = F.fit_logistic(jax.device_put(source), yn, 1.0)
+    np.testing.assert_array_equal(np.asarray(from_jax.coef), np.asarray(from_numpy.coef))

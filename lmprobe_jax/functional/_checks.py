@@ -128,18 +128,32 @@ def _activations(X: Any, name: str, check_values: bool, *, bucket: bool) -> tupl
     limit_compiled_programs()
     X, was_2d = layered(X, name)
     n = X.shape[1]
-    if bucket and isinstance(X, np.ndarray) and bucket_rows(n) != n:
-        # Our own padded copy, page-aligned and read-only: device_put uses it in place (no second copy).
-        padded = aligned_empty((X.shape[0], bucket_rows(n), X.shape[2]), X.dtype)  # zero-filled
-        padded[:, :n] = X
-        padded.flags.writeable = False
-        X = padded
-    elif bucket:
-        X = pad_rows(X, bucket_rows(n), axis=1)
+    if bucket and bucket_rows(n) != n:
+        host = X if isinstance(X, np.ndarray) else _default_cpu_buffer(X)
+        if host is None:
+            X = pad_rows(X, bucket_rows(n), axis=1)
+        else:
+            # Our own padded copy, page-aligned and read-only: device_put uses it in place (no second copy).
+            padded = aligned_empty((X.shape[0], bucket_rows(n), X.shape[2]), X.dtype)  # zero-filled
+            padded[:, :n] = host
+            padded.flags.writeable = False
+            X = padded
     X = as_jax_array(X)
     if check_values and is_concrete(X) and not _all_finite(X):
         _refuse_non_finite(X, name, was_2d)
     return X, was_2d, n
+
+
+def _default_cpu_buffer(X: Any) -> np.ndarray | None:
+    """A JAX array held whole on the default device, a CPU, as a numpy view of its buffer (no copy), else
+    None. Padded through it, such an ``X`` takes the host's padded copy, which lands back on that device in
+    place: XLA's pad wrote into fresh memory page by page (110 MB: 47 ms against 16 ms)."""
+    if not isinstance(X, jax.Array) or isinstance(X, jax.core.Tracer) or X.is_deleted():
+        return None
+    default = jax.config.jax_default_device or jax.devices()[0]  # where device_put puts the copy
+    if isinstance(default, str) or default.platform != "cpu" or X.devices() != {default}:
+        return None
+    return np.asarray(X)
 
 
 def host_activations(X: Any, *, name: str = "X") -> tuple[np.ndarray, bool]:
