@@ -317,7 +317,7 @@ def main() -> None:
     rows = []
     with threadpool_limits(1):
         for name in args.regimes:
-            started = time.perf_counter()
+            started, done = time.perf_counter(), len(rows)
             if name in SOFTMAX:
                 if "c1" in args.workloads:
                     rows += softmax_c1(name, args.scale, args.rounds)
@@ -327,8 +327,9 @@ def main() -> None:
                                       ("cv", binary_cv)):
                     if workload in args.workloads:
                         rows += run(reg, args.rounds)
+            # Every row as it is measured: a long panel stopped part way keeps what it measured.
             print(f"# {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-            for row in rows[-3:]:
+            for row in rows[done:]:
                 print(row, file=sys.stderr, flush=True)
 
     def ratio(row):
