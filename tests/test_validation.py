@@ -177,6 +177,41 @@ def test_activations_from_numpy_survive_their_source():
         del churn
 
 
+def test_a_finished_call_s_padded_copy_is_let_go_before_the_next_is_made(monkeypatch):
+    # JAX drops its reference to a buffer it used in place only at a garbage pass (its gc callback): without
+    # one, a sweep's previous padded copy was still resident while the next call filled its own.
+    import gc
+    import time
+    import weakref
+
+    from lmprobe_jax.functional import _checks
+
+    made, alive_when_made = [], []
+    make = _checks.aligned_empty
+
+    def recorded(shape, dtype):
+        out = make(shape, dtype)
+        alive_when_made.append(sum(ref() is not None for ref in made))
+        made.append(weakref.ref(out.base))  # the array JAX's in-place buffer holds
+        return out
+
+    monkeypatch.setattr(_checks, "aligned_empty", recorded)
+    rng = np.random.default_rng(7)
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic pass between the calls: only the library's own may let the copies go
+    try:
+        for n in (101, 102, 103):  # each padded to 104 rows
+            Xn = rng.normal(size=(2, n, 6)).astype(np.float32)
+            fit = F.fit_logistic(Xn, (Xn[0, :, 0] > 0).astype(int))
+            np.asarray(fit.coef)  # the call's work is done
+            del fit
+            time.sleep(0.3)  # JAX's own thread releases the buffer once the work is done (a few ms at most)
+    finally:
+        if enabled:
+            gc.enable()
+    assert alive_when_made == [0, 0, 0]
+
+
 def test_a_cpu_jax_array_is_padded_on_the_host(monkeypatch):
     # XLA's pad writes a fresh buffer page by page (110 MB: 47 ms); a JAX array on the default CPU device
     # takes the host's page-aligned padded copy instead (16 ms), which device_put then uses in place.

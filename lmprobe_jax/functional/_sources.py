@@ -101,7 +101,12 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     one page per 2 MB (63 MB: 5 ms filled, against 20 ms of 4 kB pages faulted in ahead by ``MAP_POPULATE``;
     RESULTS.md, issue 23 session 8). Elsewhere it is faulted in whole when made (``MAP_POPULATE``): page by
     page, 4 kB faults cost twice the copy that fills it (session 7).
+
+    Such buffers handed to JAX earlier are let go only at a garbage pass (JAX hooks :data:`gc.callbacks`),
+    so a young-generation pass (~10 us) comes first: a finished call's padded copy is then no longer
+    resident while the next call's is filled.
     """
+    gc.collect(0)
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     huge = _huge_pages()
