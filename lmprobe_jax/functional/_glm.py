@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._precision import vdot
+from ._precision import row_sums, vdot
 from ._products import Products
 
 # The solvers' default tol: tight enough that a float32 fit is scikit-learn's float64 optimum to within
@@ -195,7 +195,7 @@ class GLM:
     def gradient(self, data: GLMData, p: Params, ev: Evaluation) -> Params:
         """The gradient of the scaled objective at ``p`` (``ev`` its evaluation): one pass over ``X``."""
         r = ev.residual
-        return Params(self.products.rmatvec(data.X, r) + data.penalty * p.coef, self.intercept_part(jnp.sum(r, axis=-1)))
+        return Params(self.products.rmatvec(data.X, r) + data.penalty * p.coef, self.intercept_part(row_sums(r)))
 
     def curvature(self, data: GLMData, aux: Array) -> Array:
         """``omega * d2l/dz2`` (its diagonal for a vector predictor), like ``z``."""
@@ -235,7 +235,7 @@ class GLM:
             parts = (data.X.reshape(n // rows, rows, d), split(data.weight), split(aux))
             coef, (u, hu) = jax.lax.scan(block, jnp.zeros_like(v.coef), parts)
             u, hu = merge(u), merge(hu)
-        hv = Params(coef + data.penalty * v.coef, self.intercept_part(jnp.sum(hu, axis=-1)))
+        hv = Params(coef + data.penalty * v.coef, self.intercept_part(row_sums(hu)))
         return hv, u
 
 

@@ -67,11 +67,11 @@ def line_search(glm: GLM, data: GLMData, p: Params, z: Array, ev: Evaluation, sl
         return e, jnp.sum(e.losses - ev.losses) + data.penalty * (t * wd + 0.5 * t * t * dd)
 
     def curvature(e: Evaluation) -> Array:
-        return jnp.sum(glm.weighted_hvp(data, e.aux, a) * a) + data.penalty * dd
+        return vdot(glm.weighted_hvp(data, e.aux, a), a) + data.penalty * dd
 
     def newton_in_t(_: int, t: Array) -> Array:
         e, _ = trial(t)
-        d1 = jnp.sum(e.residual * a) + data.penalty * (wd + t * dd)
+        d1 = vdot(e.residual, a) + data.penalty * (wd + t * dd)
         return jnp.maximum(t - d1 / guard(curvature(e)), 0.5 * t)  # a safeguard; the halving below takes over
 
     t0 = jax.lax.fori_loop(0, refine, newton_in_t, -slope / guard(curvature(ev)) if first is None else first)

@@ -46,6 +46,7 @@ from ._batching import any_across_batch
 from ._glm import GLM, Evaluation, GLMData, Params, axpy, dot, flatten, guard, optimality, unflatten
 from ._lbfgs import LBFGSMemory, apply_compact, compact_inverse, empty_memory, lbfgs_direction, remember
 from ._linesearch import line_search
+from ._precision import row_sums, vdot
 from ._preconditioners import Preconditioner
 
 # The loosest CG forcing term: a Newton direction's residual is at most this fraction of the gradient.
@@ -157,7 +158,7 @@ def warm_start(glm: GLM, data: GLMData, null: Params, candidate: Params) -> tupl
     a = glm.predictor(data.X, d)
     z = jnp.broadcast_to(null.intercept[..., None], a.shape).astype(a.dtype)
     ev = glm.evaluate(data, z)
-    slope = jnp.sum(ev.residual * a)  # W = 0 at null: the penalty has no slope there
+    slope = vdot(ev.residual, a)  # W = 0 at null: the penalty has no slope there
     ls = line_search(glm, data, null, z, ev, slope, d, a, refine=2, first=1.0)[0]
     # Where F cannot measurably fall along the ray (the cold start's zeros differ from null in the intercept
     # alone, whose slope there is rounding), the search would take its first trial untested: stay at null.
@@ -345,7 +346,7 @@ def gradient_rounding_scale(norms: Array) -> Array:
 def within_rounding(g: Params, residual: Array, scale: Array) -> Array:
     """Whether every gradient entry is within its float rounding (:func:`gradient_rounding_scale`), for
     ``residual`` ``(N,)`` or ``(K, N)`` (one bound per class row)."""
-    r = jnp.sqrt(jnp.sum(jnp.square(residual), axis=-1))[..., None]  # (1,) or (K, 1)
+    r = jnp.sqrt(row_sums(jnp.square(residual)))[..., None]  # (1,) or (K, 1)
     bound = r * scale
     coef = jnp.abs(g.coef).reshape(bound.shape[:-1] + (-1,))
     return jnp.all(coef <= bound[..., :-1]) & jnp.all(jnp.abs(g.intercept) <= bound[..., -1])

@@ -27,6 +27,7 @@ from ._batching import any_across_batch
 from ._glm import GLM, GLMData, Params, guard
 from ._hessian_inverse import LaggedHessianInverse, apply_lagged_inverse, lagged_hessian_inverse
 from ._nystrom import NystromApprox, apply_preconditioner, nystrom_gram
+from ._precision import row_sums
 from ._woodbury import apply_woodbury, woodbury_inverse
 
 
@@ -79,7 +80,7 @@ def nystrom(glm: GLM, approx: NystromApprox) -> Preconditioner:
     ``(a, mu)``, refreshed from the predictor at every iteration (no pass over ``X``)."""
 
     def scales(data: GLMData, curvature: Array) -> tuple[Array, Array]:
-        a = guard(jnp.sum(curvature, axis=-1) / curvature.shape[-1])
+        a = guard(row_sums(curvature) / curvature.shape[-1])
         return a, data.penalty / a
 
     def apply(state: tuple[Array, Array], v: Params) -> Params:
