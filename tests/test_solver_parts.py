@@ -20,6 +20,7 @@ from lmprobe_jax.functional._newton_cg import conjugate_gradients
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._policy import default_policy
+from lmprobe_jax.functional._precision import row_sums
 from lmprobe_jax.functional._preconditioners import identity, layer_nystrom, nystrom
 from lmprobe_jax.functional._products import matvec, products, rmatvec
 from lmprobe_jax.functional._sources import layer_source
@@ -47,6 +48,16 @@ def assert_products_close(got, terms_subscripts, *operands):
     ``terms_subscripts`` gives the products' terms, the summed index last."""
     terms = np.einsum(terms_subscripts, *(np.asarray(o, np.float64) for o in operands))
     np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - terms.sum(-1)), T.dot_error(terms, axis=-1))
+
+
+@pytest.mark.parametrize("shape", [(37,), (3, 300), (2, 4, 1000)])
+def test_row_sums_are_the_sums_over_the_last_axis(shape):
+    """The product with ones the solvers take for a sum over samples (see _precision.row_sums) is that sum,
+    within the float32 rounding of its inner products, alone and under the vmap the solvers run it in."""
+    a = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    ones = np.ones(shape[-1], np.float32)
+    assert_products_close(jax.jit(row_sums)(jnp.asarray(a)), "...n,n->...n", a, ones)
+    assert_products_close(jax.jit(jax.vmap(row_sums))(jnp.asarray(a[None] * 3)), "...n,n->...n", a[None] * 3, ones)
 
 
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 40])
