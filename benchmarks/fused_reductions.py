@@ -1,12 +1,12 @@
 """Sums of products over samples: XLA:CPU's fused reduction against the matrix-vector product the solvers use.
 
 XLA fuses the elementwise products that make an array into a reduction of it; on the CPU (jaxlib 0.10) YNNPACK
-runs such a fusion 10-30x slower than the same sum written as a product with a vector
+runs such a fusion 10-40x slower than the same sum written as a product with a vector
 (:func:`lmprobe_jax.functional._precision.row_sums`). Each form is timed as a call of its own (medians of 50,
 dispatch included) and 200 times inside one ``fori_loop`` (medians of 5; no dispatch, but XLA fuses the loop's
-own arithmetic differently, which hid the largest case), on the shapes the solvers meet once an iteration: a softmax curvature's row sums (the
-Nystrom scales), a binary line search's curvature and the intercept parts of a gradient and a Hessian
-product, each under the solvers' vmap over problems. Prints microseconds per evaluation.
+own arithmetic differently, which hid the largest case), on the shapes the solvers meet once an iteration: a
+softmax curvature's row sums (the Nystrom scales), a binary line search's curvature and the intercept parts of
+a gradient and a Hessian product, each under the solvers' vmap over problems. Prints microseconds a sum.
 
 Usage: taskset -c 1 python benchmarks/fused_reductions.py
 """
@@ -62,13 +62,16 @@ def main() -> None:
 
     cases = [
         ("softmax curvature's row sums, vmapped (1, 300, 8192)", arrays(1, 300, 8192),
-         jax.vmap(lambda p, w: jnp.sum(w * p * (1 - p), axis=-1)), jax.vmap(lambda p, w: row_sums(w * p * (1 - p)))),
+         jax.vmap(lambda p, w: jnp.sum(w * p * (1 - p), axis=-1)),
+         jax.vmap(lambda p, w: row_sums(w * p * (1 - p)))),
         ("binary line-search curvature, vmapped (1, 20480)", arrays(1, 20480, n=3),
          jax.vmap(lambda a, c, w: jnp.sum(w * c * a * a)), jax.vmap(lambda a, c, w: vdot(w * c * a, a))),
         ("a Hessian product's intercept part, vmapped (1, 20480)", arrays(1, 20480, n=3),
-         jax.vmap(lambda a, c, w: jnp.sum(w * c * a, axis=-1)), jax.vmap(lambda a, c, w: row_sums(w * c * a))),
+         jax.vmap(lambda a, c, w: jnp.sum(w * c * a, axis=-1)),
+         jax.vmap(lambda a, c, w: row_sums(w * c * a))),
         ("softmax gradient's intercept part, vmapped (1, 300, 8192)", arrays(1, 300, 8192),
-         jax.vmap(lambda p, w: jnp.sum(w * (p - 0.5), axis=-1)), jax.vmap(lambda p, w: row_sums(w * (p - 0.5)))),
+         jax.vmap(lambda p, w: jnp.sum(w * (p - 0.5), axis=-1)),
+         jax.vmap(lambda p, w: row_sums(w * (p - 0.5)))),
     ]
     print(f"{'sum':58s} {'called: reduction / product us':>31s} {'in a loop: reduction / product us':>34s}")
     for name, data, fused, product in cases:

@@ -57,7 +57,8 @@ def test_row_sums_are_the_sums_over_the_last_axis(shape):
     a = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
     ones = np.ones(shape[-1], np.float32)
     assert_products_close(jax.jit(row_sums)(jnp.asarray(a)), "...n,n->...n", a, ones)
-    assert_products_close(jax.jit(jax.vmap(row_sums))(jnp.asarray(a[None] * 3)), "...n,n->...n", a[None] * 3, ones)
+    batch = a[None] * 3
+    assert_products_close(jax.jit(jax.vmap(row_sums))(jnp.asarray(batch)), "...n,n->...n", batch, ones)
 
 
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 40])

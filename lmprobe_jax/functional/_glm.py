@@ -195,7 +195,8 @@ class GLM:
     def gradient(self, data: GLMData, p: Params, ev: Evaluation) -> Params:
         """The gradient of the scaled objective at ``p`` (``ev`` its evaluation): one pass over ``X``."""
         r = ev.residual
-        return Params(self.products.rmatvec(data.X, r) + data.penalty * p.coef, self.intercept_part(row_sums(r)))
+        return Params(self.products.rmatvec(data.X, r) + data.penalty * p.coef,
+                      self.intercept_part(row_sums(r)))
 
     def curvature(self, data: GLMData, aux: Array) -> Array:
         """``omega * d2l/dz2`` (its diagonal for a vector predictor), like ``z``."""

@@ -34,7 +34,7 @@ def einsum(subscripts: str, *operands: Array) -> Array:
 
 def row_sums(a: Array) -> Array:
     """``a.sum(-1)`` as a product with ones, at full precision. XLA:CPU (jaxlib 0.10) fuses the elementwise
-    products that make ``a`` into a reduction that YNNPACK runs 10-30x slower than this matrix-vector product
+    products that make ``a`` into a reduction that YNNPACK runs 10-40x slower than this matrix-vector product
     (a softmax curvature's 300 x 8192 row sums: 30 ms against 1 ms; ``benchmarks/RESULTS.md``)."""
     return matmul(a, jnp.ones(a.shape[-1], a.dtype))
 
