@@ -13,11 +13,10 @@ Usage: taskset -c 1 python benchmarks/fused_reductions.py
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from measure import first_call, in_rounds
 
 from lmprobe_jax.functional._precision import row_sums, vdot
 
@@ -45,13 +44,10 @@ def called_us(form, *arrays) -> float:
 
 
 def _median_s(run, arrays, rounds: int) -> float:
-    jax.block_until_ready(run(*arrays))
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(run(*arrays))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of ``run(*arrays)`` over ``rounds`` calls after a first (its compile)."""
+    call = lambda: run(*arrays)
+    first_call(call)
+    return in_rounds({"run": call}, rounds)["run"][1]
 
 
 def main() -> None:
@@ -79,6 +75,7 @@ def main() -> None:
         looped = looped_us(fused, *data), looped_us(product, *data)
         print(f"{name:58s} {called[0]:10.1f} / {called[1]:8.1f} {called[0] / called[1]:5.1f}x "
               f"{looped[0]:13.1f} / {looped[1]:8.1f} {looped[0] / looped[1]:5.1f}x", flush=True)
+
 
 if __name__ == "__main__":
     main()

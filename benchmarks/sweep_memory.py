@@ -17,11 +17,6 @@ import os
 import numpy as np
 
 
-def _mb(key: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(status.read().split(key + ":")[1].split()[0]) // 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="4x12000x2048", help="L x N x D of each fit's X")
@@ -29,8 +24,12 @@ def main() -> None:
     args = ap.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import jax
+    from measure import proc_status_bytes
 
     import lmprobe_jax.functional as F
+
+    def mb(field: str) -> int:
+        return proc_status_bytes(field) // 2**20
 
     L, N, D = (int(v) for v in args.shape.split("x"))
     rng = np.random.default_rng(0)
@@ -44,8 +43,8 @@ def main() -> None:
         refs.write("5")
     for i in range(args.fits):
         fit(i)
-        print(f"fit {i + 1}: resident {_mb('VmRSS')} MB")
-    print(f"peak {_mb('VmHWM')} MB ({args.fits} fits of {L} x {N} x {D} float32, {L * N * D * 4 / 2**20:.0f} MB each)")
+        print(f"fit {i + 1}: resident {mb('VmRSS')} MB")
+    print(f"peak {mb('VmHWM')} MB ({args.fits} fits of {L} x {N} x {D} float32, {L * N * D * 4 / 2**20:.0f} MB each)")
 
 
 if __name__ == "__main__":
