@@ -64,6 +64,7 @@ from ._logistic import BINARY_LOGISTIC, LogisticFit
 from ._newton_cg import _MAX_FORCING
 from ._nystrom import apply_preconditioner, nystrom_gram
 from ._path import default_max_cg_iter, default_precondition_rank
+from ._precision import row_sums
 from ._products import matvec, rmatvec
 from ._ridge import MulticlassRidgeFit, RidgeFit, ridge_targets
 from ._sources import LayerSource, advise_pages
@@ -200,7 +201,7 @@ def _block_gradient(x: Array, y: Array, s: Array, z: Array, C: Array, start: Arr
                     g_int: Array) -> tuple[tuple[()], tuple[Array, Array]]:
     r = x.shape[0]
     dz = C * _piece(s, start, r) * BINARY_LOGISTIC.evaluate(_piece(z, start, r), _piece(y, start, r))[1]  # (P, r)
-    return (), (g_coef + rmatvec(_widened(x), dz), g_int + jnp.sum(dz, axis=-1))
+    return (), (g_coef + rmatvec(_widened(x), dz), g_int + row_sums(dz))
 
 
 @jax.jit
@@ -209,7 +210,7 @@ def _block_hvp(x: Array, w: Array, start: Array, p_coef: Array, p_int: Array, h_
     x = _widened(x)
     u = matvec(x, p_coef) + p_int[:, None]  # (P, r)
     hu = _piece(w, start, x.shape[0]) * u
-    return u, (h_coef + rmatvec(x, hu), h_int + jnp.sum(hu, axis=-1))
+    return u, (h_coef + rmatvec(x, hu), h_int + row_sums(hu))
 
 
 @jax.jit
