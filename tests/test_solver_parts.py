@@ -20,7 +20,7 @@ from lmprobe_jax.functional._newton_cg import conjugate_gradients
 from lmprobe_jax.functional._nystrom import apply_preconditioner, nystrom_gram
 from lmprobe_jax.functional._path import solve_layers, solver_options
 from lmprobe_jax.functional._policy import default_policy
-from lmprobe_jax.functional._precision import row_sums
+from lmprobe_jax.functional._precision import rounded_matmul, row_sums
 from lmprobe_jax.functional._preconditioners import identity, layer_nystrom, nystrom
 from lmprobe_jax.functional._products import matvec, products, rmatvec
 from lmprobe_jax.functional._sources import layer_source
@@ -59,6 +59,24 @@ def test_row_sums_are_the_sums_over_the_last_axis(shape):
     assert_products_close(jax.jit(row_sums)(jnp.asarray(a)), "...n,n->...n", a, ones)
     batch = a[None] * 3
     assert_products_close(jax.jit(jax.vmap(row_sums))(jnp.asarray(batch)), "...n,n->...n", batch, ones)
+
+
+@pytest.mark.parametrize("shapes", [((300, 37), (37, 500)), ((4, 1000), (1000, 64))])
+def test_rounded_matmul_rounds_only_its_operands(shapes):
+    """The Hessian products' rounded_matmul is the product of its operands rounded to bfloat16, summed in
+    float32: within float32's rounding of those products' sums (T.dot_error), and so within the operands'
+    rounding (2^-8 each, relative) plus that of the unrounded product."""
+    rng = np.random.default_rng(shapes[0][0])
+    a = (rng.normal(size=shapes[0]) * np.exp(rng.normal(size=shapes[0]))).astype(np.float32)
+    b = rng.normal(size=shapes[1]).astype(np.float32)
+    b16 = jnp.asarray(b).astype(jnp.bfloat16)
+    got = np.asarray(jax.jit(rounded_matmul)(jnp.asarray(a), b16), np.float64)
+    a_r = np.asarray(jnp.asarray(a).astype(jnp.bfloat16), np.float64)
+    b_r = np.asarray(b16, np.float64)
+    assert_products_close(got, "ik,kj->ijk", a_r, b_r)
+    terms = np.einsum("ik,kj->ijk", np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)))
+    bound = 2 * 2.0 ** -8 * (1 + 2.0 ** -8) * terms.sum(-1) + T.dot_error(np.einsum("ik,kj->ijk", a_r, b_r))
+    np.testing.assert_array_less(np.abs(got - a.astype(np.float64) @ b.astype(np.float64)), bound)
 
 
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 40])

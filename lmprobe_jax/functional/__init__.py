@@ -76,7 +76,7 @@ from ._streaming import streams_layers
 # planned with the in-memory ``copies`` per row, though it copies none (smaller blocks, not more memory).
 fit_logistic = streams_layers(copies=1.5, rows=_logistic_rows, padded_reads=_logistic.same_settings_padded)(
     _logistic.fit_logistic)
-fit_multinomial = streams_layers(copies=4)(_multinomial.fit_multinomial)
+fit_multinomial = streams_layers(copies=5)(_multinomial.fit_multinomial)
 fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows, padded_reads=lambda n_rows, n_features: True)(
     _ridge.fit_ridge)
 ridge_loo = streams_layers(copies=3)(_ridge.ridge_loo)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._precision import row_sums, vdot
+from ._precision import rounded_matmul, row_sums, vdot
 from ._products import Products
 
 # The solvers' default tol: tight enough that a float32 fit is scikit-learn's float64 optimum to within
@@ -106,6 +106,8 @@ class GLMData(NamedTuple):
       weight: ``(N,)`` ``omega = s / sum s`` (zeros drop samples: how CV folds are expressed).
       penalty: ``()`` ``lambda = 1 / (C sum s)``.
       C: ``()`` the problem's ``C`` (preconditioners built in ``C``'s units use it).
+      rounded: None, or ``(X^T, X)`` rounded to bfloat16, ``(D, N)`` and ``(N, D)``: the operands of
+        :meth:`GLM.rounded_hvp`.
     """
 
     X: Array
@@ -113,6 +115,7 @@ class GLMData(NamedTuple):
     weight: Array
     penalty: Array
     C: Array
+    rounded: tuple[Array, Array] | None = None
 
 
 # The fewest rows a block of a Hessian product takes: below it a scan step's fixed cost is not repaid.
@@ -137,12 +140,14 @@ class GLM:
     products: Products
     hessian_block_rows: int = 0
 
-    def data(self, X: Array, y: Array, sample_weight: Array, C: Array) -> GLMData:
-        """The problem's arrays for ``X`` ``(N, D)``, labels, weights ``s`` ``(N,)`` and ``C`` ``()``."""
+    def data(self, X: Array, y: Array, sample_weight: Array, C: Array,
+             rounded: tuple[Array, Array] | None = None) -> GLMData:
+        """The problem's arrays for ``X`` ``(N, D)``, labels, weights ``s`` ``(N,)`` and ``C`` ``()``
+        (``rounded``: :func:`rounded_operands` of ``X`` where Hessian products may use them)."""
         s = sample_weight.astype(X.dtype)
         total = jnp.sum(s)
         C = jnp.asarray(C, X.dtype)
-        return GLMData(X, y, s / total, 1.0 / (C * total), C)
+        return GLMData(X, y, s / total, 1.0 / (C * total), C, rounded)
 
     def intercept_part(self, v: Array) -> Array:
         return v if self.fit_intercept else jnp.zeros_like(v)
@@ -238,6 +243,22 @@ class GLM:
             u, hu = merge(u), merge(hu)
         hv = Params(coef + data.penalty * v.coef, self.intercept_part(row_sums(hu)))
         return hv, u
+
+    def rounded_hvp(self, data: GLMData, aux: Array, v: Params) -> Params:
+        r"""``H v`` with both products' operands rounded to bfloat16 (``data.rounded``) and summed in float32:
+        ``X^T (S (X v))`` within about ``2^-7 |X|^T |S| |X| |v|`` of the exact product. For CG's steps only,
+        whose direction the line search and the float32 gradient judge; ``X v`` is not returned (too
+        rounded for the line search's predictor). Two passes over a bfloat16 copy of ``X``."""
+        xt, x = data.rounded
+        u = rounded_matmul(v.coef, xt) + v.intercept[..., None]
+        hu = self.weighted_hvp(data, aux, u)
+        return Params(rounded_matmul(hu, x) + data.penalty * v.coef, self.intercept_part(row_sums(hu)))
+
+
+def rounded_operands(X: Array) -> tuple[Array, Array]:
+    """``(X^T, X)`` in bfloat16, ``(D, N)`` and ``(N, D)``: :meth:`GLM.rounded_hvp`'s operands, each laid out
+    as its product reads it fastest (one float32 copy of ``X`` in all)."""
+    return X.T.astype(jnp.bfloat16), X.astype(jnp.bfloat16)
 
 
 def optimality(g: Params) -> Array:

@@ -14,6 +14,11 @@ the new gradient:
   converges superlinearly where L-BFGS crawls: ill-conditioned layers, tight tolerances. CG also stops
   once its residual, to first order the next gradient, has every entry within ``tol / 2``: the stopping
   test reads the max-abs entry, and a 2-norm held to the same level asks up to ``sqrt(D)`` times more.
+  Where the problem carries bfloat16 copies of ``X`` (``data.rounded``: softmax solves, on CPUs with
+  bfloat16 dot instructions), CG's products use them, and one exact Hessian product of the direction (two
+  passes) gives ``X d`` and checks the rounding against CG's loosest forcing term; the steps turn exact
+  for good once the gradient test is met, once ``F`` nears its float resolution, or after a step whose
+  rounding failed that check. The gradient, line search and stopping tests never see the rounding.
 
 The data decide when to hand over: once the best scaled gradient of the last ``switch_window``
 quasi-Newton iterations is above ``switch_progress`` times the best before them (each quasi-Newton
@@ -131,6 +136,7 @@ class _Progress(NamedTuple):
     at_floor: Array  # bool (): float rounding, not the optimiser, now limits progress
     unresolved: Array  # bool (): the last Newton step lowered F by less than its float resolution
     last_cg: Array  # int32 (): CG steps of the last Newton step (0 after a quasi-Newton one)
+    exact: Array  # bool (): CG's Hessian products are float32 from now on (not data.rounded's)
 
 
 class _State(NamedTuple):
@@ -198,6 +204,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         n_iter=jnp.int32(0), n_cg=jnp.int32(0), n_passes=passes0 + 1,
         phase=_first_phase(opt0, s, jnp.asarray(newton_first)),
         stalled=jnp.bool_(False), at_floor=jnp.bool_(False), unresolved=jnp.bool_(False), last_cg=jnp.int32(0),
+        exact=jnp.bool_(data.rounded is None),
     )
     init = _State(start, z0, ev0, g0, opt0, jnp.asarray(jnp.inf, dtype), memory,
                   precond.build(data, glm.curvature(data, ev0.aux)), progress)
@@ -205,7 +212,7 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
     rounding_scale = gradient_rounding_scale(norms)
     x_norm = jnp.sqrt(jnp.sum(jnp.square(norms[:-1])))
 
-    def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
+    def newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array, Array]:
         g_norm = jnp.sqrt(dot(st.grad, st.grad))
         # Inexact Newton forcing term (Dembo & Steihaug 1983; Eisenstat & Walker 1996): loose far from
         # the optimum, tight near it; relative to the starting gradient, so it does not depend on C.
@@ -228,16 +235,24 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # A Newton step taken to compare it with the quasi-Newton phase (not locked in) gets a CG budget of
         # about two quasi-Newton windows' passes: its direction is still a descent direction if cut short.
         budget = jnp.where(st.progress.phase.locked, s.max_cg_iter, min(s.max_cg_iter, 2 * s.switch_window))
-        # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
-        return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate, (forcing * g_norm) ** 2, budget,
-                                   reach=0.5 * s.tol, loose2=(_MAX_FORCING * g_norm) ** 2)
 
-    def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array]:
+        # No tighter than the stopping test needs: the next gradient is, to first order, the CG residual.
+        def solve(rounded: bool) -> tuple[Params, Array, Array, Array]:
+            return conjugate_gradients(glm, data, st.ev.aux, st.grad, cg_precond, pstate,
+                                       (forcing * g_norm) ** 2, budget, reach=0.5 * s.tol,
+                                       loose2=(_MAX_FORCING * g_norm) ** 2, rounded=rounded)
+
+        if data.rounded is None:
+            return *solve(False), jnp.bool_(True)
+        exact = any_across_batch(st.progress.exact)  # one kind of product for the batch
+        return *jax.lax.cond(exact, lambda: solve(False), lambda: solve(True)), exact
+
+    def quasi_newton_direction(st: _State, pstate: Any) -> tuple[Params, Array, Array, Array, Array]:
         def apply_m(v: Array) -> Array:
             return flatten(precond.apply(pstate, unflatten(v, st.grad)))
 
         d = unflatten(lbfgs_direction(st.memory, flatten(st.grad), apply_m), st.grad)
-        return d, glm.predictor(data.X, d), jnp.int32(0), jnp.bool_(False)
+        return d, glm.predictor(data.X, d), jnp.int32(0), jnp.bool_(False), jnp.bool_(True)
 
     def cond(st: _State) -> Array:
         pr = st.progress
@@ -249,9 +264,10 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         pstate = precond.refresh(st.precond, data, glm.curvature(data, st.ev.aux), pr.last_cg)
         newton = any_across_batch(pr.phase.newton)
         if s.memory:
-            d, a, k, solved = jax.lax.cond(newton, newton_direction, quasi_newton_direction, st, pstate)
+            d, a, k, solved, exact_step = jax.lax.cond(newton, newton_direction, quasi_newton_direction, st,
+                                                       pstate)
         else:
-            d, a, k, solved = newton_direction(st, pstate)
+            d, a, k, solved, exact_step = newton_direction(st, pstate)
         ls, ev = line_search(glm, data, st.params, st.z, st.ev, dot(st.grad, d), d, a, refine=s.refine)
         params = axpy(ls.step, d, st.params)
         z = st.z + ls.step * a
@@ -265,22 +281,22 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         # A quasi-Newton step's own gap estimate can be off by orders of magnitude on ill-conditioned layers:
         # a met gradient test whose gap the bound does not certify hands over to Newton-CG.
         met = opt <= s.tol
-        step_passes = jnp.where(newton, 2 * k, 1) + 1
+        step_passes = jnp.where(newton, 2 * (k + ~exact_step), 1) + 1  # a rounded CG's exact product: 2 more
         # Below F's float resolution a quasi-Newton step is taken untested (its quadratic model's step), which
         # near the optimum is the line search's step: the phase goes on while it still lowers the gradient.
         blind = ls.at_precision & (newton | (opt >= st.optimality))
         forced = (ls.step == 0) | blind | (met & (s.gap_tol < float("inf")))
         phase = _next_phase(pr.phase, newton, opt, step_passes, forced, s)
         passes = pr.n_passes + step_passes
-        stalled = newton & (ls.step == 0) & ~ls.at_precision
+        stalled = newton & exact_step & (ls.step == 0) & ~ls.at_precision
         # The gradient test is met and two Newton steps in a row lowered F by less than its float
         # resolution: the gap estimate is then rounding noise, not a gap the optimiser can close.
-        settled = newton & met & ~ls.at_precision & ls.unresolved & pr.unresolved
+        settled = newton & exact_step & met & ~ls.at_precision & ls.unresolved & pr.unresolved
         # The gap test passes on a Newton decrement (a quasi-Newton step's estimate says nothing) or on the
         # strong-convexity bound at the new point (no Newton step), computed once the gradient test is met
         # (for softmax it costs a few elementwise passes over the K x N logits): first the bound that needs
         # no pass over X, then, where it falls short, the one whose intercept coupling costs a pass.
-        gap = jnp.where(newton, ls.gap, jnp.inf)
+        gap = jnp.where(newton & exact_step, ls.gap, jnp.inf)
         if s.gap_bound:
             bound = _if(any_across_batch(met), lambda: glm.gap_bound(data, params, g, ev, x_norm), dtype)
             if glm.fit_intercept:  # without an intercept there is no coupling: the two bounds are one
@@ -302,16 +318,25 @@ def minimise(glm: GLM, data: GLMData, start: Params, z0: Array, passes0: Array, 
         at_rounding = within_rounding(g, ev.residual, rounding_scale)
         worse = opt >= st.optimality
         stuck = worse | (dot(g, g) > 0.25 * dot(st.grad, st.grad))
-        at_floor = newton & (solved | at_rounding) & ls.at_precision & stuck
+        at_floor = newton & exact_step & (solved | at_rounding) & ls.at_precision & stuck
+        # Rounded Hessian products serve the steps far from the optimum. The products turn float32 once the
+        # gradient test is met (the step that certifies the gap solves the exact system), near F's float
+        # resolution (the float-floor tests above read exact steps), or after a rounded step whose true
+        # residual strayed from CG's by more than the loosest forcing term (the rounding then limits it).
+        poor = newton & ~exact_step & ~solved
+        exact_next = pr.exact | met | ls.at_precision | poor
         new = _State(params, z, ev, g, opt, gap, memory, pstate, _Progress(
-            pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled | at_floor, ls.unresolved & newton, k))
+            pr.n_iter + 1, pr.n_cg + k, passes, phase, stalled, settled | at_floor, ls.unresolved & newton, k,
+            exact_next))
         kept = st._replace(precond=pstate, progress=pr._replace(
-            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k))
+            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, at_floor=jnp.bool_(True), last_cg=k,
+            exact=exact_next))
         # A step that overflowed (separable softmax layers at C >= 1e8) is not taken: the last finite
         # iterate is kept and the solve stops there, unconverged.
         overflowed = ~(jnp.isfinite(opt) & jnp.all(jnp.isfinite(params.coef)) & jnp.all(jnp.isfinite(params.intercept)))
         broken = st._replace(precond=pstate, progress=pr._replace(
-            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, stalled=jnp.bool_(True), last_cg=k))
+            n_iter=pr.n_iter + 1, n_cg=pr.n_cg + k, n_passes=passes, stalled=jnp.bool_(True), last_cg=k,
+            exact=exact_next))
         new = jax.tree.map(lambda a_, b_: jnp.where(overflowed, a_, b_), broken, new)
         return jax.tree.map(lambda a_, b_: jnp.where(at_floor & worse & ~overflowed, a_, b_), kept, new)
 
@@ -415,10 +440,16 @@ class _CGState(NamedTuple):
 
 def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond: Preconditioner, pstate: Any,
                         tol2: Array, max_steps: Array | int, *, reach: Array | float = 0.0,
-                        loose2: Array | float = 0.0) -> tuple[Params, Array, Array, Array]:
+                        loose2: Array | float = 0.0,
+                        rounded: bool = False) -> tuple[Params, Array, Array, Array]:
     """``(d, X d, steps, solved)``: preconditioned CG on ``H d = -g`` (``H`` at the point whose loss ``aux``
     is given) until ``|r|^2 <= tol2``, or the residual's max-abs entry is ``<= reach`` with ``|r|^2 <= loose2``
-    (either: ``solved``), or ``max_steps``."""
+    (either: ``solved``), or ``max_steps``.
+
+    ``rounded`` (static): CG's products from ``data.rounded`` (:meth:`._glm.GLM.rounded_hvp`), then one exact
+    product ``H d`` (two passes, which give ``X d``); ``solved`` then says whether the true residual
+    ``-g - H d`` is within ``sqrt(loose2)`` of CG's own: whether the rounding moved the step by less than the
+    loosest forcing term allows."""
 
     def cond(cg: _CGState) -> Array:
         # r.M r > 0 always holds for a positive definite M; if rounding ever breaks it, stopping keeps the
@@ -429,17 +460,22 @@ def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond:
         return (cg.rr <= tol2) | ((cg.rr <= loose2) & (optimality(cg.r) <= reach))
 
     def body(cg: _CGState) -> _CGState:
-        hp, u = glm.hvp(data, aux, cg.p)
+        hp, u = (glm.rounded_hvp(data, aux, cg.p), None) if rounded else glm.hvp(data, aux, cg.p)
         alpha = cg.rz / guard(dot(cg.p, hp))  # H is positive definite up to rounding
         r = axpy(-alpha, hp, cg.r)
         m = precond.apply(pstate, r)
         rz = dot(r, m)
         beta = rz / guard(cg.rz)
-        return _CGState(axpy(alpha, cg.p, cg.d), cg.a + alpha * u, r, axpy(beta, cg.p, m), dot(r, r), rz, cg.k + 1)
+        a = cg.a if rounded else cg.a + alpha * u
+        return _CGState(axpy(alpha, cg.p, cg.d), a, r, axpy(beta, cg.p, m), dot(r, r), rz, cg.k + 1)
 
     r = Params(-g.coef, -g.intercept)
     m = precond.apply(pstate, r)
     zero = Params(jnp.zeros_like(g.coef), jnp.zeros_like(g.intercept))
     init = _CGState(zero, jnp.zeros_like(aux), r, m, dot(r, r), dot(r, m), jnp.int32(0))
     cg = jax.lax.while_loop(cond, body, init)
-    return cg.d, cg.a, cg.k, solved(cg)
+    if not rounded:
+        return cg.d, cg.a, cg.k, solved(cg)
+    hd, a = glm.hvp(data, aux, cg.d)
+    drift = Params(r.coef - hd.coef - cg.r.coef, r.intercept - hd.intercept - cg.r.intercept)  # true - CG's
+    return cg.d, a, cg.k, dot(drift, drift) <= loose2

@@ -33,7 +33,7 @@ from jax import Array
 
 from ._batching import any_across_batch, default_layer_batch_size, over_layers
 from ._checks import as_compute, bucket_rows, check_positive_int, compute_dtype
-from ._glm import GLM, MIN_BLOCK_ROWS, GLMLoss, Params, block_rows
+from ._glm import GLM, MIN_BLOCK_ROWS, GLMLoss, Params, block_rows, rounded_operands
 from ._hessian_inverse import (
     LaggedHessianInverse,
     lagged_build_threshold,
@@ -293,13 +293,14 @@ def solve_layers(
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
         # Converted a layer at a time: X as a whole in the compute dtype would be a second copy of it.
         x, shift = solver_features(as_compute(x, dtype), weights, fit_intercept=fit_intercept, policy=policy)
+        rounded = rounded_operands(x) if policy.softmax_hessian_bfloat16 and not scalar else None
         if shift is not None:
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)
 
         def one(inverse: LaggedHessianInverse | None, c: Array, c_last: Array, settings: Settings, s: Array,
                 coef0: Array, intercept0: Array, memory: LBFGSMemory | None) -> tuple[SolveResult, LBFGSMemory | None]:
-            data = glm.data(x, y, s, c)
+            data = glm.data(x, y, s, c, rounded)
             begin, z0 = warm_start(glm, data, glm.null_point(data, n_outputs), Params(coef0, intercept0))
             precond_c = base if inverse is None else lagged(glm, inverse, base)
             if memory is not None:

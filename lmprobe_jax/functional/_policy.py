@@ -13,6 +13,7 @@ exactly that; the measurements behind each default are in ``benchmarks/RESULTS.m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 
@@ -100,6 +101,12 @@ class SolverPolicy:
         Binary fits with layers solved one at a time (:func:`._path.solver_options` resolves it to 0
         elsewhere: unmeasured there).
       continuation_tol: the scaled-gradient tolerance of that first solve (no gap test).
+      softmax_hessian_bfloat16: softmax solves take their CG steps' Hessian products with both operands
+        rounded to bfloat16 (a copy of each layer as ``X^T`` and ``X``, one float32 copy's bytes), summed in
+        float32, until the gradient test is met or a step shows the rounding costs progress; the gradient,
+        the line search and the stopping tests stay float32, so the optimum and ``tol`` are unchanged
+        (:meth:`._glm.GLM.rounded_hvp`). Off by default where the CPU has no bfloat16 dot instructions
+        (:func:`default_policy`) and on accelerators: unmeasured there.
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
         is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
@@ -133,6 +140,7 @@ class SolverPolicy:
     centre_features: bool = True
     continuation_factor: float = 10.0
     continuation_tol: float = 1e-2
+    softmax_hessian_bfloat16: bool = False
     layer_warm_start: bool = False
 
     def __post_init__(self) -> None:
@@ -168,6 +176,19 @@ class SolverPolicy:
 _ACCELERATOR_REFRESH_CG = 20
 
 
+@functools.cache
+def cpu_has_bfloat16_dots() -> bool:
+    """Whether this machine's CPU has bfloat16 dot-product instructions (x86's AVX512-BF16 or AMX-BF16, Arm's
+    BF16), read from ``/proc/cpuinfo``; False where that cannot be read (the rounded products would then run
+    no faster than float32 ones)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            words = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def default_policy(backend: str | None = None) -> SolverPolicy:
     """The policy the solvers use unless given one: the CPU's (``backend`` ``"cpu"``) or an accelerator's.
 
@@ -176,11 +197,12 @@ def default_policy(backend: str | None = None) -> SolverPolicy:
     dot and whole products, and always build the Nystrom preconditioner (its products are cheap there), at
     rank ``nystrom_rank`` whatever the width (the rank measured there); softmax solves there keep
     Newton-CG from the first step, as measured before the CPU's rule, and no L-BFGS memory (``2 m K D``
-    floats a layer).
+    floats a layer). Softmax solves round their CG's Hessian products to bfloat16 on CPUs that have
+    bfloat16 dot instructions (:func:`cpu_has_bfloat16_dots`).
     """
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu":
-        return SolverPolicy()
+        return SolverPolicy(softmax_hessian_bfloat16=cpu_has_bfloat16_dots())
     return SolverPolicy(
         nystrom_features_per_rank=0, nystrom_decay=0.0, softmax_nystrom_decay=0.0, softmax_quasi_newton_memory=0,
         lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG, fused_max_rows=0,
