@@ -133,6 +133,14 @@ def test_row_passes_counts_the_streamed_solvers_passes():
     assert all(int(v) > 0 for v in rows[0][1:4]) and float(rows[0][4]) <= 1e-6 and rows[0][5] == "True", out
 
 
+def test_rounded_hessian_times_each_form():
+    """The Hessian product's forms on a small layer: a row each, float32's ratio to itself 1.00x."""
+    out = run_script("rounded_hessian.py", "--classes", "5", "--rows", "64", "--features", "16", "--repeats", "1")
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+    assert [r[1] for r in rows] == ["float32", "bfloat16, X as it lies", "bfloat16, X^T and X (the solver's)"], out
+    assert rows[0][4] == "1.00x" and all(float(r[2]) >= 0 and float(r[4][:-1]) > 0 for r in rows), out
+
+
 def test_regime_passes_reports_counts_and_gaps():
     """The pass counts per regime at a twentieth of the sizes: a count and a gap per workload, converged."""
     out = run_script("regime_passes.py", "--regimes", "clear", "softmax-10", "--scale", "0.05")
