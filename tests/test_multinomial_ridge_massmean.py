@@ -24,12 +24,12 @@ def three_class():
 @pytest.mark.parametrize(("C", "outliers"), [(0.05, 1.0), (1.0, 1.0), (20.0, 1.0), (0.05, 30.0), (1.0, 30.0)])
 def test_multinomial_matches_sklearn(three_class, C, rounded, outliers):
     """At scikit-learn's optimum with and without bfloat16-rounded Hessian products in CG (the policy's
-    ``softmax_hessian_bfloat16``), on standardised features and on features with two columns 30 times
+    ``softmax_hessian_bfloat16_from``), on standardised features and on features with two columns 30 times
     larger (raw activations' outlier dimensions: an ill-conditioned Hessian, which the rounding bends
     most; there the solves take Newton steps, and the rounded ones differ from the exact ones)."""
     X, y = three_class
     X = X * np.where(np.arange(X.shape[-1]) < 2, outliers, 1.0)
-    policy = dataclasses.replace(default_policy(), softmax_hessian_bfloat16=rounded)
+    policy = dataclasses.replace(default_policy(), softmax_hessian_bfloat16_from=3 if rounded else 0)
     fit = F.fit_multinomial(X.astype(np.float32), y, C, policy=policy)
     assert fit.coef.shape == (2, 3, 10) and bool(fit.converged.all())
     for l in range(2):

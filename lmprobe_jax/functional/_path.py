@@ -293,7 +293,9 @@ def solve_layers(
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
         # Converted a layer at a time: X as a whole in the compute dtype would be a second copy of it.
         x, shift = solver_features(as_compute(x, dtype), weights, fit_intercept=fit_intercept, policy=policy)
-        rounded = rounded_operands(x) if policy.softmax_hessian_bfloat16 and not scalar else None
+        rounded = None
+        if not scalar and 0 < policy.softmax_hessian_bfloat16_from <= n_outputs:
+            rounded = rounded_operands(x)
         if shift is not None:
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
         base, steep = layer_preconditioner(x, approx)

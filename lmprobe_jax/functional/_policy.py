@@ -101,12 +101,13 @@ class SolverPolicy:
         Binary fits with layers solved one at a time (:func:`._path.solver_options` resolves it to 0
         elsewhere: unmeasured there).
       continuation_tol: the scaled-gradient tolerance of that first solve (no gap test).
-      softmax_hessian_bfloat16: softmax solves take their CG steps' Hessian products with both operands
-        rounded to bfloat16 (a copy of each layer as ``X^T`` and ``X``, one float32 copy's bytes), summed in
-        float32, until the gradient test is met or a step shows the rounding costs progress; the gradient,
-        the line search and the stopping tests stay float32, so the optimum and ``tol`` are unchanged
-        (:meth:`._glm.GLM.rounded_hvp`). Off by default where the CPU has no bfloat16 dot instructions
-        (:func:`default_policy`) and on accelerators: unmeasured there.
+      softmax_hessian_bfloat16_from: softmax solves of at least this many classes (0: none) take their CG
+        steps' Hessian products with both operands rounded to bfloat16 (a copy of each layer as ``X^T`` and
+        ``X``, one float32 copy's bytes), summed in float32, until the gradient test is met or a step shows
+        the rounding costs progress; the gradient, the line search and the stopping tests stay float32, so
+        the optimum and ``tol`` are unchanged (:meth:`._glm.GLM.rounded_hvp`). 32 where the CPU has bfloat16
+        dot instructions (:func:`default_policy`): a product with 3 classes ran 0.88x float32's speed, 30
+        classes 1.14-1.52x, 300 1.94x. 0 elsewhere and on accelerators: unmeasured there.
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
         is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
@@ -140,7 +141,7 @@ class SolverPolicy:
     centre_features: bool = True
     continuation_factor: float = 10.0
     continuation_tol: float = 1e-2
-    softmax_hessian_bfloat16: bool = False
+    softmax_hessian_bfloat16_from: int = 0
     layer_warm_start: bool = False
 
     def __post_init__(self) -> None:
@@ -171,6 +172,9 @@ class SolverPolicy:
             raise ValueError(f"SolverPolicy.continuation_tol must be > 0; got {self.continuation_tol!r}.")
 
 
+# The fewest softmax classes whose Hessian products gain from rounding, where the CPU has bfloat16 dots.
+_ROUNDED_HESSIAN_CLASSES = 32
+
 # On an accelerator, (re)build the exact inverse Newton matrix after a Newton step whose CG took this many
 # steps (H100, 32 x 6144 x 4096, C = 1: never 2.78 s, 10: 1.95 s, 20: 1.55 s, 40: 1.72 s; RESULTS.md).
 _ACCELERATOR_REFRESH_CG = 20
@@ -197,12 +201,13 @@ def default_policy(backend: str | None = None) -> SolverPolicy:
     dot and whole products, and always build the Nystrom preconditioner (its products are cheap there), at
     rank ``nystrom_rank`` whatever the width (the rank measured there); softmax solves there keep
     Newton-CG from the first step, as measured before the CPU's rule, and no L-BFGS memory (``2 m K D``
-    floats a layer). Softmax solves round their CG's Hessian products to bfloat16 on CPUs that have
-    bfloat16 dot instructions (:func:`cpu_has_bfloat16_dots`).
+    floats a layer). Softmax solves of 32 classes or more round their CG's Hessian products to bfloat16 on
+    CPUs that have bfloat16 dot instructions (:func:`cpu_has_bfloat16_dots`).
     """
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu":
-        return SolverPolicy(softmax_hessian_bfloat16=cpu_has_bfloat16_dots())
+        rounded = _ROUNDED_HESSIAN_CLASSES if cpu_has_bfloat16_dots() else 0
+        return SolverPolicy(softmax_hessian_bfloat16_from=rounded)
     return SolverPolicy(
         nystrom_features_per_rank=0, nystrom_decay=0.0, softmax_nystrom_decay=0.0, softmax_quasi_newton_memory=0,
         lagged_build_factor=0.0, hessian_refresh_cg=_ACCELERATOR_REFRESH_CG, fused_max_rows=0,
