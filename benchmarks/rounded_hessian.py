@@ -56,8 +56,8 @@ def main() -> None:
         base = timings["float32"][1]
         flops = 4 * args.rows * args.features * k
         for name, (_, seconds) in timings.items():
-            print(f"| {k} | {name} | {seconds * 1e3:.1f} | {flops / seconds / 1e9:.0f} | {base / seconds:.2f}x |",
-                  flush=True)
+            rate = flops / seconds / 1e9
+            print(f"| {k} | {name} | {seconds * 1e3:.1f} | {rate:.0f} | {base / seconds:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

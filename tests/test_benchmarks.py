@@ -135,9 +135,11 @@ def test_row_passes_counts_the_streamed_solvers_passes():
 
 def test_rounded_hessian_times_each_form():
     """The Hessian product's forms on a small layer: a row each, float32's ratio to itself 1.00x."""
-    out = run_script("rounded_hessian.py", "--classes", "5", "--rows", "64", "--features", "16", "--repeats", "1")
+    out = run_script("rounded_hessian.py", "--classes", "5", "--rows", "64", "--features", "16",
+                     "--repeats", "1")
     rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
-    assert [r[1] for r in rows] == ["float32", "bfloat16, X as it lies", "bfloat16, X^T and X (the solver's)"], out
+    forms = ["float32", "bfloat16, X as it lies", "bfloat16, X^T and X (the solver's)"]
+    assert [r[1] for r in rows] == forms, out
     assert rows[0][4] == "1.00x" and all(float(r[2]) >= 0 and float(r[4][:-1]) > 0 for r in rows), out
 
 
