@@ -293,8 +293,8 @@ def solve_layers(
     def layer(x: Array, cs: Array, approx: NystromApprox | None, start: tuple[Array, Array]) -> SolveResult:
         # Converted a layer at a time: X as a whole in the compute dtype would be a second copy of it.
         x, shift = solver_features(as_compute(x, dtype), weights, fit_intercept=fit_intercept, policy=policy)
-        rounded = None
-        if not scalar and 0 < policy.softmax_hessian_bfloat16_from <= n_outputs:
+        rounded = None  # float32 solves only: a float64 one is asked for float64's accuracy throughout
+        if not scalar and 0 < policy.softmax_hessian_bfloat16_from <= n_outputs and dtype == jnp.float32:
             rounded = rounded_operands(x)
         if shift is not None:
             start = (start[0], start[1] + matmul(start[0], shift))  # the same fit on the centred features
