@@ -105,9 +105,9 @@ class SolverPolicy:
         their CG steps' Hessian products with both operands rounded to bfloat16 (a copy of each layer as
         ``X^T`` and ``X``, one float32 copy's bytes), summed in float32, until the gradient test is met or a
         step shows the rounding costs progress; the gradient, the line search and the stopping tests stay
-        float32, so the optimum and ``tol`` are unchanged (:meth:`._glm.GLM.rounded_hvp`). 32 where the CPU has bfloat16
-        dot instructions (:func:`default_policy`): a product with 3 classes ran 0.88x float32's speed, 30
-        classes 1.14-1.52x, 300 1.94x. 0 elsewhere and on accelerators: unmeasured there.
+        float32, so the optimum and ``tol`` are unchanged (:meth:`._glm.GLM.rounded_hvp`). 32 where the CPU
+        has bfloat16 dot instructions (:func:`default_policy`): a product with 3 classes ran 0.88x float32's
+        speed, 30 classes 1.14-1.52x, 300 1.94x. 0 elsewhere and on accelerators: unmeasured there.
       layer_warm_start: when layers are solved one at a time, start each layer from the best multiple
         of the previous layer's solution (one pass over ``X``; a multiple of zero is the cold start, so it
         is never worse in objective). Off by default: a layer's fit then depends on its own data only, so
