@@ -477,5 +477,5 @@ def conjugate_gradients(glm: GLM, data: GLMData, aux: Array, g: Params, precond:
     if not rounded:
         return cg.d, cg.a, cg.k, solved(cg)
     hd, a = glm.hvp(data, aux, cg.d)
-    drift = Params(r.coef - hd.coef - cg.r.coef, r.intercept - hd.intercept - cg.r.intercept)  # true - CG's
+    drift = axpy(-1.0, cg.r, axpy(-1.0, hd, r))  # the true residual -g - H d less CG's
     return cg.d, a, cg.k, dot(drift, drift) <= loose2
