@@ -200,7 +200,7 @@ def sweep_activations(
     per_chunk = _budget.plan_chunks(
         n_layers, n_rows, n_features, budget=_budget.memory_budget(memory_budget),
         extra_copies=_SOLVERS[classifier].streamed_copies,
-        workspace=F._streaming.default_workspace(n_rows, n_features),
+        workspace=_SOLVERS[classifier].streamed_workspace(n_rows, n_features, y, folds=folds),
     ).layers
     if mesh is not None:
         m = _mesh.n_shards(mesh)

@@ -31,10 +31,11 @@ GRID = (0.01, 0.1, 1.0)
 CV_TOL = 1e-4  # cross_validate_logistic's default for the fold problems
 
 
-def rows_budget(rows: int, n: int = N, d: int = D) -> int:
-    """A memory budget that holds ``rows`` rows of one layer for the streamed CV, not a whole layer."""
+def rows_budget(rows: int, n: int = N, d: int = D, y=None) -> int:
+    """A memory budget that holds ``rows`` rows of one layer for the streamed CV, not a whole layer (with the
+    work space the CV plans for labels ``y``: a softmax CV's is larger)."""
     per_row = (2 + F.cross_validate_logistic.streamed_copies) * d * 4
-    return F._streaming.default_workspace(n, d) + rows * per_row
+    return F.cross_validate_logistic.streamed_workspace(n, d, y) + rows * per_row
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_row_streamed_cv_refuses_what_it_cannot_do_before_reading(data, monkeypa
         F.cross_validate_logistic(store, store.labels, memory_budget=rows_budget(100))
     three = np.argmax(stacked[1, :, :3], axis=1)
     with pytest.raises(ValueError, match="two classes only.*memory_budget that holds one whole layer"):
-        F.cross_validate_logistic(store, three, memory_budget=rows_budget(300))
+        F.cross_validate_logistic(store, three, memory_budget=rows_budget(300, y=three))
     assert sorted(p.name for p in Path(store.path).rglob("*")) == before
 
 

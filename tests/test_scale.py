@@ -39,10 +39,12 @@ from synthetic_store import write_synthetic_store
 L, N, D = 6, 700, 40
 
 
-def one_layer_budget(copies: float = 0, n: int = N, d: int = D, layers: int = 1) -> int:
+def one_layer_budget(copies: float = 0, n: int = N, d: int = D, layers: int = 1,
+                     workspace: int | None = None) -> int:
     """A budget that holds ``layers`` layers per chunk (two chunks, the solver's padded copy of one, its
-    copies of a layer, work space)."""
-    return F._budget.chunk_bytes(layers, n, d, extra_copies=copies, workspace=F._streaming.default_workspace(n, d)) + 1
+    copies of a layer, work space: the default's unless given)."""
+    workspace = F._streaming.default_workspace(n, d) if workspace is None else workspace
+    return F._budget.chunk_bytes(layers, n, d, extra_copies=copies, workspace=workspace) + 1
 
 
 def assert_trees_close(got, want, rtol: float) -> None:
@@ -114,6 +116,43 @@ def test_a_budget_too_small_for_one_chunk_is_refused_before_any_solve(store):
         sweep_activations(store, memory_budget=1000)
 
 
+def test_softmax_work_space_grows_with_the_classes_and_the_folds():
+    """A softmax solve holds ``K x N`` and ``K x D`` arrays for each problem it solves at once (the CV's
+    folds and its refit): past a layer's size from a few hundred classes on, so the planner counts them
+    (benchmarks/softmax_memory.py measures them below the count)."""
+    base = F._streaming.default_workspace(N, D)
+    per_problem = 4 * (12 * F._checks.bucket_rows(N) * 300 + 96 * 300 * (D + 1))
+    many = np.arange(N) % 300
+    assert F.fit_multinomial.streamed_workspace(N, D, many) == base + per_problem
+    assert F.fit_multinomial.streamed_workspace(N, D, y=many) == base + per_problem
+    assert F.fit_multinomial.streamed_workspace(N, D, many[:5], n_classes=300) == base + per_problem
+    assert F.cross_validate_logistic.streamed_workspace(N, D, many, folds=3) == base + 4 * per_problem
+    fold_ids = np.arange(N) % 4
+    assert F.cross_validate_logistic.streamed_workspace(N, D, many, folds=fold_ids) == base + 5 * per_problem
+    assert F.cross_validate_logistic.streamed_workspace(N, D, np.arange(N) % 2) == base  # binary
+    assert F.cross_validate_logistic.streamed_workspace(N, D, many, multinomial=False) == base
+    two = F.cross_validate_logistic.streamed_workspace(N, D, np.arange(N) % 2, multinomial=True)
+    assert two == base + 6 * 4 * (12 * F._checks.bucket_rows(N) * 2 + 96 * 2 * (D + 1))
+    assert F.fit_multinomial.streamed_workspace(N, D, None) == base  # the solver refuses it, with its message
+    assert F.fit_multinomial.streamed_workspace(N, D, many, n_classes="many") == base
+
+
+def test_a_budget_for_few_classes_is_refused_for_many(store, stacked):
+    """The budget that streams 3 classes in chunks of two layers cannot hold one layer's 300-class solve:
+    refused before any solve, naming the work space; the budget counting it streams the in-memory fit."""
+    y = np.arange(N) % 300
+    three = F.fit_multinomial.streamed_workspace(N, D, np.arange(N) % 3)
+    few = one_layer_budget(5, layers=2, workspace=three)
+    with pytest.raises(ValueError, match=r"too small for one layer \(700 x 40\).*MB of solver work space"):
+        F.fit_multinomial(store, y, memory_budget=few)
+    many = one_layer_budget(5, layers=1, workspace=F.fit_multinomial.streamed_workspace(N, D, y))
+    assert F._budget.plan_chunks(L, N, D, budget=many, extra_copies=5,
+                                 workspace=F.fit_multinomial.streamed_workspace(N, D, y)).layers == 1
+    want = F.fit_multinomial(stacked[:2], y, max_iter=3)
+    got = F.fit_multinomial(F.layer_source(store, layers=[0, 1]), y, memory_budget=many, max_iter=3)
+    assert_trees_close(got, want, rtol=1e-5)
+
+
 # -- layer streaming ------------------------------------------------------------------------------------
 
 SOLVERS = {  # solver, arguments, the solver's extra copies (functional/__init__.py)
@@ -136,7 +175,8 @@ def test_streamed_store_gives_the_in_memory_fit(name, store, stacked):
     fn, kwargs, copies = SOLVERS[name]
     y = labels_for(name, store, stacked)
     want = fn(stacked, y, **kwargs)
-    got = fn(store, y, memory_budget=one_layer_budget(copies, layers=2), **kwargs)  # chunks of 2 layers
+    budget = one_layer_budget(copies, layers=2, workspace=fn.streamed_workspace(N, D, y, **kwargs))
+    got = fn(store, y, memory_budget=budget, **kwargs)  # chunks of 2 layers
     assert_trees_close(got, want, rtol=1e-5)
 
 

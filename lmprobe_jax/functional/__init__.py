@@ -70,19 +70,23 @@ from ._streaming import streams_layers
 # 0.03-0.22 beyond the chunks and that copy (benchmarks/streamed_memory.py; RESULTS.md, "Streamed fits'
 # peak memory"). The logistic and softmax solvers (CV included) then took one more: the centred copy of the
 # layer being solved (SolverPolicy.centre_features).
+# ``workspace``: the bytes a solve holds besides those copies, from the call's arguments: softmax's grow with
+# the classes (and with the CV's folds), past a layer's size from a few hundred classes on.
 # ``padded_reads``: the solvers without per-row results read chunks padded to the compile bucket with
 # zero-weight rows (no padded copy); logistic only when N and the bucket choose the same preconditioner.
 # ``rows``: the row-streamed solver for a layer whose rows do not fit (_row_streaming); its blocks are
 # planned with the in-memory ``copies`` per row, though it copies none (smaller blocks, not more memory).
 fit_logistic = streams_layers(copies=1.5, rows=_logistic_rows, padded_reads=_logistic.same_settings_padded)(
     _logistic.fit_logistic)
-fit_multinomial = streams_layers(copies=5)(_multinomial.fit_multinomial)
+fit_multinomial = streams_layers(copies=5, workspace=_multinomial.fit_multinomial_workspace)(
+    _multinomial.fit_multinomial)
 fit_ridge = streams_layers(copies=1.5, rows=_ridge_rows, padded_reads=lambda n_rows, n_features: True)(
     _ridge.fit_ridge)
 ridge_loo = streams_layers(copies=3)(_ridge.ridge_loo)
 fit_mass_mean = streams_layers(copies=6)(_mass_mean.fit_mass_mean)
-cross_validate_logistic = streams_layers(copies=5, rows=_logistic_cv_rows, keeps_layer_axis=True)(
-    _cv.cross_validate_logistic)
+cross_validate_logistic = streams_layers(
+    copies=5, workspace=_cv.logistic_cv_workspace, rows=_logistic_cv_rows, keeps_layer_axis=True,
+)(_cv.cross_validate_logistic)
 cross_validate_ridge = streams_layers(copies=3, keeps_layer_axis=True)(_cv.cross_validate_ridge)
 
 _register(_path.solve_layers, _path.layer_preconditioners, _ridge.ridge_solve, _mass_mean.mass_mean_solve,

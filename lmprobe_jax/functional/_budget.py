@@ -74,6 +74,14 @@ class ChunkPlan(NamedTuple):
     peak_bytes: int
 
 
+def default_workspace(n_rows: int, n_features: int, *args: Any, **kwargs: Any) -> int:
+    """Bytes of solver work space that do not grow with the chunk: a few ``(m + 1)^2`` float32 matrices
+    (``m = min(N, D)``: a Gram or kernel matrix, an inverse Hessian, their factorisations) and a few
+    dozen per-row and per-feature vectors. The solver's arguments (``args``, ``kwargs``) do not change it."""
+    m = min(n_rows, n_features) + 1
+    return 4 * (4 * m * m + 64 * (n_rows + n_features))
+
+
 def chunk_bytes(
     n_layers: int, n_rows: int, n_features: int, *, extra_copies: float, workspace: int, itemsize: int = 4,
     padded_reads: bool = False,

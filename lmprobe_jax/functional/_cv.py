@@ -18,11 +18,12 @@ import numpy as np
 from jax import Array
 
 from . import _aot, _checks, _metrics
+from ._budget import default_workspace
 from ._folds import HeldOut, held_out_rows, stratified_folds
 from ._glm import DEFAULT_TOL
 from ._group_lasso import GroupLassoFit, group_lasso_weight_sets, grouped_activations, targets_for_loss
 from ._logistic import BINARY_LOGISTIC, LogisticFit
-from ._multinomial import SOFTMAX, MultinomialFit
+from ._multinomial import SOFTMAX, MultinomialFit, label_count, softmax_workspace
 from ._newton_cg import SolveResult
 from ._path import layer_preconditioners, solve_layers, solver_options
 from ._policy import SolverPolicy
@@ -105,6 +106,24 @@ def logistic_cv_setup(
     sw = _checks.check_sample_weight(sample_weight, n)
     Cs, _ = _checks.check_grid(C, "C")
     return codes, classes, softmax, sw, Cs, _fold_ids(codes, folds, groups, random_state)
+
+
+def logistic_cv_workspace(
+    n_rows: int, n_features: int, y: Any = None, *args: Any, folds: Any = 5, multinomial: bool | None = None,
+    n_classes: int | None = None, **kwargs: Any,
+) -> int:
+    """:func:`cross_validate_logistic`'s work space for the streaming planner (its own arguments after
+    ``X``): a softmax CV solves its folds side by side, each over every row (held-out rows weigh 0), and
+    the refit beside them."""
+    n_labels = label_count(y, n_classes)
+    if not (multinomial or (multinomial is None and n_labels > 2)):
+        return default_workspace(n_rows, n_features)
+    try:
+        n_folds = int(folds) if np.ndim(folds) == 0 else np.unique(np.asarray(folds)).size
+    except (TypeError, ValueError):
+        n_folds = 5  # the solver refuses these folds with its own message
+    softmax = softmax_workspace(n_rows, n_features, n_labels, n_folds + 1)
+    return default_workspace(n_rows, n_features) + softmax
 
 
 def training_weights(fold_ids: np.ndarray, sw: Any) -> np.ndarray:

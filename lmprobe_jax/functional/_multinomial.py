@@ -20,10 +20,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from . import _checks
 from ._batching import squeeze_axes
+from ._budget import default_workspace
 from ._glm import DEFAULT_TOL, GLMLoss
 from ._implicit import solve_problems
 from ._path import solver_options
@@ -146,3 +148,38 @@ def fit_multinomial(
         jnp.asarray(Cs), tol=_checks.check_tol(tol), **options,
     )
     return squeeze_axes(fit, layer=was_2d, weights=True, grid=not is_grid).as_fit(MultinomialFit)
+
+
+#: float32 values a softmax solve of one layer holds per (padded) row and class (logits, probabilities, the
+#: Hessian products' K x N temporaries) and per feature and class (the L-BFGS pairs, CG's vectors, the
+#: line search's iterates): peaks measured on 600-8000 rows, 128-2048 features, 200-2000 classes, rounded
+#: up (RESULTS.md, "What a softmax solve holds").
+ROW_CLASS_VALUES, FEATURE_CLASS_VALUES = 12, 96
+
+
+def softmax_workspace(n_rows: int, n_features: int, n_classes: int, n_problems: int = 1) -> int:
+    """Bytes ``4 P (12 B K + 96 K (D + 1))`` that ``P`` softmax problems on one layer hold beyond ``X``
+    and its copies: ``B = bucket_rows(N)`` rows, ``K`` classes (the ``K x N`` and ``K x D`` arrays that
+    dwarf a layer from a few hundred classes on)."""
+    rows = _checks.bucket_rows(n_rows)
+    per_problem = ROW_CLASS_VALUES * rows * n_classes + FEATURE_CLASS_VALUES * n_classes * (n_features + 1)
+    return 4 * n_problems * per_problem
+
+
+def label_count(y: Any, n_classes: int | None = None) -> int:
+    """The number of classes a solver will see in ``y`` (``n_classes`` when given), for planning memory
+    before it checks the labels: 0 when ``y`` cannot be read (the solver then says what is wrong)."""
+    try:
+        if n_classes is not None:
+            return max(int(n_classes), 0)
+        y = np.asarray(y)
+        return int(np.unique(y).size) if y.ndim == 1 else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def fit_multinomial_workspace(n_rows: int, n_features: int, y: Any = None, *args: Any,
+                              n_classes: int | None = None, **kwargs: Any) -> int:
+    """:func:`fit_multinomial`'s work space for the streaming planner (its own arguments after ``X``)."""
+    softmax = softmax_workspace(n_rows, n_features, label_count(y, n_classes))
+    return default_workspace(n_rows, n_features) + softmax

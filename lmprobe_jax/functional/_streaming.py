@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _budget, _mesh
+from ._budget import default_workspace
 from ._checks import bucket_rows
 from ._sources import LayerSource, aligned_empty, layer_source, prefetched, read_chunk
 
@@ -64,11 +65,12 @@ _STREAMING_DOC = """
     bytes for ``k`` layers a chunk), one more layer (``N D 4`` bytes) for chunks of ``k >= 2`` (the loop
     over the chunk's layers copies out the one it solves; a one-layer chunk is used in place), plus about
     {copies} float32 copies of one layer (the solver's temporaries, measured, rounded up) plus
-    ``O((min(N, D) + 1)^2)`` work space -- at most ``memory_budget``, whatever ``L``; input memory-mapped
-    from disk counts one 32 MB block at a time. In memory (an array that fits the budget): ``X``, a copy
-    of it when it is writeable or not 64-byte aligned (none for a read-only, aligned array), and the same
-    per-layer temporaries (the loop's copy of a layer included; half-precision input is converted to
-    float32 a layer at a time, as it is solved).
+    ``O((min(N, D) + 1)^2)`` work space (softmax: also ``4 (12 N K + 96 K D)`` bytes for ``K`` classes, for
+    each problem solved at once: a CV's folds and its refit) -- at most ``memory_budget``, whatever ``L``;
+    input memory-mapped from disk counts one 32 MB block at a time. In memory (an array that fits the
+    budget): ``X``, a copy of it when it is writeable or not 64-byte aligned (none for a read-only, aligned
+    array), and the same per-layer temporaries (the loop's copy of a layer included; half-precision input
+    is converted to float32 a layer at a time, as it is solved).
 """
 
 
@@ -76,22 +78,14 @@ class _Streaming(NamedTuple):
     """What the driver needs to know about one solver (see :func:`streams_layers`)."""
 
     copies: float
-    workspace: Callable[[int, int], int]
+    workspace: Callable[..., int]
     rows: Callable[..., Any] | None
     padded_reads: Callable[[int, int], bool] | None
     keeps_layer_axis: bool
 
 
-def default_workspace(n_rows: int, n_features: int) -> int:
-    """Bytes of solver work space that do not grow with the chunk: a few ``(m + 1)^2`` float32 matrices
-    (``m = min(N, D)``: a Gram or kernel matrix, an inverse Hessian, their factorisations) and a few
-    dozen per-row and per-feature vectors."""
-    m = min(n_rows, n_features) + 1
-    return 4 * (4 * m * m + 64 * (n_rows + n_features))
-
-
 def streams_layers(
-    *, copies: float = 0.0, workspace: Callable[[int, int], int] = default_workspace,
+    *, copies: float = 0.0, workspace: Callable[..., int] = default_workspace,
     rows: Callable[..., Any] | None = None, padded_reads: Callable[[int, int], bool] | None = None,
     keeps_layer_axis: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -100,7 +94,8 @@ def streams_layers(
     Args:
       copies: how many extra float32 copies of the layer it is solving the solver makes (ridge's centred
         copy: 1); sizes the chunks.
-      workspace: ``(N, D) -> bytes`` the solver needs besides ``X`` and those copies.
+      workspace: ``(N, D, *args, **kwargs) -> bytes`` the solver needs besides ``X`` and those copies, given
+        the call's own arguments after ``X`` (a softmax solve's grows with the classes in ``y``).
       rows: ``rows(source, layer, row_block, *args, **kwargs)`` solving one layer by streaming its rows in
         blocks of ``row_block``, returning the solver's result for one layer (no layer axis); None when
         the solver cannot stream rows.
@@ -125,6 +120,7 @@ def streams_layers(
                      "time, every pass over the layer read from disk)") if rows else ""
         wrapper.__doc__ = (fn.__doc__ or "").rstrip() + _STREAMING_DOC.format(rows=rows_note, copies=f"{copies:g}")
         wrapper.streamed_copies = spec.copies  # for callers that plan their own chunks (the sweep)
+        wrapper.streamed_workspace = spec.workspace
         wrapper.streams_rows = spec.rows is not None
         return wrapper
 
@@ -155,7 +151,8 @@ def _dispatch(fn: Callable[..., Any], spec: _Streaming, X: Any, args: tuple, kwa
     limit = _budget.memory_budget(budget)
     plan = _budget.plan_chunks(
         n_layers, n_rows, n_features, budget=limit, extra_copies=spec.copies,
-        workspace=spec.workspace(n_rows, n_features), row_streaming=spec.rows is not None and mesh is None,
+        workspace=spec.workspace(n_rows, n_features, *args, **kwargs),
+        row_streaming=spec.rows is not None and mesh is None,
         padded_reads=_pads(spec, n_rows, n_features, mesh),
     )
     if mesh is None and is_array and plan.layers == n_layers and plan.rows == n_rows:
@@ -254,7 +251,8 @@ def _over_iterator(fn: Callable[..., Any], spec: _Streaming, chunks: Iterator, a
                 f"(N, D) for one layer)."
             )
         k, n, d = chunk.shape
-        need = _budget.chunk_bytes(k, n, d, extra_copies=spec.copies, workspace=spec.workspace(n, d))
+        workspace = spec.workspace(n, d, *args, **kwargs)
+        need = _budget.chunk_bytes(k, n, d, extra_copies=spec.copies, workspace=workspace)
         if need > budget:
             raise ValueError(
                 f"Chunk {index} of the layer iterator ({k} layers x {n} x {d}) needs about "
