@@ -143,6 +143,16 @@ def test_rounded_hessian_times_each_form():
     assert rows[0][4] == "1.00x" and all(float(r[2]) >= 0 and float(r[4][:-1]) > 0 for r in rows), out
 
 
+def test_softmax_memory_compares_what_a_solve_holds_with_its_plan():
+    """A fit's and a CV's row on small layers: the plan the streaming wrapper makes for the same call."""
+    for extra in ([], ["--folds", "3"]):
+        out = run_script("softmax_memory.py", "--cases", "300x32x20", *extra)
+        rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table_rows(out)[1:]]
+        assert [r[0] for r in rows] == ["300x32x20"], out
+        assert float(rows[0][3].split()[0]) > float(rows[0][1].split()[0]) > 0, out  # plan above one layer
+        assert float(rows[0][4]) >= 0, out
+
+
 def test_regime_passes_reports_counts_and_gaps():
     """The pass counts per regime at a twentieth of the sizes: a count and a gap per workload, converged."""
     out = run_script("regime_passes.py", "--regimes", "clear", "softmax-10", "--scale", "0.05")
