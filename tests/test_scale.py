@@ -153,6 +153,15 @@ def test_a_budget_for_few_classes_is_refused_for_many(store, stacked):
     assert_trees_close(got, want, rtol=1e-5)
 
 
+def test_a_many_class_sweep_plans_with_the_softmax_cv_work_space(store):
+    """sweep_activations plans its chunks with the CV's work space for its labels: a budget that holds two
+    layers a chunk for 3 classes is refused for 300, before any layer is read."""
+    three = F.cross_validate_logistic.streamed_workspace(N, D, np.arange(N) % 3, folds=3)
+    budget = one_layer_budget(F.cross_validate_logistic.streamed_copies, layers=2, workspace=three)
+    with pytest.raises(ValueError, match=r"too small for one layer \(700 x 40\).*MB of solver work space"):
+        sweep_activations(store, np.arange(N) % 300, folds=3, memory_budget=budget)
+
+
 # -- layer streaming ------------------------------------------------------------------------------------
 
 SOLVERS = {  # solver, arguments, the solver's extra copies (functional/__init__.py)
