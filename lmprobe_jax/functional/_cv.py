@@ -90,6 +90,11 @@ def _fold_ids(y: np.ndarray, folds: Any, groups: Any, random_state: int | None) 
     return np.unique(ids, return_inverse=True)[1].astype(np.int32)
 
 
+def asks_softmax(n_labels: int, multinomial: bool | None) -> bool:
+    """Whether a logistic CV fits softmax: as ``multinomial`` says, else for more than two classes."""
+    return n_labels > 2 if multinomial is None else bool(multinomial)
+
+
 def logistic_cv_setup(
     y: Any, n: int, C: Any, *, folds: Any, groups: Any, random_state: int | None, scoring: str,
     multinomial: bool | None, sample_weight: Any, n_classes: int | None,
@@ -97,7 +102,7 @@ def logistic_cv_setup(
     """The checked inputs of a logistic CV (in memory or row-streamed, so both refuse and fold alike):
     ``(codes (N,), classes (K,), softmax, sample weights (N,), C grid (G,), fold ids (N,))``."""
     codes, classes = _checks.check_class_labels(y, n, n_classes=n_classes)
-    softmax = classes.size > 2 if multinomial is None else bool(multinomial)
+    softmax = asks_softmax(classes.size, multinomial)
     if not softmax and classes.size != 2:
         _checks.check_binary_labels(y, n)  # raises the binary message
     if scoring not in ("accuracy", "log_loss", "roc_auc") or (softmax and scoring == "roc_auc"):
@@ -116,14 +121,14 @@ def logistic_cv_workspace(
     ``X``): a softmax CV solves its folds side by side, each over every row (held-out rows weigh 0), and
     the refit beside them."""
     n_labels = label_count(y, n_classes)
-    if not (multinomial or (multinomial is None and n_labels > 2)):
+    if not asks_softmax(n_labels, multinomial):
         return default_workspace(n_rows, n_features)
     try:
         n_folds = int(folds) if np.ndim(folds) == 0 else np.unique(np.asarray(folds)).size
     except (TypeError, ValueError):
         n_folds = 5  # the solver refuses these folds with its own message
-    softmax = softmax_workspace(n_rows, n_features, n_labels, n_folds + 1)
-    return default_workspace(n_rows, n_features) + softmax
+    class_bytes = softmax_workspace(n_rows, n_features, n_labels, n_folds + 1)
+    return default_workspace(n_rows, n_features) + class_bytes
 
 
 def training_weights(fold_ids: np.ndarray, sw: Any) -> np.ndarray:

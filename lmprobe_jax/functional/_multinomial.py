@@ -181,5 +181,5 @@ def label_count(y: Any, n_classes: int | None = None) -> int:
 def fit_multinomial_workspace(n_rows: int, n_features: int, y: Any = None, *args: Any,
                               n_classes: int | None = None, **kwargs: Any) -> int:
     """:func:`fit_multinomial`'s work space for the streaming planner (its own arguments after ``X``)."""
-    softmax = softmax_workspace(n_rows, n_features, label_count(y, n_classes))
-    return default_workspace(n_rows, n_features) + softmax
+    class_bytes = softmax_workspace(n_rows, n_features, label_count(y, n_classes))
+    return default_workspace(n_rows, n_features) + class_bytes
